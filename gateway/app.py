@@ -1,0 +1,210 @@
+"""The gateway application, assembled once in ``build_app``.
+
+Middleware order (outermost first), and why:
+1. ``request_context`` — first in, last out, so the canonical log line sees every outcome.
+2. ``error_responses`` — turns any GatewayError below it into its HTTP form.
+Everything else is the MCP pipeline in ``Gateway.handle_mcp``, in the order the spec needs:
+Origin (before the token, so a hostile page learns nothing from 401 vs 403) → method →
+token → body → route scopes → forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from .config import GatewayConfig, RouteConfig
+from .errors import InsufficientScope, MethodNotAllowed, OriginForbidden
+from .jsonutil import StrictJSONError, loads_strict
+from .jwks import IssuerKeys
+from .metadata import WELL_KNOWN_PRM, prm_document
+from .middleware import PRINCIPAL, ROUTE, RPC_ID, error_responses, jsonrpc_error_response, request_context
+from .proxy import Upstream, read_body
+from .tokens import JwtAuthenticator, bearer_token_from
+
+MCP_METHODS = ("GET", "POST", "DELETE")
+_CORS_EXPOSED = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
+
+
+class Gateway:
+    """Everything a request needs: config, key caches, authenticator and upstream pools."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._routes = {route.path: route for route in config.routes}
+        # The root metadata URL is unambiguous only with a single route (RFC 9728 §3, MCP
+        # 2025-11-25 clients fall back to it); with several it would have to pick one.
+        self._root_route = config.routes[0] if len(config.routes) == 1 else None
+        self._own_origin = _origin_of(config.public_url)
+        self._allowed_origins = frozenset(config.allowed_origins) | {self._own_origin}
+        self._issuer_keys: dict[str, IssuerKeys] = {}
+        self._upstreams: dict[str, Upstream] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._auth_session: aiohttp.ClientSession | None = None
+        self.authenticator = JwtAuthenticator(self._issuer_keys)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._auth_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        for issuer in self.config.issuers:
+            keys = IssuerKeys(issuer, self._auth_session)
+            self._issuer_keys[issuer.issuer] = keys
+            self._tasks.append(asyncio.create_task(keys.run(), name=f"jwks:{issuer.issuer}"))
+        for route in self.config.routes:
+            self._upstreams[route.path] = Upstream(route)
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for keys in self._issuer_keys.values():
+            await keys.aclose()
+        for upstream in self._upstreams.values():
+            await upstream.aclose()
+        if self._auth_session is not None:
+            await self._auth_session.close()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._issuer_keys) and all(keys.ready for keys in self._issuer_keys.values())
+
+    # --- dispatch -------------------------------------------------------------------------------
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        if path == WELL_KNOWN_PRM or path.startswith(WELL_KNOWN_PRM + "/"):
+            return self.handle_metadata(request, path[len(WELL_KNOWN_PRM):])
+        route = self._routes.get(path)
+        if route is None:
+            return jsonrpc_error_response(404, None, -32601, "Not found")
+        request[ROUTE] = route
+        return await self.handle_mcp(request, route)
+
+    # --- the MCP pipeline, top to bottom ----------------------------------------------------------
+
+    async def handle_mcp(self, request: web.Request, route: RouteConfig) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.lower() not in self._allowed_origins:
+            raise OriginForbidden(detail="origin not in allowed_origins")
+        if request.method == "OPTIONS" and origin is not None:
+            return _cors_preflight(request, origin)
+        if request.method not in MCP_METHODS:
+            raise MethodNotAllowed(MCP_METHODS)
+
+        token = bearer_token_from(
+            request.headers.getall("Authorization", []), "access_token" in request.query
+        )
+        principal = await self.authenticator.authenticate(token, route.resource)
+        request[PRINCIPAL] = principal
+        # Read only once the caller is authenticated, so a 403 can carry the JSON-RPC id.
+        body = await read_body(request, route.max_body_bytes) if request.method == "POST" else None
+        if body:
+            request[RPC_ID] = _jsonrpc_id(body)
+        if not principal.has_scopes(route.scopes):
+            raise InsufficientScope(scopes=route.scopes)
+        # The client's token stops here: the upstream request is built from an allowlist of
+        # headers plus the route's own credential (none yet).
+        cors = _cors_headers(origin) if origin is not None else {}
+        return await self._upstreams[route.path].forward(request, body, {}, cors)
+
+    # --- discovery --------------------------------------------------------------------------------
+
+    def handle_metadata(self, request: web.Request, route_path: str) -> web.StreamResponse:
+        """RFC 9728 metadata: public, no token, readable by browser-based clients (CORS)."""
+        cors = {
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Allow-Methods": "GET, OPTIONS",
+            "Access-Control-Allow-Headers": "*",
+        }
+        if request.method == "OPTIONS":
+            return web.Response(status=204, headers=cors)
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, headers={"Allow": "GET, OPTIONS", **cors})
+        route = self._root_route if route_path == "" else self._routes.get(route_path.rstrip("/") or "/")
+        if route is None:
+            return web.json_response({"error": "not_found"}, status=404, headers=cors)
+        return web.json_response(
+            prm_document(self.config, route),
+            headers={**cors, "Cache-Control": "public, max-age=300"},
+        )
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _jsonrpc_id(body: bytes) -> object:
+    """The request id, for error bodies only; the upstream still gets the body byte for byte."""
+    try:
+        message = loads_strict(body)
+    except StrictJSONError:
+        return None
+    if isinstance(message, dict):
+        rpc_id = message.get("id")
+        if isinstance(rpc_id, str | int) and not isinstance(rpc_id, bool):
+            return rpc_id
+    return None
+
+
+def _cors_preflight(request: web.Request, origin: str) -> web.Response:
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": ", ".join(MCP_METHODS),
+            "Access-Control-Allow-Headers": request.headers.get(
+                "Access-Control-Request-Headers", "Authorization, Content-Type"
+            ),
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        },
+    )
+
+
+def _cors_headers(origin: str) -> dict[str, str]:
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": _CORS_EXPOSED,
+        "Vary": "Origin",
+    }
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def build_app(config: GatewayConfig) -> web.Application:
+    """The aiohttp application for one config."""
+    gateway = Gateway(config)
+    app = web.Application(
+        middlewares=[request_context, error_responses(config)],
+        # Bodies are read by `read_body` with the route's own limit.
+        client_max_size=max(route.max_body_bytes for route in config.routes),
+    )
+    app[GATEWAY] = gateway
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        await gateway.start()
+        yield
+        await gateway.aclose()
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        ready = gateway.ready
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/healthz", healthz, allow_head=True)
+    app.router.add_get("/readyz", readyz, allow_head=True)
+    app.router.add_route("*", "/{path:.*}", gateway.dispatch)
+    return app

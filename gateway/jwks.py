@@ -1,0 +1,279 @@
+"""Signing keys of each trusted issuer: fetched asynchronously, cached, rotated, single-flight.
+
+Behaviour (RFC 8725 §3.8/§3.10, spec-notes C4):
+- keys come only from the configured issuer's JWKS (configured URL, file, or discovered through
+  the issuer's own RFC 8414 / OIDC metadata whose ``issuer`` must match exactly);
+- an unknown ``kid`` triggers at most one refetch per cooldown, shared by all waiting requests;
+- the last good key set is kept while the JWKS endpoint is down;
+- keys are refreshed in the background after ``jwks_max_age_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import jwt
+import structlog
+from jwt.exceptions import PyJWKError
+
+from .config import IssuerConfig, JwksDiscover, JwksFile, JwksUrl
+from .jsonutil import StrictJSONError, loads_strict
+from .outbound import FetchError, get_json_object
+
+log = structlog.get_logger("gateway.jwks")
+
+# Which key types can verify which algorithms (RFC 7518 §3; RFC 8037 for EdDSA). A key is
+# only ever used with an algorithm that fits its type and, if the JWK names one, that one alone
+# (RFC 8725 §3.1: one algorithm per key).
+_ALGORITHMS_FOR_KEY: Mapping[tuple[str, str | None], frozenset[str]] = {
+    ("RSA", None): frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}),
+    ("EC", "P-256"): frozenset({"ES256"}),
+    ("EC", "P-384"): frozenset({"ES384"}),
+    ("EC", "P-521"): frozenset({"ES512"}),
+    ("OKP", "Ed25519"): frozenset({"EdDSA"}),
+    ("OKP", "Ed448"): frozenset({"EdDSA"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationKey:
+    kid: str | None
+    algorithms: frozenset[str]
+    key: Any  # a cryptography public key object
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    keys: tuple[VerificationKey, ...]
+
+    def candidates(self, kid: str | None, alg: str) -> list[VerificationKey]:
+        """Keys that may verify a token with this ``kid`` and ``alg``.
+
+        A token without ``kid`` may be tried against every key fit for its algorithm: the set is
+        the issuer's own and small, so this cannot be used to reach a foreign key.
+        """
+        return [
+            key
+            for key in self.keys
+            if alg in key.algorithms and (kid is None or key.kid == kid)
+        ]
+
+    def has_kid(self, kid: str) -> bool:
+        return any(key.kid == kid for key in self.keys)
+
+
+class KeysUnavailable(Exception):
+    """No key set has ever been loaded for this issuer."""
+
+
+def parse_jwks(document: Mapping[str, Any], allowed_algorithms: frozenset[str]) -> tuple[KeySet, list[str]]:
+    """Turn a JWKS document into verification keys; returns the set and why any key was skipped."""
+    raw_keys = document.get("keys")
+    if not isinstance(raw_keys, list):
+        raise ValueError("JWKS has no 'keys' list")
+    keys: list[VerificationKey] = []
+    skipped: list[str] = []
+    for index, jwk in enumerate(raw_keys):
+        if not isinstance(jwk, dict):
+            skipped.append(f"keys[{index}]: not an object")
+            continue
+        if jwk.get("use", "sig") != "sig":
+            continue  # encryption keys are not ours to use
+        if any(private in jwk for private in ("d", "p", "q", "k")):
+            # A JWKS endpoint that publishes private or symmetric key material is broken; trusting
+            # it would also make HMAC confusion possible. Skip the key loudly.
+            skipped.append(f"keys[{index}]: contains private or symmetric key material")
+            continue
+        kty = jwk.get("kty")
+        fits = _ALGORITHMS_FOR_KEY.get((kty, jwk.get("crv") if kty != "RSA" else None), frozenset())
+        declared = jwk.get("alg")
+        if declared is not None:
+            fits = fits & {declared}
+        usable = fits & allowed_algorithms
+        if not usable:
+            skipped.append(f"keys[{index}]: no allowed algorithm fits kty={kty!r} alg={declared!r}")
+            continue
+        kid = jwk.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            skipped.append(f"keys[{index}]: kid is not a string")
+            continue
+        try:
+            # Pass an algorithm that fits so PyJWK does not guess one; we never use its choice.
+            key_object = jwt.PyJWK(jwk, algorithm=sorted(usable)[0]).key
+        except (PyJWKError, ValueError, TypeError) as exc:
+            skipped.append(f"keys[{index}]: {type(exc).__name__}")
+            continue
+        keys.append(VerificationKey(kid=kid, algorithms=frozenset(usable), key=key_object))
+    return KeySet(tuple(keys)), skipped
+
+
+def authorization_server_metadata_urls(issuer: str) -> list[str]:
+    """Metadata locations for an issuer, in the order MCP clients try them (MCP 2025-11-25).
+
+    RFC 8414 §3.1 inserts the well-known segment before the issuer's path; OIDC Discovery 1.0 §4
+    appends it (and RFC 8414 §5 allows the inserted OIDC form too).
+    """
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+
+    def at(new_path: str) -> str:
+        return urlunsplit((parts.scheme, parts.netloc, new_path, "", ""))
+
+    if not path:
+        return [at("/.well-known/oauth-authorization-server"), at("/.well-known/openid-configuration")]
+    return [
+        at("/.well-known/oauth-authorization-server" + path),
+        at("/.well-known/openid-configuration" + path),
+        at(path + "/.well-known/openid-configuration"),
+    ]
+
+
+class IssuerKeys:
+    """The cached key set of one issuer, with single-flight refresh."""
+
+    def __init__(
+        self,
+        issuer: IssuerConfig,
+        session: aiohttp.ClientSession,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.issuer = issuer
+        self._session = session
+        self._clock = clock
+        self._allowed = frozenset(issuer.algorithms)
+        self._keyset: KeySet | None = None
+        self._loaded_at = float("-inf")
+        self._last_attempt = float("-inf")
+        self._refresh: asyncio.Task[None] | None = None
+        self._jwks_uri: str | None = None
+        self._background: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._keyset is not None
+
+    async def candidates(self, kid: str | None, alg: str) -> list[VerificationKey]:
+        """Keys for this token header; refetches once (per cooldown) for an unknown ``kid``."""
+        keyset = self._keyset
+        if keyset is None:
+            await self._refresh_once()
+            keyset = self._keyset
+            if keyset is None:
+                raise KeysUnavailable(self.issuer.issuer)
+        found = keyset.candidates(kid, alg)
+        if found or kid is None or keyset.has_kid(kid):
+            self._refresh_in_background_if_stale()
+            return found
+        # Unknown kid: the issuer may have rotated. Refetch at most once per cooldown, so a flood
+        # of made-up kids costs the issuer one request per cooldown, not one per token.
+        if self._clock() - self._last_attempt >= self.issuer.jwks_refresh_cooldown_s:
+            await self._refresh_once()
+        return (self._keyset or keyset).candidates(kid, alg)
+
+    async def run(self) -> None:
+        """Background task: load keys, retry until loaded, then keep them fresh."""
+        retry_s = min(1.0, self.issuer.jwks_refresh_cooldown_s)
+        while True:
+            await self._refresh_once()
+            if self._keyset is None:
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, self.issuer.jwks_refresh_cooldown_s)
+            else:
+                await asyncio.sleep(self.issuer.jwks_max_age_s)
+
+    def _refresh_in_background_if_stale(self) -> None:
+        if self._refresh is None and self._clock() - self._loaded_at >= self.issuer.jwks_max_age_s:
+            self._refresh = asyncio.create_task(self._load())
+            self._refresh.add_done_callback(self._refresh_done)
+
+    async def _refresh_once(self) -> None:
+        # Single flight: every caller that arrives during a fetch awaits the same one. The shield
+        # keeps one caller's cancellation (client went away) from cancelling everybody's fetch.
+        if self._refresh is None:
+            self._refresh = asyncio.create_task(self._load())
+            self._refresh.add_done_callback(self._refresh_done)
+        await asyncio.shield(self._refresh)
+
+    def _refresh_done(self, task: asyncio.Task[None]) -> None:
+        self._refresh = None
+        if not task.cancelled():
+            task.exception()  # retrieved so asyncio does not warn; _load logs its own failures
+
+    async def _load(self) -> None:
+        self._last_attempt = self._clock()
+        try:
+            document = await self._fetch_document()
+            keyset, skipped = parse_jwks(document, self._allowed)
+        except (FetchError, ValueError, OSError) as exc:
+            log.warning(
+                "jwks_fetch_failed",
+                issuer=self.issuer.issuer,
+                error=str(exc),
+                kept_cached_keys=self._keyset is not None,
+            )
+            self._jwks_uri = None if isinstance(self.issuer.jwks, JwksDiscover) else self._jwks_uri
+            return
+        for reason in skipped:
+            log.warning("jwks_key_skipped", issuer=self.issuer.issuer, reason=reason)
+        if not keyset.keys:
+            log.warning("jwks_has_no_usable_keys", issuer=self.issuer.issuer, kept_cached_keys=self._keyset is not None)
+            return
+        self._keyset = keyset
+        self._loaded_at = self._clock()
+        log.info("jwks_loaded", issuer=self.issuer.issuer, keys=len(keyset.keys))
+
+    async def _fetch_document(self) -> dict[str, Any]:
+        source = self.issuer.jwks
+        timeout = self.issuer.http_timeout_s
+        if isinstance(source, JwksFile):
+            return await asyncio.to_thread(_read_jwks_file, source.path)
+        if isinstance(source, JwksUrl):
+            return await get_json_object(self._session, source.url, timeout_s=timeout)
+        if self._jwks_uri is None:
+            self._jwks_uri = await self._discover_jwks_uri()
+        return await get_json_object(self._session, self._jwks_uri, timeout_s=timeout)
+
+    async def _discover_jwks_uri(self) -> str:
+        problems: list[str] = []
+        for url in authorization_server_metadata_urls(self.issuer.issuer):
+            try:
+                metadata = await get_json_object(self._session, url, timeout_s=self.issuer.http_timeout_s)
+            except FetchError as exc:
+                problems.append(str(exc))
+                continue
+            # RFC 8414 §3.3 / OIDC Discovery §4.3: the document's issuer must be identical to the
+            # one we asked about, or the document is not to be used.
+            if metadata.get("issuer") != self.issuer.issuer:
+                problems.append(f"{url}: issuer in metadata does not match")
+                continue
+            jwks_uri = metadata.get("jwks_uri")
+            if not isinstance(jwks_uri, str) or urlsplit(jwks_uri).scheme not in ("http", "https"):
+                problems.append(f"{url}: no usable jwks_uri")
+                continue
+            return jwks_uri
+        raise FetchError("metadata discovery failed: " + "; ".join(problems))
+
+    async def aclose(self) -> None:
+        for task in (self._refresh,):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+def _read_jwks_file(path: Path) -> dict[str, Any]:
+    try:
+        document = loads_strict(path.read_bytes())
+    except StrictJSONError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return document

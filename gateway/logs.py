@@ -1,0 +1,73 @@
+"""structlog set-up: JSON lines by default, console on request, and a redaction step.
+
+Redaction is the last line of defence, not the first: code never logs tokens on purpose. This
+step still masks anything shaped like a JWT or a ``Bearer`` credential, and the value of any key
+whose name says it holds a secret, so one careless ``log.info(headers=...)`` cannot leak one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+_JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*")
+_SECRET_KEY_NAMES = ("authorization", "token", "secret", "password", "cookie", "api_key", "apikey")
+REDACTED = "***"
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _BEARER.sub(r"\1 " + REDACTED, _JWT_SHAPED.sub(REDACTED, value))
+    if isinstance(value, Mapping):
+        return {key: _redact_item(str(key), item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(item) for item in value]
+    return value
+
+
+def _redact_item(key: str, value: Any) -> Any:
+    lowered = key.lower()
+    # `token_id` (a jti) and counts are fine; values of keys that *are* secrets are not.
+    if any(name in lowered for name in _SECRET_KEY_NAMES) and lowered not in _SAFE_KEYS:
+        return REDACTED if value not in (None, "") else value
+    return _redact_value(value)
+
+
+_SAFE_KEYS = frozenset({"token_id", "reason", "token_reason", "token_type"})
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: mask secrets in every field of the event."""
+    for key in list(event_dict):
+        event_dict[key] = _redact_item(key, event_dict[key])
+    return event_dict
+
+
+def configure_logging(*, json: bool = True, level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog once for the process."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )

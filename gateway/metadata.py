@@ -1,0 +1,89 @@
+"""RFC 9728 Protected Resource Metadata and the one ``WWW-Authenticate`` builder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from .config import GatewayConfig, RouteConfig
+
+WELL_KNOWN_PRM = "/.well-known/oauth-protected-resource"
+
+
+def prm_path(route_path: str) -> str:
+    """Where a route's metadata lives: the well-known segment inserted before the path (RFC 9728 §3.1)."""
+    return WELL_KNOWN_PRM + route_path
+
+
+def prm_url(config: GatewayConfig, route: RouteConfig) -> str:
+    """The absolute metadata URL for a route, on the gateway's public origin."""
+    origin = urlsplit(config.public_url)
+    return f"{origin.scheme}://{origin.netloc}{prm_path(_public_path(config, route))}"
+
+
+def _public_path(config: GatewayConfig, route: RouteConfig) -> str:
+    # public_url may carry a base path (e.g. behind an ingress at https://x.example/gw); the
+    # route's public path is that base plus the route path.
+    base = urlsplit(config.public_url).path.rstrip("/")
+    return base + route.path
+
+
+def prm_document(config: GatewayConfig, route: RouteConfig) -> dict[str, Any]:
+    """The metadata document for one route (RFC 9728 §2; MCP 2025-06-18 "Authorization Server Location")."""
+    doc: dict[str, Any] = {
+        # §3.3: must be identical to the resource identifier the client used.
+        "resource": route.resource,
+        # MCP makes this mandatory (at least one); issuer identifiers exactly as configured.
+        "authorization_servers": [issuer.issuer for issuer in config.issuers],
+        "scopes_supported": list(advertised_scopes(route.scopes)),
+        "bearer_methods_supported": ["header"],
+        "resource_name": route.resource_name or route.path,
+    }
+    # §3.2: parameters with zero values must be omitted.
+    return {key: value for key, value in doc.items() if value not in ([], None, "")}
+
+
+def advertised_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """Scopes fit to publish or put in a challenge: ordered, de-duplicated, never ``offline_access``.
+
+    MCP 2026-07-28 "Refresh Tokens": servers SHOULD NOT list ``offline_access``.
+    """
+    seen: dict[str, None] = {}
+    for scope in scopes:
+        if scope != "offline_access":
+            seen.setdefault(scope, None)
+    return tuple(seen)
+
+
+def bearer_challenge(
+    *,
+    resource_metadata: str,
+    scopes: Sequence[str] = (),
+    error: str | None = None,
+) -> str:
+    """Build ``WWW-Authenticate: Bearer …`` (RFC 6750 §3, RFC 9728 §5.1).
+
+    ``error`` is omitted when the request carried no credentials (RFC 6750 §3.1). We never send
+    ``error_description``: the precise reason goes to the log, not to the caller.
+    """
+    params: list[tuple[str, str]] = []
+    if error is not None:
+        params.append(("error", error))
+    scope_value = " ".join(advertised_scopes(scopes))
+    if scope_value:
+        params.append(("scope", scope_value))
+    params.append(("resource_metadata", resource_metadata))
+    return "Bearer " + ", ".join(f"{name}={quoted_string(value)}" for name, value in params)
+
+
+def quoted_string(value: str) -> str:
+    """An RFC 9110 §5.6.4 quoted-string: backslash-escape ``"`` and ``\\``; refuse control characters.
+
+    Values come from config, but a CR/LF in a header would let one config typo split a response,
+    so anything outside visible ASCII, space and tab is refused outright.
+    """
+    for char in value:
+        if not (char in "\t " or "\x21" <= char <= "\x7e"):
+            raise ValueError(f"character {char!r} cannot appear in a header parameter")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,115 @@
+"""The two outer layers of every request: context (id, timer, log line) and error rendering."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from .config import GatewayConfig, RouteConfig
+from .errors import AuthError, GatewayError, MethodNotAllowed
+from .metadata import bearer_challenge, prm_url
+from .principal import Principal
+
+log = structlog.get_logger("gateway.request")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Per-request state, set by the pipeline and read by the outer layers.
+ROUTE = web.RequestKey("route", RouteConfig)
+PRINCIPAL = web.RequestKey("principal", Principal)
+OUTCOME = web.RequestKey("outcome", str)
+REASON = web.RequestKey("reason", str)
+RPC_ID = web.RequestKey("rpc_id", object)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: a request id, structlog context, and one canonical log line per request."""
+    request_id = secrets.token_hex(8)
+    started = time.perf_counter()
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        _log_request(request, status, time.perf_counter() - started)
+        structlog.contextvars.clear_contextvars()
+
+
+def _log_request(request: web.Request, status: int, duration_s: float) -> None:
+    principal = request.get(PRINCIPAL)
+    route = request.get(ROUTE)
+    fields: dict[str, Any] = {
+        "http_method": request.method,
+        # The path only: the query string may carry a refused token.
+        "path": request.path,
+        "status": status,
+        "outcome": request.get(OUTCOME, "ok" if status < 400 else "error"),
+        "duration_ms": round(duration_s * 1000, 3),
+    }
+    if route is not None:
+        fields["route"] = route.path
+    if (reason := request.get(REASON)) is not None:
+        fields["reason"] = reason
+    if principal is not None:
+        fields["subject"] = principal.subject
+        fields["client_id"] = principal.client_id
+    log.info("request", **fields)
+
+
+def error_responses(config: GatewayConfig) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Render any GatewayError as HTTP: a Bearer challenge for auth errors, JSON-RPC otherwise."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except GatewayError as exc:
+            request[OUTCOME] = "rejected" if exc.status < 500 else "error"
+            request[REASON] = exc.reason
+            if exc.detail:
+                log.info("rejected", reason=exc.reason, detail=exc.detail)
+            return render_error(config, request, exc)
+
+    return middleware
+
+
+def render_error(config: GatewayConfig, request: web.Request, exc: GatewayError) -> web.Response:
+    route = request.get(ROUTE)
+    headers: dict[str, str] = {}
+    if isinstance(exc, AuthError) and route is not None:
+        headers["WWW-Authenticate"] = bearer_challenge(
+            resource_metadata=prm_url(config, route),
+            scopes=exc.scopes or route.scopes,
+            error=exc.oauth_error,
+        )
+        if exc.status == 503:
+            headers["Retry-After"] = "5"
+    if isinstance(exc, MethodNotAllowed):
+        headers["Allow"] = ", ".join(exc.allowed)
+    return jsonrpc_error_response(exc.status, request.get(RPC_ID), exc.jsonrpc_code, exc.message, headers)
+
+
+def jsonrpc_error_response(
+    status: int, rpc_id: object, code: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """An HTTP error whose body is a JSON-RPC error, so MCP clients can read it (MCP 2026-07-28 K8)."""
+    return web.Response(
+        status=status,
+        headers=headers,
+        content_type="application/json",
+        text=json.dumps({"jsonrpc": "2.0", "id": rpc_id, "error": {"code": code, "message": message}}),
+    )

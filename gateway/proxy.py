@@ -1,0 +1,193 @@
+"""Forwarding to the upstream MCP server and streaming its answer back.
+
+- Request headers go upstream by allowlist only: the client's ``Authorization``, ``Cookie`` and
+  hop-by-hop headers can never leak (MCP "Token Passthrough"). ``Host`` is the upstream's own,
+  set by the HTTP client from the upstream URL (upstream SDKs check it against DNS rebinding).
+- SSE is relayed chunk by chunk as it arrives: the first event reaches the client while the
+  upstream is still sending, and a long-lived stream has no read timeout.
+- Connections are pooled and kept alive per upstream.
+- A client that disconnects cancels the handler (``handler_cancellation``); leaving the
+  ``async with`` on an unfinished upstream response closes that upstream connection, which the
+  upstream sees as the client going away (MCP 2026-07-28: closing the stream is cancellation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .config import RouteConfig
+from .errors import BodyTooLarge, UpstreamError, UpstreamTimeout
+
+log = structlog.get_logger("gateway.proxy")
+
+# Content negotiation, the Streamable HTTP headers of every revision, and trace context.
+FORWARDED_REQUEST_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-language",
+        "content-type",
+        "user-agent",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "last-event-id",
+        "mcp-method",
+        "mcp-name",
+        "traceparent",
+        "tracestate",
+        "baggage",
+    }
+)
+# MCP 2026-07-28: intermediaries MUST forward Mcp-Param-* headers they do not recognise.
+FORWARDED_REQUEST_PREFIXES = ("mcp-param-",)
+
+# RFC 9110 §7.6.1 connection-specific fields, plus framing we recompute ourselves.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
+
+# Bodies up to this size are read whole and answered with a Content-Length; larger or
+# open-ended ones (SSE) are streamed.
+_BUFFERED_RESPONSE_LIMIT = 1024 * 1024
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str], extra: Mapping[str, str]
+) -> CIMultiDict[str]:
+    """The headers sent upstream: allowlisted incoming ones plus the route's credential."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lowered = name.lower()
+        if lowered in FORWARDED_REQUEST_HEADERS or lowered.startswith(FORWARDED_REQUEST_PREFIXES):
+            headers.add(name, value)
+    for name, value in extra.items():
+        headers[name] = value
+    return headers
+
+
+def client_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if name.lower() not in _HOP_BY_HOP:
+            headers.add(name, value)
+    return headers
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes without reading the rest."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(detail=f"Content-Length {declared} > {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(detail=f"more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def is_event_stream(headers: CIMultiDictProxy[str]) -> bool:
+    return headers.get("Content-Type", "").split(";", 1)[0].strip().lower() == "text/event-stream"
+
+
+class Upstream:
+    """One upstream MCP server: its URL and a pooled, kept-alive client session."""
+
+    def __init__(self, route: RouteConfig) -> None:
+        self.route = route
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True),
+            # Connect bounded; no read timeout: SSE streams are long-lived by design. The wait for
+            # response headers is bounded separately in `forward`.
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=route.connect_timeout_s,
+                sock_connect=route.connect_timeout_s,
+                sock_read=None,
+            ),
+            # Bytes pass through untouched; we never forward Accept-Encoding, so upstreams answer
+            # uncompressed, but if one compresses anyway the client gets it as sent.
+            auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+    async def forward(
+        self,
+        request: web.Request,
+        body: bytes | None,
+        credential_headers: Mapping[str, str],
+        response_headers: Mapping[str, str],
+    ) -> web.StreamResponse:
+        """Send the request upstream and relay the answer; errors become 502/504."""
+        route = self.route
+        url = route.upstream if not request.query_string else f"{route.upstream}?{request.query_string}"
+        outgoing = upstream_request_headers(request.headers, credential_headers)
+        try:
+            async with asyncio.timeout(route.response_timeout_s):
+                upstream = await self._session.request(
+                    request.method, url, data=body, headers=outgoing, allow_redirects=False
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(detail=f"no response headers within {route.response_timeout_s}s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError("upstream_refused", detail=type(exc).__name__) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
+        async with upstream:
+            headers = client_response_headers(upstream.headers)
+            headers.update(response_headers)
+            if is_event_stream(upstream.headers):
+                return await _relay_stream(request, upstream, headers, sse=True)
+            length = upstream.content_length
+            if length is not None and length <= _BUFFERED_RESPONSE_LIMIT:
+                try:
+                    async with asyncio.timeout(route.response_timeout_s):
+                        content = await upstream.read()
+                except TimeoutError as exc:
+                    raise UpstreamTimeout(detail="response body timed out") from exc
+                except aiohttp.ClientError as exc:
+                    raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
+                return web.Response(status=upstream.status, body=content, headers=headers)
+            return await _relay_stream(request, upstream, headers, sse=False)
+
+
+async def _relay_stream(
+    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], *, sse: bool
+) -> web.StreamResponse:
+    if sse:
+        # MCP 2026-07-28 SHOULD: tell buffering reverse proxies in front of us not to buffer.
+        headers["X-Accel-Buffering"] = "no"
+    response = web.StreamResponse(status=upstream.status, headers=headers)
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+    except aiohttp.ClientError as exc:
+        # Headers are already sent: all we can do is end the stream early and say why in the log.
+        log.warning("upstream_stream_broken", error=type(exc).__name__)
+        response.force_close()
+        return response
+    await response.write_eof()
+    return response

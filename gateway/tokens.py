@@ -1,0 +1,237 @@
+"""Bearer-token extraction and JWT access-token validation.
+
+The checks follow RFC 9068 §4 and RFC 8725: the algorithm comes from the issuer's configured
+allowlist (never from the token alone), keys only from that issuer's JWKS, ``iss`` exact, ``aud``
+containing the route's resource (RFC 8707; MCP 2025-06-18 "Token Audience Binding"), ``exp``,
+``nbf`` and ``iat`` with leeway. Every check fails with its own reason, which becomes the log
+field and the metrics label; the client only ever sees ``invalid_token``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from jwt.algorithms import get_default_algorithms
+
+from .config import IssuerConfig
+from .errors import AuthUnavailable, InvalidAuthRequest, InvalidToken, MissingToken
+from .jsonutil import StrictJSONError, loads_strict
+from .jwks import IssuerKeys, KeysUnavailable
+from .principal import Principal, Secret
+
+# RFC 6750 §2.1 b64token. Anything else in the header is not a bearer token.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_MAX_TOKEN_BYTES = 16 * 1024
+_MAX_KID_CHARS = 256
+_ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+# JWS header parameters that would make us fetch or trust key material named by the token
+# itself (RFC 8725 §3.10), or whose semantics we do not implement (RFC 7515 §4.1.11 `crit`).
+_REFUSED_HEADER_PARAMS = ("jku", "x5u", "jwk", "x5c", "crit", "b64")
+_SIGNERS = get_default_algorithms()
+
+
+# --- Extraction -------------------------------------------------------------------------------
+
+
+def bearer_token_from(authorization: Sequence[str], query_has_token: bool) -> str:
+    """The token from ``Authorization: Bearer``; the only place a token is accepted (MCP, OAuth 2.1 §5.1.1).
+
+    A token in the query string is refused and never read further: 400 if a header token is
+    also present (RFC 6750 §2: one method only), else 401 as if no token were sent.
+    """
+    if len(authorization) > 1:
+        raise InvalidAuthRequest("duplicate_authorization_header")
+    if query_has_token:
+        if authorization:
+            raise InvalidAuthRequest("token_in_query_and_header")
+        raise MissingToken("token_in_query")
+    if not authorization:
+        raise MissingToken()
+    scheme, _, credentials = authorization[0].strip().partition(" ")
+    if scheme.lower() != "bearer":  # RFC 9110 §11.1: scheme names are case-insensitive
+        raise MissingToken("unsupported_auth_scheme")
+    token = credentials.strip()
+    if not token:
+        raise InvalidAuthRequest("empty_bearer_token")
+    if len(token) > _MAX_TOKEN_BYTES or not _B64TOKEN.fullmatch(token):
+        raise InvalidToken("malformed")
+    return token
+
+
+# --- Pure checks ------------------------------------------------------------------------------
+
+
+def split_jws(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+    """Decode a compact JWS strictly: header, claims, signing input, signature."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise InvalidToken("malformed", "not a three-part compact JWS")
+    header_b64, payload_b64, signature_b64 = parts
+    try:
+        header = loads_strict(_b64url_decode(header_b64))
+        claims = loads_strict(_b64url_decode(payload_b64))
+        signature = _b64url_decode(signature_b64)
+    except (ValueError, StrictJSONError) as exc:
+        raise InvalidToken("malformed", str(exc)) from None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise InvalidToken("malformed", "header or claims is not a JSON object")
+    return header, claims, f"{header_b64}.{payload_b64}".encode("ascii"), signature
+
+
+def _b64url_decode(segment: str) -> bytes:
+    if "=" in segment:  # JWS uses unpadded base64url (RFC 7515 §2)
+        raise ValueError("padded base64url")
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("bad base64url") from exc
+
+
+def check_header(header: Mapping[str, Any], issuer: IssuerConfig) -> tuple[str, str | None]:
+    """The algorithm and ``kid`` to verify with, or a named rejection."""
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in issuer.algorithms:
+        # Covers `none`, HS256 key confusion and any algorithm this issuer was not pinned to.
+        raise InvalidToken("alg_not_allowed", f"alg={str(alg)[:20]!r}")
+    for name in _REFUSED_HEADER_PARAMS:
+        if name in header:
+            raise InvalidToken("refused_header_param", name)
+    if issuer.require_at_jwt_typ:
+        typ = header.get("typ")
+        # RFC 9068 §4 / RFC 8725 §3.11: explicit typing keeps ID tokens out.
+        if not isinstance(typ, str) or typ.lower() not in _ACCESS_TOKEN_TYPES:
+            raise InvalidToken("bad_typ", f"typ={str(typ)[:20]!r}")
+    kid = header.get("kid")
+    if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_CHARS):
+        raise InvalidToken("malformed", "bad kid")
+    return alg, kid
+
+
+def audience_matches(audience: str, resource: str) -> bool:
+    """RFC 9728 §6 code-point equality, except scheme and host, which compare case-insensitively.
+
+    MCP "Canonical Server URI": implementations SHOULD accept an uppercase scheme and host.
+    """
+    if audience == resource:
+        return True
+    a, r = urlsplit(audience), urlsplit(resource)
+    return (
+        a.scheme.lower() == r.scheme.lower()
+        and a.netloc.lower() == r.netloc.lower()
+        and (a.path, a.query, a.fragment) == (r.path, r.query, r.fragment)
+    )
+
+
+def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
+    """Scopes from ``scope`` (space-delimited string, RFC 9068 §2.2.3) or ``scp`` (list of strings)."""
+    scope = claims.get("scope")
+    if scope is not None:
+        if not isinstance(scope, str):
+            raise InvalidToken("bad_claim", "scope is not a string")
+        return frozenset(scope.split())
+    scp = claims.get("scp")
+    if scp is None:
+        return frozenset()
+    if isinstance(scp, str):
+        return frozenset(scp.split())
+    if isinstance(scp, list) and all(isinstance(item, str) for item in scp):
+        return frozenset(scp)
+    raise InvalidToken("bad_claim", "scp is not a list of strings")
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        if required:
+            raise InvalidToken("missing_claim", name)
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidToken("bad_claim", f"{name} is not a number")
+    return float(value)
+
+
+def check_claims(
+    claims: Mapping[str, Any], *, issuer: IssuerConfig, resource: str, now: float, token: str
+) -> Principal:
+    """Every claim check on already signature-verified claims; pure, the clock is a parameter."""
+    if claims.get("iss") != issuer.issuer:  # exact, byte for byte (RFC 9068 §4)
+        raise InvalidToken("bad_issuer")
+    leeway = issuer.leeway_s
+    expires_at = _numeric_date(claims, "exp", required=True)
+    assert expires_at is not None
+    if expires_at <= now - leeway:
+        raise InvalidToken("expired")
+    not_before = _numeric_date(claims, "nbf", required=False)
+    if not_before is not None and not_before > now + leeway:
+        raise InvalidToken("not_yet_valid")
+    issued_at = _numeric_date(claims, "iat", required=False)
+    if issued_at is not None and issued_at > now + leeway:
+        raise InvalidToken("issued_in_future")
+
+    aud = claims.get("aud")
+    audiences = (aud,) if isinstance(aud, str) else tuple(aud) if isinstance(aud, list) else None
+    if not audiences or not all(isinstance(item, str) for item in audiences):
+        raise InvalidToken("missing_audience")  # RFC 8725 §3.9: no aud, no acceptance
+    if not any(audience_matches(item, resource) for item in audiences):
+        raise InvalidToken("bad_audience")
+
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise InvalidToken("missing_claim", "sub")
+    client_id = claims.get("client_id", claims.get("azp"))
+    if client_id is not None and not isinstance(client_id, str):
+        raise InvalidToken("bad_claim", "client_id is not a string")
+    token_id = claims.get("jti")
+    return Principal(
+        issuer=issuer.issuer,
+        subject=subject,
+        client_id=client_id,
+        scopes=scopes_of(claims),
+        audience=audiences,
+        expires_at=expires_at,
+        token_id=token_id if isinstance(token_id, str) else None,
+        token=Secret(token),
+        claims=MappingProxyType(dict(claims)),
+    )
+
+
+# --- The async shell --------------------------------------------------------------------------
+
+
+class JwtAuthenticator:
+    """Validates JWT access tokens against the configured issuers."""
+
+    def __init__(
+        self,
+        issuers: Mapping[str, IssuerKeys],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._issuers = issuers
+        self._clock = clock
+
+    async def authenticate(self, token: str, resource: str) -> Principal:
+        header, claims, signing_input, signature = split_jws(token)
+        # The unverified `iss` only picks which configured issuer's keys to try; the key that
+        # verifies must then belong to that issuer (RFC 8725 §3.8).
+        issuer_keys = self._issuers.get(claims.get("iss"))  # type: ignore[arg-type]
+        if issuer_keys is None:
+            raise InvalidToken("unknown_issuer")
+        issuer = issuer_keys.issuer
+        alg, kid = check_header(header, issuer)
+        try:
+            candidates = await issuer_keys.candidates(kid, alg)
+        except KeysUnavailable:
+            raise AuthUnavailable("keys_unavailable", issuer.issuer) from None
+        if not candidates:
+            raise InvalidToken("unknown_kid")
+        signer = _SIGNERS[alg]
+        if not any(signer.verify(signing_input, key.key, signature) for key in candidates):
+            raise InvalidToken("bad_signature")
+        return check_claims(claims, issuer=issuer, resource=resource, now=self._clock(), token=token)

@@ -1,0 +1,205 @@
+"""Shared fixtures: an in-process issuer, the SDK upstream fixture, and the gateway in front of it.
+
+Every server binds 127.0.0.1 on a free port and is stopped by the fixture that started it.
+Every log line the gateway writes during the run is kept, so tests can prove that no token
+ever reaches a log.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.config import GatewayConfig, load_config
+from gateway.logs import configure_logging
+from gateway.server import start_gateway
+from tests.support.issuer import TestIssuer
+from tests.support.processes import REPO_ROOT
+
+
+class LogSink(io.StringIO):
+    """Everything the gateway logged in this test session, one JSON object per line."""
+
+    def lines(self) -> list[str]:
+        return self.getvalue().splitlines()
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines()]
+
+
+_SESSION_LOGS = LogSink()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def gateway_logs() -> Iterator[LogSink]:
+    """JSON logs at DEBUG for the whole session, captured for inspection."""
+    configure_logging(json=True, level="debug", stream=_SESSION_LOGS)
+    yield _SESSION_LOGS
+
+
+@pytest.fixture
+async def issuer() -> AsyncIterator[TestIssuer]:
+    test_issuer = TestIssuer()
+    runner = web.AppRunner(test_issuer.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    test_issuer.base_url = f"http://127.0.0.1:{port}"
+    yield test_issuer
+    await runner.cleanup()
+
+
+@dataclass
+class Upstream:
+    """The SDK fixture server: its MCP URL and what it has recorded."""
+
+    base_url: str
+    http: aiohttp.ClientSession
+
+    @property
+    def mcp_url(self) -> str:
+        return self.base_url + "/mcp"
+
+    async def records(self) -> list[dict[str, Any]]:
+        async with self.http.get(self.base_url + "/__records") as response:
+            return await response.json()  # type: ignore[no-any-return]
+
+    async def requests(self) -> list[dict[str, Any]]:
+        return [record for record in await self.records() if "event" not in record]
+
+    async def clear(self) -> None:
+        async with self.http.post(self.base_url + "/__records/clear") as response:
+            response.raise_for_status()
+
+
+def _spawn_upstream(*args: str) -> Iterator[str]:
+    """Run the SDK fixture server in a subprocess; yields its base URL; stops it afterwards."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.upstream_server", "--port", "0", *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        word, _, port = proc.stdout.readline().strip().partition(" ")
+        if word != "LISTENING":
+            raise RuntimeError(f"upstream fixture failed to start (exit {proc.poll()})")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def upstream_process() -> Iterator[str]:
+    """One SDK upstream for the session (starting one costs about a second)."""
+    yield from _spawn_upstream()
+
+
+@pytest.fixture(scope="session")
+def json_upstream_process() -> Iterator[str]:
+    """An SDK upstream that answers POSTs with application/json instead of SSE."""
+    yield from _spawn_upstream("--json-response")
+
+
+async def _fresh_upstream(base_url: str) -> AsyncIterator[Upstream]:
+    async with aiohttp.ClientSession() as http:
+        upstream = Upstream(base_url, http)
+        await upstream.clear()
+        yield upstream
+
+
+@pytest.fixture
+async def upstream(upstream_process: str) -> AsyncIterator[Upstream]:
+    """The session's SDK upstream, with its records cleared for this test."""
+    async for fresh in _fresh_upstream(upstream_process):
+        yield fresh
+
+
+@pytest.fixture
+async def json_upstream(json_upstream_process: str) -> AsyncIterator[Upstream]:
+    async for fresh in _fresh_upstream(json_upstream_process):
+        yield fresh
+
+
+@dataclass
+class Gateway:
+    url: str
+    config: GatewayConfig
+    routes: dict[str, str] = field(default_factory=dict)
+
+    def route_url(self, path: str = "/mcp") -> str:
+        return self.url + path
+
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def start_gateway_with(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    """Start gateways from YAML text; ``{port}`` in the text is not needed (port 0 is used)."""
+    runners: list[web.AppRunner] = []
+
+    async def start(yaml_text: str, *, wait_ready: bool = True) -> Gateway:
+        path = tmp_path / f"gateway-{len(runners)}.yaml"
+        path.write_text(textwrap.dedent(yaml_text))
+        config = load_config(path)
+        runner, port = await start_gateway(config, host="127.0.0.1", port=0)
+        runners.append(runner)
+        url = f"http://127.0.0.1:{port}"
+        if wait_ready:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(200):
+                    async with http.get(url + "/readyz") as response:
+                        if response.status == 200:
+                            break
+                    await _sleep(0.02)
+                else:
+                    raise RuntimeError("gateway never became ready")
+        return Gateway(url=url, config=config)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+def single_route_config(issuer: TestIssuer, upstream_url: str, **route_extra: Any) -> str:
+    """The common case: one issuer (discovered), one route at /mcp."""
+    extra = "".join(f"\n            {key}: {json.dumps(value)}" for key, value in route_extra.items())
+    return f"""
+        listen: {{host: 127.0.0.1, port: 0}}
+        public_url: http://127.0.0.1:8080
+        issuers:
+          - issuer: {issuer.issuer}
+            algorithms: [RS256, ES256]
+            jwks: {{discover: true}}
+            leeway_s: 5
+            jwks_refresh_cooldown_s: 0.2
+        routes:
+          - path: /mcp
+            upstream: {upstream_url}
+            scopes: [mcp:access]{extra}
+        """
