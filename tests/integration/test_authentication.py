@@ -12,6 +12,7 @@ import aiohttp
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from multidict import CIMultiDict
 
 from tests.conftest import Gateway, GatewayFactory, Upstream, single_route_config
 from tests.support.challenge import parse_bearer_challenge
@@ -107,13 +108,13 @@ def _with_duplicate_iss(issuer: TestIssuer) -> str:
     return f"{signing_input}.{b64url(signature)}"
 
 
-async def post(gateway: Gateway, headers: dict[str, str], *, path: str = "/mcp", query: str = "") -> tuple[int, dict[str, str], Any]:
+async def post(gateway: Gateway, headers: dict[str, str], *, path: str = "/mcp", query: str = "") -> tuple[int, CIMultiDict[str], Any]:
     async with aiohttp.ClientSession() as http, http.post(
         gateway.route_url(path) + query, json=INITIALIZE, headers={**MCP_HEADERS, **headers}
     ) as response:
         body = await response.read()
         is_json = response.content_type == "application/json"
-        return response.status, dict(response.headers), json.loads(body) if body and is_json else body
+        return response.status, response.headers.copy(), json.loads(body) if body and is_json else body
 
 
 @pytest.fixture
