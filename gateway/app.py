@@ -41,6 +41,7 @@ class Gateway:
         # 2025-11-25 clients fall back to it); with several it would have to pick one.
         self._root_route = config.routes[0] if len(config.routes) == 1 else None
         self._own_origin = _origin_of(config.public_url)
+        self._base_path = urlsplit(config.public_url).path.rstrip("/")
         self._allowed_origins = frozenset(config.allowed_origins) | {self._own_origin}
         self._issuer_keys: dict[str, IssuerKeys] = {}
         self._upstreams: dict[str, Upstream] = {}
@@ -81,7 +82,7 @@ class Gateway:
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         if path == WELL_KNOWN_PRM or path.startswith(WELL_KNOWN_PRM + "/"):
-            return self.handle_metadata(request, path[len(WELL_KNOWN_PRM):])
+            return self.handle_metadata(request, path[len(WELL_KNOWN_PRM) :])
         route = self._routes.get(path)
         if route is None:
             return jsonrpc_error_response(404, None, -32601, "Not found")
@@ -128,13 +129,21 @@ class Gateway:
             return web.Response(status=204, headers=cors)
         if request.method not in ("GET", "HEAD"):
             return web.Response(status=405, headers={"Allow": "GET, OPTIONS", **cors})
-        route = self._root_route if route_path == "" else self._routes.get(route_path.rstrip("/") or "/")
+        route = self._root_route if route_path == "" else self._route_for_metadata(route_path)
         if route is None:
             return web.json_response({"error": "not_found"}, status=404, headers=cors)
         return web.json_response(
             prm_document(self.config, route),
             headers={**cors, "Cache-Control": "public, max-age=300"},
         )
+
+    def _route_for_metadata(self, suffix: str) -> RouteConfig | None:
+        # With public_url https://x.example/base the metadata path is .../base/<route>
+        # (RFC 9728 §3.1); a proxy in front that strips /base may also send .../<route>.
+        suffix = suffix.rstrip("/")
+        if self._base_path and suffix.startswith(self._base_path + "/"):
+            return self._routes.get(suffix[len(self._base_path) :]) or self._routes.get(suffix)
+        return self._routes.get(suffix)
 
 
 def _origin_of(url: str) -> str:

@@ -26,7 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("path")
 
     demo = commands.add_parser("demo", help="run a demo upstream, a development issuer and the gateway")
-    demo.add_argument("--port", type=int, default=8000, help="gateway port (upstream and issuer use the next two)")
+    demo.add_argument(
+        "--port", type=int, default=8000, help="gateway port (upstream and issuer use the next two)"
+    )
 
     args = parser.parse_args(argv)
     if args.command == "check-config":

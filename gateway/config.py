@@ -7,7 +7,7 @@ How parsing is organised (so that new keys are cheap to add):
 
 * ``yaml_loader`` turns the text into a frozen tree of nodes with line numbers, having
   already dealt with duplicate keys, tags, anchors and ``${ENV}`` substitution.
-* Each section (the top level, ``listen``, an issuer, a route) is a tuple of ``Field``
+* Each section (the top level, ``listen``, an issuer, a route) is a tuple of ``FieldSpec``
   specs: key, value parser, required or not.  ``read_section`` applies them, reporting
   unknown keys (with a "did you mean"), missing required keys and each parser's problems.
   Optional keys that are absent get the *dataclass* default, so defaults live in one place.
@@ -245,7 +245,7 @@ ValueParser: TypeAlias = Callable[[YamlNode, _Cursor], Any]
 
 
 @dataclass(frozen=True, slots=True)
-class Field:
+class FieldSpec:
     """One key of a section: its name (= dataclass attribute), parser, and whether required."""
 
     key: str
@@ -263,7 +263,7 @@ class _Section:
     complete: bool  # no problem inside this section
 
 
-def read_section(node: YamlNode, at: _Cursor, fields: tuple[Field, ...]) -> Parsed[_Section]:
+def read_section(node: YamlNode, at: _Cursor, fields: tuple[FieldSpec, ...]) -> Parsed[_Section]:
     """Apply ``fields`` to a mapping node: unknown keys, missing keys, then each value."""
     if isinstance(node, YamlRejected):
         return INVALID
@@ -293,7 +293,7 @@ def read_section(node: YamlNode, at: _Cursor, fields: tuple[Field, ...]) -> Pars
     return _Section(node.line, values, nodes, complete)
 
 
-def section_of(fields: tuple[Field, ...]) -> Callable[[YamlNode, _Cursor], Parsed[_Section]]:
+def section_of(fields: tuple[FieldSpec, ...]) -> Callable[[YamlNode, _Cursor], Parsed[_Section]]:
     """A value parser for a nested mapping described by ``fields``."""
     return lambda node, at: read_section(node, at, fields)
 
@@ -652,36 +652,35 @@ def parse_jwks_file(node: YamlNode, at: _Cursor) -> Parsed[JwksFile]:
 
 
 _JWKS_FIELDS: Final = (
-    Field("discover", parse_discover),
-    Field("url", parse_jwks_url),
-    Field("file", parse_jwks_file),
+    FieldSpec("discover", parse_discover),
+    FieldSpec("url", parse_jwks_url),
+    FieldSpec("file", parse_jwks_file),
 )
 
 
 def parse_jwks(node: YamlNode, at: _Cursor) -> Parsed[JwksSource]:
     """Exactly one of ``{discover: true}``, ``{url: ...}``, ``{file: ...}``."""
+    if isinstance(node, YamlMapping):
+        chosen = [spec.key for spec in _JWKS_FIELDS if node.get(spec.key) is not None]
+        # Only unknown keys present: the unknown-key problem (with its suggestion) says it better.
+        if len(chosen) > 1 or not node.entries:
+            return at.problem(node.line, "choose exactly one of: discover, url, file")
     section = read_section(node, at, _JWKS_FIELDS)
-    if section is INVALID or not isinstance(node, YamlMapping):
+    if section is INVALID or not section.complete or not section.values:
         return INVALID
-    chosen = [spec.key for spec in _JWKS_FIELDS if node.get(spec.key) is not None]
-    # With only unknown keys present, the unknown-key problem already says what is wrong.
-    if len(chosen) > 1 or (not chosen and not node.entries):
-        return at.problem(node.line, "choose exactly one of: discover, url, file")
-    if not section.complete or not chosen:
-        return INVALID
-    source: JwksSource = section.values[chosen[0]]
+    source: JwksSource = next(iter(section.values.values()))
     return source
 
 
 _ISSUER_FIELDS: Final = (
-    Field("issuer", parse_issuer_identifier, required=True),
-    Field("algorithms", parse_algorithms, required=True),
-    Field("jwks", parse_jwks, required=True),
-    Field("leeway_s", non_negative_seconds),
-    Field("require_at_jwt_typ", boolean),
-    Field("jwks_refresh_cooldown_s", positive_seconds),
-    Field("jwks_max_age_s", positive_seconds),
-    Field("http_timeout_s", positive_seconds),
+    FieldSpec("issuer", parse_issuer_identifier, required=True),
+    FieldSpec("algorithms", parse_algorithms, required=True),
+    FieldSpec("jwks", parse_jwks, required=True),
+    FieldSpec("leeway_s", non_negative_seconds),
+    FieldSpec("require_at_jwt_typ", boolean),
+    FieldSpec("jwks_refresh_cooldown_s", positive_seconds),
+    FieldSpec("jwks_max_age_s", positive_seconds),
+    FieldSpec("http_timeout_s", positive_seconds),
 )
 
 
@@ -743,14 +742,14 @@ def parse_scope(node: YamlNode, at: _Cursor) -> Parsed[str]:
 
 
 _ROUTE_FIELDS: Final = (
-    Field("path", parse_route_path, required=True),
-    Field("upstream", parse_upstream, required=True),
-    Field("scopes", list_of(parse_scope, unique="scope")),
-    Field("resource", parse_resource),
-    Field("resource_name", non_empty_text),
-    Field("max_body_bytes", integer_in(1, None)),
-    Field("connect_timeout_s", positive_seconds),
-    Field("response_timeout_s", positive_seconds),
+    FieldSpec("path", parse_route_path, required=True),
+    FieldSpec("upstream", parse_upstream, required=True),
+    FieldSpec("scopes", list_of(parse_scope, unique="scope")),
+    FieldSpec("resource", parse_resource),
+    FieldSpec("resource_name", non_empty_text),
+    FieldSpec("max_body_bytes", integer_in(1, None)),
+    FieldSpec("connect_timeout_s", positive_seconds),
+    FieldSpec("response_timeout_s", positive_seconds),
 )
 
 
@@ -758,14 +757,14 @@ _ROUTE_FIELDS: Final = (
 
 
 _LISTEN_FIELDS: Final = (
-    Field("host", non_empty_text),
-    Field("port", integer_in(0, 65535)),
+    FieldSpec("host", non_empty_text),
+    FieldSpec("port", integer_in(0, 65535)),
 )
 
 _TOP_FIELDS: Final = (
-    Field("listen", section_of(_LISTEN_FIELDS)),
-    Field("public_url", parse_public_url, required=True),
-    Field(
+    FieldSpec("listen", section_of(_LISTEN_FIELDS)),
+    FieldSpec("public_url", parse_public_url, required=True),
+    FieldSpec(
         "issuers",
         list_of(
             section_of(_ISSUER_FIELDS),
@@ -774,12 +773,12 @@ _TOP_FIELDS: Final = (
         ),
         required=True,
     ),
-    Field(
+    FieldSpec(
         "routes",
         list_of(section_of(_ROUTE_FIELDS), non_empty="at least one route is required"),
         required=True,
     ),
-    Field("allowed_origins", list_of(parse_origin, unique="origin")),
+    FieldSpec("allowed_origins", list_of(parse_origin, unique="origin")),
 )
 
 
@@ -788,7 +787,7 @@ class _Seen:
     """First occurrence of a value that must be unique across entries."""
 
     line: int
-    where: str  # key path
+    where: str  # key path, possibly with a note
 
 
 @dataclass(slots=True)
@@ -798,14 +797,13 @@ class _UniqueCheck:
     noun: str
     seen: dict[str, _Seen] = field(default_factory=dict)
 
-    def check(self, value: str, shown_value: str, line: int, at: _Cursor) -> bool:
+    def check(self, value: str, shown_value: str, line: int, at: _Cursor, note: str = "") -> bool:
         first = self.seen.get(value)
         if first is not None:
-            at.problem(
-                line, f"duplicate {self.noun} {shown_value} (also at line {first.line}, {first.where})"
-            )
+            also = f"also at line {first.line}, {first.where}"
+            at.problem(line, f"duplicate {self.noun} {shown_value} ({also})")
             return False
-        self.seen[value] = _Seen(line, at.path)
+        self.seen[value] = _Seen(line, at.path + note)
         return True
 
 
@@ -819,6 +817,28 @@ def _issuers(sections: tuple[_Section, ...], at: _Cursor) -> Parsed[tuple[Issuer
             unique.check(identifier, shown_as(node, identifier), node.line, at.item(index).key("issuer"))
         issuers.append(build_from(IssuerConfig, section))
     return _all_or_invalid(issuers)
+
+
+class _Resource(NamedTuple):
+    value: str
+    shown: str  # for messages
+    line: int
+    note: str  # says when the value is the default
+
+
+def _route_resource(section: _Section, public_url: Parsed[str]) -> _Resource | None:
+    """A route's resource identifier: explicit, or the default public_url + path."""
+    explicit = section.nodes.get("resource")
+    if explicit is not None:
+        value: str = section.values["resource"]
+        return _Resource(value, shown_as(explicit, value), explicit.line, "")
+    path_node = section.nodes.get("path")
+    if public_url is INVALID or path_node is None:
+        return None
+    value = public_url + section.values["path"]
+    note = " (default: public_url + path)"
+    from_env = isinstance(path_node, YamlScalar) and bool(path_node.env_refs)
+    return _Resource(value, note.strip() if from_env else repr(value) + note, section.line, note)
 
 
 def _routes(
@@ -837,33 +857,16 @@ def _routes(
             route_at.key("path"),
         )
         resource = _route_resource(section, public_url)
-        if resource is not None and path_is_unique:  # a duplicate path already explains a clash
-            value, shown_value, line = resource
-            resources.check(value, shown_value, line, route_at.key("resource"))
         if resource is None:
             routes.append(INVALID)
             continue
-        routes.append(
-            build_from(RouteConfig, replace(section, values={**section.values, "resource": resource[0]}))
-        )
+        if path_is_unique:  # a duplicate path already explains the clash of default resources
+            resources.check(
+                resource.value, resource.shown, resource.line, route_at.key("resource"), resource.note
+            )
+        with_resource = replace(section, values={**section.values, "resource": resource.value})
+        routes.append(build_from(RouteConfig, with_resource))
     return _all_or_invalid(routes)
-
-
-def _route_resource(section: _Section, public_url: Parsed[str]) -> tuple[str, str, int] | None:
-    """(resource, how to show it, line) of a route; the default is public_url + path."""
-    explicit = section.nodes.get("resource")
-    if explicit is not None:
-        value: str = section.values["resource"]
-        return value, shown_as(explicit, value), explicit.line
-    path_node = section.nodes.get("path")
-    if public_url is INVALID or path_node is None:
-        return None
-    value = public_url + section.values["path"]
-    from_env = isinstance(path_node, YamlScalar) and path_node.env_refs
-    shown_value = (
-        "(the default public_url + path)" if from_env else f"{value!r} (the default public_url + path)"
-    )
-    return value, shown_value, section.line
 
 
 def _all_or_invalid(items: list[Parsed[T]]) -> Parsed[tuple[T, ...]]:

@@ -87,6 +87,9 @@ async def _wait_for_port(port: int, timeout_s: float = 20.0) -> None:
             return
 
 
+_JSON_FIELD_PRINTER = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'"
+
+
 def _instructions(public_url: str, resource: str, issuer: str, token: str) -> str:
     mcp = "-H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream'"
     modern = "-H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/call' -H 'Mcp-Name: add'"
@@ -108,7 +111,7 @@ A ready token (scope mcp:tools, 1 hour):
 
 2) A fresh token from the development issuer (client credentials, RFC 8707 resource):
   export TOKEN=$(curl -s {issuer}/token -d grant_type=client_credentials -d client_id=me \\
-      -d scope=mcp:tools -d resource={resource} | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+      -d scope=mcp:tools -d resource={resource} | {_JSON_FIELD_PRINTER})
 
 3) With the token, the tool call goes through to the upstream:
   curl -s -X POST {resource} -H "Authorization: Bearer $TOKEN" {mcp} {modern} -d '{call}'

@@ -26,7 +26,15 @@ class DevIssuer:
         self._key = ec.generate_private_key(ec.SECP256R1())
         self._kid = secrets.token_hex(6)
 
-    def mint(self, *, audience: str, scope: str, subject: str = "demo-user", client_id: str = "demo-client", lifetime_s: int = 3600) -> str:
+    def mint(
+        self,
+        *,
+        audience: str,
+        scope: str,
+        subject: str = "demo-user",
+        client_id: str = "demo-client",
+        lifetime_s: int = 3600,
+    ) -> str:
         now = int(time.time())
         claims = {
             "iss": self.issuer,

@@ -37,9 +37,7 @@ class AuthError(GatewayError):
     jsonrpc_code = -32001  # implementation-defined server error: not authorized
     message = "Unauthorized"
 
-    def __init__(
-        self, reason: str | None = None, detail: str = "", scopes: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, reason: str | None = None, detail: str = "", scopes: Sequence[str] = ()) -> None:
         super().__init__(reason, detail)
         # The scopes to name in the challenge (RFC 6750 §3 `scope`); filled in by the caller that
         # knows the route and operation.

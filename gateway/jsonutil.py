@@ -40,9 +40,7 @@ def loads_strict(data: bytes | str) -> Any:
     else:
         text = data
     try:
-        return json.loads(
-            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
-        )
+        return json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
     except StrictJSONError:
         raise
     except (ValueError, RecursionError) as exc:

@@ -24,7 +24,7 @@ import jwt
 import structlog
 from jwt.exceptions import PyJWKError
 
-from .config import IssuerConfig, JwksDiscover, JwksFile, JwksUrl
+from .config import IssuerConfig, JwksFile, JwksUrl
 from .jsonutil import StrictJSONError, loads_strict
 from .outbound import FetchError, get_json_object
 
@@ -60,11 +60,7 @@ class KeySet:
         A token without ``kid`` may be tried against every key fit for its algorithm: the set is
         the issuer's own and small, so this cannot be used to reach a foreign key.
         """
-        return [
-            key
-            for key in self.keys
-            if alg in key.algorithms and (kid is None or key.kid == kid)
-        ]
+        return [key for key in self.keys if alg in key.algorithms and (kid is None or key.kid == kid)]
 
     def has_kid(self, kid: str) -> bool:
         return any(key.kid == kid for key in self.keys)
@@ -92,8 +88,9 @@ def parse_jwks(document: Mapping[str, Any], allowed_algorithms: frozenset[str]) 
             # it would also make HMAC confusion possible. Skip the key loudly.
             skipped.append(f"keys[{index}]: contains private or symmetric key material")
             continue
-        kty = jwk.get("kty")
-        fits = _ALGORITHMS_FOR_KEY.get((kty, jwk.get("crv") if kty != "RSA" else None), frozenset())
+        kty, crv = jwk.get("kty"), jwk.get("crv")
+        shape = (kty if isinstance(kty, str) else "", crv if isinstance(crv, str) and kty != "RSA" else None)
+        fits = _ALGORITHMS_FOR_KEY.get(shape, frozenset())
         declared = jwk.get("alg")
         if declared is not None:
             fits = fits & {declared}
@@ -153,8 +150,7 @@ class IssuerKeys:
         self._loaded_at = float("-inf")
         self._last_attempt = float("-inf")
         self._refresh: asyncio.Task[None] | None = None
-        self._jwks_uri: str | None = None
-        self._background: asyncio.Task[None] | None = None
+        self._jwks_uri: str | None = None  # discovered once, kept until a fetch fails
 
     @property
     def ready(self) -> bool:
@@ -219,12 +215,16 @@ class IssuerKeys:
                 error=str(exc),
                 kept_cached_keys=self._keyset is not None,
             )
-            self._jwks_uri = None if isinstance(self.issuer.jwks, JwksDiscover) else self._jwks_uri
+            self._jwks_uri = None  # rediscover next time: the metadata may have moved the JWKS
             return
         for reason in skipped:
             log.warning("jwks_key_skipped", issuer=self.issuer.issuer, reason=reason)
         if not keyset.keys:
-            log.warning("jwks_has_no_usable_keys", issuer=self.issuer.issuer, kept_cached_keys=self._keyset is not None)
+            log.warning(
+                "jwks_has_no_usable_keys",
+                issuer=self.issuer.issuer,
+                kept_cached_keys=self._keyset is not None,
+            )
             return
         self._keyset = keyset
         self._loaded_at = self._clock()
@@ -262,11 +262,10 @@ class IssuerKeys:
         raise FetchError("metadata discovery failed: " + "; ".join(problems))
 
     async def aclose(self) -> None:
-        for task in (self._refresh,):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
 
 
 def _read_jwks_file(path: Path) -> dict[str, Any]:

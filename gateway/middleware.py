@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from .config import GatewayConfig, RouteConfig
 from .errors import AuthError, GatewayError, MethodNotAllowed
@@ -70,7 +71,7 @@ def _log_request(request: web.Request, status: int, duration_s: float) -> None:
     log.info("request", **fields)
 
 
-def error_responses(config: GatewayConfig) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def error_responses(config: GatewayConfig) -> Middleware:
     """Render any GatewayError as HTTP: a Bearer challenge for auth errors, JSON-RPC otherwise."""
 
     @web.middleware

@@ -20,9 +20,7 @@ class FetchError(Exception):
     """An outbound fetch failed; the message is fit for the log."""
 
 
-async def get_json_object(
-    session: aiohttp.ClientSession, url: str, *, timeout_s: float
-) -> dict[str, Any]:
+async def get_json_object(session: aiohttp.ClientSession, url: str, *, timeout_s: float) -> dict[str, Any]:
     """GET a JSON object, with no redirects, a size bound and a total timeout."""
     try:
         async with session.get(

@@ -67,9 +67,7 @@ _HOP_BY_HOP = frozenset(
 _BUFFERED_RESPONSE_LIMIT = 1024 * 1024
 
 
-def upstream_request_headers(
-    incoming: CIMultiDictProxy[str], extra: Mapping[str, str]
-) -> CIMultiDict[str]:
+def upstream_request_headers(incoming: CIMultiDictProxy[str], extra: Mapping[str, str]) -> CIMultiDict[str]:
     """The headers sent upstream: allowlisted incoming ones plus the route's credential."""
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():

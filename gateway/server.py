@@ -14,7 +14,9 @@ from .config import GatewayConfig
 log = structlog.get_logger("gateway.server")
 
 
-async def start_gateway(config: GatewayConfig, *, host: str | None = None, port: int | None = None) -> tuple[web.AppRunner, int]:
+async def start_gateway(
+    config: GatewayConfig, *, host: str | None = None, port: int | None = None
+) -> tuple[web.AppRunner, int]:
     """Start the gateway's listener; returns the runner and the bound port (port 0 picks a free one)."""
     runner = web.AppRunner(
         build_app(config),

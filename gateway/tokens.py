@@ -164,8 +164,7 @@ def check_claims(
     if claims.get("iss") != issuer.issuer:  # exact, byte for byte (RFC 9068 §4)
         raise InvalidToken("bad_issuer")
     leeway = issuer.leeway_s
-    expires_at = _numeric_date(claims, "exp", required=True)
-    assert expires_at is not None
+    expires_at = _numeric_date(claims, "exp", required=True) or 0.0  # required: never None
     if expires_at <= now - leeway:
         raise InvalidToken("expired")
     not_before = _numeric_date(claims, "nbf", required=False)

@@ -14,7 +14,9 @@ On the way it
   from a tag, so python-specific tags cannot execute anything, and they are refused anyway,
 * substitutes ``${NAME}`` / ``${NAME:-default}`` from the environment (``$${`` is a
   literal ``${``) and then re-types *plain* scalars with YAML's implicit resolver, so
-  ``port: ${PORT}`` is an int while ``port: "${PORT}"`` stays a string.
+  ``port: ${PORT}`` is an int while ``port: "${PORT}"`` stays a string.  (Inside flow
+  collections, ``[...]`` / ``{...}``, YAML forbids braces in plain scalars, so a reference
+  there must be quoted, and then stays a string; syntax errors on such lines say so.)
 
 Problems are returned, never raised, so the caller can report all of them at once.
 Values that came from the environment are marked (``YamlScalar.env_refs``) so that error
@@ -280,8 +282,9 @@ class _Converter:
     def mapping_key(self, key_node: Node, path: str) -> str | None:
         """The key's text, or None (after reporting) if it cannot be a config key."""
         line = _line(key_node)
-        if id(key_node) in self.loader.aliases:
-            self.reject(line, path, "aliases are not supported as keys")
+        alias = self.loader.aliases.get(id(key_node))
+        if alias is not None:
+            self.reject(alias[1], path, f"aliases (*{alias[0]}) are not supported")
             return None
         if key_node.tag == _MERGE_TAG and id(key_node) not in self.loader.explicit_tags:
             self.reject(line, join_key(path, "<<"), "merge keys (<<) are not supported")
@@ -297,12 +300,8 @@ class _Converter:
 
     @staticmethod
     def value_line(value_node: Node, key_line: int) -> int | None:
-        """Collections and empty values are best pointed at by their key's line."""
-        if isinstance(value_node, MappingNode | SequenceNode):
-            return key_line
-        if isinstance(value_node, ScalarNode) and value_node.value == "" and value_node.style is None:
-            return key_line  # PyYAML marks an empty value at the *next* token, often a later line
-        return None
+        """A block collection starts on the line after its key; problems about it belong on the key."""
+        return key_line if isinstance(value_node, MappingNode | SequenceNode) else None
 
     def convert_scalar(self, node: ScalarNode, path: str, line: int) -> YamlNode:
         raw = str(node.value)
@@ -355,6 +354,11 @@ class _Converter:
 # --------------------------------------------------------------------------- entry point
 
 
+def _line_text(text: str, line: int) -> str:
+    lines = text.splitlines()
+    return lines[line - 1] if 0 < line <= len(lines) else ""
+
+
 def _syntax_issue(error: yaml.YAMLError, text: str) -> YamlIssue:
     if isinstance(error, yaml.MarkedYAMLError):
         mark = error.problem_mark or error.context_mark
@@ -368,6 +372,9 @@ def _syntax_issue(error: yaml.YAMLError, text: str) -> YamlIssue:
                 else ""
             )
             detail = f"{detail} ({error.context}{started})"
+        if "${" in _line_text(text, line):
+            # Plain scalars cannot contain "{" or "}" inside [...] or {...}: a common trap with ${NAME}.
+            detail += "; inside [...] or {...} quote ${NAME} references, or use block style"
         return YamlIssue(line, "", f"YAML syntax error: {detail}")
     if isinstance(error, yaml.reader.ReaderError):
         position = error.position if isinstance(error.position, int) else 0

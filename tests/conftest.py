@@ -24,7 +24,7 @@ from aiohttp import web
 from gateway.config import GatewayConfig, load_config
 from gateway.logs import configure_logging
 from gateway.server import start_gateway
-from tests.support.issuer import TestIssuer
+from tests.support.issuer import MINTED_TOKENS, TestIssuer
 from tests.support.processes import REPO_ROOT
 
 
@@ -43,9 +43,14 @@ _SESSION_LOGS = LogSink()
 
 @pytest.fixture(autouse=True, scope="session")
 def gateway_logs() -> Iterator[LogSink]:
-    """JSON logs at DEBUG for the whole session, captured for inspection."""
+    """JSON logs at DEBUG for the whole session; at the end, no token minted by any test is in them."""
     configure_logging(json=True, level="debug", stream=_SESSION_LOGS)
     yield _SESSION_LOGS
+    logs = _SESSION_LOGS.getvalue()
+    assert logs, "the gateway logged nothing in the whole session"
+    # The signature segment is unique to each token and survives any truncation of the rest.
+    leaked = [token[:16] for token in MINTED_TOKENS if token.rsplit(".", 1)[-1] in logs]
+    assert not leaked, f"{len(leaked)} test tokens appear in gateway logs"
 
 
 @pytest.fixture

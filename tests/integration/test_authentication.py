@@ -38,12 +38,21 @@ def b64url(data: bytes) -> str:
 
 
 def unsigned(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
-    return ".".join([b64url(json.dumps(header).encode()), b64url(json.dumps(claims).encode()), b64url(signature)])
+    return ".".join(
+        [b64url(json.dumps(header).encode()), b64url(json.dumps(claims).encode()), b64url(signature)]
+    )
 
 
 def claims_for(issuer: TestIssuer, **overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    claims = {"iss": issuer.issuer, "sub": "u", "aud": RESOURCE, "iat": now, "exp": now + 300, "scope": "mcp:access"}
+    claims = {
+        "iss": issuer.issuer,
+        "sub": "u",
+        "aud": RESOURCE,
+        "iat": now,
+        "exp": now + 300,
+        "scope": "mcp:access",
+    }
     claims.update(overrides)
     return claims
 
@@ -108,10 +117,15 @@ def _with_duplicate_iss(issuer: TestIssuer) -> str:
     return f"{signing_input}.{b64url(signature)}"
 
 
-async def post(gateway: Gateway, headers: dict[str, str], *, path: str = "/mcp", query: str = "") -> tuple[int, CIMultiDict[str], Any]:
-    async with aiohttp.ClientSession() as http, http.post(
-        gateway.route_url(path) + query, json=INITIALIZE, headers={**MCP_HEADERS, **headers}
-    ) as response:
+async def post(
+    gateway: Gateway, headers: dict[str, str], *, path: str = "/mcp", query: str = ""
+) -> tuple[int, CIMultiDict[str], Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            gateway.route_url(path) + query, json=INITIALIZE, headers={**MCP_HEADERS, **headers}
+        ) as response,
+    ):
         body = await response.read()
         is_json = response.content_type == "application/json"
         return response.status, response.headers.copy(), json.loads(body) if body and is_json else body
@@ -122,7 +136,9 @@ async def gateway(issuer: TestIssuer, upstream: Upstream, start_gateway_with: Ga
     return await start_gateway_with(single_route_config(issuer, upstream.mcp_url))
 
 
-async def test_no_token_gets_401_with_resource_metadata_and_scope(gateway: Gateway, upstream: Upstream) -> None:
+async def test_no_token_gets_401_with_resource_metadata_and_scope(
+    gateway: Gateway, upstream: Upstream
+) -> None:
     """No token: 401, a challenge naming the metadata URL and scope, no error param (RFC 6750 §3.1)."""
     status, headers, body = await post(gateway, {})
     assert status == 401
@@ -134,7 +150,11 @@ async def test_no_token_gets_401_with_resource_metadata_and_scope(gateway: Gatew
 
 @pytest.mark.parametrize(("case", "make_token"), BAD_TOKENS, ids=[case for case, _ in BAD_TOKENS])
 async def test_bad_token_gets_401_invalid_token(
-    case: str, make_token: Callable[[TestIssuer], str], issuer: TestIssuer, gateway: Gateway, upstream: Upstream
+    case: str,
+    make_token: Callable[[TestIssuer], str],
+    issuer: TestIssuer,
+    gateway: Gateway,
+    upstream: Upstream,
 ) -> None:
     """Each kind of bad token: 401 error="invalid_token" with resource_metadata; nothing forwarded."""
     status, headers, _ = await post(gateway, {"Authorization": f"Bearer {make_token(issuer)}"})
@@ -146,13 +166,17 @@ async def test_bad_token_gets_401_invalid_token(
     assert await upstream.requests() == []
 
 
-async def test_token_in_query_string_is_refused(issuer: TestIssuer, gateway: Gateway, upstream: Upstream, gateway_logs: Any) -> None:
+async def test_token_in_query_string_is_refused(
+    issuer: TestIssuer, gateway: Gateway, upstream: Upstream, gateway_logs: Any
+) -> None:
     """A valid token in the query string alone gets 401 as if absent, and is never logged."""
     token = issuer.mint(audience=RESOURCE)
     status, headers, _ = await post(gateway, {}, query=f"?access_token={token}")
     assert status == 401
     assert "error" not in parse_bearer_challenge(headers["WWW-Authenticate"])
-    status, headers, _ = await post(gateway, {"Authorization": f"Bearer {token}"}, query=f"?access_token={token}")
+    status, headers, _ = await post(
+        gateway, {"Authorization": f"Bearer {token}"}, query=f"?access_token={token}"
+    )
     assert status == 400
     assert parse_bearer_challenge(headers["WWW-Authenticate"])["error"] == "invalid_request"
     assert await upstream.requests() == []
@@ -168,7 +192,9 @@ async def test_token_in_query_string_is_refused(issuer: TestIssuer, gateway: Gat
     ],
     ids=["empty_bearer", "blank_bearer", "basic_scheme"],
 )
-async def test_malformed_authorization_header(headers: dict[str, str], status: int, gateway: Gateway, upstream: Upstream) -> None:
+async def test_malformed_authorization_header(
+    headers: dict[str, str], status: int, gateway: Gateway, upstream: Upstream
+) -> None:
     """Empty Bearer → 400 invalid_request; a non-Bearer scheme → 401 without error."""
     got, response_headers, _ = await post(gateway, headers)
     assert got == status
@@ -177,7 +203,9 @@ async def test_malformed_authorization_header(headers: dict[str, str], status: i
     assert await upstream.requests() == []
 
 
-async def test_duplicate_authorization_headers_are_refused(issuer: TestIssuer, gateway: Gateway, upstream: Upstream) -> None:
+async def test_duplicate_authorization_headers_are_refused(
+    issuer: TestIssuer, gateway: Gateway, upstream: Upstream
+) -> None:
     """Two Authorization headers: 400 invalid_request, never forwarded."""
     token = issuer.mint(audience=RESOURCE)
     from multidict import CIMultiDict
@@ -185,12 +213,17 @@ async def test_duplicate_authorization_headers_are_refused(issuer: TestIssuer, g
     headers = CIMultiDict(MCP_HEADERS)
     headers.add("Authorization", f"Bearer {token}")
     headers.add("Authorization", f"Bearer {token}")
-    async with aiohttp.ClientSession() as http, http.post(gateway.route_url(), json=INITIALIZE, headers=headers) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.route_url(), json=INITIALIZE, headers=headers) as response,
+    ):
         assert response.status == 400
     assert await upstream.requests() == []
 
 
-async def test_lowercase_scheme_and_valid_token_pass(issuer: TestIssuer, gateway: Gateway, upstream: Upstream) -> None:
+async def test_lowercase_scheme_and_valid_token_pass(
+    issuer: TestIssuer, gateway: Gateway, upstream: Upstream
+) -> None:
     """The auth scheme is case-insensitive (RFC 9110 §11.1); the request reaches the upstream."""
     status, _, body = await post(gateway, {"Authorization": f"bearer {issuer.mint(audience=RESOURCE)}"})
     assert status == 200, body
@@ -211,7 +244,9 @@ async def test_audience_list_containing_resource_accepted(issuer: TestIssuer, ga
     assert status == 200
 
 
-async def test_missing_route_scope_gets_403_insufficient_scope(issuer: TestIssuer, gateway: Gateway, upstream: Upstream) -> None:
+async def test_missing_route_scope_gets_403_insufficient_scope(
+    issuer: TestIssuer, gateway: Gateway, upstream: Upstream
+) -> None:
     """A valid token without the route's scope: 403 insufficient_scope naming it (step-up)."""
     token = issuer.mint(audience=RESOURCE, scope="something:else")
     status, headers, body = await post(gateway, {"Authorization": f"Bearer {token}"})

@@ -75,10 +75,17 @@ async def test_demo_shows_401_then_token_then_tool_call() -> None:
             async with http.get(challenge["resource_metadata"]) as response:
                 metadata = await response.json()
             issuer = metadata["authorization_servers"][0]
-            form = {"grant_type": "client_credentials", "client_id": "me", "scope": "mcp:tools", "resource": metadata["resource"]}
+            form = {
+                "grant_type": "client_credentials",
+                "client_id": "me",
+                "scope": "mcp:tools",
+                "resource": metadata["resource"],
+            }
             async with http.post(issuer + "/token", data=form) as response:
                 token = (await response.json())["access_token"]
-            async with http.post(mcp_url, json=call, headers={**headers, "Authorization": f"Bearer {token}"}) as response:
+            async with http.post(
+                mcp_url, json=call, headers={**headers, "Authorization": f"Bearer {token}"}
+            ) as response:
                 assert response.status == 200
                 body = await response.read()
         result = json.loads(body.decode().split("data: ", 1)[-1]) if b"data: " in body else json.loads(body)

@@ -106,7 +106,9 @@ async def test_token_claiming_one_issuer_signed_by_anothers_key_is_refused(
         public_url: http://127.0.0.1:8080
         issuers:
           - {{issuer: {issuer.issuer}, algorithms: [RS256], jwks: {{discover: true}}}}
-          - {{issuer: {second_issuer.issuer}, algorithms: [RS256], jwks: {{url: {second_issuer.base_url}/jwks}}}}
+          - issuer: {second_issuer.issuer}
+            algorithms: [RS256]
+            jwks: {{url: {second_issuer.base_url}/jwks}}
         routes:
           - {{path: /mcp, upstream: {upstream.mcp_url}, scopes: [mcp:access]}}
         """
@@ -119,7 +121,9 @@ async def test_token_claiming_one_issuer_signed_by_anothers_key_is_refused(
     assert await upstream.requests() == []
 
 
-async def test_jwks_from_file(issuer: TestIssuer, upstream: Upstream, start_gateway_with: GatewayFactory, tmp_path: object) -> None:
+async def test_jwks_from_file(
+    issuer: TestIssuer, upstream: Upstream, start_gateway_with: GatewayFactory, tmp_path: object
+) -> None:
     """`jwks: {file: …}` relative to the config file's folder verifies tokens."""
     from pathlib import Path
 

@@ -34,7 +34,10 @@ async def test_sdk_client_lists_and_calls_tools_through_gateway(
     requests = await upstream.requests()
     assert requests, "the upstream received nothing"
     versions = {
-        value for record in requests for name, value in record["headers"] if name.lower() == "mcp-protocol-version"
+        value
+        for record in requests
+        for name, value in record["headers"]
+        if name.lower() == "mcp-protocol-version"
     }
     if era == "2025":
         assert any(r["method"] == "DELETE" for r in requests), "session end (DELETE) did not pass through"

@@ -77,12 +77,17 @@ async def test_two_routes_with_different_resources(
     status, headers, _ = await post(gateway, {"Authorization": f"Bearer {token_a}"}, path="/b/mcp")
     assert status == 401
     challenge = parse_bearer_challenge(headers["WWW-Authenticate"])
-    assert challenge["resource_metadata"] == "http://127.0.0.1:8080/.well-known/oauth-protected-resource/b/mcp"
+    assert (
+        challenge["resource_metadata"] == "http://127.0.0.1:8080/.well-known/oauth-protected-resource/b/mcp"
+    )
     assert await upstream.requests() == []
     async with aiohttp.ClientSession() as http:
         async with http.get(gateway.url + "/.well-known/oauth-protected-resource/b/mcp") as response:
             document = await response.json()
-            assert document["resource"] == "http://127.0.0.1:8080/b/mcp" and document["resource_name"] == "Team B"
+            assert (
+                document["resource"] == "http://127.0.0.1:8080/b/mcp"
+                and document["resource_name"] == "Team B"
+            )
         async with http.get(gateway.url + "/.well-known/oauth-protected-resource") as response:
             assert response.status == 404
 
@@ -117,7 +122,9 @@ async def test_session_get_stream_and_delete_pass_through(
 ) -> None:
     """initialize → session id; notification → 202; GET stream opens; DELETE ends; then 404."""
     async with aiohttp.ClientSession() as http:
-        async with http.post(gateway.route_url(), json=INITIALIZE, headers={**MCP_HEADERS, **auth}) as response:
+        async with http.post(
+            gateway.route_url(), json=INITIALIZE, headers={**MCP_HEADERS, **auth}
+        ) as response:
             assert response.status == 200
             session_id = response.headers["Mcp-Session-Id"]
             await response.read()
@@ -133,7 +140,9 @@ async def test_session_get_stream_and_delete_pass_through(
             assert response.headers["X-Accel-Buffering"] == "no"
         # The fixture has no event store, so the SDK cannot resume and answers 500 directly; the
         # gateway must forward Last-Event-ID and relay that answer unchanged.
-        async with http.get(gateway.route_url(), headers={**get_headers, "Last-Event-ID": "evt-1"}) as response:
+        async with http.get(
+            gateway.route_url(), headers={**get_headers, "Last-Event-ID": "evt-1"}
+        ) as response:
             assert response.status == 500
         async with http.delete(gateway.route_url(), headers=session) as response:
             assert response.status in (200, 204)
@@ -225,7 +234,11 @@ async def test_upstream_refusing_connections_gives_502_jsonrpc_error(
     gateway = await start_gateway_with(single_route_config(issuer, f"http://127.0.0.1:{free_port()}/mcp"))
     status, _, body = await post(gateway, {"Authorization": f"Bearer {issuer.mint(audience=RESOURCE)}"})
     assert status == 502
-    assert body == {"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": "Upstream MCP server unavailable"}}
+    assert body == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "error": {"code": -32000, "message": "Upstream MCP server unavailable"},
+    }
 
 
 async def test_upstream_not_answering_connect_gives_504_within_connect_timeout(
@@ -267,3 +280,55 @@ async def test_client_disconnect_cancels_the_upstream_request(
     disconnected = [r for r in await upstream.records() if r.get("event") == "disconnect"]
     sleeping = [r for r in await upstream.requests() if "sleep" in r.get("body", "")]
     assert sleeping and disconnected and disconnected[0]["id"] == sleeping[0]["id"]
+
+
+async def test_upstream_resetting_the_connection_gives_502(
+    issuer: TestIssuer, start_gateway_with: GatewayFactory
+) -> None:
+    """An upstream that accepts and drops the connection: 502 JSON-RPC error, no hang."""
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.transport.abort()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/mcp"
+        gateway = await start_gateway_with(single_route_config(issuer, url))
+        status, _, body = await post(gateway, {"Authorization": f"Bearer {issuer.mint(audience=RESOURCE)}"})
+        assert status == 502
+        assert body["error"] == {"code": -32000, "message": "Upstream MCP server unavailable"}
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_health_and_readiness(gateway: Gateway) -> None:
+    """/healthz answers without a token; /readyz is 200 once the issuer's keys are loaded."""
+    async with aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/readyz"):
+            async with http.get(gateway.url + path) as response:
+                assert response.status == 200
+
+
+async def test_metadata_with_a_base_path_in_public_url(
+    issuer: TestIssuer, upstream: Upstream, start_gateway_with: GatewayFactory
+) -> None:
+    """public_url with a path: metadata served at the RFC 9728 path-inserted URL of the resource."""
+    gateway = await start_gateway_with(
+        f"""
+        public_url: http://127.0.0.1:8080/base
+        issuers: [{{issuer: {issuer.issuer}, algorithms: [RS256], jwks: {{discover: true}}}}]
+        routes: [{{path: /mcp, upstream: {upstream.mcp_url}}}]
+        """
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gateway.url + "/.well-known/oauth-protected-resource/base/mcp") as response:
+            assert response.status == 200
+            assert (await response.json())["resource"] == "http://127.0.0.1:8080/base/mcp"
+    token = issuer.mint(audience="http://127.0.0.1:8080/base/mcp")
+    _, headers, _ = await post(gateway, {})
+    assert parse_bearer_challenge(headers["WWW-Authenticate"])["resource_metadata"] == (
+        "http://127.0.0.1:8080/.well-known/oauth-protected-resource/base/mcp"
+    )
+    assert (await post(gateway, {"Authorization": f"Bearer {token}"}))[0] == 200

@@ -17,6 +17,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+MINTED_TOKENS: list[str] = []
+"""Every token any test issuer signed in this process; conftest proves none reached a log."""
+
 
 @dataclass
 class SigningKey:
@@ -105,7 +108,9 @@ class TestIssuer:
         for name in drop:
             payload.pop(name, None)
         header = {"typ": "at+jwt", "kid": signing_key.kid, **(headers or {})}
-        return jwt.encode(payload, signing_key.private, algorithm=signing_key.alg, headers=header)
+        token = jwt.encode(payload, signing_key.private, algorithm=signing_key.alg, headers=header)
+        MINTED_TOKENS.append(token)
+        return token
 
     def app(self) -> web.Application:
         async def metadata(request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ from typing import Final, Literal
 import httpx2
 from mcp import Client
 from mcp.client.client import ConnectMode
+from mcp.client.session import MessageHandlerFnT
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp_types import Implementation
@@ -44,6 +45,7 @@ async def session_client(
     read_timeout_seconds: float | None = 10.0,
     http_timeout: httpx2.Timeout | None = None,
     terminate_on_close: bool = True,
+    message_handler: MessageHandlerFnT | None = None,
 ) -> AsyncIterator[Client]:
     """Connect the SDK client to `url` (the MCP endpoint), sending `headers` on every HTTP request.
 
@@ -51,7 +53,8 @@ async def session_client(
     and the closing DELETE. The client's response cache is disabled so every call reaches the
     wire. `read_timeout_seconds` bounds each MCP request; `http_timeout` overrides the SDK's
     HTTP timeouts (30 s, read 300 s). With `terminate_on_close` (2025 era) the client DELETEs
-    its session on exit.
+    its session on exit. `message_handler` gets every server notification the session surfaces
+    (e.g. 2025 change notifications from the standalone GET stream) and transport exceptions.
     """
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(
@@ -63,6 +66,7 @@ async def session_client(
             mode=MODES[era],
             cache=None,
             read_timeout_seconds=read_timeout_seconds,
+            message_handler=message_handler,
             client_info=Implementation(name="gateway-tests", version="0"),
         )
         yield await stack.enter_async_context(client)

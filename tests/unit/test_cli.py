@@ -42,9 +42,24 @@ def test_check_config_valid_prints_route_summary(tmp_path: Path, capsys: pytest.
 
 BAD_CONFIGS = [
     ("unknown_key", VALID.replace("    scopes:", "    scoops:"), 9, "routes[0].scoops"),
-    ("duplicate_key", VALID.replace("    scopes: [mcp:access]", "    scopes: [a]\n    scopes: [b]"), 10, "routes[0].scopes"),
-    ("wrong_type", VALID.replace("    scopes: [mcp:access]", "    scopes: mcp:access"), 9, "routes[0].scopes"),
-    ("non_http_upstream", VALID.replace("http://127.0.0.1:9000/mcp", "ftp://127.0.0.1/mcp"), 8, "routes[0].upstream"),
+    (
+        "duplicate_key",
+        VALID.replace("    scopes: [mcp:access]", "    scopes: [a]\n    scopes: [b]"),
+        10,
+        "routes[0].scopes",
+    ),
+    (
+        "wrong_type",
+        VALID.replace("    scopes: [mcp:access]", "    scopes: mcp:access"),
+        9,
+        "routes[0].scopes",
+    ),
+    (
+        "non_http_upstream",
+        VALID.replace("http://127.0.0.1:9000/mcp", "ftp://127.0.0.1/mcp"),
+        8,
+        "routes[0].upstream",
+    ),
     (
         "two_routes_one_path",
         VALID + "  - path: /github/mcp/\n    upstream: http://127.0.0.1:9001/mcp\n",
@@ -53,7 +68,12 @@ BAD_CONFIGS = [
     ),
     ("alg_none", VALID.replace("[RS256]", "[RS256, none]"), 4, "issuers[0].algorithms[1]"),
     ("hs256_for_jwks", VALID.replace("[RS256]", "[HS256]"), 4, "issuers[0].algorithms[0]"),
-    ("missing_jwks_file", VALID.replace("{discover: true}", "{file: keys/missing.json}"), 5, "issuers[0].jwks.file"),
+    (
+        "missing_jwks_file",
+        VALID.replace("{discover: true}", "{file: keys/missing.json}"),
+        5,
+        "issuers[0].jwks.file",
+    ),
 ]
 
 
