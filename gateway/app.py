@@ -23,7 +23,15 @@ from .errors import InsufficientScope, MethodNotAllowed, OriginForbidden
 from .jsonutil import StrictJSONError, loads_strict
 from .jwks import IssuerKeys
 from .metadata import WELL_KNOWN_PRM, prm_document
-from .middleware import PRINCIPAL, ROUTE, RPC_ID, error_responses, jsonrpc_error_response, request_context
+from .middleware import (
+    PRINCIPAL,
+    REQUEST_ID,
+    ROUTE,
+    RPC_ID,
+    error_responses,
+    jsonrpc_error_response,
+    request_context,
+)
 from .proxy import Upstream, read_body
 from .tokens import JwtAuthenticator, bearer_token_from
 
@@ -113,8 +121,8 @@ class Gateway:
             raise InsufficientScope(scopes=route.scopes)
         # The client's token stops here: the upstream request is built from an allowlist of
         # headers plus the route's own credential (none yet).
-        cors = _cors_headers(origin) if origin is not None else {}
-        return await self._upstreams[route.path].forward(request, body, {}, cors)
+        response_headers = {"X-Request-Id": request[REQUEST_ID], **(_cors_headers(origin) if origin else {})}
+        return await self._upstreams[route.path].forward(request, body, {}, response_headers)
 
     # --- discovery --------------------------------------------------------------------------------
 

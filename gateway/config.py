@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from .policy import Default, GlobError, RoutePolicy, Rule, compile_glob, shadowing_rule
 from .yaml_loader import (
     YamlMapping,
     YamlNode,
@@ -130,6 +131,11 @@ class RouteConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     connect_timeout_s: float = 5.0
     response_timeout_s: float = 300.0  # until the upstream's response headers arrive
+    policy: RoutePolicy = field(
+        default_factory=RoutePolicy
+    )  # keys tools, resources, prompts, methods, default
+    scopes_supported: tuple[str, ...] | None = None  # explicit PRM scopes; None: derived from rules
+    audit_arguments: bool = False  # include tool arguments in audit events
 
 
 @dataclass(frozen=True, slots=True)
@@ -741,6 +747,55 @@ def parse_scope(node: YamlNode, at: _Cursor) -> Parsed[str]:
     return value
 
 
+def rule_map(section: str) -> ValueParser:
+    """An ordered map ``glob: [scopes]``; first match wins, so a pattern after one that covers it
+    can never match and is reported, as are malformed globs and scope tokens."""
+
+    def parse(node: YamlNode, at: _Cursor) -> Parsed[tuple[Rule, ...]]:
+        if isinstance(node, YamlRejected):
+            return INVALID
+        if not isinstance(node, YamlMapping):
+            return at.problem(node.line, wrong_type(node, "a mapping of pattern: [scopes]"))
+        rules: list[Rule] = []
+        complete = True
+        for entry in node.entries:
+            entry_at = at.key(entry.key)
+            scopes = list_of(parse_scope, unique="scope")(entry.value, entry_at)
+            try:
+                regex = compile_glob(entry.key)
+            except GlobError as exc:
+                entry_at.problem(entry.key_line, f"invalid pattern: {exc}")
+                complete = False
+                continue
+            shadow = shadowing_rule(rules, entry.key)
+            if shadow is not None:
+                entry_at.problem(
+                    entry.key_line,
+                    f"pattern is shadowed by {shadow.pattern!r} at line {shadow.line} "
+                    "(the first match wins, so this one can never apply)",
+                )
+                complete = False
+            if scopes is INVALID:
+                complete = False
+                continue
+            rules.append(Rule(section, entry.key, scopes, regex, entry.key_line))
+        return tuple(rules) if complete else INVALID
+
+    return parse
+
+
+def parse_default(node: YamlNode, at: _Cursor) -> Parsed[Default]:
+    value = text(node, at)
+    if value is INVALID:
+        return INVALID
+    try:
+        return Default(value)
+    except ValueError:
+        return at.problem(node.line, f"{shown_as(node, value)} is not one of: deny, allow")
+
+
+_RULE_SECTIONS: Final = ("tools", "resources", "prompts", "methods")
+
 _ROUTE_FIELDS: Final = (
     FieldSpec("path", parse_route_path, required=True),
     FieldSpec("upstream", parse_upstream, required=True),
@@ -750,6 +805,10 @@ _ROUTE_FIELDS: Final = (
     FieldSpec("max_body_bytes", integer_in(1, None)),
     FieldSpec("connect_timeout_s", positive_seconds),
     FieldSpec("response_timeout_s", positive_seconds),
+    *(FieldSpec(section, rule_map(section)) for section in _RULE_SECTIONS),
+    FieldSpec("default", parse_default),
+    FieldSpec("scopes_supported", list_of(parse_scope, unique="scope")),
+    FieldSpec("audit_arguments", boolean),
 )
 
 
@@ -864,9 +923,19 @@ def _routes(
             resources.check(
                 resource.value, resource.shown, resource.line, route_at.key("resource"), resource.note
             )
-        with_resource = replace(section, values={**section.values, "resource": resource.value})
-        routes.append(build_from(RouteConfig, with_resource))
+        values = {key: value for key, value in section.values.items() if key not in _POLICY_KEYS}
+        values["resource"] = resource.value
+        values["policy"] = RoutePolicy(
+            route_scopes=section.values.get("scopes", ()),
+            default=section.values.get("default"),
+            **{name: section.values.get(name, ()) for name in _RULE_SECTIONS},
+        )
+        routes.append(build_from(RouteConfig, replace(section, values=values)))
     return _all_or_invalid(routes)
+
+
+# Route keys that become the route's RoutePolicy rather than RouteConfig fields of their own.
+_POLICY_KEYS: Final = frozenset({*_RULE_SECTIONS, "default"})
 
 
 def _all_or_invalid(items: list[Parsed[T]]) -> Parsed[tuple[T, ...]]:

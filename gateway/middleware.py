@@ -27,6 +27,7 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 OUTCOME = web.RequestKey("outcome", str)
 REASON = web.RequestKey("reason", str)
 RPC_ID = web.RequestKey("rpc_id", object)
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 @web.middleware
@@ -36,11 +37,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    request[REQUEST_ID] = request_id
     status = 500
     try:
         response = await handler(request)
         status = response.status
-        response.headers["X-Request-Id"] = request_id
+        if not response.prepared:  # streamed responses got the header before their first byte
+            response.headers["X-Request-Id"] = request_id
         return response
     except web.HTTPException as exc:
         status = exc.status

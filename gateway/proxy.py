@@ -183,9 +183,11 @@ async def _relay_stream(
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
     except aiohttp.ClientError as exc:
-        # Headers are already sent: all we can do is end the stream early and say why in the log.
+        # Headers are already sent, so the status cannot change. Abort the client connection
+        # rather than end the chunked body cleanly: a truncated stream must not look complete.
         log.warning("upstream_stream_broken", error=type(exc).__name__)
-        response.force_close()
-        return response
+        if request.transport is not None:
+            request.transport.abort()
+        raise UpstreamError("upstream_stream_broken", detail=type(exc).__name__) from exc
     await response.write_eof()
     return response

