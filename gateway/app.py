@@ -18,10 +18,12 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from .audit import audit_decision
 from .config import GatewayConfig, RouteConfig
-from .errors import InsufficientScope, MethodNotAllowed, OriginForbidden
-from .jsonutil import StrictJSONError, loads_strict
+from .errors import InsufficientScope, MethodNotAllowed, OriginForbidden, PolicyDenied
 from .jwks import IssuerKeys
+from .listfilter import ListFilter
+from .mcp import McpMessage, McpPost, McpRejected, parse_post
 from .metadata import WELL_KNOWN_PRM, prm_document
 from .middleware import (
     PRINCIPAL,
@@ -32,6 +34,8 @@ from .middleware import (
     jsonrpc_error_response,
     request_context,
 )
+from .policy import RESPONSE_METHOD, Decision, Operation, decide
+from .principal import Principal
 from .proxy import Upstream, read_body
 from .tokens import JwtAuthenticator, bearer_token_from
 
@@ -113,16 +117,22 @@ class Gateway:
         )
         principal = await self.authenticator.authenticate(token, route.resource)
         request[PRINCIPAL] = principal
-        # Read only once the caller is authenticated, so a 403 can carry the JSON-RPC id.
-        body = await read_body(request, route.max_body_bytes) if request.method == "POST" else None
-        if body:
-            request[RPC_ID] = _jsonrpc_id(body)
-        if not principal.has_scopes(route.scopes):
+
+        body: bytes | None = None
+        response_filter: ListFilter | None = None
+        if request.method == "POST":
+            # Read only once the caller is authenticated; decide on the body, never on headers.
+            body = await read_body(request, route.max_body_bytes)
+            post = parse_strictly(request, body)
+            authorize(route, principal, post)
+            response_filter = ListFilter.for_post(post, route.policy, principal.scopes)
+        elif not principal.has_scopes(route.scopes):  # GET stream, DELETE session
             raise InsufficientScope(scopes=route.scopes)
+
         # The client's token stops here: the upstream request is built from an allowlist of
         # headers plus the route's own credential (none yet).
         response_headers = {"X-Request-Id": request[REQUEST_ID], **(_cors_headers(origin) if origin else {})}
-        return await self._upstreams[route.path].forward(request, body, {}, response_headers)
+        return await self._upstreams[route.path].forward(request, body, {}, response_headers, response_filter)
 
     # --- discovery --------------------------------------------------------------------------------
 
@@ -159,17 +169,43 @@ def _origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-def _jsonrpc_id(body: bytes) -> object:
-    """The request id, for error bodies only; the upstream still gets the body byte for byte."""
+def parse_strictly(request: web.Request, body: bytes) -> McpPost:
+    """The strict reading of the body (gateway.mcp); the request id is kept for error bodies."""
+
+    def header(name: str) -> str | None:
+        values = request.headers.getall(name, [])
+        return ", ".join(values) if values else None
+
     try:
-        message = loads_strict(body)
-    except StrictJSONError:
-        return None
-    if isinstance(message, dict):
-        rpc_id = message.get("id")
-        if isinstance(rpc_id, str | int) and not isinstance(rpc_id, bool):
-            return rpc_id
-    return None
+        post = parse_post(body, header)
+    except McpRejected as exc:
+        request[RPC_ID] = exc.rpc_id
+        raise
+    request[RPC_ID] = post.messages[0].id
+    return post
+
+
+def authorize(route: RouteConfig, principal: Principal, post: McpPost) -> None:
+    """Decide every message; one denied message refuses the whole POST (a batch included)."""
+    denied: list[Decision] = []
+    for message in post.messages:
+        decision = decide(route.policy, operation_of(message), principal.scopes)
+        audit_decision(route, principal, message, decision)
+        if not decision.allowed:
+            denied.append(decision)
+    if not denied:
+        return
+    if any(decision.unconditional for decision in denied):
+        raise PolicyDenied(detail="; ".join(decision.rule for decision in denied))
+    # MCP 2026-07-28: name every scope the operation needs in one challenge.
+    needed = [scope for decision in denied for scope in decision.required]
+    raise InsufficientScope(detail=", ".join(decision.rule for decision in denied), scopes=needed)
+
+
+def operation_of(message: McpMessage) -> Operation:
+    if message.kind == "response":
+        return Operation(RESPONSE_METHOD)
+    return Operation(message.method or "", message.target_kind, message.target)
 
 
 def _cors_preflight(request: web.Request, origin: str) -> web.Response:

@@ -104,6 +104,15 @@ class OriginForbidden(RequestRejected):
     message = "Origin not allowed"
 
 
+class PolicyDenied(RequestRejected):
+    """No rule allows this operation and no scope would: a plain 403, not a step-up challenge."""
+
+    status = 403
+    reason = "policy_denied"
+    jsonrpc_code = -32003  # implementation-defined server error: forbidden
+    message = "Forbidden by gateway policy"
+
+
 class BodyTooLarge(RequestRejected):
     status = 413
     reason = "body_too_large"

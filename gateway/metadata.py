@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .config import GatewayConfig, RouteConfig
+from .policy import scopes_supported
 
 WELL_KNOWN_PRM = "/.well-known/oauth-protected-resource"
 
@@ -36,7 +37,8 @@ def prm_document(config: GatewayConfig, route: RouteConfig) -> dict[str, Any]:
         "resource": route.resource,
         # MCP makes this mandatory (at least one); issuer identifiers exactly as configured.
         "authorization_servers": [issuer.issuer for issuer in config.issuers],
-        "scopes_supported": list(advertised_scopes(route.scopes)),
+        # Explicit, or every scope the route's rules can ask for (what a step-up may name).
+        "scopes_supported": list(advertised_scopes(route.scopes_supported or scopes_supported(route.policy))),
         "bearer_methods_supported": ["header"],
         "resource_name": route.resource_name or route.path,
     }

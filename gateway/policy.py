@@ -39,8 +39,11 @@ TARGET_METHODS: dict[str, TargetKind] = {
 
 # Session plumbing that every client needs before it can do anything; a route `default: deny`
 # does not refuse these (a `methods` rule still can).
+RESPONSE_METHOD = "(response)"  # how a client's JSON-RPC response (to sampling, elicitation) is named
+
 LIFECYCLE_METHODS = frozenset(
     {
+        RESPONSE_METHOD,
         "initialize",
         "notifications/initialized",
         "notifications/cancelled",

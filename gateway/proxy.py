@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import Protocol
 
 import aiohttp
 import structlog
@@ -23,6 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import RouteConfig
 from .errors import BodyTooLarge, UpstreamError, UpstreamTimeout
+from .sse import SseEventRewriter, SseEventTooLarge
 
 log = structlog.get_logger("gateway.proxy")
 
@@ -61,6 +63,18 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+
+
+class ResponseFilter(Protocol):
+    """Rewrites an upstream answer (list filtering); None means "forward the bytes unchanged"."""
+
+    def rewrite_json(self, body: bytes) -> bytes | None: ...
+
+    def rewrite_event_data(self, data: str) -> str | None: ...
+
+
+# A JSON answer that must be filtered is read whole, up to this size (else 502).
+_FILTERED_RESPONSE_LIMIT = 16 * 1024 * 1024
 
 # Bodies up to this size are read whole and answered with a Content-Length; larger or
 # open-ended ones (SSE) are streamed.
@@ -137,6 +151,7 @@ class Upstream:
         body: bytes | None,
         credential_headers: Mapping[str, str],
         response_headers: Mapping[str, str],
+        response_filter: ResponseFilter | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and relay the answer; errors become 502/504."""
         route = self.route
@@ -157,8 +172,11 @@ class Upstream:
             headers = client_response_headers(upstream.headers)
             headers.update(response_headers)
             if is_event_stream(upstream.headers):
-                return await _relay_stream(request, upstream, headers, sse=True)
+                rewriter = SseEventRewriter(response_filter.rewrite_event_data) if response_filter else None
+                return await _relay_stream(request, upstream, headers, sse=True, rewriter=rewriter)
             length = upstream.content_length
+            if response_filter is not None and is_json(upstream.headers):
+                return await self._filtered_json(upstream, headers, response_filter)
             if length is not None and length <= _BUFFERED_RESPONSE_LIMIT:
                 try:
                     async with asyncio.timeout(route.response_timeout_s):
@@ -170,9 +188,45 @@ class Upstream:
                 return web.Response(status=upstream.status, body=content, headers=headers)
             return await _relay_stream(request, upstream, headers, sse=False)
 
+    async def _filtered_json(
+        self, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], response_filter: ResponseFilter
+    ) -> web.Response:
+        """A JSON answer that must be filtered: read it whole (bounded), rewrite only if needed."""
+        try:
+            async with asyncio.timeout(self.route.response_timeout_s):
+                content = await _read_bounded(upstream, _FILTERED_RESPONSE_LIMIT)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(detail="response body timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
+        rewritten = response_filter.rewrite_json(content)
+        return web.Response(
+            status=upstream.status, body=content if rewritten is None else rewritten, headers=headers
+        )
+
+
+async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in upstream.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamError("upstream_response_too_large", detail=f"more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def is_json(headers: CIMultiDictProxy[str]) -> bool:
+    return headers.get("Content-Type", "").split(";", 1)[0].strip().lower() == "application/json"
+
 
 async def _relay_stream(
-    request: web.Request, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], *, sse: bool
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    headers: CIMultiDict[str],
+    *,
+    sse: bool,
+    rewriter: SseEventRewriter | None = None,
 ) -> web.StreamResponse:
     if sse:
         # MCP 2026-07-28 SHOULD: tell buffering reverse proxies in front of us not to buffer.
@@ -181,8 +235,12 @@ async def _relay_stream(
     await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
-    except aiohttp.ClientError as exc:
+            out = rewriter.feed(chunk) if rewriter is not None else chunk
+            if out:
+                await response.write(out)
+        if rewriter is not None and (tail := rewriter.finish()):
+            await response.write(tail)
+    except (aiohttp.ClientError, SseEventTooLarge) as exc:
         # Headers are already sent, so the status cannot change. Abort the client connection
         # rather than end the chunked body cleanly: a truncated stream must not look complete.
         log.warning("upstream_stream_broken", error=type(exc).__name__)

@@ -191,7 +191,10 @@ async def _sleep(seconds: float) -> None:
 
 
 def single_route_config(issuer: TestIssuer, upstream_url: str, **route_extra: Any) -> str:
-    """The common case: one issuer (discovered), one route at /mcp."""
+    """The common case: one issuer (discovered), one route at /mcp; every tool, resource and
+    prompt allowed with the route scope unless the test passes its own rules."""
+    for section in ("tools", "resources", "prompts"):
+        route_extra.setdefault(section, {"*": []})
     extra = "".join(f"\n            {key}: {json.dumps(value)}" for key, value in route_extra.items())
     return f"""
         listen: {{host: 127.0.0.1, port: 0}}

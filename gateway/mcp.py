@@ -1,0 +1,521 @@
+"""Strict reading of MCP POST bodies, so the gateway and the upstream never read one body two ways.
+
+Every authorization decision is taken on what this module returns, and what it returns comes from
+the BODY only: the ``Mcp-Method``/``Mcp-Name`` headers are never trusted, they are only checked
+against the body where the protocol requires them to agree (MCP 2026-07-28). Anything ambiguous
+(duplicate keys, invalid UTF-8, a NUL in a tool name, a batch where batching no longer exists, a
+header that disagrees with the body) is refused before a decision is taken, because an upstream
+might resolve the ambiguity differently from us (request smuggling).
+
+Pure: no I/O and no aiohttp; it takes the body bytes and a header lookup.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+from types import MappingProxyType
+from typing import Any, Final, Literal, TypeAlias, TypeGuard
+
+from .errors import RequestRejected
+from .jsonutil import StrictJSONError, loads_strict
+
+__all__ = [
+    "HANDSHAKE_VERSIONS",
+    "LIST_METHODS",
+    "MAX_DEPTH",
+    "MODERN_VERSION",
+    "Kind",
+    "McpMessage",
+    "McpPost",
+    "McpRejected",
+    "TargetKind",
+    "filter_list_result",
+    "parse_post",
+]
+
+HANDSHAKE_VERSIONS: Final = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+"""Protocol versions negotiated by the ``initialize`` handshake (the session era)."""
+
+MODERN_VERSION: Final = "2026-07-28"
+"""The first per-request-envelope version: headers and body must agree (MCP 2026-07-28)."""
+
+DEFAULT_VERSION: Final = "2025-03-26"
+"""MCP 2025-06-18 transports: without ``MCP-Protocol-Version`` the server SHOULD assume 2025-03-26."""
+
+BATCH_VERSION: Final = "2025-03-26"
+"""The only version whose transport allows JSON-RPC batches (MCP 2025-06-18 removed batching)."""
+
+MAX_DEPTH: Final = 64
+"""Deepest nesting of arrays/objects accepted; the top-level value is depth 1."""
+
+Kind = Literal["request", "notification", "response"]
+TargetKind = Literal["tool", "prompt", "resource"]
+RpcId: TypeAlias = str | int
+HeaderLookup: TypeAlias = Callable[[str], str | None]
+
+PROTOCOL_VERSION_HEADER: Final = "MCP-Protocol-Version"
+METHOD_HEADER: Final = "Mcp-Method"
+NAME_HEADER: Final = "Mcp-Name"
+META_VERSION_KEY: Final = "io.modelcontextprotocol/protocolVersion"
+
+# --- Rejections -------------------------------------------------------------------------------
+
+PARSE_ERROR: Final = -32700  # JSON-RPC 2.0 §5.1
+INVALID_REQUEST: Final = -32600  # JSON-RPC 2.0 §5.1
+INVALID_PARAMS: Final = -32602  # JSON-RPC 2.0 §5.1
+HEADER_MISMATCH: Final = -32020  # MCP 2026-07-28 transports, "Server Validation"
+
+_CODE_MESSAGES: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        PARSE_ERROR: "Parse error",
+        INVALID_REQUEST: "Invalid Request",
+        INVALID_PARAMS: "Invalid params",
+        HEADER_MISMATCH: "Header mismatch",
+    }
+)
+
+REASON_CODES: Final[Mapping[str, int]] = MappingProxyType(
+    {
+        "empty_body": INVALID_REQUEST,
+        "invalid_json": PARSE_ERROR,
+        "too_deep": INVALID_REQUEST,
+        "batch_not_allowed": INVALID_REQUEST,
+        "empty_batch": INVALID_REQUEST,
+        "invalid_batch": INVALID_REQUEST,
+        "duplicate_id": INVALID_REQUEST,
+        "invalid_message": INVALID_REQUEST,
+        "response_not_allowed": INVALID_REQUEST,
+        "invalid_params": INVALID_PARAMS,
+        "invalid_name": INVALID_PARAMS,
+        "invalid_uri": INVALID_PARAMS,
+        "invalid_ref": INVALID_PARAMS,
+        "header_mismatch": HEADER_MISMATCH,
+    }
+)
+"""Every ``McpRejected.reason`` and the JSON-RPC code it is answered with."""
+
+
+class McpRejected(RequestRejected):
+    """A POST body refused before any decision; HTTP 400 with a JSON-RPC error body.
+
+    ``message`` is the fixed JSON-RPC text for the code: nothing from the body is ever echoed.
+    ``rpc_id`` is the id of the offending message when it could be read, for the error body.
+    """
+
+    status = 400
+
+    def __init__(self, reason: str, rpc_id: RpcId | None = None, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.jsonrpc_code = REASON_CODES[reason]
+        self.message = _CODE_MESSAGES[self.jsonrpc_code]
+        self.rpc_id = rpc_id
+
+
+# --- Result types -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class McpMessage:
+    """One JSON-RPC message of a POST, as the decision must see it."""
+
+    kind: Kind
+    method: str | None
+    id: RpcId | None
+    target: str | None
+    target_kind: TargetKind | None
+    params: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class McpPost:
+    """A whole POST body: its messages, whether it was a batch, and the protocol version."""
+
+    messages: tuple[McpMessage, ...]
+    is_batch: bool
+    protocol_version: str
+
+
+# --- Entry point ------------------------------------------------------------------------------
+
+
+def parse_post(body: bytes, header: HeaderLookup) -> McpPost:
+    """Read a POST body strictly and check it against the headers its protocol version binds.
+
+    ``header(name)`` returns the request header's value, or None; a header sent more than once
+    arrives joined with ", ". Raises McpRejected for anything that is not unambiguous.
+    """
+    document = decode_body(body)
+    version = protocol_version(header, _readable_id(document))
+    raw_messages, is_batch = split_batch(document, version)
+    messages = tuple(parse_message(raw) for raw in raw_messages)
+    _refuse_duplicate_ids(messages)
+    if version not in HANDSHAKE_VERSIONS:
+        check_modern_agreement(messages[0], header, version)
+    return McpPost(messages=messages, is_batch=is_batch, protocol_version=version)
+
+
+# --- Body → JSON value ------------------------------------------------------------------------
+
+_BRACKET_DELTA: Final = bytes.maketrans(b"[]{}", b"\x01\xff\x01\xff")  # +1 / -1 as signed bytes
+_NOT_BRACKET: Final = bytes(byte for byte in range(256) if byte not in b"[]{}")
+
+
+def _outside_strings(body: bytes) -> bytes:
+    """The bytes of ``body`` that are not inside JSON strings, found with C-speed operations only.
+
+    Escaped backslashes go first, then escaped quotes (a run of backslashes pairs up from the left,
+    as in JSON); every remaining quote opens or closes a string, so the even pieces between quotes
+    are outside. Linear on any input; what this makes of malformed JSON does not matter, the
+    parser refuses it afterwards.
+    """
+    if b'"' not in body:
+        return body
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return b"".join(unescaped.split(b'"')[::2])
+
+
+def exceeds_depth(body: bytes, limit: int = MAX_DEPTH) -> bool:
+    """True when arrays/objects nest deeper than ``limit``, found without parsing or recursing.
+
+    Brackets inside strings do not count; an opener never closed counts as open. Python's json
+    recurses per level, so this runs before it: a 100000-deep ``[[[…`` is refused in
+    milliseconds, with its own reason.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False  # fewer openers than the limit: no nesting can exceed it
+    deltas = memoryview(_outside_strings(body).translate(_BRACKET_DELTA, _NOT_BRACKET)).cast("b")
+    return max(accumulate(deltas), default=0) > limit
+
+
+def decode_body(body: bytes) -> Any:
+    """The body as strict JSON (RFC 8259 plus: no duplicate keys, NaN, BOM or invalid UTF-8)."""
+    if not body:
+        raise McpRejected("empty_body")
+    if exceeds_depth(body):
+        raise McpRejected("too_deep", detail=f"nesting deeper than {MAX_DEPTH}")
+    try:
+        return loads_strict(body)
+    except StrictJSONError as exc:
+        raise McpRejected("invalid_json", detail=_json_failure(exc)) from None
+
+
+def _json_failure(exc: StrictJSONError) -> str:
+    """The class of failure for the log, without the key name a duplicate-key error quotes."""
+    text = str(exc)
+    return "duplicate object key" if text.startswith("duplicate object key") else text
+
+
+# --- Protocol version ---------------------------------------------------------------------------
+
+
+def protocol_version(header: HeaderLookup, rpc_id: RpcId | None = None) -> str:
+    """The version from ``MCP-Protocol-Version``; 2025-03-26 when absent.
+
+    MCP 2025-06-18 transports: without the header the server SHOULD assume 2025-03-26. A present
+    header is taken verbatim, even empty or unknown: the SDK upstream routes any present value
+    that is not a handshake version to its 2026 handler, and so must we. A comma means the header
+    was sent more than once (the caller joins repeats with ", "): refused.
+    """
+    value = header(PROTOCOL_VERSION_HEADER)
+    if value is None:
+        return DEFAULT_VERSION
+    if "," in value:
+        raise McpRejected("header_mismatch", rpc_id, detail="MCP-Protocol-Version sent more than once")
+    return value
+
+
+# --- Batches ----------------------------------------------------------------------------------
+
+
+def split_batch(document: Any, version: str) -> tuple[tuple[dict[str, Any], ...], bool]:
+    """The message objects of the body and whether it was a batch.
+
+    JSON-RPC 2.0 §6: a batch is a non-empty array of message objects. MCP 2025-03-26 transports
+    allow one; MCP 2025-06-18 removed batching, and 2026-07-28 takes a single message per POST.
+    """
+    if isinstance(document, dict):
+        return (document,), False
+    if not isinstance(document, list):
+        raise McpRejected("invalid_message", detail="top level is neither an object nor an array")
+    if version != BATCH_VERSION:
+        raise McpRejected("batch_not_allowed", detail="batch outside protocol 2025-03-26")
+    if not document:
+        raise McpRejected("empty_batch")
+    if not all(isinstance(element, dict) for element in document):
+        raise McpRejected("invalid_batch", detail="batch element is not an object")
+    return tuple(document), True
+
+
+def _refuse_duplicate_ids(messages: Sequence[McpMessage]) -> None:
+    """JSON-RPC 2.0 §6: responses are matched to requests by id, so ids in one batch must differ.
+
+    A repeated id would let a later response filter (e.g. of tools/list) attach to the wrong
+    request. 1 and "1" count as the same id: some peers coerce one into the other.
+    """
+    seen: set[str] = set()
+    for message in messages:
+        if message.kind != "request" or message.id is None:
+            continue
+        key = str(message.id)
+        if key in seen:
+            raise McpRejected("duplicate_id", message.id, detail="request id repeated in one batch")
+        seen.add(key)
+
+
+# --- One message --------------------------------------------------------------------------------
+
+_CONTROL_CHARACTER: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def is_clean_text(value: object) -> TypeGuard[str]:
+    """A string with no C0 control character or DEL and no lone surrogate.
+
+    A NUL or CR/LF in a name is a classic way to make a C-string or line-based reader see a
+    different name than we do; a lone surrogate (legal ``\\ud800`` escape in JSON, not Unicode)
+    is replaced or refused by other decoders, so it would read differently upstream.
+    """
+    if not isinstance(value, str) or _CONTROL_CHARACTER.search(value):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_valid_id(value: object) -> TypeGuard[RpcId]:
+    """JSON-RPC 2.0 §4: an id is a string or a number; MCP narrows it to string or integer.
+
+    bool is excluded explicitly (a Python bool is an int); null and fractions are refused.
+    """
+    return isinstance(value, str | int) and not isinstance(value, bool)
+
+
+def _readable_id(document: Any) -> RpcId | None:
+    """The id of a single message, for error bodies, when it is well formed."""
+    if isinstance(document, dict):
+        candidate = document.get("id")
+        if is_valid_id(candidate):
+            return candidate
+    return None
+
+
+def parse_message(raw: dict[str, Any]) -> McpMessage:
+    """Classify one JSON-RPC 2.0 message (§4 request/notification, §5 response) and find its target."""
+    rpc_id = _readable_id(raw)
+    if raw.get("jsonrpc") != "2.0":
+        raise McpRejected("invalid_message", rpc_id, detail='jsonrpc is not exactly "2.0"')
+    if "method" in raw:
+        return _parse_call(raw, rpc_id)
+    return _parse_response(raw, rpc_id)
+
+
+def _parse_call(raw: dict[str, Any], rpc_id: RpcId | None) -> McpMessage:
+    """A request (§4, with id) or a notification (§4.1, without id)."""
+    method = raw["method"]
+    if not is_clean_text(method) or method == "":
+        raise McpRejected("invalid_message", rpc_id, detail="method is not a clean non-empty string")
+    if "result" in raw or "error" in raw:
+        # A message that is both a call and a response reads differently to different peers.
+        raise McpRejected("invalid_message", rpc_id, detail="call carries result or error")
+    if "id" in raw and not is_valid_id(raw["id"]):
+        raise McpRejected("invalid_message", None, detail="id is not a string or an integer")
+    params = _params(raw, rpc_id)
+    target, target_kind = find_target(method, params, rpc_id)
+    return McpMessage(
+        kind="request" if "id" in raw else "notification",
+        method=method,
+        id=rpc_id,
+        target=target,
+        target_kind=target_kind,
+        params=None if params is None else MappingProxyType(params),
+    )
+
+
+def _parse_response(raw: dict[str, Any], rpc_id: RpcId | None) -> McpMessage:
+    """A response (§5): an id and exactly one of result/error; error is {code: int, message: str}."""
+    if rpc_id is None:
+        raise McpRejected("invalid_message", None, detail="neither a call nor a response with a valid id")
+    if ("result" in raw) == ("error" in raw):
+        raise McpRejected("invalid_message", rpc_id, detail="response needs exactly one of result/error")
+    if "params" in raw:
+        raise McpRejected("invalid_message", rpc_id, detail="response carries params")
+    if "error" in raw and not _is_error_object(raw["error"]):
+        raise McpRejected("invalid_message", rpc_id, detail="malformed error object")
+    return McpMessage(kind="response", method=None, id=rpc_id, target=None, target_kind=None, params=None)
+
+
+def _is_error_object(value: object) -> bool:
+    """JSON-RPC 2.0 §5.1: an error object has an integer code and a string message."""
+    if not isinstance(value, dict):
+        return False
+    code = value.get("code")
+    return isinstance(code, int) and not isinstance(code, bool) and isinstance(value.get("message"), str)
+
+
+def _params(raw: dict[str, Any], rpc_id: RpcId | None) -> dict[str, Any] | None:
+    """``params`` when present must be an object.
+
+    JSON-RPC 2.0 §4.2 also allows an array, but every MCP method takes named params; an array
+    (or null) is something an upstream would read in its own way, so it is refused.
+    """
+    if "params" not in raw:
+        return None
+    params = raw["params"]
+    if not isinstance(params, dict):
+        raise McpRejected("invalid_params", rpc_id, detail="params is not an object")
+    return params
+
+
+# --- Targets ----------------------------------------------------------------------------------
+
+_NAMED_METHODS: Final[Mapping[str, TargetKind]] = MappingProxyType(
+    {"tools/call": "tool", "prompts/get": "prompt"}
+)
+_URI_METHODS: Final = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
+_REF_KINDS: Final[Mapping[str, tuple[str, TargetKind]]] = MappingProxyType(
+    {"ref/prompt": ("name", "prompt"), "ref/resource": ("uri", "resource")}
+)
+
+
+def find_target(
+    method: str, params: Mapping[str, Any] | None, rpc_id: RpcId | None = None
+) -> tuple[str | None, TargetKind | None]:
+    """What a call acts on, exactly as the body spells it (no strip, no Unicode normalisation).
+
+    Method names are case-sensitive (JSON-RPC 2.0 §4): "Tools/Call" is an unknown method with no
+    target, left to the policy. MRTR retries (2026-07-28 ``params.inputResponses``) are ordinary
+    tools/call bodies and get the same target.
+    """
+    fields: Mapping[str, Any] = params if params is not None else {}
+    if method in _NAMED_METHODS:
+        return _clean_field(fields, "name", "invalid_name", rpc_id), _NAMED_METHODS[method]
+    if method in _URI_METHODS:
+        return _clean_field(fields, "uri", "invalid_uri", rpc_id), "resource"
+    if method == "completion/complete":
+        return _completion_target(fields.get("ref"), rpc_id)
+    return None, None
+
+
+def _clean_field(fields: Mapping[str, Any], key: str, reason: str, rpc_id: RpcId | None) -> str:
+    value = fields.get(key)
+    if not is_clean_text(value):
+        raise McpRejected(reason, rpc_id, detail=f"params.{key} is not a clean string")
+    return value
+
+
+def _completion_target(ref: object, rpc_id: RpcId | None) -> tuple[str, TargetKind]:
+    """completion/complete: ``params.ref`` is a PromptReference (type "ref/prompt", name) or a
+    ResourceTemplateReference (type "ref/resource", uri); anything else names nothing we can judge.
+    """
+    if not isinstance(ref, dict) or not isinstance(ref.get("type"), str) or ref["type"] not in _REF_KINDS:
+        raise McpRejected("invalid_ref", rpc_id, detail="params.ref is not a prompt or resource reference")
+    key, kind = _REF_KINDS[ref["type"]]
+    return _clean_field(ref, key, "invalid_ref", rpc_id), kind
+
+
+# --- MCP 2026-07-28 header/body agreement -----------------------------------------------------
+
+_NAME_HEADER_METHODS: Final = frozenset({"tools/call", "resources/read", "prompts/get"})
+_BASE64_SENTINEL: Final = re.compile(r"=\?base64\?(?P<payload>[^?]*)\?=")
+
+
+def decode_header_value(value: str) -> str | None:
+    """A ``Mcp-Name`` value as text; ``=?base64?…?=`` carries standard base64 of the UTF-8 value.
+
+    Decoded strictly: characters outside the alphabet, wrong padding, non-canonical trailing bits
+    or invalid UTF-8 give None (a mismatch), so a corrupt header never equals a body by accident.
+    """
+    match = _BASE64_SENTINEL.fullmatch(value)
+    if match is None:
+        return value
+    payload = match["payload"]
+    try:
+        raw = base64.b64decode(payload, validate=True)
+        if base64.b64encode(raw).decode("ascii") != payload:
+            return None  # non-canonical: two encodings of one value would compare differently
+        return raw.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _single_header(header: HeaderLookup, name: str) -> str | None:
+    """A header sent once; a joined repeat (contains a comma) counts as absent, i.e. a mismatch."""
+    value = header(name)
+    if value is None or "," in value:
+        return None
+    return value
+
+
+def check_modern_agreement(message: McpMessage, header: HeaderLookup, version: str) -> None:
+    """MCP 2026-07-28 transports, "Server Validation": headers and body MUST agree, and an
+    intermediary MUST reject a mismatch with HTTP 400 / -32020 HeaderMismatch.
+
+    ``Mcp-Method`` is required and equals ``method``; ``Mcp-Name`` is required on tools/call,
+    resources/read and prompts/get and equals ``params.name`` / ``params.uri``; a request's
+    ``params._meta["io.modelcontextprotocol/protocolVersion"]`` equals ``MCP-Protocol-Version``.
+    """
+    if message.kind == "response":
+        # 2026-07-28 streamable HTTP, "Sending Messages": clients do not POST responses.
+        raise McpRejected("response_not_allowed", message.id)
+    if _single_header(header, METHOD_HEADER) != message.method:
+        raise McpRejected("header_mismatch", message.id, detail="Mcp-Method missing or differs from body")
+    if message.method in _NAME_HEADER_METHODS:
+        name = _single_header(header, NAME_HEADER)
+        if name is None or decode_header_value(name) != message.target:
+            raise McpRejected("header_mismatch", message.id, detail="Mcp-Name missing or differs from body")
+    if message.kind == "request" and _meta_version(message.params) != version:
+        raise McpRejected("header_mismatch", message.id, detail="_meta protocol version differs from header")
+
+
+def _meta_version(params: Mapping[str, Any] | None) -> object:
+    """``params._meta["io.modelcontextprotocol/protocolVersion"]``, or None when absent."""
+    meta = params.get("_meta") if params is not None else None
+    return meta.get(META_VERSION_KEY) if isinstance(meta, dict) else None
+
+
+# --- List filtering ---------------------------------------------------------------------------
+
+LIST_METHODS: Final[Mapping[str, tuple[str, str, TargetKind]]] = MappingProxyType(
+    {
+        "tools/list": ("tools", "name", "tool"),
+        "prompts/list": ("prompts", "name", "prompt"),
+        "resources/list": ("resources", "uri", "resource"),
+        "resources/templates/list": ("resourceTemplates", "uriTemplate", "resource"),
+    }
+)
+"""List method → (result key holding the items, item field naming it, kind of target)."""
+
+
+def filter_list_result(
+    method: str, result: Mapping[str, Any], is_visible: Callable[[str], bool]
+) -> dict[str, Any] | None:
+    """A new result without the items the caller may not see, or None if nothing was removed.
+
+    Fails closed: an item that is not an object, or whose naming field is missing or not a
+    string, is removed; a list key holding something other than an array becomes an empty array.
+    Every other key (nextCursor, _meta, ttlMs, …) is kept as is. A method not in LIST_METHODS
+    is a caller bug: KeyError.
+    """
+    list_key, name_key, _ = LIST_METHODS[method]
+    if list_key not in result:
+        return None
+    items = result[list_key]
+    if not isinstance(items, list):
+        return {**result, list_key: []}
+    kept = [item for item in items if _item_visible(item, name_key, is_visible)]
+    if len(kept) == len(items):
+        return None
+    return {**result, list_key: kept}
+
+
+def _item_visible(item: object, name_key: str, is_visible: Callable[[str], bool]) -> bool:
+    if not isinstance(item, dict):
+        return False
+    name = item.get(name_key)
+    return isinstance(name, str) and is_visible(name)
