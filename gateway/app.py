@@ -23,7 +23,7 @@ from .config import GatewayConfig, RouteConfig
 from .errors import InsufficientScope, MethodNotAllowed, OriginForbidden, PolicyDenied
 from .jwks import IssuerKeys
 from .listfilter import ListFilter
-from .mcp import McpMessage, McpPost, McpRejected, parse_post
+from .mcp import McpPost, McpRejected, parse_post
 from .metadata import WELL_KNOWN_PRM, prm_document
 from .middleware import (
     PRINCIPAL,
@@ -34,7 +34,7 @@ from .middleware import (
     jsonrpc_error_response,
     request_context,
 )
-from .policy import RESPONSE_METHOD, Decision, Operation, decide
+from .policy import Decision, decide, operation_of
 from .principal import Principal
 from .proxy import Upstream, read_body
 from .tokens import JwtAuthenticator, bearer_token_from
@@ -169,6 +169,9 @@ def _origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+_SINGLE_MCP_HEADERS = ("MCP-Protocol-Version", "Mcp-Method", "Mcp-Name", "Mcp-Session-Id")
+
+
 def parse_strictly(request: web.Request, body: bytes) -> McpPost:
     """The strict reading of the body (gateway.mcp); the request id is kept for error bodies."""
 
@@ -177,6 +180,11 @@ def parse_strictly(request: web.Request, body: bytes) -> McpPost:
         return ", ".join(values) if values else None
 
     try:
+        for name in _SINGLE_MCP_HEADERS:
+            # Two copies of a header the body is checked against: which one would the upstream
+            # read? Refuse rather than guess (MCP 2026-07-28 "Server Validation").
+            if len(request.headers.getall(name, [])) > 1:
+                raise McpRejected("header_mismatch", detail=f"{name} sent more than once")
         post = parse_post(body, header)
     except McpRejected as exc:
         request[RPC_ID] = exc.rpc_id
@@ -200,12 +208,6 @@ def authorize(route: RouteConfig, principal: Principal, post: McpPost) -> None:
     # MCP 2026-07-28: name every scope the operation needs in one challenge.
     needed = [scope for decision in denied for scope in decision.required]
     raise InsufficientScope(detail=", ".join(decision.rule for decision in denied), scopes=needed)
-
-
-def operation_of(message: McpMessage) -> Operation:
-    if message.kind == "response":
-        return Operation(RESPONSE_METHOD)
-    return Operation(message.method or "", message.target_kind, message.target)
 
 
 def _cors_preflight(request: web.Request, origin: str) -> web.Response:

@@ -44,7 +44,12 @@ class ListFilter:
         requests: dict[RpcId, str] = {}
         for message in post.messages:
             method = message.method
-            if message.kind == "request" and message.id is not None and method in LIST_METHODS:
+            if (
+                message.kind == "request"
+                and message.id is not None
+                and method is not None
+                and method in LIST_METHODS
+            ):
                 requests[message.id] = method
         if not requests:
             return None
@@ -74,7 +79,10 @@ class ListFilter:
         if not isinstance(message, dict) or "method" in message:
             return None  # a notification or request from the server, not our response
         rpc_id = message.get("id")
-        method = self._methods.get(rpc_id) if isinstance(rpc_id, str | int) else None
+        # bool is an int in Python (True == 1): an id `true` must not match request id 1.
+        if not isinstance(rpc_id, str | int) or isinstance(rpc_id, bool):
+            return None
+        method = self._methods.get(rpc_id)
         if method is None or "result" not in message:
             return None  # not a list response of this POST, or an error: nothing to hide
         result = message["result"]

@@ -89,6 +89,7 @@ REASON_CODES: Final[Mapping[str, int]] = MappingProxyType(
         "invalid_batch": INVALID_REQUEST,
         "duplicate_id": INVALID_REQUEST,
         "invalid_message": INVALID_REQUEST,
+        "method_case_variant": INVALID_REQUEST,
         "response_not_allowed": INVALID_REQUEST,
         "invalid_params": INVALID_PARAMS,
         "invalid_name": INVALID_PARAMS,
@@ -147,7 +148,8 @@ def parse_post(body: bytes, header: HeaderLookup) -> McpPost:
     """Read a POST body strictly and check it against the headers its protocol version binds.
 
     ``header(name)`` returns the request header's value, or None; a header sent more than once
-    arrives joined with ", ". Raises McpRejected for anything that is not unambiguous.
+    arrives joined with ", " (the gateway refuses repeated MCP headers before calling this).
+    Raises McpRejected for anything that is not unambiguous.
     """
     document = decode_body(body)
     version = protocol_version(header, _readable_id(document))
@@ -315,11 +317,33 @@ def parse_message(raw: dict[str, Any]) -> McpMessage:
     return _parse_response(raw, rpc_id)
 
 
+# Client-to-server methods and notifications of MCP 2025-03-26 … 2026-07-28.
+KNOWN_METHODS: Final = frozenset(
+    {
+        "initialize", "ping", "server/discover", "subscriptions/listen",
+        "tools/list", "tools/call", "prompts/list", "prompts/get",
+        "resources/list", "resources/templates/list", "resources/read",
+        "resources/subscribe", "resources/unsubscribe",
+        "completion/complete", "logging/setLevel",
+        "tasks/get", "tasks/result", "tasks/cancel", "tasks/list",
+        "notifications/initialized", "notifications/cancelled", "notifications/progress",
+        "notifications/roots/list_changed",
+    }
+)  # fmt: skip
+_KNOWN_METHODS_LOWER: Final = frozenset(method.lower() for method in KNOWN_METHODS)
+
+
 def _parse_call(raw: dict[str, Any], rpc_id: RpcId | None) -> McpMessage:
     """A request (§4, with id) or a notification (§4.1, without id)."""
     method = raw["method"]
     if not is_clean_text(method) or method == "":
         raise McpRejected("invalid_message", rpc_id, detail="method is not a clean non-empty string")
+    if method not in KNOWN_METHODS and method.lower() in _KNOWN_METHODS_LOWER:
+        # "Tools/Call" is no MCP method, but an upstream that folds case would run it as
+        # tools/call, past the tool rules. Refuse instead of passing it on as "unknown".
+        raise McpRejected(
+            "method_case_variant", rpc_id, detail="method differs from an MCP method only by case"
+        )
     if "result" in raw or "error" in raw:
         # A message that is both a call and a response reads differently to different peers.
         raise McpRejected("invalid_message", rpc_id, detail="call carries result or error")
@@ -445,11 +469,9 @@ def decode_header_value(value: str) -> str | None:
 
 
 def _single_header(header: HeaderLookup, name: str) -> str | None:
-    """A header sent once; a joined repeat (contains a comma) counts as absent, i.e. a mismatch."""
-    value = header(name)
-    if value is None or "," in value:
-        return None
-    return value
+    """The header's value. The caller refuses a header sent twice before parsing, so a comma here
+    is part of the value (a resource URI may contain one) and simply has to match the body."""
+    return header(name)
 
 
 def check_modern_agreement(message: McpMessage, header: HeaderLookup, version: str) -> None:

@@ -102,7 +102,7 @@ CASES = [
     ("/mcp", op("prompts/get", "other"), "mcp repo:read", False, ("mcp",), "default: deny"),
     ("/mcp", op("logging/setLevel"), "mcp", False, ("mcp", "admin"), "methods['logging/setLevel']"),
     ("/mcp", op("tools/list"), "mcp", True, ("mcp",), "default: allow"),
-    ("/mcp", op("Tools/Call"), "mcp", True, ("mcp",), "default: allow"),  # unknown method: not a tool call
+    ("/mcp", op("vendor/custom"), "mcp", True, ("mcp",), "default: allow"),  # unknown method: not a tool call
     ("/mcp", op("notifications/cancelled"), "mcp", True, ("mcp",), "methods['notifications/*']"),
     (
         "/mcp",
