@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
+from .mcp import McpMessage
+
 TargetKind = Literal["tool", "prompt", "resource"]
 
 
@@ -228,6 +230,13 @@ def requirement(policy: RoutePolicy, operation: Operation) -> tuple[tuple[str, .
             return policy.route_scopes, label, True
         scopes = _union(scopes, target_scopes)
     return scopes, label, False
+
+
+def operation_of(message: McpMessage) -> Operation:
+    """The operation a strictly parsed message asks for; a client's response is ``RESPONSE_METHOD``."""
+    if message.kind == "response":
+        return Operation(RESPONSE_METHOD)
+    return Operation(message.method or "", message.target_kind, message.target)
 
 
 def decide(policy: RoutePolicy, operation: Operation, granted: frozenset[str]) -> Decision:
