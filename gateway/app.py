@@ -34,7 +34,7 @@ from .middleware import (
     jsonrpc_error_response,
     request_context,
 )
-from .policy import Decision, decide, operation_of
+from .policy import combine, decide, operation_of
 from .principal import Principal
 from .proxy import Upstream, read_body
 from .tokens import JwtAuthenticator, bearer_token_from
@@ -169,23 +169,11 @@ def _origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-_SINGLE_MCP_HEADERS = ("MCP-Protocol-Version", "Mcp-Method", "Mcp-Name", "Mcp-Session-Id")
-
-
 def parse_strictly(request: web.Request, body: bytes) -> McpPost:
     """The strict reading of the body (gateway.mcp); the request id is kept for error bodies."""
 
-    def header(name: str) -> str | None:
-        values = request.headers.getall(name, [])
-        return ", ".join(values) if values else None
-
     try:
-        for name in _SINGLE_MCP_HEADERS:
-            # Two copies of a header the body is checked against: which one would the upstream
-            # read? Refuse rather than guess (MCP 2026-07-28 "Server Validation").
-            if len(request.headers.getall(name, [])) > 1:
-                raise McpRejected("header_mismatch", detail=f"{name} sent more than once")
-        post = parse_post(body, header)
+        post = parse_post(body, lambda name: request.headers.getall(name, []))
     except McpRejected as exc:
         request[RPC_ID] = exc.rpc_id
         raise
@@ -195,19 +183,17 @@ def parse_strictly(request: web.Request, body: bytes) -> McpPost:
 
 def authorize(route: RouteConfig, principal: Principal, post: McpPost) -> None:
     """Decide every message; one denied message refuses the whole POST (a batch included)."""
-    denied: list[Decision] = []
+    decisions = []
     for message in post.messages:
         decision = decide(route.policy, operation_of(message), principal.scopes)
         audit_decision(route, principal, message, decision)
-        if not decision.allowed:
-            denied.append(decision)
-    if not denied:
+        decisions.append(decision)
+    verdict = combine(decisions)
+    if verdict.allowed:
         return
-    if any(decision.unconditional for decision in denied):
-        raise PolicyDenied(detail="; ".join(decision.rule for decision in denied))
-    # MCP 2026-07-28: name every scope the operation needs in one challenge.
-    needed = [scope for decision in denied for scope in decision.required]
-    raise InsufficientScope(detail=", ".join(decision.rule for decision in denied), scopes=needed)
+    if verdict.unconditional:
+        raise PolicyDenied(detail="; ".join(verdict.rules))
+    raise InsufficientScope(detail=", ".join(verdict.rules), scopes=verdict.challenge_scopes)
 
 
 def _cors_preflight(request: web.Request, origin: str) -> web.Response:

@@ -1,4 +1,4 @@
-"""``mcp-auth-gateway``: serve, check-config, demo."""
+"""``mcp-auth-gateway``: serve, check-config, explain, demo."""
 
 from __future__ import annotations
 
@@ -25,6 +25,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="validate a config and summarise its routes")
     check.add_argument("path")
 
+    explain = commands.add_parser(
+        "explain",
+        help="show, offline, what the gateway would answer to one POST and which rule decides",
+    )
+    explain.add_argument("--config", required=True, help="path to the YAML config")
+    explain.add_argument("--route", required=True, help="a route path from the config, e.g. /mcp")
+    caller = explain.add_mutually_exclusive_group(required=True)
+    caller.add_argument("--scopes", help='the caller\'s scopes, space-separated: "a b"')
+    caller.add_argument("--token", help="a JWT access token (decoded, NOT verified)")
+    explain.add_argument(
+        "--request", required=True, help="the JSON-RPC body as a client would POST it, or @file"
+    )
+    explain.add_argument(
+        "--header", action="append", default=[], metavar="'NAME: VALUE'", help="a request header (repeatable)"
+    )
+    explain.add_argument("--json", action="store_true", help="print one JSON object")
+
     demo = commands.add_parser("demo", help="run a demo upstream, a development issuer and the gateway")
     demo.add_argument(
         "--port", type=int, default=8000, help="gateway port (upstream and issuer use the next two)"
@@ -33,6 +50,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.path)
+    if args.command == "explain":
+        config = _load_or_report(args.config)
+        if config is None:
+            return EXIT_CONFIG_ERROR
+        from .explain import run as run_explain
+
+        return run_explain(
+            config,
+            config_name=args.config,
+            route_path=args.route,
+            scopes=args.scopes,
+            token=args.token,
+            request=args.request,
+            headers=args.header,
+            as_json=args.json,
+        )
     if args.command == "serve":
         config = _load_or_report(args.config)
         if config is None:

@@ -57,6 +57,11 @@ Kind = Literal["request", "notification", "response"]
 TargetKind = Literal["tool", "prompt", "resource"]
 RpcId: TypeAlias = str | int
 HeaderLookup: TypeAlias = Callable[[str], str | None]
+HeaderValues: TypeAlias = Callable[[str], Sequence[str]]
+"""Every value a request carries for a header name (case-insensitive), in order."""
+
+# Headers the body is checked against: two copies leave open which one the upstream reads.
+SINGLE_HEADERS: Final = ("MCP-Protocol-Version", "Mcp-Method", "Mcp-Name", "Mcp-Session-Id")
 
 PROTOCOL_VERSION_HEADER: Final = "MCP-Protocol-Version"
 METHOD_HEADER: Final = "Mcp-Method"
@@ -144,14 +149,21 @@ class McpPost:
 # --- Entry point ------------------------------------------------------------------------------
 
 
-def parse_post(body: bytes, header: HeaderLookup) -> McpPost:
+def parse_post(body: bytes, headers: HeaderValues) -> McpPost:
     """Read a POST body strictly and check it against the headers its protocol version binds.
 
-    ``header(name)`` returns the request header's value, or None; a header sent more than once
-    arrives joined with ", " (the gateway refuses repeated MCP headers before calling this).
-    Raises McpRejected for anything that is not unambiguous.
+    ``headers(name)`` returns every value the request carries for that header. Raises
+    McpRejected for anything that is not unambiguous, a repeated MCP header included.
     """
     document = decode_body(body)
+    for name in SINGLE_HEADERS:
+        if len(headers(name)) > 1:
+            raise McpRejected("header_mismatch", _readable_id(document), detail=f"{name} sent more than once")
+
+    def header(name: str) -> str | None:
+        values = headers(name)
+        return values[0] if values else None
+
     version = protocol_version(header, _readable_id(document))
     raw_messages, is_batch = split_batch(document, version)
     messages = tuple(parse_message(raw) for raw in raw_messages)
@@ -469,8 +481,8 @@ def decode_header_value(value: str) -> str | None:
 
 
 def _single_header(header: HeaderLookup, name: str) -> str | None:
-    """The header's value. The caller refuses a header sent twice before parsing, so a comma here
-    is part of the value (a resource URI may contain one) and simply has to match the body."""
+    """The header's value. parse_post refused a header sent twice, so a comma here is part of the
+    value (a resource URI may contain one) and simply has to match the body."""
     return header(name)
 
 

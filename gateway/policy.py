@@ -252,6 +252,26 @@ def decide(policy: RoutePolicy, operation: Operation, granted: frozenset[str]) -
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How the decisions of one POST combine: one denied message refuses the whole POST."""
+
+    allowed: bool
+    unconditional: bool  # some message no scope could allow: a plain 403
+    challenge_scopes: tuple[str, ...]  # MCP 2026-07-28: every scope needed, in one challenge
+    rules: tuple[str, ...]  # the rules that denied
+
+
+def combine(decisions: Iterable[Decision]) -> Verdict:
+    denied = [decision for decision in decisions if not decision.allowed]
+    return Verdict(
+        allowed=not denied,
+        unconditional=any(decision.unconditional for decision in denied),
+        challenge_scopes=_union(*(decision.required for decision in denied)),
+        rules=tuple(decision.rule for decision in denied),
+    )
+
+
 def is_visible(policy: RoutePolicy, kind: TargetKind, name: str, granted: frozenset[str]) -> bool:
     """Whether a list item may be shown: exactly when using it would be allowed."""
     return decide(policy, Operation(_USE_METHOD[kind], kind, name), granted).allowed

@@ -43,10 +43,10 @@ SAFE_MESSAGES = {"Parse error", "Invalid Request", "Invalid params", "Header mis
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def lookup(headers: Mapping[str, str]) -> Callable[[str], str | None]:
-    """A case-insensitive header lookup, as the caller provides it."""
+def lookup(headers: Mapping[str, str]) -> Callable[[str], list[str]]:
+    """A case-insensitive header lookup (each header once), as the caller provides it."""
     folded = {name.lower(): value for name, value in headers.items()}
-    return lambda name: folded.get(name.lower())
+    return lambda name: [folded[name.lower()]] if name.lower() in folded else []
 
 
 def dump(value: Any) -> bytes:
@@ -1010,3 +1010,30 @@ def test_float_values_in_arguments_are_fine() -> None:
     )
     params = post.messages[0].params
     assert params is not None and math.isclose(params["arguments"]["a"], 1.5)
+
+
+@pytest.mark.parametrize("name", ["MCP-Protocol-Version", "Mcp-Method", "Mcp-Name", "Mcp-Session-Id"])
+def test_repeated_mcp_header_is_refused(name: str) -> None:
+    """A header the body is checked against, sent twice, is refused: which copy would the upstream read?"""
+    body = modern("tools/call", {"name": "echo", "arguments": {}})
+    single = h_modern("tools/call", "echo")
+
+    def values(header: str) -> list[str]:
+        found = [value for key, value in single.items() if key.lower() == header.lower()] or ["x"]
+        return (
+            found * 2
+            if header.lower() == name.lower()
+            else [v for k, v in single.items() if k.lower() == header.lower()]
+        )
+
+    with pytest.raises(McpRejected) as caught:
+        parse_post(body, values)
+    assert caught.value.reason == "header_mismatch"
+
+
+def test_comma_inside_mcp_name_is_part_of_the_value() -> None:
+    """A resource URI with a comma, sent once in Mcp-Name, matches the body (no false repeat)."""
+    uri = "demo://a,b"
+    body = modern("resources/read", {"uri": uri})
+    post = parse_post(body, lookup(h_modern("resources/read", uri)))
+    assert post.messages[0].target == uri

@@ -1,0 +1,607 @@
+"""``mcp-auth-gateway explain``: what the gateway would answer to one POST, and why, offline.
+
+Nothing is decided here: the body goes through the gateway's own strict parser
+(``gateway.mcp.parse_post``), every message through ``gateway.policy.operation_of`` and
+``decide``, a token through ``gateway.tokens`` (the same format check, ``split_jws``,
+``check_header``, ``check_claims``, ``scopes_of``) and a challenge through ``gateway.metadata``.
+Only how one POST's decisions combine into an answer mirrors ``gateway.app.authorize``.
+
+A token's signature is never verified (no network, no keys): the explanation says so. The core
+(``caller_from_scopes``, ``caller_from_token``, ``explain``) is pure; ``render_text``,
+``to_json`` and ``run`` are the edges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from .config import GatewayConfig, RouteConfig
+from .errors import BodyTooLarge, InsufficientScope, InvalidToken, PolicyDenied
+from .mcp import PROTOCOL_VERSION_HEADER, HeaderValues, McpRejected, parse_post
+from .metadata import advertised_scopes, bearer_challenge, prm_url, quoted_string
+from .policy import Decision, RoutePolicy, combine, decide, operation_of
+from .tokens import audience_matches, bearer_token_from, check_claims, check_header, scopes_of, split_jws
+
+__all__ = [
+    "EXIT_FORWARDED",
+    "EXIT_REFUSED",
+    "EXIT_USAGE",
+    "NOT_VERIFIED",
+    "Caller",
+    "Explanation",
+    "caller_from_scopes",
+    "caller_from_token",
+    "combine_decisions",
+    "explain",
+    "render_text",
+    "run",
+    "to_json",
+]
+
+EXIT_FORWARDED = 0
+EXIT_REFUSED = 1  # denied by the policy, or refused before it (token, body)
+EXIT_USAGE = 2  # bad arguments, unreadable or invalid config, unknown route
+
+NOT_VERIFIED = "token signature NOT verified (offline explain)"
+
+
+# =========================================================================== the model
+
+
+@dataclass(frozen=True, slots=True)
+class TokenProblem:
+    """Why the gateway would refuse the token (401 ``invalid_token``) before any policy decision."""
+
+    reason: str  # the gateway's own reason, as its log line names it
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSummary:
+    """What an unverified token says about its caller."""
+
+    decoded: bool
+    claims: Mapping[str, Any]  # iss, sub, client_id, aud, exp as present in the token
+    problems: tuple[TokenProblem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    source: str  # "scopes" or "token"
+    scopes: tuple[str, ...]
+    token: TokenSummary | None = None
+
+    @property
+    def problems(self) -> tuple[TokenProblem, ...]:
+        return self.token.problems if self.token is not None else ()
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRef:
+    """One rule named in ``Decision.rule``, with its config line when it is a configured rule."""
+
+    label: str
+    line: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageExplanation:
+    index: int  # 1-based position in the body
+    kind: str  # request, notification, response
+    id: str | int | None
+    method: str
+    target_kind: str | None
+    target: str | None
+    decision: Decision
+    rules: tuple[RuleRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The body refused before any decision."""
+
+    reason: str
+    detail: str
+    status: int
+    jsonrpc_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The gateway's answer: forwarded, or an HTTP error as it would be rendered."""
+
+    forwarded: bool
+    summary: str  # one line, e.g. 'HTTP 403 insufficient_scope, scope="a b"'
+    status: int | None = None
+    jsonrpc_code: int | None = None
+    error: str | None = None  # the OAuth error code in the challenge, if any
+    scope: tuple[str, ...] | None = None  # the challenge's ``scope``, if any
+    www_authenticate: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    config: str  # the config file as named on the command line
+    route: str
+    resource: str
+    caller: Caller
+    protocol_version: str | None
+    version_header: bool  # whether MCP-Protocol-Version was sent (else the version is assumed)
+    is_batch: bool
+    refusal: Refusal | None
+    messages: tuple[MessageExplanation, ...]
+    policy_outcome: Outcome | None  # what the body and policy alone lead to; None if never reached
+    outcome: Outcome  # the answer, token refusal included
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_FORWARDED if self.outcome.forwarded else EXIT_REFUSED
+
+
+# =========================================================================== the caller
+
+
+def caller_from_scopes(scopes: str) -> Caller:
+    """A caller holding the space-separated ``scopes`` (order kept, repeats dropped)."""
+    return Caller("scopes", tuple(dict.fromkeys(scopes.split())))
+
+
+def caller_from_token(token: str, config: GatewayConfig, route: RouteConfig, now: float) -> Caller:
+    """Decode ``token`` without verifying it, and list every reason the gateway would refuse it.
+
+    The problems come in the gateway's own order, so the first is the reason it would log.
+    """
+    try:
+        bearer_token_from([f"Bearer {token}"], query_has_token=False)
+        header, claims, _, _ = split_jws(token)
+    except InvalidToken as exc:
+        problem = TokenProblem(exc.reason, _with_detail("the token cannot be decoded", exc.detail))
+        return Caller("token", (), TokenSummary(False, {}, (problem,)))
+
+    problems: list[TokenProblem] = []
+    issuer = next((item for item in config.issuers if item.issuer == claims.get("iss")), None)
+    if issuer is None:
+        configured = ", ".join(item.issuer for item in config.issuers)
+        problems.append(
+            TokenProblem(
+                "unknown_issuer",
+                f"iss {_shown(claims.get('iss'))} is not a configured issuer ({configured})",
+            )
+        )
+    else:
+        try:
+            check_header(header, issuer)
+        except InvalidToken as exc:
+            problems.append(TokenProblem(exc.reason, _with_detail("token header refused", exc.detail)))
+        try:
+            check_claims(claims, issuer=issuer, resource=route.resource, now=now, token=token)
+        except InvalidToken as exc:
+            problems.append(TokenProblem(exc.reason, _claim_problem(exc, claims, route)))
+    audience_problem = _audience_problem(claims, route)
+    if audience_problem is not None and all(p.reason != audience_problem.reason for p in problems):
+        problems.append(audience_problem)
+    try:
+        scopes = tuple(sorted(scopes_of(claims)))
+    except InvalidToken as exc:
+        scopes = ()
+        problem = TokenProblem(exc.reason, _with_detail("bad claim", exc.detail))  # as check_claims says it
+        if problem not in problems:
+            problems.append(problem)
+
+    shown = {
+        "iss": claims.get("iss"),
+        "sub": claims.get("sub"),
+        "client_id": claims.get("client_id", claims.get("azp")),
+        "aud": claims.get("aud"),
+        "exp": claims.get("exp"),
+    }
+    return Caller("token", scopes, TokenSummary(True, shown, tuple(problems)))
+
+
+def _audiences(claims: Mapping[str, Any]) -> tuple[str, ...] | None:
+    aud = claims.get("aud")
+    audiences = (aud,) if isinstance(aud, str) else tuple(aud) if isinstance(aud, list) else None
+    if not audiences or not all(isinstance(item, str) for item in audiences):
+        return None
+    return audiences
+
+
+def _audience_problem(claims: Mapping[str, Any], route: RouteConfig) -> TokenProblem | None:
+    audiences = _audiences(claims)
+    if audiences is None:
+        return TokenProblem("missing_audience", "the token has no usable aud claim")
+    if not any(audience_matches(item, route.resource) for item in audiences):
+        shown = ", ".join(_shown(item) for item in audiences)
+        return TokenProblem(
+            "bad_audience", f"aud ({shown}) does not contain this route's resource {route.resource}"
+        )
+    return None
+
+
+def _claim_problem(exc: InvalidToken, claims: Mapping[str, Any], route: RouteConfig) -> str:
+    if exc.reason in ("bad_audience", "missing_audience"):
+        problem = _audience_problem(claims, route)
+        if problem is not None:
+            return problem.message
+    return _with_detail(exc.reason.replace("_", " "), exc.detail)
+
+
+def _with_detail(text: str, detail: str) -> str:
+    return f"{text} ({detail})" if detail else text
+
+
+# =========================================================================== the explanation
+
+
+def header_lookup(headers: Sequence[tuple[str, str]]) -> HeaderValues:
+    """Case-insensitive: every value given for a header, as the gateway reads a request."""
+
+    def header(name: str) -> list[str]:
+        return [value for key, value in headers if key.lower() == name.lower()]
+
+    return header
+
+
+def explain(
+    config: GatewayConfig,
+    config_name: str,
+    route: RouteConfig,
+    caller: Caller,
+    body: bytes,
+    headers: Sequence[tuple[str, str]] = (),
+) -> Explanation:
+    """What the gateway would answer to this POST on ``route`` from ``caller``, and why."""
+    token_outcome = _token_outcome(config, route, caller)
+    if token_outcome is not None and caller.token is not None and not caller.token.decoded:
+        evaluated = None  # no scopes to decide with: the 401 is the whole answer
+    else:
+        evaluated = _evaluate(config, route, frozenset(caller.scopes), body, headers)
+    outcome = token_outcome or (evaluated.outcome if evaluated is not None else None)
+    if outcome is None:  # unreachable: an undecodable token always has a problem
+        raise ValueError("nothing to explain")
+    return Explanation(
+        config=config_name,
+        route=route.path,
+        resource=route.resource,
+        caller=caller,
+        protocol_version=evaluated.protocol_version if evaluated else None,
+        version_header=header_lookup(headers)(PROTOCOL_VERSION_HEADER) is not None,
+        is_batch=evaluated.is_batch if evaluated else False,
+        refusal=evaluated.refusal if evaluated else None,
+        messages=evaluated.messages if evaluated else (),
+        policy_outcome=evaluated.outcome if evaluated else None,
+        outcome=outcome,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Evaluated:
+    """The body and the policy, as if the token had been accepted."""
+
+    outcome: Outcome
+    protocol_version: str | None = None
+    is_batch: bool = False
+    refusal: Refusal | None = None
+    messages: tuple[MessageExplanation, ...] = ()
+
+
+def _evaluate(
+    config: GatewayConfig,
+    route: RouteConfig,
+    granted: frozenset[str],
+    body: bytes,
+    headers: Sequence[tuple[str, str]],
+) -> _Evaluated:
+    if len(body) > route.max_body_bytes:
+        detail = f"{len(body)} bytes > max_body_bytes {route.max_body_bytes}"
+        refusal = Refusal(BodyTooLarge.reason, detail, BodyTooLarge.status, BodyTooLarge.jsonrpc_code)
+        return _Evaluated(_refused_outcome(refusal), refusal=refusal)
+    try:
+        post = parse_post(body, header_lookup(headers))
+    except McpRejected as exc:
+        refusal = Refusal(exc.reason, exc.detail, exc.status, exc.jsonrpc_code)
+        return _Evaluated(_refused_outcome(refusal), refusal=refusal)
+    messages: list[MessageExplanation] = []
+    for index, message in enumerate(post.messages, start=1):
+        operation = operation_of(message)
+        decision = decide(route.policy, operation, granted)
+        messages.append(
+            MessageExplanation(
+                index=index,
+                kind=message.kind,
+                id=message.id,
+                method=operation.method,
+                target_kind=message.target_kind,
+                target=message.target,
+                decision=decision,
+                rules=rule_refs(route.policy, decision.rule),
+            )
+        )
+    return _Evaluated(
+        combine_decisions(config, route, [message.decision for message in messages]),
+        protocol_version=post.protocol_version,
+        is_batch=post.is_batch,
+        messages=tuple(messages),
+    )
+
+
+def combine_decisions(config: GatewayConfig, route: RouteConfig, decisions: Sequence[Decision]) -> Outcome:
+    """How one POST's decisions combine, as ``gateway.app.authorize`` and the error renderer do it.
+
+    One denied message refuses the whole POST. Any unconditional denial: a plain 403. Otherwise
+    a 403 ``insufficient_scope`` challenge naming the required scopes of every denied message.
+    """
+    verdict = combine(decisions)
+    if verdict.allowed:
+        return Outcome(forwarded=True, summary="forwarded")
+    if verdict.unconditional:
+        return Outcome(
+            forwarded=False,
+            summary=f"HTTP {PolicyDenied.status} (no rule allows this)",
+            status=PolicyDenied.status,
+            jsonrpc_code=PolicyDenied.jsonrpc_code,
+        )
+    return _challenge(config, route, InsufficientScope(scopes=verdict.challenge_scopes))
+
+
+def _token_outcome(config: GatewayConfig, route: RouteConfig, caller: Caller) -> Outcome | None:
+    if not caller.problems:
+        return None
+    reason = caller.problems[0].reason  # the first check the gateway would fail
+    outcome = _challenge(config, route, InvalidToken(reason))
+    return Outcome(
+        forwarded=False,
+        summary=f"HTTP {outcome.status} {outcome.error} ({reason}), before any policy decision",
+        status=outcome.status,
+        jsonrpc_code=outcome.jsonrpc_code,
+        error=outcome.error,
+        scope=outcome.scope,
+        www_authenticate=outcome.www_authenticate,
+    )
+
+
+def _challenge(config: GatewayConfig, route: RouteConfig, exc: InsufficientScope | InvalidToken) -> Outcome:
+    """The answer ``gateway.middleware.render_error`` gives for an auth error on ``route``."""
+    scopes = exc.scopes or route.scopes
+    shown = advertised_scopes(scopes)
+    summary = f"HTTP {exc.status} {exc.oauth_error}"
+    if shown:
+        summary += f", scope={quoted_string(' '.join(shown))}"
+    return Outcome(
+        forwarded=False,
+        summary=summary,
+        status=exc.status,
+        jsonrpc_code=exc.jsonrpc_code,
+        error=exc.oauth_error,
+        scope=shown,
+        www_authenticate=bearer_challenge(
+            resource_metadata=prm_url(config, route), scopes=scopes, error=exc.oauth_error
+        ),
+    )
+
+
+def _refused_outcome(refusal: Refusal) -> Outcome:
+    return Outcome(
+        forwarded=False,
+        summary=(
+            f"refused before policy: {refusal.reason} "
+            f"(HTTP {refusal.status}, JSON-RPC {refusal.jsonrpc_code})"
+        ),
+        status=refusal.status,
+        jsonrpc_code=refusal.jsonrpc_code,
+    )
+
+
+_DEFAULT_LABELS = ("default: deny", "default: allow")
+
+
+def rule_refs(policy: RoutePolicy, label: str) -> tuple[RuleRef, ...]:
+    """The rules a ``Decision.rule`` names (``a + b`` for completions), with their config lines."""
+    by_label = {rule.label: rule for rule in policy.all_rules}
+    known = sorted([*by_label, *_DEFAULT_LABELS], key=len, reverse=True)
+    refs: list[RuleRef] = []
+    rest = label
+    while rest:
+        found = next((name for name in known if rest.startswith(name)), None)
+        if found is None:
+            refs.append(RuleRef(rest, None))  # a form this module does not know: shown verbatim
+            break
+        rule = by_label.get(found)
+        refs.append(RuleRef(found, rule.line if rule is not None else None))
+        rest = rest[len(found) :].removeprefix(" + ")
+    return tuple(refs)
+
+
+# =========================================================================== output
+
+
+def _shown(value: object) -> str:
+    """A value from the token or body, safe for a terminal (control characters escaped)."""
+    if isinstance(value, str):
+        return value if value.isprintable() and value else repr(value)
+    return json.dumps(value, ensure_ascii=True)
+
+
+def _scopes(scopes: Sequence[str]) -> str:
+    return " ".join(_shown(scope) for scope in scopes) or "(none)"
+
+
+def _rule_text(ref: RuleRef, config: str) -> str:
+    if ref.line is not None:
+        return f"{ref.label} at {config}:{ref.line}"
+    if ref.label in _DEFAULT_LABELS:
+        return f"{ref.label} (no rule matched)"
+    return ref.label
+
+
+def render_text(explanation: Explanation) -> str:
+    e = explanation
+    lines = [f"route {e.route} (resource {e.resource}) in {e.config}"]
+    if e.caller.token is None:
+        lines.append(f"caller scopes (from --scopes): {_scopes(e.caller.scopes)}")
+    else:
+        lines.append(f"caller from --token: {NOT_VERIFIED}")
+        for name, value in e.caller.token.claims.items():
+            if value is not None:
+                lines.append(f"  {name}: {_shown(value)}")
+        if e.caller.token.decoded:
+            lines.append(f"  scopes: {_scopes(e.caller.scopes)}")
+        for problem in e.caller.problems:
+            lines.append(
+                f"  WARNING: {problem.message}: the gateway would refuse this token with HTTP 401 "
+                f"invalid_token ({problem.reason}) before any policy decision"
+            )
+    if e.protocol_version is not None:
+        shape = f"batch of {len(e.messages)}" if e.is_batch else "single message"
+        assumed = "" if e.version_header else " (assumed: no MCP-Protocol-Version header)"
+        lines.append(f"body: protocol {e.protocol_version}{assumed}, {shape}")
+    if e.refusal is not None and e.refusal.detail:
+        lines.append(f"body refused: {e.refusal.reason} ({_shown(e.refusal.detail)})")
+    for m in e.messages:
+        target = f"  {m.target_kind} {_shown(m.target)}" if m.target is not None else ""
+        rpc_id = f"  (id {_shown(m.id)})" if m.id is not None else f"  ({m.kind})"
+        lines.append(f"message {m.index}: {_shown(m.method)}{target}{rpc_id}")
+        lines.append(f"  decision: {'ALLOW' if m.decision.allowed else 'DENY'}")
+        lines.append(f"  rule: {' + '.join(_rule_text(ref, e.config) for ref in m.rules)}")
+        lines.append(f"  required: {_scopes(m.decision.required)}")
+        lines.append(f"  missing: {_scopes(m.decision.missing)}")
+    if e.policy_outcome is not None and e.policy_outcome is not e.outcome:
+        lines.append(f"with an accepted token: {e.policy_outcome.summary}")
+    lines.append(f"outcome: {e.outcome.summary}")
+    if e.outcome.www_authenticate is not None:
+        lines.append(f"  WWW-Authenticate: {e.outcome.www_authenticate}")
+    return "\n".join(lines)
+
+
+def _outcome_json(outcome: Outcome | None) -> dict[str, Any] | None:
+    if outcome is None:
+        return None
+    return {
+        "forwarded": outcome.forwarded,
+        "summary": outcome.summary,
+        "status": outcome.status,
+        "jsonrpc_code": outcome.jsonrpc_code,
+        "error": outcome.error,
+        "scope": None if outcome.scope is None else list(outcome.scope),
+        "www_authenticate": outcome.www_authenticate,
+    }
+
+
+def to_json(explanation: Explanation) -> dict[str, Any]:
+    """The explanation as one JSON-ready object (the ``--json`` output)."""
+    e = explanation
+    token = e.caller.token
+    return {
+        "config": e.config,
+        "route": e.route,
+        "resource": e.resource,
+        "caller": {
+            "source": e.caller.source,
+            "scopes": list(e.caller.scopes),
+            "token": None
+            if token is None
+            else {
+                "verified": False,
+                "note": NOT_VERIFIED,
+                "decoded": token.decoded,
+                "claims": dict(token.claims),
+                "problems": [{"reason": p.reason, "message": p.message} for p in token.problems],
+            },
+        },
+        "protocol_version": e.protocol_version,
+        "batch": e.is_batch,
+        "refused": None
+        if e.refusal is None
+        else {
+            "reason": e.refusal.reason,
+            "detail": e.refusal.detail,
+            "status": e.refusal.status,
+            "jsonrpc_code": e.refusal.jsonrpc_code,
+        },
+        "messages": [
+            {
+                "index": m.index,
+                "kind": m.kind,
+                "id": m.id,
+                "method": m.method,
+                "target_kind": m.target_kind,
+                "target": m.target,
+                "decision": "ALLOW" if m.decision.allowed else "DENY",
+                "rule": m.decision.rule,
+                "rules": [{"label": ref.label, "line": ref.line} for ref in m.rules],
+                "required": list(m.decision.required),
+                "missing": list(m.decision.missing),
+                "unconditional": m.decision.unconditional,
+            }
+            for m in e.messages
+        ],
+        "policy_outcome": _outcome_json(e.policy_outcome),
+        "outcome": _outcome_json(e.outcome),
+        "exit_status": e.exit_status,
+    }
+
+
+# =========================================================================== the command
+
+
+def parse_header_args(values: Sequence[str]) -> list[tuple[str, str]] | str:
+    """``Name: value`` strings as pairs, or the first malformed one."""
+    headers: list[tuple[str, str]] = []
+    for value in values:
+        name, colon, rest = value.partition(":")
+        if not colon or not name.strip() or name != name.strip():
+            return value
+        headers.append((name, rest.strip()))
+    return headers
+
+
+def run(
+    config: GatewayConfig,
+    *,
+    config_name: str,
+    route_path: str,
+    scopes: str | None,
+    token: str | None,
+    request: str,
+    headers: Sequence[str] = (),
+    as_json: bool = False,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """The ``explain`` subcommand once the config is loaded: read the arguments, explain, print."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    route = config.route_for_path(route_path)
+    if route is None:
+        known = ", ".join(item.path for item in config.routes)
+        print(f"unknown route {route_path!r}; routes in {config_name}: {known}", file=err)
+        return EXIT_USAGE
+    parsed_headers = parse_header_args(headers)
+    if isinstance(parsed_headers, str):
+        print(f"--header {parsed_headers!r}: expected 'Name: value'", file=err)
+        return EXIT_USAGE
+    if request.startswith("@"):  # never valid JSON, so unambiguous: the body from a file
+        try:
+            with open(request[1:], "rb") as file:
+                body = file.read()
+        except OSError as exc:
+            print(f"--request {request}: cannot read: {exc.strerror or exc}", file=err)
+            return EXIT_USAGE
+    else:
+        body = os.fsencode(request)  # the argument's bytes, as the shell passed them
+    if token is not None:
+        caller = caller_from_token(token, config, route, now=time.time())
+    else:
+        caller = caller_from_scopes(scopes or "")
+    explanation = explain(config, config_name, route, caller, body, parsed_headers)
+    if as_json:
+        print(json.dumps(to_json(explanation), indent=2), file=out)
+    else:
+        print(render_text(explanation), file=out)
+    return explanation.exit_status
