@@ -18,13 +18,13 @@ event dispatch). Those rules are cited below as [parsing] and [interpreting].
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
 
 __all__ = ["SseEventRewriter", "SseEventTooLarge", "parse_sse_events"]
 
 # [parsing]: "end-of-line = ( cr lf / cr / lf )". CR and LF never occur inside a multi-byte UTF-8
-# sequence, so lines can be found in the raw bytes and each line decoded on its own.
+# sequence, so lines are found in the raw bytes, before any decoding, wherever the chunks were cut.
 _EOL: Final = re.compile(rb"[\r\n]")
 _CR: Final = 0x0D
 _LF: Final = 0x0A
@@ -38,10 +38,7 @@ _NOT_JSON_WS: Final = re.compile(rb"[^ \t\r\n]")
 # which are ordinary characters inside an SSE line.
 _TEXT_LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 _DATA: Final = b"data"
-
-# A completed line of the current event: (content start, content end, line end) as offsets from the
-# first byte of the event. The line terminator is the bytes between content end and line end.
-_Line = tuple[int, int, int]
+_OPEN_BRACE: Final = ord("{")
 
 
 class SseEventTooLarge(ValueError):
@@ -61,8 +58,8 @@ class SseEventRewriter:
     or ``None`` to keep the event's original bytes exactly.
 
     A rewritten event keeps its other lines (``event``, ``id``, ``retry``, unknown fields, comments)
-    byte for byte and in order; its data lines are replaced, at the place of the first one, by one
-    ``data: `` line per line of the replacement, each ended like the last original data line.
+    byte for byte and in order; its data lines are replaced, at the place of the last one, by one
+    ``data: `` line per line of the replacement, each ended like that last data line.
 
     Any exception (from the size limit or from ``rewrite``) leaves the object unusable; the caller is
     expected to abort the stream.
@@ -80,8 +77,12 @@ class SseEventRewriter:
         # Where the search for the next line terminator resumes, and where the current line starts.
         self._scan = 0
         self._line_start = 0
-        # The completed lines of the event being received.
-        self._lines: list[_Line] = []
+        # What is known of the event being received: whether its data starts with "{" (None while it
+        # has no data line with a non-whitespace character), and the length of the BOM before its
+        # first line (only the first event of a stream can have one). Nothing is kept per line, so
+        # memory is the event's bytes, however many lines it has.
+        self._looks_like_json: bool | None = None
+        self._bom_length = 0
         # True until the first line of the stream is complete (it may start with a BOM).
         self._first_line = True
         # The previous chunk ended with the CR of an event's blank line; an LF that opens the next
@@ -106,7 +107,6 @@ class SseEventRewriter:
         self._closed = True
         rest = bytes(self._buf)
         self._buf = bytearray()
-        self._lines = []
         return rest
 
     def _check_open(self) -> None:
@@ -126,12 +126,12 @@ class SseEventRewriter:
         buf += view
         size = len(buf)
         limit = self._max_event_bytes
-        lines = self._lines
         pos = self._scan
         line_start = self._line_start
         event_start = 0  # the event being received starts here
         emitted = 0  # buf[:emitted] is already in `out`
 
+        # Each byte is searched once for CR/LF, resuming where the previous chunk stopped.
         while (match := _EOL.search(buf, pos)) is not None:
             eol = match.start()
             content_start = line_start
@@ -153,21 +153,31 @@ class SseEventRewriter:
                     break
             else:
                 end = eol + 1
-            self._first_line = False
+            if self._first_line:
+                self._first_line = False
+                self._bom_length = content_start - line_start
 
             if blank:
                 # [interpreting]: "If the line is empty (a blank line): Dispatch the event".
                 if end - event_start > limit:
                     raise SseEventTooLarge(limit)
-                replacement = self._rewritten(buf, event_start, end, lines)
-                if replacement is not None:
-                    out.append(buf[emitted:event_start])
-                    out.append(replacement)
-                    emitted = end
-                lines.clear()
+                if self._looks_like_json:
+                    replacement = self._rewritten(buf, event_start, self._bom_length, line_start, end)
+                    if replacement is not None:
+                        out.append(buf[emitted:event_start])
+                        out.append(replacement)
+                        emitted = end
+                self._looks_like_json = None
+                self._bom_length = 0
                 event_start = end
-            else:
-                lines.append((content_start - event_start, eol - event_start, end - event_start))
+            elif self._looks_like_json is None:
+                value = _data_value(buf, content_start, eol)
+                if value is not None:
+                    # The data is the data lines' values joined with LF (whitespace), so its first
+                    # non-whitespace character is that of the first value that has one.
+                    first = _NOT_JSON_WS.search(buf, value, eol)
+                    if first is not None:
+                        self._looks_like_json = buf[first.start()] == _OPEN_BRACE
             line_start = pos = end
         else:
             pos = size
@@ -180,67 +190,76 @@ class SseEventRewriter:
             raise SseEventTooLarge(limit)
         return b"".join(out)
 
-    def _rewritten(self, buf: bytearray, start: int, end: int, lines: list[_Line]) -> bytes | None:
-        """The new bytes of the event buf[start:end], or None to keep them."""
-        data_lines: list[int] = []
-        values: list[tuple[int, int]] = []
-        for index, (content_start, content_end, _) in enumerate(lines):
-            first, last = start + content_start, start + content_end
-            # [interpreting]: a line that starts with ":" is a comment; otherwise the field name is
-            # everything up to the first ":" (or the whole line) and is compared case-sensitively.
-            if not buf.startswith(_DATA, first, last):
-                continue
-            value = first + len(_DATA)
-            if value < last:
-                if buf[value] != _COLON:
-                    continue  # e.g. a field named "database"
-                value += 1
-                # [interpreting]: "If value starts with a U+0020 SPACE character, remove it".
-                if value < last and buf[value] == _SPACE:
-                    value += 1
-            data_lines.append(index)
-            values.append((value, last))
-        if not self._looks_like_json(buf, values):
-            return None
+    def _rewritten(self, buf: bytearray, start: int, bom: int, blank: int, end: int) -> bytearray | None:
+        """The new bytes of the complete event buf[start:end], or None to keep them.
 
+        buf[start + bom : blank] holds its lines, buf[blank:end] the blank line ending it.
+        """
         # [interpreting]: each data line appends its value and an LF to the data buffer, and the
-        # last LF is removed at dispatch, i.e. the values joined with LF. The stream is UTF-8 with
-        # errors replaced by U+FFFD ([parsing]); lines never split a UTF-8 sequence, so decoding
-        # value by value gives the same text as decoding the whole stream.
-        data = "\n".join(buf[first:last].decode("utf-8", errors="replace") for first, last in values)
-        new_data = self._rewrite(data)
+        # last LF is removed at dispatch: the values joined with LF. The stream is UTF-8 with
+        # errors replaced by U+FFFD ([parsing]); CR and LF never occur inside a UTF-8 sequence, so
+        # decoding the joined values gives the same text as decoding the whole stream.
+        raw_data = bytearray()
+        last_data = -1  # where the last data line starts
+        for line, content_end, _ in _lines(buf, start + bom, blank):
+            value = _data_value(buf, line, content_end)
+            if value is not None:
+                if last_data >= 0:
+                    raw_data += b"\n"
+                raw_data += buf[value:content_end]
+                last_data = line
+        new_data = self._rewrite(raw_data.decode("utf-8", errors="replace"))
         if new_data is None:
             return None
 
         # An SSE data value cannot hold CR or LF: every line break of the replacement (CR, LF or
         # CRLF, all JSON whitespace) starts a new data line; the client joins them with LF.
-        # The new lines end like the last data line did. If they are followed by the blank line,
-        # that line ending followed it before, so no "cr" can meet a blank line's "lf" and merge
-        # into one "cr lf" ([parsing]); otherwise they are followed by a non-empty line.
-        last_data = lines[data_lines[-1]]
-        eol = bytes(buf[start + last_data[1] : start + last_data[2]])
-        new_lines = b"".join(
-            b"data: " + part.encode("utf-8") + eol for part in _TEXT_LINE_BREAK.split(new_data)
-        )
-        skip = set(data_lines[1:])
-        # Whatever precedes the first line's content (the BOM, for the first event of the stream).
-        parts: list[bytes | bytearray] = [buf[start : start + lines[0][0]]]
-        for index, (content_start, _, line_end) in enumerate(lines):
-            if index == data_lines[0]:
-                parts.append(new_lines)
-            elif index not in skip:
-                parts.append(buf[start + content_start : start + line_end])
-        parts.append(buf[start + lines[-1][2] : end])  # the blank line
-        return b"".join(parts)
+        # The new lines take the place and the line ending of the last data line, so every line
+        # is followed either by a non-empty line, as before, or by exactly what followed it
+        # before. Placed elsewhere, a line ending in a lone CR could come to precede a blank line
+        # ending in LF, and the two would read as one CR LF ([parsing]), losing the blank line.
+        result = bytearray(buf[start : start + bom])
+        for line, content_end, line_end in _lines(buf, start + bom, blank):
+            if line == last_data:
+                ending = bytes(buf[content_end:line_end])
+                for part in _TEXT_LINE_BREAK.split(new_data):
+                    result += b"data: "
+                    result += part.encode("utf-8")
+                    result += ending
+            elif _data_value(buf, line, content_end) is None:
+                result += buf[line:line_end]
+        result += buf[blank:end]
+        return result
 
-    @staticmethod
-    def _looks_like_json(buf: bytearray, values: list[tuple[int, int]]) -> bool:
-        """Whether the first non-whitespace character of the data is "{" (decodes nothing)."""
-        for first, last in values:
-            match = _NOT_JSON_WS.search(buf, first, last)
-            if match is not None:
-                return buf[match.start()] == ord("{")
-        return False
+
+def _lines(buf: bytearray, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+    """(content start, content end, line end) of each line of buf[start:stop], which ends a line."""
+    while start < stop:
+        match = _EOL.search(buf, start, stop)
+        if match is None:  # pragma: no cover - the caller passes whole lines
+            raise AssertionError("unterminated line")
+        eol = match.start()
+        end = eol + 2 if buf[eol] == _CR and eol + 1 < stop and buf[eol + 1] == _LF else eol + 1
+        yield start, eol, end
+        start = end
+
+
+def _data_value(buf: bytearray, start: int, end: int) -> int | None:
+    """Where the value of the line buf[start:end] starts if it is a data line, else None."""
+    # [interpreting]: a line that starts with ":" is a comment; otherwise the field name is
+    # everything up to the first ":" (or the whole line) and is compared case-sensitively.
+    if not buf.startswith(_DATA, start, end):
+        return None
+    value = start + len(_DATA)
+    if value == end:
+        return value  # "data" without a colon: the value is empty
+    if buf[value] != _COLON:
+        return None  # e.g. a field named "database"
+    value += 1
+    # [interpreting]: "If value starts with a U+0020 SPACE character, remove it from value".
+    if value < end and buf[value] == _SPACE:
+        value += 1
+    return value
 
 
 def parse_sse_events(data: bytes) -> list[dict[str, str]]:
