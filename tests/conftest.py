@@ -24,7 +24,7 @@ from aiohttp import web
 from gateway.config import GatewayConfig, load_config
 from gateway.logs import configure_logging
 from gateway.server import start_gateway
-from tests.support.issuer import MINTED_TOKENS, TestIssuer
+from tests.support.issuer import MINTED_TOKENS, TestIssuer, serving
 from tests.support.processes import REPO_ROOT
 
 
@@ -54,15 +54,8 @@ def gateway_logs() -> Iterator[LogSink]:
 
 @pytest.fixture
 async def issuer() -> AsyncIterator[TestIssuer]:
-    test_issuer = TestIssuer()
-    runner = web.AppRunner(test_issuer.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    test_issuer.base_url = f"http://127.0.0.1:{port}"
-    yield test_issuer
-    await runner.cleanup()
+    async with serving() as test_issuer:
+        yield test_issuer
 
 
 @dataclass

@@ -8,12 +8,11 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from tests.conftest import Gateway, GatewayFactory, Upstream, single_route_config
 from tests.integration.test_authentication import post
 from tests.support.challenge import parse_bearer_challenge
-from tests.support.issuer import TestIssuer
+from tests.support.issuer import TestIssuer, serving
 
 RESOURCE = "http://127.0.0.1:8080/mcp"
 
@@ -85,14 +84,8 @@ async def test_no_keys_ever_loaded_fails_closed_with_503(
 
 @pytest.fixture
 async def second_issuer() -> AsyncIterator[TestIssuer]:
-    other = TestIssuer()
-    runner = web.AppRunner(other.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    other.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    yield other
-    await runner.cleanup()
+    async with serving() as other:
+        yield other
 
 
 async def test_token_claiming_one_issuer_signed_by_anothers_key_is_refused(

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,3 +138,18 @@ class TestIssuer:
         app.router.add_get("/.well-known/oauth-authorization-server", metadata)
         app.router.add_get("/jwks", jwks)
         return app
+
+
+@asynccontextmanager
+async def serving(test_issuer: TestIssuer | None = None) -> AsyncIterator[TestIssuer]:
+    """Serve an issuer on 127.0.0.1 (a free port) for the duration of the block."""
+    issuer = test_issuer or TestIssuer()
+    runner = web.AppRunner(issuer.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    issuer.base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        yield issuer
+    finally:
+        await runner.cleanup()
