@@ -66,6 +66,8 @@ class Gateway:
     async def start(self) -> None:
         self._auth_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         for issuer in self.config.issuers:
+            if issuer.jwks is None:
+                continue  # an introspection issuer (RFC 7662) has no keys to load
             keys = IssuerKeys(issuer, self._auth_session)
             self._issuer_keys[issuer.issuer] = keys
             self._tasks.append(asyncio.create_task(keys.run(), name=f"jwks:{issuer.issuer}"))
@@ -87,7 +89,7 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return bool(self._issuer_keys) and all(keys.ready for keys in self._issuer_keys.values())
+        return all(keys.ready for keys in self._issuer_keys.values())
 
     # --- dispatch -------------------------------------------------------------------------------
 

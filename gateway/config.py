@@ -29,10 +29,11 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
+from typing import Any, Final, Literal, NamedTuple, TypeAlias, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from .policy import Default, GlobError, RoutePolicy, Rule, compile_glob, shadowing_rule
+from .secret import Secret
 from .yaml_loader import (
     YamlMapping,
     YamlNode,
@@ -107,16 +108,97 @@ class JwksFile:
 JwksSource: TypeAlias = JwksDiscover | JwksUrl | JwksFile
 
 
+ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
+ScopeMode = Literal["operation", "caller", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class IntrospectionConfig:
+    """RFC 7662: opaque tokens checked at the issuer's introspection endpoint."""
+
+    endpoint: str
+    client_id: str
+    client_secret: Secret
+    auth_method: ClientAuthMethod = "client_secret_basic"
+    cache_max_s: float = 60.0  # a result is cached until the earlier of the token's exp and this
+    timeout_s: float = 5.0
+
+
 @dataclass(frozen=True, slots=True)
 class IssuerConfig:
     issuer: str  # exactly as written: the ``iss`` claim is compared byte for byte
     algorithms: tuple[str, ...]
-    jwks: JwksSource
+    jwks: JwksSource | None  # exactly one of jwks and introspection
     leeway_s: float = 30.0
     require_at_jwt_typ: bool = True  # RFC 9068: access tokens carry typ "at+jwt"
     jwks_refresh_cooldown_s: float = 30.0  # an unknown kid refetches the JWKS at most once per cooldown
     jwks_max_age_s: float = 600.0  # keys are refetched in the background after this age
     http_timeout_s: float = 5.0
+    introspection: IntrospectionConfig | None = None
+
+
+# --- Downstream credentials: a closed choice per route (`credential:`) -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NoCredential:
+    """``credential: none``: nothing is added to the upstream request."""
+
+
+@dataclass(frozen=True, slots=True)
+class StaticCredential:
+    """``{static: {header: X-Api-Key, value: {env: NAME}}}``: a secret the upstream expects."""
+
+    header: str
+    value: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class MintedCredential:
+    """``{minted: {audience: …}}``: a short-lived RFC 9068 JWT signed by the gateway (see ``minting``)."""
+
+    audience: str
+    ttl_s: float = 300.0
+    # operation: the caller's scopes narrowed to what this operation needs; caller: all of the
+    # caller's scopes; none: no scope claim.
+    scope: ScopeMode = "operation"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenExchangeCredential:
+    """``{token_exchange: {…}}``: RFC 8693 at the authorization server's token endpoint."""
+
+    token_endpoint: str
+    client_id: str
+    client_secret: Secret
+    auth_method: ClientAuthMethod = "client_secret_basic"
+    audience: str | None = None  # at least one of audience and resource
+    resource: str | None = None
+    scope: ScopeMode = "operation"
+    timeout_s: float = 5.0
+    cache_size: int = 10_000
+    refresh_margin_s: float = 30.0  # a cached token is used until this long before it expires
+
+
+Credential = NoCredential | StaticCredential | MintedCredential | TokenExchangeCredential
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeyConfig:
+    """One private key the gateway signs minted tokens with (PEM file)."""
+
+    kid: str
+    alg: str  # ES256, RS256 or EdDSA
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class MintingConfig:
+    """The gateway as an issuer of downstream tokens (``credential: {minted: …}``)."""
+
+    issuer: str
+    keys: tuple[SigningKeyConfig, ...]
+    active_kid: str  # signs new tokens; the others stay published for verification (rotation)
 
 
 # kw_only: ``resource`` has no dataclass default (it is derived from public_url + path), yet
@@ -131,9 +213,9 @@ class RouteConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     connect_timeout_s: float = 5.0
     response_timeout_s: float = 300.0  # until the upstream's response headers arrive
-    policy: RoutePolicy = field(
-        default_factory=RoutePolicy
-    )  # keys tools, resources, prompts, methods, default
+    credential: Credential = field(default_factory=lambda: NoCredential())
+    # Built from the route keys tools, resources, prompts, methods and default.
+    policy: RoutePolicy = field(default_factory=RoutePolicy)
     scopes_supported: tuple[str, ...] | None = None  # explicit PRM scopes; None: derived from rules
     audit_arguments: bool = False  # include tool arguments in audit events
 
@@ -146,6 +228,7 @@ class GatewayConfig:
     issuers: tuple[IssuerConfig, ...]
     routes: tuple[RouteConfig, ...]
     allowed_origins: tuple[str, ...] = ()
+    minting: MintingConfig | None = None
 
     def route_for_path(self, path: str) -> RouteConfig | None:
         """The route whose path is ``path`` (one trailing slash ignored), if any."""
@@ -183,7 +266,7 @@ def parse_config_text(text: str, source: Path, env: Mapping[str, str]) -> Gatewa
             problems.add(1, "", "config file is empty")
         raise ConfigError(problems.for_file(file))
 
-    cursor = _Cursor("", problems, absolute_source.parent)
+    cursor = _Cursor("", problems, absolute_source.parent, env)
     if not isinstance(root, YamlMapping):
         if not isinstance(root, YamlRejected):
             cursor.problem(
@@ -235,12 +318,13 @@ class _Cursor:
     path: str
     problems: _Problems
     base_dir: Path  # the config file's folder
+    env: Mapping[str, str] = field(default_factory=dict)  # for {env: NAME} secrets
 
     def key(self, name: str) -> _Cursor:
-        return _Cursor(join_key(self.path, name), self.problems, self.base_dir)
+        return _Cursor(join_key(self.path, name), self.problems, self.base_dir, self.env)
 
     def item(self, index: int) -> _Cursor:
-        return _Cursor(join_index(self.path, index), self.problems, self.base_dir)
+        return _Cursor(join_index(self.path, index), self.problems, self.base_dir, self.env)
 
     def problem(self, line: int, message: str) -> _Invalid:
         self.problems.add(line, self.path, message)
@@ -267,6 +351,7 @@ class _Section:
     values: dict[str, Any]
     nodes: dict[str, YamlNode]
     complete: bool  # no problem inside this section
+    present: frozenset[str] = frozenset()  # every known key written, whether it parsed or not
 
 
 def read_section(node: YamlNode, at: _Cursor, fields: tuple[FieldSpec, ...]) -> Parsed[_Section]:
@@ -296,7 +381,8 @@ def read_section(node: YamlNode, at: _Cursor, fields: tuple[FieldSpec, ...]) -> 
             continue
         values[spec.key] = value
         nodes[spec.key] = present.value
-    return _Section(node.line, values, nodes, complete)
+    written = frozenset(entry.key for entry in node.entries if entry.key in known)
+    return _Section(node.line, values, nodes, complete, written)
 
 
 def section_of(fields: tuple[FieldSpec, ...]) -> Callable[[YamlNode, _Cursor], Parsed[_Section]]:
@@ -678,10 +764,85 @@ def parse_jwks(node: YamlNode, at: _Cursor) -> Parsed[JwksSource]:
     return source
 
 
+def parse_secret(node: YamlNode, at: _Cursor) -> Parsed[Secret]:
+    """``{env: NAME}`` or ``{file: path}``: secrets never have to be written in the file."""
+    if isinstance(node, YamlMapping) and len(node.entries) == 1:
+        entry = node.entries[0]
+        if entry.key == "env":
+            name = non_empty_text(entry.value, at.key("env"))
+            if name is INVALID:
+                return INVALID
+            value = at.env.get(name)
+            if not value:
+                return at.key("env").problem(
+                    entry.value.line, f"environment variable {name} is not set or empty"
+                )
+            return Secret(value)
+        if entry.key == "file":
+            relative = non_empty_text(entry.value, at.key("file"))
+            if relative is INVALID:
+                return INVALID
+            path = Path(os.path.abspath(at.base_dir / relative))
+            try:
+                content = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                return at.key("file").problem(
+                    entry.value.line, f"cannot read secret file {str(path)!r}: {type(exc).__name__}"
+                )
+            if not content:
+                return at.key("file").problem(entry.value.line, f"secret file {str(path)!r} is empty")
+            return Secret(content)
+    if isinstance(node, YamlRejected):
+        return INVALID
+    return at.problem(node.line, "a secret is {env: NAME} or {file: path}, never written inline")
+
+
+def one_of(*choices: str) -> ValueParser:
+    """A string from a closed set."""
+
+    def parse(node: YamlNode, at: _Cursor) -> Parsed[str]:
+        value = text(node, at)
+        if value is INVALID:
+            return INVALID
+        if value not in choices:
+            return at.problem(node.line, f"{shown_as(node, value)} is not one of: {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def endpoint_url(node: YamlNode, at: _Cursor) -> Parsed[str]:
+    """An authorization-server endpoint: https, or http on loopback; kept as written."""
+    value = text(node, at)
+    if value is INVALID:
+        return INVALID
+    parts = url_problems(value, https_unless_loopback=True, allow_query=True)
+    if isinstance(parts, str):
+        return at.problem(node.line, parts)
+    return value
+
+
+parse_client_auth = one_of("client_secret_basic", "client_secret_post")
+
+_INTROSPECTION_FIELDS: Final = (
+    FieldSpec("endpoint", endpoint_url, required=True),
+    FieldSpec("client_id", non_empty_text, required=True),
+    FieldSpec("client_secret", parse_secret, required=True),
+    FieldSpec("auth_method", parse_client_auth),
+    FieldSpec("cache_max_s", non_negative_seconds),
+    FieldSpec("timeout_s", positive_seconds),
+)
+
+
+def parse_introspection(node: YamlNode, at: _Cursor) -> Parsed[IntrospectionConfig]:
+    return build_from(IntrospectionConfig, read_section(node, at, _INTROSPECTION_FIELDS))
+
+
 _ISSUER_FIELDS: Final = (
     FieldSpec("issuer", parse_issuer_identifier, required=True),
-    FieldSpec("algorithms", parse_algorithms, required=True),
-    FieldSpec("jwks", parse_jwks, required=True),
+    FieldSpec("algorithms", parse_algorithms),
+    FieldSpec("jwks", parse_jwks),
+    FieldSpec("introspection", parse_introspection),
     FieldSpec("leeway_s", non_negative_seconds),
     FieldSpec("require_at_jwt_typ", boolean),
     FieldSpec("jwks_refresh_cooldown_s", positive_seconds),
@@ -796,6 +957,85 @@ def parse_default(node: YamlNode, at: _Cursor) -> Parsed[Default]:
 
 _RULE_SECTIONS: Final = ("tools", "resources", "prompts", "methods")
 
+# RFC 9110 §5.1 field-name token; headers the gateway itself owns are refused.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_RESERVED_HEADERS: Final = frozenset(
+    {"host", "content-length", "content-type", "transfer-encoding", "connection", "te", "upgrade",
+     "mcp-session-id", "mcp-protocol-version", "mcp-method", "mcp-name"}
+)  # fmt: skip
+
+
+def parse_header_name(node: YamlNode, at: _Cursor) -> Parsed[str]:
+    value = text(node, at)
+    if value is INVALID:
+        return INVALID
+    if not _HEADER_NAME.fullmatch(value):
+        return at.problem(node.line, f"{shown_as(node, value)} is not a valid HTTP header name")
+    if value.lower() in _RESERVED_HEADERS:
+        return at.problem(node.line, f"{value} is set by the gateway or the protocol, not by a credential")
+    return value
+
+
+_STATIC_FIELDS: Final = (
+    FieldSpec("header", parse_header_name, required=True),
+    FieldSpec("value", parse_secret, required=True),
+)
+_MINTED_FIELDS: Final = (
+    FieldSpec("audience", non_empty_text, required=True),
+    FieldSpec("ttl_s", positive_seconds),
+    FieldSpec("scope", one_of("operation", "caller", "none")),
+)
+_EXCHANGE_FIELDS: Final = (
+    FieldSpec("token_endpoint", endpoint_url, required=True),
+    FieldSpec("client_id", non_empty_text, required=True),
+    FieldSpec("client_secret", parse_secret, required=True),
+    FieldSpec("auth_method", parse_client_auth),
+    FieldSpec("audience", non_empty_text),
+    FieldSpec("resource", parse_resource),
+    FieldSpec("scope", one_of("operation", "caller", "none")),
+    FieldSpec("timeout_s", positive_seconds),
+    FieldSpec("cache_size", integer_in(1, None)),
+    FieldSpec("refresh_margin_s", non_negative_seconds),
+)
+_CREDENTIAL_CHOICES: Final[dict[str, tuple[tuple[FieldSpec, ...], Callable[..., Any]]]] = {
+    "static": (_STATIC_FIELDS, StaticCredential),
+    "minted": (_MINTED_FIELDS, MintedCredential),
+    "token_exchange": (_EXCHANGE_FIELDS, TokenExchangeCredential),
+}
+
+
+def parse_credential(node: YamlNode, at: _Cursor) -> Parsed[Credential]:
+    """``none``, or a single-key map: ``static``, ``minted`` or ``token_exchange``."""
+    if isinstance(node, YamlRejected):
+        return INVALID
+    if isinstance(node, YamlScalar) and node.value == "none":
+        return NoCredential()
+    if not (
+        isinstance(node, YamlMapping)
+        and len(node.entries) == 1
+        and node.entries[0].key in _CREDENTIAL_CHOICES
+    ):
+        return at.problem(
+            node.line, "choose exactly one of: none, {static: …}, {minted: …}, {token_exchange: …}"
+        )
+    entry = node.entries[0]
+    fields, cls = _CREDENTIAL_CHOICES[entry.key]
+    inner = at.key(entry.key)
+    section = read_section(entry.value, inner, fields)
+    if section is INVALID:
+        return INVALID
+    if (
+        entry.key == "token_exchange"
+        and section.complete
+        and not ({"audience", "resource"} & section.values.keys())
+    ):
+        return inner.problem(
+            entry.value.line, "name the upstream with audience, resource, or both (RFC 8693 §2.1)"
+        )
+    credential: Parsed[Credential] = build_from(cls, section)
+    return credential
+
+
 _ROUTE_FIELDS: Final = (
     FieldSpec("path", parse_route_path, required=True),
     FieldSpec("upstream", parse_upstream, required=True),
@@ -808,11 +1048,61 @@ _ROUTE_FIELDS: Final = (
     *(FieldSpec(section, rule_map(section)) for section in _RULE_SECTIONS),
     FieldSpec("default", parse_default),
     FieldSpec("scopes_supported", list_of(parse_scope, unique="scope")),
+    FieldSpec("credential", parse_credential),
     FieldSpec("audit_arguments", boolean),
 )
 
 
 # =========================================================================== top level
+
+
+_MINTING_ALGORITHMS: Final = ("ES256", "RS256", "EdDSA")
+
+
+def _signing_key_problem(path: Path, alg: str) -> str | None:
+    """Why the PEM file cannot sign with ``alg``, if it cannot (checked at start-up, not first use)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        return f"cannot load a private key from {str(path)!r}: {type(exc).__name__}"
+    if alg == "ES256" and not (isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"):
+        return "ES256 needs an EC P-256 private key"
+    if alg == "RS256" and not (isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048):
+        return "RS256 needs an RSA private key of at least 2048 bits"
+    if alg == "EdDSA" and not isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA needs an Ed25519 private key"
+    return None
+
+
+def parse_signing_key(node: YamlNode, at: _Cursor) -> Parsed[SigningKeyConfig]:
+    fields = (
+        FieldSpec("kid", non_empty_text, required=True),
+        FieldSpec("alg", one_of(*_MINTING_ALGORITHMS), required=True),
+        FieldSpec("file", non_empty_text, required=True),
+    )
+    section = read_section(node, at, fields)
+    if section is INVALID or not section.complete:
+        return INVALID
+    path = Path(os.path.abspath(at.base_dir / section.values["file"]))
+    file_line = section.nodes["file"].line
+    if not path.is_file():
+        return at.key("file").problem(file_line, f"key file {str(path)!r} does not exist")
+    problem = _signing_key_problem(path, section.values["alg"])
+    if problem is not None:
+        return at.key("file").problem(file_line, problem)
+    return SigningKeyConfig(kid=section.values["kid"], alg=section.values["alg"], path=path)
+
+
+_MINTING_FIELDS: Final = (
+    FieldSpec("issuer", parse_public_url),
+    FieldSpec(
+        "keys", list_of(parse_signing_key, non_empty="at least one signing key is required"), required=True
+    ),
+    FieldSpec("active_kid", non_empty_text),
+)
 
 
 _LISTEN_FIELDS: Final = (
@@ -838,6 +1128,7 @@ _TOP_FIELDS: Final = (
         required=True,
     ),
     FieldSpec("allowed_origins", list_of(parse_origin, unique="origin")),
+    FieldSpec("minting", section_of(_MINTING_FIELDS)),
 )
 
 
@@ -874,8 +1165,23 @@ def _issuers(sections: tuple[_Section, ...], at: _Cursor) -> Parsed[tuple[Issuer
         if node is not None:
             identifier = section.values["issuer"]
             unique.check(identifier, shown_as(node, identifier), node.line, at.item(index).key("issuer"))
-        issuers.append(build_from(IssuerConfig, section))
+        issuers.append(_issuer(section, at.item(index)))
     return _all_or_invalid(issuers)
+
+
+def _issuer(section: _Section, at: _Cursor) -> Parsed[IssuerConfig]:
+    """Exactly one way to check tokens: signatures (jwks + algorithms) or introspection."""
+    if len(section.present & {"jwks", "introspection"}) != 1:
+        return at.problem(
+            section.line, "choose exactly one of: jwks (JWT access tokens), introspection (opaque tokens)"
+        )
+    if not section.complete:
+        return INVALID
+    has_jwks = "jwks" in section.values
+    if has_jwks and "algorithms" not in section.values:
+        return at.key("algorithms").problem(section.line, "required key is missing (with jwks)")
+    values = {"algorithms": (), "jwks": None, **section.values}
+    return build_from(IssuerConfig, replace(section, values=values))
 
 
 class _Resource(NamedTuple):
@@ -955,12 +1261,16 @@ def _build_gateway(top: Parsed[_Section], at: _Cursor, source: Path) -> Parsed[G
     issuers = _issuers(values.get("issuers", ()), at.key("issuers"))
     routes = _routes(values.get("routes", ()), public_url, at.key("routes"))
     listen = build_from(ListenConfig, values["listen"]) if "listen" in values else ListenConfig()
+    minting = _minting(values.get("minting"), public_url, at.key("minting"))
+    if routes is not INVALID:
+        _check_minted_routes(routes, minting, values.get("routes", ()), at.key("routes"))
     if (
         not top.complete
         or public_url is INVALID
         or issuers is INVALID
         or routes is INVALID
         or listen is INVALID
+        or minting is INVALID
     ):
         return INVALID
     return GatewayConfig(
@@ -970,4 +1280,44 @@ def _build_gateway(top: Parsed[_Section], at: _Cursor, source: Path) -> Parsed[G
         issuers=issuers,
         routes=routes,
         allowed_origins=values.get("allowed_origins", ()),
+        minting=minting,
     )
+
+
+# Minted tokens are issued under a path of the gateway's own origin, so that the gateway's
+# issuer metadata never sits where MCP clients look for their authorization server.
+DEFAULT_MINTING_PATH: Final = "/upstream-tokens"
+
+
+def _minting(
+    section: Parsed[_Section] | None, public_url: Parsed[str], at: _Cursor
+) -> Parsed[MintingConfig] | None:
+    if section is None:
+        return None
+    if section is INVALID or not section.complete or public_url is INVALID:
+        return INVALID
+    keys: tuple[SigningKeyConfig, ...] = section.values["keys"]
+    kids = [key.kid for key in keys]
+    if len(set(kids)) != len(kids):
+        return at.key("keys").problem(section.nodes["keys"].line, "two keys share a kid")
+    active = section.values.get("active_kid", kids[0])
+    if active not in kids:
+        return at.key("active_kid").problem(section.nodes["active_kid"].line, f"no key has kid {active!r}")
+    issuer = section.values.get("issuer", public_url + DEFAULT_MINTING_PATH)
+    return MintingConfig(issuer=issuer, keys=keys, active_kid=active)
+
+
+def _check_minted_routes(
+    routes: tuple[RouteConfig, ...],
+    minting: Parsed[MintingConfig] | None,
+    sections: tuple[_Section, ...],
+    at: _Cursor,
+) -> None:
+    if minting is not None:
+        return
+    for index, (route, section) in enumerate(zip(routes, sections, strict=False)):
+        if isinstance(route.credential, MintedCredential):
+            at.item(index).key("credential").problem(
+                section.nodes["credential"].line,
+                "a minted credential needs a top-level `minting` section with signing keys",
+            )

@@ -24,7 +24,8 @@ from .config import IssuerConfig
 from .errors import AuthUnavailable, InvalidAuthRequest, InvalidToken, MissingToken
 from .jsonutil import StrictJSONError, loads_strict
 from .jwks import IssuerKeys, KeysUnavailable
-from .principal import Principal, Secret
+from .principal import Principal
+from .secret import Secret
 
 # RFC 6750 §2.1 b64token. Anything else in the header is not a bearer token.
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")

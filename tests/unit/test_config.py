@@ -518,7 +518,7 @@ REQUIRED_KEYS_CASES = cases(
         replace={7: "# no routes", 8: "#", 9: "#", 10: "#"}),
     Bad("issuer", 4, "issuers[0].issuer", "required key is missing", replace={4: "  - leeway_s: 1"}),
     Bad("algorithms", 4, "issuers[0].algorithms", "required key is missing", replace={5: "    leeway_s: 1"}),
-    Bad("jwks", 4, "issuers[0].jwks", "required key is missing", replace={6: "    leeway_s: 1"}),
+    Bad("jwks", 4, "issuers[0]", "choose exactly one of: jwks", replace={6: "    leeway_s: 1"}),
     Bad("path", 8, "routes[0].path", "required key is missing", replace={8: "  - resource_name: GitHub"}),
     Bad("upstream", 8, "routes[0].upstream", "required key is missing",
         replace={9: "    resource_name: GitHub"}),
