@@ -19,8 +19,12 @@ import aiohttp
 from aiohttp import web
 
 from .audit import audit_decision
+from .authn import Authenticator
 from .config import GatewayConfig, RouteConfig
+from .credentials import CredentialStrategy, build_strategy
 from .errors import InsufficientScope, MethodNotAllowed, OriginForbidden, PolicyDenied
+from .exchange import TokenExchanger
+from .introspection import Introspector
 from .jwks import IssuerKeys
 from .listfilter import ListFilter
 from .mcp import McpPost, McpRejected, parse_post
@@ -34,6 +38,7 @@ from .middleware import (
     jsonrpc_error_response,
     request_context,
 )
+from .minting import TokenMinter
 from .policy import combine, decide, operation_of
 from .principal import Principal
 from .proxy import Upstream, read_body
@@ -59,7 +64,11 @@ class Gateway:
         self._upstreams: dict[str, Upstream] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._auth_session: aiohttp.ClientSession | None = None
-        self.authenticator = JwtAuthenticator(self._issuer_keys)
+        self._jwt = JwtAuthenticator(self._issuer_keys)
+        self.authenticator = Authenticator(self._jwt, ())
+        # Signing keys are loaded now: a broken key stops start-up, not the first request.
+        self.minter = TokenMinter(config.minting) if config.minting is not None else None
+        self._credentials: dict[str, CredentialStrategy] = {}
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -71,8 +80,18 @@ class Gateway:
             keys = IssuerKeys(issuer, self._auth_session)
             self._issuer_keys[issuer.issuer] = keys
             self._tasks.append(asyncio.create_task(keys.run(), name=f"jwks:{issuer.issuer}"))
+        session = self._auth_session
+        introspectors = [
+            Introspector(issuer, session)
+            for issuer in self.config.issuers
+            if issuer.introspection is not None
+        ]
+        self.authenticator = Authenticator(self._jwt, introspectors)
         for route in self.config.routes:
             self._upstreams[route.path] = Upstream(route)
+            self._credentials[route.path] = build_strategy(
+                route, self.minter, lambda credential: TokenExchanger(credential, session)
+            )
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -82,6 +101,10 @@ class Gateway:
                 await task
         for keys in self._issuer_keys.values():
             await keys.aclose()
+        for closable in (*self._credentials.values(), *self.authenticator.introspectors):
+            aclose = getattr(closable, "aclose", None)
+            if aclose is not None:
+                await aclose()
         for upstream in self._upstreams.values():
             await upstream.aclose()
         if self._auth_session is not None:
@@ -97,6 +120,10 @@ class Gateway:
         path = request.path
         if path == WELL_KNOWN_PRM or path.startswith(WELL_KNOWN_PRM + "/"):
             return self.handle_metadata(request, path[len(WELL_KNOWN_PRM) :])
+        if self.minter is not None and path in (self.minter.jwks_path, self.minter.metadata_path):
+            # The gateway as issuer of minted upstream tokens: public keys and issuer metadata.
+            document = self.minter.jwks() if path == self.minter.jwks_path else self.minter.metadata()
+            return web.json_response(document, headers={"Cache-Control": "public, max-age=300"})
         route = self._routes.get(path)
         if route is None:
             return jsonrpc_error_response(404, None, -32601, "Not found")
@@ -122,19 +149,22 @@ class Gateway:
 
         body: bytes | None = None
         response_filter: ListFilter | None = None
+        required = route.scopes
         if request.method == "POST":
             # Read only once the caller is authenticated; decide on the body, never on headers.
             body = await read_body(request, route.max_body_bytes)
             post = parse_strictly(request, body)
-            authorize(route, principal, post)
+            required = authorize(route, principal, post)
             response_filter = ListFilter.for_post(post, route.policy, principal.scopes)
         elif not principal.has_scopes(route.scopes):  # GET stream, DELETE session
             raise InsufficientScope(scopes=route.scopes)
 
         # The client's token stops here: the upstream request is built from an allowlist of
-        # headers plus the route's own credential (none yet).
+        # headers plus the route's own credential, narrowed to what this operation needs.
+        credential = await self._credentials[route.path].headers(principal, required)
         response_headers = {"X-Request-Id": request[REQUEST_ID], **(_cors_headers(origin) if origin else {})}
-        return await self._upstreams[route.path].forward(request, body, {}, response_headers, response_filter)
+        upstream = self._upstreams[route.path]
+        return await upstream.forward(request, body, credential, response_headers, response_filter)
 
     # --- discovery --------------------------------------------------------------------------------
 
@@ -183,8 +213,11 @@ def parse_strictly(request: web.Request, body: bytes) -> McpPost:
     return post
 
 
-def authorize(route: RouteConfig, principal: Principal, post: McpPost) -> None:
-    """Decide every message; one denied message refuses the whole POST (a batch included)."""
+def authorize(route: RouteConfig, principal: Principal, post: McpPost) -> tuple[str, ...]:
+    """Decide every message; one denied message refuses the whole POST (a batch included).
+
+    Returns every scope the allowed POST needs, for narrowing the downstream credential.
+    """
     decisions = []
     for message in post.messages:
         decision = decide(route.policy, operation_of(message), principal.scopes)
@@ -192,7 +225,7 @@ def authorize(route: RouteConfig, principal: Principal, post: McpPost) -> None:
         decisions.append(decision)
     verdict = combine(decisions)
     if verdict.allowed:
-        return
+        return verdict.required
     if verdict.unconditional:
         raise PolicyDenied(detail="; ".join(verdict.rules))
     raise InsufficientScope(detail=", ".join(verdict.rules), scopes=verdict.challenge_scopes)

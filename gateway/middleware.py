@@ -104,6 +104,9 @@ def render_error(config: GatewayConfig, request: web.Request, exc: GatewayError)
             headers["Retry-After"] = "5"
     if isinstance(exc, MethodNotAllowed):
         headers["Allow"] = ", ".join(exc.allowed)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if isinstance(retry_after, int | float):
+        headers["Retry-After"] = str(max(1, round(retry_after)))
     return jsonrpc_error_response(exc.status, request.get(RPC_ID), exc.jsonrpc_code, exc.message, headers)
 
 

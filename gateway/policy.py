@@ -260,15 +260,18 @@ class Verdict:
     unconditional: bool  # some message no scope could allow: a plain 403
     challenge_scopes: tuple[str, ...]  # MCP 2026-07-28: every scope needed, in one challenge
     rules: tuple[str, ...]  # the rules that denied
+    required: tuple[str, ...] = ()  # every scope the whole POST needs (downstream narrowing)
 
 
 def combine(decisions: Iterable[Decision]) -> Verdict:
+    decisions = tuple(decisions)
     denied = [decision for decision in decisions if not decision.allowed]
     return Verdict(
         allowed=not denied,
         unconditional=any(decision.unconditional for decision in denied),
         challenge_scopes=_union(*(decision.required for decision in denied)),
         rules=tuple(decision.rule for decision in denied),
+        required=_union(*(decision.required for decision in decisions)),
     )
 
 

@@ -216,11 +216,21 @@ class JwtAuthenticator:
         self._issuers = issuers
         self._clock = clock
 
+    def knows_issuer_of(self, token: str) -> bool:
+        """Whether ``token`` is a JWS whose (unverified) ``iss`` is one of our JWKS issuers."""
+        try:
+            _, claims, _, _ = split_jws(token)
+        except InvalidToken:
+            return False
+        issuer = claims.get("iss")
+        return isinstance(issuer, str) and issuer in self._issuers
+
     async def authenticate(self, token: str, resource: str) -> Principal:
         header, claims, signing_input, signature = split_jws(token)
         # The unverified `iss` only picks which configured issuer's keys to try; the key that
         # verifies must then belong to that issuer (RFC 8725 §3.8).
-        issuer_keys = self._issuers.get(claims.get("iss"))  # type: ignore[arg-type]
+        issuer_id = claims.get("iss")
+        issuer_keys = self._issuers.get(issuer_id) if isinstance(issuer_id, str) else None
         if issuer_keys is None:
             raise InvalidToken("unknown_issuer")
         issuer = issuer_keys.issuer

@@ -1,0 +1,171 @@
+"""What the gateway puts on the upstream request in place of the client's token.
+
+The MCP authorization spec forbids token passthrough: the client's token was issued for the
+gateway (its ``aud`` is the route's resource, RFC 8707) and must never reach the upstream. Each
+route names instead how the upstream request is authenticated (``credential:`` in the config),
+and ``build_strategy`` turns that choice into a ``CredentialStrategy``:
+
+* ``none``: nothing is added;
+* ``static``: one fixed header, e.g. an API key the upstream expects;
+* ``minted``: a short-lived JWT signed by the gateway for the upstream (``gateway.minting``);
+* ``token_exchange``: RFC 8693 at the authorization server (``gateway.exchange``, plugged in
+  through a factory).
+
+Strategies hold secrets (a static value, a minter's keys) but never show them: their ``repr``
+names the kind of credential and the header, never a value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, assert_never
+
+from .config import (
+    MintedCredential,
+    NoCredential,
+    RouteConfig,
+    ScopeMode,
+    StaticCredential,
+    TokenExchangeCredential,
+)
+from .minting import TokenMinter
+from .principal import Principal
+
+__all__ = [
+    "CredentialConfigError",
+    "CredentialStrategy",
+    "ExchangerFactory",
+    "MintedCredentialStrategy",
+    "NoCredentialStrategy",
+    "StaticCredentialStrategy",
+    "build_strategy",
+    "downstream_scopes",
+]
+
+
+class CredentialStrategy(Protocol):
+    """How one route authenticates to its upstream."""
+
+    async def headers(self, principal: Principal, required_scopes: tuple[str, ...]) -> dict[str, str]:
+        """Headers to add to the upstream request for this caller and operation.
+
+        ``required_scopes`` is every scope the request needs (``Decision.required``: the route's
+        scopes first; for a batch, the union over its messages; for GET/DELETE, the route's).
+        """
+        ...
+
+
+ExchangerFactory = Callable[[TokenExchangeCredential], CredentialStrategy]
+
+
+class CredentialConfigError(ValueError):
+    """A route's credential cannot be built from what the gateway has (raised at start-up)."""
+
+
+def downstream_scopes(
+    mode: ScopeMode, granted: frozenset[str], required: tuple[str, ...]
+) -> tuple[str, ...] | None:
+    """The scopes a downstream token carries; pure.
+
+    * ``operation``: the caller's scopes narrowed to this operation's (least privilege; the
+      same narrowing RFC 8693 §2.1 ``scope`` asks of an exchange): ``required`` ∩ ``granted``,
+      in ``required`` order, without repeats. Possibly empty, which is not the same as no
+      ``scope`` claim at all.
+    * ``caller``: all of the caller's scopes, sorted (stable tokens, readable logs).
+    * ``none``: no scope claim (``None``).
+    """
+    if mode == "operation":
+        return tuple(scope for scope in dict.fromkeys(required) if scope in granted)
+    if mode == "caller":
+        return tuple(sorted(granted))
+    if mode == "none":
+        return None
+    assert_never(mode)
+
+
+class NoCredentialStrategy:
+    """``credential: none``: the upstream request carries no credential."""
+
+    __slots__ = ()
+
+    async def headers(self, principal: Principal, required_scopes: tuple[str, ...]) -> dict[str, str]:
+        return {}
+
+    def __repr__(self) -> str:
+        return "NoCredentialStrategy()"
+
+
+class StaticCredentialStrategy:
+    """``credential: {static: …}``: one fixed header, the same for every caller."""
+
+    __slots__ = ("_credential",)
+
+    def __init__(self, credential: StaticCredential) -> None:
+        # RFC 9110 §5.5: a field value never contains CR, LF or NUL; refuse at start-up rather than
+        # let a stray newline from a secret file split the upstream request. The message does not
+        # show the value.
+        if any(char in credential.value.reveal() for char in "\r\n\0"):
+            raise CredentialConfigError(
+                f"the value for header {credential.header!r} contains a line break or NUL character"
+            )
+        self._credential = credential
+
+    async def headers(self, principal: Principal, required_scopes: tuple[str, ...]) -> dict[str, str]:
+        return {self._credential.header: self._credential.value.reveal()}
+
+    def __repr__(self) -> str:
+        return f"StaticCredentialStrategy(header={self._credential.header!r}, value=***)"
+
+
+class MintedCredentialStrategy:
+    """``credential: {minted: …}``: a fresh gateway-signed RFC 9068 token per request, sent as an
+    RFC 6750 §2.1 bearer token."""
+
+    __slots__ = ("_credential", "_minter")
+
+    def __init__(self, credential: MintedCredential, minter: TokenMinter) -> None:
+        self._credential = credential
+        self._minter = minter
+
+    async def headers(self, principal: Principal, required_scopes: tuple[str, ...]) -> dict[str, str]:
+        credential = self._credential
+        token = self._minter.mint(
+            principal,
+            audience=credential.audience,
+            scopes=downstream_scopes(credential.scope, principal.scopes, required_scopes),
+            ttl_s=credential.ttl_s,
+        )
+        return {"Authorization": f"Bearer {token}"}
+
+    def __repr__(self) -> str:
+        credential = self._credential
+        return (
+            f"MintedCredentialStrategy(audience={credential.audience!r}, ttl_s={credential.ttl_s!r}, "
+            f"scope={credential.scope!r}, minter={self._minter!r})"
+        )
+
+
+def build_strategy(
+    route: RouteConfig,
+    minter: TokenMinter | None,
+    exchanger_factory: ExchangerFactory | None,
+) -> CredentialStrategy:
+    """The strategy for ``route.credential``; raises ``CredentialConfigError`` when a minted route
+    has no minter or a token-exchange route has no exchanger factory."""
+    credential = route.credential
+    if isinstance(credential, NoCredential):
+        return NoCredentialStrategy()
+    if isinstance(credential, StaticCredential):
+        return StaticCredentialStrategy(credential)
+    if isinstance(credential, MintedCredential):
+        if minter is None:
+            raise CredentialConfigError(
+                f"route {route.path}: a minted credential needs a token minter "
+                "(a top-level `minting` section with signing keys)"
+            )
+        return MintedCredentialStrategy(credential, minter)
+    if isinstance(credential, TokenExchangeCredential):
+        if exchanger_factory is None:
+            raise CredentialConfigError(f"route {route.path}: token_exchange needs an exchanger factory")
+        return exchanger_factory(credential)
+    assert_never(credential)

@@ -1,0 +1,235 @@
+"""RFC 7662 token introspection: opaque access tokens checked at the issuer.
+
+For an issuer configured with ``introspection`` the gateway POSTs each unknown token to the
+introspection endpoint, authenticated as a client (RFC 7662 §2.1), and reads the answer strictly
+(§2.2). An active token then goes through exactly the checks a JWT gets (``tokens.check_claims``:
+issuer, exp/nbf/iat with leeway, ``aud`` containing the route's resource, ``sub``…).
+
+Answers are cached by SHA-256 of the token (never the token), for at most ``cache_max_s`` and
+never past the token's ``exp``; "inactive" answers for a few seconds only (RFC 7662 §4 on the
+trade-off between caching and revocation). The per-route checks run on every request, so one
+cached answer serves several routes, each with its own audience. Anything short of a clear
+answer fails closed with 503.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+import aiohttp
+import cachetools
+import structlog
+
+from .config import IntrospectionConfig, IssuerConfig
+from .errors import AuthUnavailable, InvalidToken
+from .exchange import FormResponse, SingleFlight, client_authentication, post_form
+from .jsonutil import StrictJSONError, loads_strict
+from .outbound import FetchError
+from .principal import Principal
+from .tokens import check_claims
+
+__all__ = [
+    "IntrospectionResult",
+    "IntrospectionUnavailable",
+    "Introspector",
+    "cache_until",
+    "claims_from",
+    "interpret_introspection",
+    "introspection_form",
+    "principal_from",
+    "token_hash",
+]
+
+log = structlog.get_logger("gateway.introspection")
+
+CACHE_SIZE: Final = 10_000
+NEGATIVE_CACHE_MAX_S: Final = 10.0
+# RFC 7662 §2.2 members carried into the claims (``active`` and ``token_type`` are checked, not
+# kept). Extension members are dropped: later steps only ever see the standard claims.
+CLAIM_MEMBERS: Final = ("scope", "client_id", "username", "exp", "iat", "nbf", "sub", "aud", "iss", "jti")
+# ``token_type`` values that denote a bearer access token (RFC 7662 §2.2 refers to RFC 6749
+# §7.1 token types; some servers answer with the token's kind or the RFC 8693 URN instead).
+_BEARER_TOKEN_TYPES: Final = frozenset(
+    {"bearer", "access_token", "urn:ietf:params:oauth:token-type:access_token"}
+)
+
+
+class IntrospectionUnavailable(AuthUnavailable):
+    """The introspection endpoint gave no usable answer (down, 5xx, malformed): 503, fail closed."""
+
+    reason = "introspection_unavailable"
+
+
+# =========================================================================== pure decisions
+
+
+@dataclass(frozen=True, slots=True)
+class IntrospectionResult:
+    """The AS's answer about one token: accepted claims, or why the token is refused."""
+
+    claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    refusal: str | None = None  # an InvalidToken reason: "inactive", "bad_token_type", …
+
+    @property
+    def active(self) -> bool:
+        return self.refusal is None
+
+
+INACTIVE: Final = IntrospectionResult(refusal="inactive")
+
+
+def token_hash(token: str) -> str:
+    """The cache and single-flight key of a token: its SHA-256, so the cache never holds tokens."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def introspection_form(token: str) -> dict[str, str]:
+    """RFC 7662 §2.1: ``token`` REQUIRED, ``token_type_hint`` OPTIONAL."""
+    return {"token": token, "token_type_hint": "access_token"}
+
+
+def interpret_introspection(response: FormResponse, issuer: str) -> IntrospectionResult:
+    """Read the endpoint's answer strictly; anything but a well-formed 200 is ``IntrospectionUnavailable``."""
+    if response.status != 200:
+        # Including 401/403 to the gateway itself (its client credentials are wrong): an
+        # operator's problem, not the caller's, and not a reason to accept or reject the token.
+        raise IntrospectionUnavailable(detail=f"introspection HTTP {response.status}")
+    try:
+        document = loads_strict(response.body)
+    except StrictJSONError as exc:
+        raise IntrospectionUnavailable(detail=f"introspection response: {exc}") from None
+    if not isinstance(document, dict):
+        raise IntrospectionUnavailable(detail="introspection response is not a JSON object")
+    active = document.get("active")
+    if not isinstance(active, bool):  # RFC 7662 §2.2: REQUIRED, a boolean
+        raise IntrospectionUnavailable(detail="introspection response without boolean 'active'")
+    if not active:
+        # RFC 7662 §2.2: an inactive token's response SHOULD say nothing else; ignore the rest.
+        return INACTIVE
+    return claims_from(document, issuer)
+
+
+def claims_from(document: Mapping[str, Any], issuer: str) -> IntrospectionResult:
+    """The claims of an active token, for ``check_claims``; or a refusal for an unusable token kind."""
+    token_type = document.get("token_type")
+    if token_type is not None and (
+        not isinstance(token_type, str) or token_type.lower() not in _BEARER_TOKEN_TYPES
+    ):
+        # A refresh token, or a DPoP token (RFC 9449 §7.1), is not a bearer access token.
+        return IntrospectionResult(refusal="bad_token_type")
+    if "cnf" in document:
+        # Sender-constrained (RFC 8705 §3.2, RFC 9449 §6.2): the binding cannot be checked on a
+        # Bearer request, so the token is not accepted as one.
+        return IntrospectionResult(refusal="sender_constrained")
+    username = document.get("username")
+    if username is not None and not isinstance(username, str):
+        return IntrospectionResult(refusal="bad_claim")
+    claims = {name: document[name] for name in CLAIM_MEMBERS if name in document}
+    # `iss` is OPTIONAL in RFC 7662 §2.2; the configured endpoint speaks for its issuer, so an
+    # absent `iss` means that issuer. A present one must still match exactly (check_claims).
+    claims.setdefault("iss", issuer)
+    return IntrospectionResult(claims=MappingProxyType(claims))
+
+
+def cache_until(result: IntrospectionResult, now: float, config: IntrospectionConfig) -> float:
+    """How long an answer may be reused (the cache stores nothing whose time is already up).
+
+    Active: until the earlier of the token's ``exp`` and ``cache_max_s`` from now. Refused:
+    ``min(cache_max_s, 10 s)``, enough to absorb a burst of retries with a bad token while a
+    token that just became valid (clock skew at the AS) is not refused for long.
+    """
+    if not result.active:
+        return now + min(config.cache_max_s, NEGATIVE_CACHE_MAX_S)
+    until = now + config.cache_max_s
+    exp = result.claims.get("exp")
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        until = min(until, float(exp))
+    return until
+
+
+def principal_from(
+    result: IntrospectionResult, *, issuer: IssuerConfig, resource: str, now: float, token: str
+) -> Principal:
+    """The per-request decision on a (possibly cached) answer: refusal, or every claim check."""
+    if result.refusal is not None:
+        raise InvalidToken(result.refusal)
+    return check_claims(result.claims, issuer=issuer, resource=resource, now=now, token=token)
+
+
+# =========================================================================== the shell
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    result: IntrospectionResult
+    until: float
+
+
+def _time_to_use(_key: str, value: _Cached, _now: float) -> float:
+    return value.until
+
+
+class Introspector:
+    """Authenticates opaque tokens of one issuer at its RFC 7662 introspection endpoint."""
+
+    def __init__(
+        self,
+        issuer: IssuerConfig,
+        session: aiohttp.ClientSession,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if issuer.introspection is None:
+            raise ValueError(f"issuer {issuer.issuer} has no introspection endpoint configured")
+        self.issuer = issuer
+        self._config: IntrospectionConfig = issuer.introspection
+        self._session = session
+        self._clock = clock  # wall clock: compared with `exp`
+        self._cache: cachetools.TLRUCache[str, _Cached, float] = cachetools.TLRUCache(
+            CACHE_SIZE, _time_to_use, timer=clock
+        )
+        self._flights: SingleFlight[str, IntrospectionResult] = SingleFlight()
+
+    async def authenticate(self, token: str, resource: str) -> Principal:
+        """The caller behind ``token`` for the route whose resource is ``resource``, or an error."""
+        key = token_hash(token)
+        cached = self._cache.get(key)
+        if cached is not None:
+            result = cached.result
+        else:
+            result = await self._flights.run(key, lambda: self._introspect(key, token))
+        return principal_from(result, issuer=self.issuer, resource=resource, now=self._clock(), token=token)
+
+    async def aclose(self) -> None:
+        await self._flights.aclose()
+
+    async def _introspect(self, key: str, token: str) -> IntrospectionResult:
+        config = self._config
+        headers, auth_fields = client_authentication(
+            config.auth_method, config.client_id, config.client_secret
+        )
+        asked_at = self._clock()
+        try:
+            response = await post_form(
+                self._session,
+                config.endpoint,
+                {**introspection_form(token), **auth_fields},
+                headers,
+                timeout_s=config.timeout_s,
+            )
+            result = interpret_introspection(response, self.issuer.issuer)
+        except FetchError as exc:
+            log.warning("introspection_unavailable", issuer=self.issuer.issuer, problem=str(exc))
+            raise IntrospectionUnavailable(detail=str(exc)) from exc
+        except IntrospectionUnavailable as exc:
+            log.warning("introspection_unavailable", issuer=self.issuer.issuer, problem=exc.detail)
+            raise
+        self._cache[key] = _Cached(result, cache_until(result, asked_at, config))
+        log.debug(
+            "token_introspected", issuer=self.issuer.issuer, active=result.active, refusal=result.refusal
+        )
+        return result

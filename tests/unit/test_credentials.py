@@ -1,0 +1,240 @@
+"""Per-route downstream credentials: what each strategy adds, and that no secret ever prints."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.config import (
+    Credential,
+    MintedCredential,
+    MintingConfig,
+    NoCredential,
+    RouteConfig,
+    ScopeMode,
+    SigningKeyConfig,
+    StaticCredential,
+    TokenExchangeCredential,
+)
+from gateway.credentials import (
+    CredentialConfigError,
+    CredentialStrategy,
+    MintedCredentialStrategy,
+    NoCredentialStrategy,
+    StaticCredentialStrategy,
+    build_strategy,
+    downstream_scopes,
+)
+from gateway.minting import TokenMinter
+from gateway.principal import Principal
+from gateway.secret import Secret
+
+API_KEY = "sk-live-4f9a1c0e-never-print-me"
+CLIENT_TOKEN = "client-token-must-not-go-upstream"
+AUDIENCE = "https://upstream.internal/mcp"
+ISSUER = "https://mcp.example.com/upstream-tokens"
+GRANTED = frozenset({"mcp:access", "repo:read", "repo:write", "admin"})
+
+
+def caller(scopes: frozenset[str] = GRANTED) -> Principal:
+    return Principal(
+        issuer="https://auth.example.com",
+        subject="alice",
+        client_id="mcp-client",
+        scopes=scopes,
+        audience=("https://mcp.example.com/mcp",),
+        expires_at=time.time() + 3600,
+        token_id=None,
+        token=Secret(CLIENT_TOKEN),
+        claims=MappingProxyType({"sub": "alice"}),
+    )
+
+
+def route(credential: Credential) -> RouteConfig:
+    return RouteConfig(
+        path="/mcp",
+        upstream="http://127.0.0.1:9000/mcp",
+        scopes=("mcp:access",),
+        resource="https://mcp.example.com/mcp",
+        credential=credential,
+    )
+
+
+@pytest.fixture
+def key_path(tmp_path: Path) -> Path:
+    path = tmp_path / "k1.pem"
+    path.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def minter(key_path: Path) -> TokenMinter:
+    return TokenMinter(
+        MintingConfig(issuer=ISSUER, keys=(SigningKeyConfig("k1", "ES256", key_path),), active_kid="k1")
+    )
+
+
+def bearer_claims(headers: dict[str, str], minter: TokenMinter) -> dict[str, Any]:
+    scheme, _, token = headers["Authorization"].partition(" ")
+    assert scheme == "Bearer"
+    key = jwt.PyJWKSet.from_dict(minter.jwks())["k1"]
+    claims: dict[str, Any] = jwt.decode(
+        token, key=key, algorithms=["ES256"], audience=AUDIENCE, issuer=ISSUER
+    )
+    return claims
+
+
+# --- scope narrowing (pure) --------------------------------------------------------------------
+
+SCOPE_CASES: list[tuple[ScopeMode, tuple[str, ...], frozenset[str], tuple[str, ...] | None]] = [
+    # mode, required (route scopes first), granted, downstream scopes
+    ("operation", ("mcp:access", "repo:read"), GRANTED, ("mcp:access", "repo:read")),
+    ("operation", ("repo:read", "mcp:access"), GRANTED, ("repo:read", "mcp:access")),  # required order
+    ("operation", ("mcp:access", "repo:read", "mcp:access"), GRANTED, ("mcp:access", "repo:read")),
+    ("operation", ("mcp:access", "repo:admin"), GRANTED, ("mcp:access",)),  # never more than granted
+    ("operation", ("mcp:access",), GRANTED, ("mcp:access",)),  # the route's scopes alone
+    ("operation", (), GRANTED, ()),  # nothing needed: an empty scope, not all of the caller's
+    ("caller", ("mcp:access",), GRANTED, ("admin", "mcp:access", "repo:read", "repo:write")),
+    ("caller", (), frozenset(), ()),
+    ("none", ("mcp:access", "repo:read"), GRANTED, None),
+]
+
+
+@pytest.mark.parametrize(("mode", "required", "granted", "expected"), SCOPE_CASES)
+def test_downstream_scopes(
+    mode: ScopeMode, required: tuple[str, ...], granted: frozenset[str], expected: tuple[str, ...] | None
+) -> None:
+    assert downstream_scopes(mode, granted, required) == expected
+
+
+# --- strategies --------------------------------------------------------------------------------
+
+
+async def test_no_credential_adds_nothing() -> None:
+    strategy = build_strategy(route(NoCredential()), None, None)
+    assert isinstance(strategy, NoCredentialStrategy)
+    assert await strategy.headers(caller(), ("mcp:access",)) == {}
+
+
+async def test_static_credential_sends_the_secret_value() -> None:
+    strategy = build_strategy(route(StaticCredential("X-Api-Key", Secret(API_KEY))), None, None)
+    assert isinstance(strategy, StaticCredentialStrategy)
+    assert await strategy.headers(caller(), ("mcp:access",)) == {"X-Api-Key": API_KEY}
+    # The same for every caller and operation.
+    assert await strategy.headers(caller(frozenset()), ()) == {"X-Api-Key": API_KEY}
+
+
+@pytest.mark.parametrize("value", [API_KEY + "\r\nX-Injected: 1", API_KEY + "\n", "a\0b"])
+def test_static_value_with_a_line_break_is_refused_without_showing_it(value: str) -> None:
+    with pytest.raises(CredentialConfigError) as caught:
+        StaticCredentialStrategy(StaticCredential("X-Api-Key", Secret(value)))
+    assert API_KEY not in str(caught.value)
+    assert "X-Api-Key" in str(caught.value)
+
+
+@pytest.mark.parametrize(("mode", "required", "granted", "expected"), SCOPE_CASES)
+async def test_minted_credential_per_scope_mode(
+    minter: TokenMinter,
+    mode: ScopeMode,
+    required: tuple[str, ...],
+    granted: frozenset[str],
+    expected: tuple[str, ...] | None,
+) -> None:
+    credential = MintedCredential(audience=AUDIENCE, ttl_s=120, scope=mode)
+    strategy = build_strategy(route(credential), minter, None)
+    assert isinstance(strategy, MintedCredentialStrategy)
+
+    headers = await strategy.headers(caller(granted), required)
+
+    assert list(headers) == ["Authorization"]
+    assert CLIENT_TOKEN not in headers["Authorization"]  # never passthrough
+    claims = bearer_claims(headers, minter)
+    assert claims.get("scope") == (None if expected is None else " ".join(expected))
+    assert (claims["sub"], claims["client_id"], claims["act"]) == (
+        "alice",
+        "mcp-client",
+        {"sub": "mcp-client"},
+    )
+    assert claims["exp"] - claims["iat"] <= 120
+
+
+async def test_minted_credential_is_fresh_per_request(minter: TokenMinter) -> None:
+    strategy = build_strategy(route(MintedCredential(audience=AUDIENCE)), minter, None)
+    first = await strategy.headers(caller(), ("mcp:access",))
+    second = await strategy.headers(caller(), ("mcp:access",))
+    assert first != second
+    assert bearer_claims(first, minter)["jti"] != bearer_claims(second, minter)["jti"]
+
+
+# --- the factory -------------------------------------------------------------------------------
+
+
+class FakeExchanger:
+    def __init__(self, credential: TokenExchangeCredential) -> None:
+        self.credential = credential
+
+    async def headers(self, principal: Principal, required_scopes: tuple[str, ...]) -> dict[str, str]:
+        return {"Authorization": "Bearer exchanged"}
+
+
+EXCHANGE = TokenExchangeCredential(
+    token_endpoint="https://auth.example.com/token",
+    client_id="gateway",
+    client_secret=Secret(API_KEY),
+    audience=AUDIENCE,
+)
+
+
+async def test_token_exchange_uses_the_plugged_in_factory() -> None:
+    made: list[TokenExchangeCredential] = []
+
+    def factory(credential: TokenExchangeCredential) -> CredentialStrategy:
+        made.append(credential)
+        return FakeExchanger(credential)
+
+    strategy = build_strategy(route(EXCHANGE), None, factory)
+
+    assert isinstance(strategy, FakeExchanger)
+    assert made == [EXCHANGE]
+    assert await strategy.headers(caller(), ()) == {"Authorization": "Bearer exchanged"}
+
+
+def test_a_minted_route_without_a_minter_is_a_clear_error() -> None:
+    with pytest.raises(CredentialConfigError, match=r"route /mcp: a minted credential needs a token minter"):
+        build_strategy(route(MintedCredential(audience=AUDIENCE)), None, FakeExchanger)
+
+
+def test_a_token_exchange_route_without_a_factory_is_a_clear_error(minter: TokenMinter) -> None:
+    with pytest.raises(CredentialConfigError, match=r"route /mcp: token_exchange needs an exchanger factory"):
+        build_strategy(route(EXCHANGE), minter, None)
+
+
+# --- nothing secret prints ---------------------------------------------------------------------
+
+
+def test_repr_and_str_of_strategies_never_show_a_secret(minter: TokenMinter, key_path: Path) -> None:
+    strategies: list[object] = [
+        build_strategy(route(NoCredential()), minter, None),
+        build_strategy(route(StaticCredential("X-Api-Key", Secret(API_KEY))), minter, None),
+        build_strategy(route(MintedCredential(audience=AUDIENCE, scope="caller")), minter, None),
+    ]
+    pem_line = key_path.read_text().splitlines()[1]  # a line of the private key
+    for strategy in strategies:
+        for shown in (repr(strategy), str(strategy), f"{strategy!r}", f"{[strategy]}"):
+            assert API_KEY not in shown
+            assert CLIENT_TOKEN not in shown
+            assert pem_line not in shown
+    assert repr(strategies[1]) == "StaticCredentialStrategy(header='X-Api-Key', value=***)"
+    assert "audience='https://upstream.internal/mcp'" in repr(strategies[2])
+    assert "TokenMinter(" in repr(strategies[2])
