@@ -22,12 +22,12 @@ from .audit import audit_decision
 from .authn import Authenticator
 from .config import GatewayConfig, RouteConfig
 from .credentials import CredentialStrategy, build_strategy
-from .errors import InsufficientScope, MethodNotAllowed, OriginForbidden, PolicyDenied
+from .errors import AuthError, InsufficientScope, MethodNotAllowed, OriginForbidden, PolicyDenied
 from .exchange import TokenExchanger
 from .introspection import Introspector
 from .jwks import IssuerKeys
 from .listfilter import ListFilter
-from .mcp import McpPost, McpRejected, parse_post
+from .mcp import HANDSHAKE_VERSIONS, McpPost, McpRejected, decode_header_value, parse_post
 from .metadata import WELL_KNOWN_PRM, prm_document
 from .middleware import (
     PRINCIPAL,
@@ -39,7 +39,7 @@ from .middleware import (
     request_context,
 )
 from .minting import TokenMinter
-from .policy import combine, decide, operation_of
+from .policy import challenge_scopes, combine, decide, operation_of
 from .principal import Principal
 from .proxy import Upstream, read_body
 from .tokens import JwtAuthenticator, bearer_token_from
@@ -141,10 +141,14 @@ class Gateway:
         if request.method not in MCP_METHODS:
             raise MethodNotAllowed(MCP_METHODS)
 
-        token = bearer_token_from(
-            request.headers.getall("Authorization", []), "access_token" in request.query
-        )
-        principal = await self.authenticator.authenticate(token, route.resource)
+        try:
+            token = bearer_token_from(
+                request.headers.getall("Authorization", []), "access_token" in request.query
+            )
+            principal = await self.authenticator.authenticate(token, route.resource)
+        except AuthError as exc:
+            exc.scopes = exc.scopes or challenge_hint(route, request)
+            raise
         request[PRINCIPAL] = principal
 
         body: bytes | None = None
@@ -199,6 +203,16 @@ class Gateway:
 def _origin_of(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def challenge_hint(route: RouteConfig, request: web.Request) -> tuple[str, ...]:
+    """What a 401 asks for; 2026-07-28 headers name the operation (a hint, see challenge_scopes)."""
+    version = request.headers.get("MCP-Protocol-Version")
+    if request.method != "POST" or version is None or version in HANDSHAKE_VERSIONS:
+        return route.scopes
+    name = request.headers.get("Mcp-Name")
+    decoded = decode_header_value(name) if name is not None else None
+    return challenge_scopes(route.policy, request.headers.get("Mcp-Method"), decoded)
 
 
 def parse_strictly(request: web.Request, body: bytes) -> McpPost:

@@ -275,6 +275,24 @@ def combine(decisions: Iterable[Decision]) -> Verdict:
     )
 
 
+def challenge_scopes(policy: RoutePolicy, method: str | None, name: str | None) -> tuple[str, ...]:
+    """The scopes a 401 challenge should name (RFC 6750 §3 `scope`).
+
+    A 2026-07-28 request names its operation in ``Mcp-Method`` / ``Mcp-Name`` headers. Before the
+    caller is authenticated the body is not read, so those headers are used here as a HINT for
+    the challenge only: a client then gets a token good enough for its first call instead of a
+    401 followed by a 403 step-up. No decision is ever taken on them (that is `decide`, on the
+    body). Without a usable hint, or for an operation no scope would allow: the route scopes.
+    """
+    if not method:
+        return policy.route_scopes
+    kind = TARGET_METHODS.get(method)
+    if kind is not None and name is None:
+        return policy.route_scopes
+    required, _, unconditional = requirement(policy, Operation(method, kind, name))
+    return policy.route_scopes if unconditional else required
+
+
 def is_visible(policy: RoutePolicy, kind: TargetKind, name: str, granted: frozenset[str]) -> bool:
     """Whether a list item may be shown: exactly when using it would be allowed."""
     return decide(policy, Operation(_USE_METHOD[kind], kind, name), granted).allowed

@@ -220,3 +220,41 @@ async def test_audit_event_per_decision(
         "missing_scopes": ["demo:write"],
     }
     assert "arguments" not in event  # only with audit_arguments: true
+
+
+async def test_401_challenge_names_the_2026_operation_scopes_but_decisions_use_the_body(
+    issuer: TestIssuer, upstream: Upstream, start_gateway_with: GatewayFactory
+) -> None:
+    """No token, 2026-07-28 headers naming slow_stream: the 401 asks for its scopes (a hint). A
+    legacy request gets the route scopes. Headers that lie are refused once a token is shown."""
+    gateway = await start_gateway_with(policy_config(issuer, upstream.mcp_url))
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {}, "_meta": meta},
+    }
+    modern = {**MCP_HEADERS, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call"}
+    async with aiohttp.ClientSession() as http:
+
+        async def challenge(headers: dict[str, str]) -> dict[str, str]:
+            async with http.post(gateway.route_url(), json=body, headers=headers) as response:
+                assert response.status == 401
+                return parse_bearer_challenge(response.headers["WWW-Authenticate"])
+
+        assert (await challenge({**modern, "Mcp-Name": "slow_stream"}))["scope"] == "mcp:access demo:write"
+        assert (await challenge({**modern, "Mcp-Name": "echo"}))["scope"] == "mcp:access demo:read"
+        assert (await challenge({**modern, "Mcp-Name": "unruled"}))["scope"] == "mcp:access"
+        assert (await challenge({**MCP_HEADERS, "Mcp-Method": "tools/call", "Mcp-Name": "slow_stream"}))[
+            "scope"
+        ] == "mcp:access"
+        # With a token, a header that names another tool than the body is a 400, never a decision.
+        headers = {**modern, "Mcp-Name": "slow_stream", **bearer(issuer, "mcp:access demo:write")}
+        async with http.post(gateway.route_url(), json=body, headers=headers) as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["code"] == -32020
+    assert await upstream.requests() == []
