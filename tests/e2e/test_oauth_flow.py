@@ -18,7 +18,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from mcp.shared.exceptions import MCPError
 
 from tests.conftest import Gateway, Upstream
 from tests.e2e.conftest import AuthorizationServer
