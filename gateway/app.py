@@ -2,7 +2,8 @@
 
 Middleware order (outermost first), and why:
 1. ``request_context`` — first in, last out, so the canonical log line sees every outcome.
-2. ``error_responses`` — turns any GatewayError below it into its HTTP form.
+2. ``error_responses`` — turns any GatewayError below it into its HTTP form (applied in
+   ``LiveGateway.handle``, per gateway, so that a reloaded config renders its own errors).
 Everything else is the MCP pipeline in ``Gateway.handle_mcp``, in the order the spec needs:
 Origin (before the token, so a hostile page learns nothing from 401 vs 403) → method →
 token → body → route scopes → forward.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -20,21 +22,25 @@ from aiohttp import web
 
 from .audit import audit_decision
 from .authn import Authenticator
-from .config import GatewayConfig, RouteConfig
-from .credentials import CredentialStrategy, build_strategy
+from .config import GatewayConfig, RouteConfig, TokenExchangeCredential
+from .credentials import CredentialStrategy, ExchangerFactory, build_strategy
 from .errors import AuthError, InsufficientScope, MethodNotAllowed, OriginForbidden, PolicyDenied
 from .exchange import TokenExchanger
 from .introspection import Introspector
 from .jwks import IssuerKeys
 from .listfilter import ListFilter
+from .live import LIVE, LiveGateway, remember_prepared
 from .mcp import HANDSHAKE_VERSIONS, McpPost, McpRejected, decode_header_value, parse_post
 from .metadata import WELL_KNOWN_PRM, prm_document
+from .metrics import METRICS, GatewayMetrics
 from .middleware import (
+    LOGGING,
+    MCP_METHOD,
     PRINCIPAL,
     REQUEST_ID,
     ROUTE,
     RPC_ID,
-    error_responses,
+    TARGET,
     jsonrpc_error_response,
     request_context,
 )
@@ -51,8 +57,10 @@ _CORS_EXPOSED = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
 class Gateway:
     """Everything a request needs: config, key caches, authenticator and upstream pools."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, metrics: GatewayMetrics | None = None) -> None:
         self.config = config
+        # Its own registry unless given one (tests: one per gateway; a reload can pass the old one on).
+        self.metrics = metrics if metrics is not None else GatewayMetrics()
         self._routes = {route.path: route for route in config.routes}
         # The root metadata URL is unambiguous only with a single route (RFC 9728 §3, MCP
         # 2025-11-25 clients fall back to it); with several it would have to pick one.
@@ -77,21 +85,41 @@ class Gateway:
         for issuer in self.config.issuers:
             if issuer.jwks is None:
                 continue  # an introspection issuer (RFC 7662) has no keys to load
-            keys = IssuerKeys(issuer, self._auth_session)
+            on_fetch = functools.partial(self.metrics.jwks_fetched, issuer.issuer)
+            keys = IssuerKeys(issuer, self._auth_session, on_fetch=on_fetch)
             self._issuer_keys[issuer.issuer] = keys
             self._tasks.append(asyncio.create_task(keys.run(), name=f"jwks:{issuer.issuer}"))
         session = self._auth_session
+        metrics = self.metrics
         introspectors = [
-            Introspector(issuer, session)
+            Introspector(
+                issuer,
+                session,
+                on_result=functools.partial(metrics.introspected, issuer.issuer),
+                on_cache_hit=functools.partial(metrics.introspection_cache_hit, issuer.issuer),
+            )
             for issuer in self.config.issuers
             if issuer.introspection is not None
         ]
         self.authenticator = Authenticator(self._jwt, introspectors)
         for route in self.config.routes:
-            self._upstreams[route.path] = Upstream(route)
+            self._upstreams[route.path] = Upstream(route, metrics)
             self._credentials[route.path] = build_strategy(
-                route, self.minter, lambda credential: TokenExchanger(credential, session)
+                route, self.minter, self._exchanger_factory(route, session)
             )
+
+    def _exchanger_factory(self, route: RouteConfig, session: aiohttp.ClientSession) -> ExchangerFactory:
+        metrics = self.metrics
+
+        def factory(credential: TokenExchangeCredential) -> TokenExchanger:
+            return TokenExchanger(
+                credential,
+                session,
+                on_result=functools.partial(metrics.token_exchanged, route.path),
+                on_cache_hit=functools.partial(metrics.token_exchange_cache_hit, route.path),
+            )
+
+        return factory
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -158,7 +186,7 @@ class Gateway:
             # Read only once the caller is authenticated; decide on the body, never on headers.
             body = await read_body(request, route.max_body_bytes)
             post = parse_strictly(request, body)
-            required = authorize(route, principal, post)
+            required = authorize(route, principal, post, self.metrics)
             response_filter = ListFilter.for_post(post, route.policy, principal.scopes)
         elif not principal.has_scopes(route.scopes):  # GET stream, DELETE session
             raise InsufficientScope(scopes=route.scopes)
@@ -224,10 +252,18 @@ def parse_strictly(request: web.Request, body: bytes) -> McpPost:
         request[RPC_ID] = exc.rpc_id
         raise
     request[RPC_ID] = post.messages[0].id
+    if not post.is_batch:  # for the request's log line and metrics labels
+        message = post.messages[0]
+        if message.method is not None:
+            request[MCP_METHOD] = message.method
+        if message.target is not None:
+            request[TARGET] = message.target
     return post
 
 
-def authorize(route: RouteConfig, principal: Principal, post: McpPost) -> tuple[str, ...]:
+def authorize(
+    route: RouteConfig, principal: Principal, post: McpPost, metrics: GatewayMetrics | None = None
+) -> tuple[str, ...]:
     """Decide every message; one denied message refuses the whole POST (a batch included).
 
     Returns every scope the allowed POST needs, for narrowing the downstream credential.
@@ -236,6 +272,9 @@ def authorize(route: RouteConfig, principal: Principal, post: McpPost) -> tuple[
     for message in post.messages:
         decision = decide(route.policy, operation_of(message), principal.scopes)
         audit_decision(route, principal, message, decision)
+        if metrics is not None:
+            tool = message.target if message.target_kind == "tool" else None
+            metrics.policy_decision(route, decision.allowed, tool)
         decisions.append(decision)
     verdict = combine(decisions)
     if verdict.allowed:
@@ -272,29 +311,37 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 
 def build_app(config: GatewayConfig) -> web.Application:
-    """The aiohttp application for one config."""
+    """The aiohttp application for one config; ``app[LIVE].reload(config)`` swaps in another."""
     gateway = Gateway(config)
+    # A reloaded gateway keeps the metrics registry, so counters continue across reloads.
+    live = LiveGateway(gateway, lambda new_config, previous: Gateway(new_config, previous.metrics))
     app = web.Application(
-        middlewares=[request_context, error_responses(config)],
+        # Gateway errors are rendered inside `live.handle`, with the config of the gateway that
+        # serves the request (`error_responses`), so a reload changes them too.
+        middlewares=[request_context],
         # Bodies are read by `read_body` with the route's own limit.
         client_max_size=max(route.max_body_bytes for route in config.routes),
     )
-    app[GATEWAY] = gateway
+    app[GATEWAY] = gateway  # the gateway at start-up; app[LIVE].current is the one serving now
+    app[LIVE] = live
+    app[METRICS] = gateway.metrics
+    app[LOGGING] = config.logging
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        await gateway.start()
+        await live.start()
         yield
-        await gateway.aclose()
+        await live.aclose()
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        ready = gateway.ready
+        ready = live.current.ready
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(remember_prepared)
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_get("/readyz", readyz, allow_head=True)
-    app.router.add_route("*", "/{path:.*}", gateway.dispatch)
+    app.router.add_route("*", "/{path:.*}", live.handle)
     return app

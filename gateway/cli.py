@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
+from typing import Any
 
-from .config import ConfigError, GatewayConfig, load_config
+import structlog
+
+from .config import LOG_LEVELS, ConfigError, GatewayConfig, load_config
 from .logs import configure_logging
 
 EXIT_CONFIG_ERROR = 2
@@ -19,8 +24,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", required=True, help="path to the YAML config")
-    serve.add_argument("--log-format", choices=("json", "console"), default="json")
-    serve.add_argument("--log-level", default="info")
+    # Default: the config's `logging:` section (json, info); a flag given here wins.
+    serve.add_argument("--log-format", choices=("json", "console"), default=None)
+    serve.add_argument("--log-level", choices=LOG_LEVELS, type=str.lower, default=None)
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="worker processes sharing the listen port (SO_REUSEPORT); default 1: no workers",
+    )
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the parent
 
     check = commands.add_parser("check-config", help="validate a config and summarise its routes")
     check.add_argument("path")
@@ -70,14 +83,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _load_or_report(args.config)
         if config is None:
             return EXIT_CONFIG_ERROR
-        configure_logging(json=args.log_format == "json", level=args.log_level)
-        from .server import serve as serve_forever
-
-        asyncio.run(serve_forever(config))
-        return 0
+        configure_logging(
+            json=(args.log_format or config.logging.format) == "json",
+            level=args.log_level or config.logging.level,
+            include_subject=config.logging.include_subject,
+        )
+        return _serve(config, args)
     from .demo import run_demo
 
     return run_demo(args.port)
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return number
+
+
+def _serve(config: GatewayConfig, args: argparse.Namespace) -> int:
+    from .server import serve, supervise_workers
+
+    # Until the server's own handler is in place, a SIGHUP (reload) must not end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if args.worker_index is not None:
+        _tag_logs_with_worker(args.worker_index)
+        return asyncio.run(serve(config, worker=args.worker_index))
+    if args.workers == 1:
+        return asyncio.run(serve(config))
+    if config.listen.port == 0:
+        print("--workers needs a fixed listen.port (with 0 each worker picks its own)", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    worker_args = [
+        *(["--log-format", args.log_format] if args.log_format else []),
+        *(["--log-level", args.log_level] if args.log_level else []),
+    ]
+    return asyncio.run(supervise_workers(config, args.workers, worker_args))
+
+
+def _tag_logs_with_worker(index: int) -> None:
+    """Every event of a worker process names the worker and its pid."""
+    pid = os.getpid()
+
+    def add_worker(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event.setdefault("worker", index)
+        event.setdefault("pid", pid)
+        return event
+
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[add_worker, *processors])
 
 
 def _load_or_report(path: str) -> GatewayConfig | None:

@@ -46,6 +46,7 @@ from .yaml_loader import (
 )
 
 __all__ = [
+    "AdminConfig",
     "ConfigError",
     "ConfigProblem",
     "GatewayConfig",
@@ -55,6 +56,7 @@ __all__ = [
     "JwksSource",
     "JwksUrl",
     "ListenConfig",
+    "LoggingConfig",
     "RouteConfig",
     "load_config",
     "parse_config_text",
@@ -88,6 +90,25 @@ class ConfigError(Exception):
 class ListenConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin listener: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz``; off unless set."""
+
+    host: str = "127.0.0.1"
+    port: int = 9090
+
+
+LogFormat = Literal["json", "console"]
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    format: LogFormat = "json"
+    level: str = "info"  # one of LOG_LEVELS
+    include_subject: bool = True  # false: no subject or client_id in request lines and audit events
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +250,10 @@ class GatewayConfig:
     routes: tuple[RouteConfig, ...]
     allowed_origins: tuple[str, ...] = ()
     minting: MintingConfig | None = None
+    admin: AdminConfig | None = None  # no admin listener unless configured
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # On SIGTERM/SIGINT: how long in-flight requests and streams may run before they are cut.
+    shutdown_grace_s: float = 30.0
 
     def route_for_path(self, path: str) -> RouteConfig | None:
         """The route whose path is ``path`` (one trailing slash ignored), if any."""
@@ -1110,6 +1135,17 @@ _LISTEN_FIELDS: Final = (
     FieldSpec("port", integer_in(0, 65535)),
 )
 
+_ADMIN_FIELDS: Final = (
+    FieldSpec("host", non_empty_text),
+    FieldSpec("port", integer_in(0, 65535)),
+)
+
+_LOGGING_FIELDS: Final = (
+    FieldSpec("format", one_of("json", "console")),
+    FieldSpec("level", one_of(*LOG_LEVELS)),
+    FieldSpec("include_subject", boolean),
+)
+
 _TOP_FIELDS: Final = (
     FieldSpec("listen", section_of(_LISTEN_FIELDS)),
     FieldSpec("public_url", parse_public_url, required=True),
@@ -1129,6 +1165,9 @@ _TOP_FIELDS: Final = (
     ),
     FieldSpec("allowed_origins", list_of(parse_origin, unique="origin")),
     FieldSpec("minting", section_of(_MINTING_FIELDS)),
+    FieldSpec("shutdown_grace_s", non_negative_seconds),
+    FieldSpec("admin", section_of(_ADMIN_FIELDS)),
+    FieldSpec("logging", section_of(_LOGGING_FIELDS)),
 )
 
 
@@ -1262,6 +1301,13 @@ def _build_gateway(top: Parsed[_Section], at: _Cursor, source: Path) -> Parsed[G
     routes = _routes(values.get("routes", ()), public_url, at.key("routes"))
     listen = build_from(ListenConfig, values["listen"]) if "listen" in values else ListenConfig()
     minting = _minting(values.get("minting"), public_url, at.key("minting"))
+    admin = build_from(AdminConfig, values["admin"]) if "admin" in values else None
+    if isinstance(admin, AdminConfig) and isinstance(listen, ListenConfig) and admin.port == listen.port != 0:
+        port_at = at.key("admin").key("port")
+        message = f"the admin listener needs its own port, not listen.port {listen.port}"
+        port_node = values["admin"].nodes.get("port")
+        admin = port_at.problem(port_node.line if port_node else values["admin"].line, message)
+    logging = build_from(LoggingConfig, values["logging"]) if "logging" in values else LoggingConfig()
     if routes is not INVALID:
         _check_minted_routes(routes, minting, values.get("routes", ()), at.key("routes"))
     if (
@@ -1271,6 +1317,8 @@ def _build_gateway(top: Parsed[_Section], at: _Cursor, source: Path) -> Parsed[G
         or routes is INVALID
         or listen is INVALID
         or minting is INVALID
+        or admin is INVALID
+        or logging is INVALID
     ):
         return INVALID
     return GatewayConfig(
@@ -1281,7 +1329,14 @@ def _build_gateway(top: Parsed[_Section], at: _Cursor, source: Path) -> Parsed[G
         routes=routes,
         allowed_origins=values.get("allowed_origins", ()),
         minting=minting,
+        admin=admin,
+        logging=logging,
+        **{key: values[key] for key in _PLAIN_TOP_KEYS if key in values},
     )
+
+
+# Top-level keys copied as parsed (absent: the GatewayConfig default).
+_PLAIN_TOP_KEYS: Final = ("shutdown_grace_s",)
 
 
 # Minted tokens are issued under a path of the gateway's own origin, so that the gateway's

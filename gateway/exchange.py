@@ -416,6 +416,14 @@ class SingleFlight(Generic[K, V]):
 # =========================================================================== the shell
 
 
+def _ignore_result(_result: str) -> None:
+    pass
+
+
+def _ignore_hit() -> None:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class _Cached:
     token: Secret
@@ -434,10 +442,16 @@ class TokenExchanger:
         config: TokenExchangeCredential,
         session: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,
+        *,
+        on_result: Callable[[str], None] | None = None,
+        on_cache_hit: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
         self._session = session
         self._clock = clock  # wall clock: compared with `exp` of the subject token
+        # Metrics hooks: each exchange sent ("ok", "refused", "unavailable"), each cache hit.
+        self._on_result = on_result or _ignore_result
+        self._on_cache_hit = on_cache_hit or _ignore_hit
         # Bounded (LRU beyond cache_size) and per-entry expiry; an entry whose time is already
         # up is never stored.
         self._cache: cachetools.TLRUCache[ExchangeKey, _Cached, float] = cachetools.TLRUCache(
@@ -453,6 +467,7 @@ class TokenExchanger:
         cached = self._cache.get(key)
         if cached is not None:
             token = cached.token
+            self._on_cache_hit()
         else:
             token = await self._flights.run(key, lambda: self._exchange(key, principal, scope))
         return {"Authorization": f"Bearer {token.reveal()}"}
@@ -475,10 +490,12 @@ class TokenExchanger:
             )
         except FetchError as exc:
             log.warning("token_exchange_unavailable", endpoint=endpoint, problem=str(exc))
+            self._on_result("unavailable")
             raise ExchangeUnavailable(str(exc)) from exc
         try:
             issued = interpret_token_response(response, never_echo=(subject, config.client_secret.reveal()))
         except ExchangeRefused as exc:
+            self._on_result("refused")
             log.warning(
                 "token_exchange_refused",
                 endpoint=endpoint,
@@ -489,6 +506,7 @@ class TokenExchanger:
             )
             raise
         except ExchangeUnavailable as exc:
+            self._on_result("unavailable")
             log.warning(
                 "token_exchange_unavailable",
                 endpoint=endpoint,
@@ -497,6 +515,7 @@ class TokenExchanger:
                 retry_after_s=exc.retry_after_s,
             )
             raise
+        self._on_result("ok")
         until = cache_until(sent_at, issued.expires_in, config.refresh_margin_s, principal.expires_at)
         if until is not None:
             self._cache[key] = _Cached(issued.access_token, until)

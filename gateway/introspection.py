@@ -174,6 +174,14 @@ def _time_to_use(_key: str, value: _Cached, _now: float) -> float:
     return value.until
 
 
+def _ignore_result(_result: str) -> None:
+    pass
+
+
+def _ignore_hit() -> None:
+    pass
+
+
 class Introspector:
     """Authenticates opaque tokens of one issuer at its RFC 7662 introspection endpoint."""
 
@@ -182,6 +190,9 @@ class Introspector:
         issuer: IssuerConfig,
         session: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,
+        *,
+        on_result: Callable[[str], None] | None = None,
+        on_cache_hit: Callable[[], None] | None = None,
     ) -> None:
         if issuer.introspection is None:
             raise ValueError(f"issuer {issuer.issuer} has no introspection endpoint configured")
@@ -193,6 +204,9 @@ class Introspector:
             CACHE_SIZE, _time_to_use, timer=clock
         )
         self._flights: SingleFlight[str, IntrospectionResult] = SingleFlight()
+        # Metrics hooks: each call's result ("active", the refusal, "unavailable"), each cache hit.
+        self._on_result = on_result or _ignore_result
+        self._on_cache_hit = on_cache_hit or _ignore_hit
 
     async def authenticate(self, token: str, resource: str) -> Principal:
         """The caller behind ``token`` for the route whose resource is ``resource``, or an error."""
@@ -200,6 +214,7 @@ class Introspector:
         cached = self._cache.get(key)
         if cached is not None:
             result = cached.result
+            self._on_cache_hit()
         else:
             result = await self._flights.run(key, lambda: self._introspect(key, token))
         return principal_from(result, issuer=self.issuer, resource=resource, now=self._clock(), token=token)
@@ -224,10 +239,13 @@ class Introspector:
             result = interpret_introspection(response, self.issuer.issuer)
         except FetchError as exc:
             log.warning("introspection_unavailable", issuer=self.issuer.issuer, problem=str(exc))
+            self._on_result("unavailable")
             raise IntrospectionUnavailable(detail=str(exc)) from exc
         except IntrospectionUnavailable as exc:
             log.warning("introspection_unavailable", issuer=self.issuer.issuer, problem=exc.detail)
+            self._on_result("unavailable")
             raise
+        self._on_result("active" if result.refusal is None else result.refusal)
         self._cache[key] = _Cached(result, cache_until(result, asked_at, config))
         log.debug(
             "token_introspected", issuer=self.issuer.issuer, active=result.active, refusal=result.refusal

@@ -141,10 +141,14 @@ class IssuerKeys:
         issuer: IssuerConfig,
         session: aiohttp.ClientSession,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        on_fetch: Callable[[str], None] | None = None,
     ) -> None:
         self.issuer = issuer
         self._session = session
         self._clock = clock
+        # Told the result of every load: "ok", "failed" or "no_usable_keys" (metrics).
+        self._on_fetch = on_fetch or _ignore
         self._allowed = frozenset(issuer.algorithms)
         self._keyset: KeySet | None = None
         self._loaded_at = float("-inf")
@@ -216,6 +220,7 @@ class IssuerKeys:
                 kept_cached_keys=self._keyset is not None,
             )
             self._jwks_uri = None  # rediscover next time: the metadata may have moved the JWKS
+            self._on_fetch("failed")
             return
         for reason in skipped:
             log.warning("jwks_key_skipped", issuer=self.issuer.issuer, reason=reason)
@@ -225,10 +230,12 @@ class IssuerKeys:
                 issuer=self.issuer.issuer,
                 kept_cached_keys=self._keyset is not None,
             )
+            self._on_fetch("no_usable_keys")
             return
         self._keyset = keyset
         self._loaded_at = self._clock()
         log.info("jwks_loaded", issuer=self.issuer.issuer, keys=len(keyset.keys))
+        self._on_fetch("ok")
 
     async def _fetch_document(self) -> dict[str, Any]:
         source = self.issuer.jwks
@@ -266,6 +273,10 @@ class IssuerKeys:
             self._refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh
+
+
+def _ignore(_result: str) -> None:
+    pass
 
 
 def _read_jwks_file(path: Path) -> dict[str, Any]:

@@ -41,6 +41,30 @@ def _redact_item(key: str, value: Any) -> Any:
 
 _SAFE_KEYS = frozenset({"token_id", "reason", "token_reason", "token_type"})
 
+# Bound (as a structlog context variable) for requests of a gateway with
+# `logging: {include_subject: false}`; `drop_subject` then removes who the caller is.
+HIDE_SUBJECT = "_hide_subject"
+SUBJECT_FIELDS = ("subject", "client_id")
+
+
+def drop_subject(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: without ``subject`` and ``client_id`` when the request asked for it."""
+    if event_dict.pop(HIDE_SUBJECT, False):
+        for key in SUBJECT_FIELDS:
+            event_dict.pop(key, None)
+    return event_dict
+
+
+def _drop_subject_always(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event_dict.pop(HIDE_SUBJECT, None)
+    for key in SUBJECT_FIELDS:
+        event_dict.pop(key, None)
+    return event_dict
+
 
 def redact_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
@@ -51,8 +75,11 @@ def redact_secrets(
     return event_dict
 
 
-def configure_logging(*, json: bool = True, level: str = "info", stream: TextIO | None = None) -> None:
-    """Configure structlog once for the process."""
+def configure_logging(
+    *, json: bool = True, level: str = "info", stream: TextIO | None = None, include_subject: bool = True
+) -> None:
+    """Configure structlog once for the process; ``include_subject=False`` drops subject and
+    client id from every event (a gateway can also ask for that per request, see HIDE_SUBJECT)."""
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
@@ -61,6 +88,7 @@ def configure_logging(*, json: bool = True, level: str = "info", stream: TextIO 
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            drop_subject if include_subject else _drop_subject_always,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

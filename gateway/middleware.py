@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -12,9 +13,11 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from .config import GatewayConfig, RouteConfig
-from .errors import AuthError, GatewayError, MethodNotAllowed
+from .config import GatewayConfig, LoggingConfig, RouteConfig
+from .errors import AuthError, GatewayError, InvalidAuthRequest, InvalidToken, MethodNotAllowed, MissingToken
+from .logs import HIDE_SUBJECT
 from .metadata import bearer_challenge, prm_url
+from .metrics import METRICS, NO_ROUTE, mcp_method_label
 from .principal import Principal
 
 log = structlog.get_logger("gateway.request")
@@ -28,6 +31,15 @@ OUTCOME = web.RequestKey("outcome", str)
 REASON = web.RequestKey("reason", str)
 RPC_ID = web.RequestKey("rpc_id", object)
 REQUEST_ID = web.RequestKey("request_id", str)
+MCP_METHOD = web.RequestKey("mcp_method", str)  # the method the body named (one message)
+TARGET = web.RequestKey("target", str)  # the tool, resource or prompt the body named
+UPSTREAM_MS = web.RequestKey("upstream_ms", float)  # time to the upstream's response headers
+# The status of a streamed response whose headers went out before its handler returned.
+STREAMED_STATUS = web.RequestKey("streamed_status", int)
+CLIENT_CLOSED = 499  # logged status of a request whose client left before any answer (nginx's)
+
+# The gateway's `logging:` settings, read by the outermost layer.
+LOGGING = web.AppKey("logging", LoggingConfig)
 
 
 @web.middleware
@@ -38,6 +50,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     request[REQUEST_ID] = request_id
+    logging_config = request.app.get(LOGGING)
+    if logging_config is not None and not logging_config.include_subject:
+        structlog.contextvars.bind_contextvars(**{HIDE_SUBJECT: True})
+    metrics = request.app.get(METRICS)
+    if metrics is not None:
+        metrics.in_flight.inc()
     status = 500
     try:
         response = await handler(request)
@@ -48,12 +66,30 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except asyncio.CancelledError:
+        # The client went away and its handler was cancelled. A stream it already got the
+        # headers of keeps their status (closing a stream is normal); else it is "cancelled".
+        status = request.get(STREAMED_STATUS, CLIENT_CLOSED)
+        if STREAMED_STATUS not in request:
+            request[OUTCOME] = "cancelled"
+        raise
     finally:
-        _log_request(request, status, time.perf_counter() - started)
+        duration_s = time.perf_counter() - started
+        outcome = request.get(OUTCOME, "ok" if status < 400 else "error")
+        _log_request(request, status, outcome, duration_s)
+        if metrics is not None:
+            metrics.in_flight.dec()
+            route = request.get(ROUTE)
+            metrics.request_finished(
+                route.path if route is not None else NO_ROUTE,
+                mcp_method_label(request.method, request.get(MCP_METHOD)),
+                outcome,
+                duration_s,
+            )
         structlog.contextvars.clear_contextvars()
 
 
-def _log_request(request: web.Request, status: int, duration_s: float) -> None:
+def _log_request(request: web.Request, status: int, outcome: str, duration_s: float) -> None:
     principal = request.get(PRINCIPAL)
     route = request.get(ROUTE)
     fields: dict[str, Any] = {
@@ -61,13 +97,19 @@ def _log_request(request: web.Request, status: int, duration_s: float) -> None:
         # The path only: the query string may carry a refused token.
         "path": request.path,
         "status": status,
-        "outcome": request.get(OUTCOME, "ok" if status < 400 else "error"),
+        "outcome": outcome,
         "duration_ms": round(duration_s * 1000, 3),
     }
     if route is not None:
         fields["route"] = route.path
+    if (mcp_method := request.get(MCP_METHOD)) is not None:
+        fields["mcp_method"] = mcp_method
+    if (target := request.get(TARGET)) is not None:
+        fields["target"] = target
     if (reason := request.get(REASON)) is not None:
         fields["reason"] = reason
+    if (upstream_ms := request.get(UPSTREAM_MS)) is not None:
+        fields["upstream_ms"] = upstream_ms
     if principal is not None:
         fields["subject"] = principal.subject
         fields["client_id"] = principal.client_id
@@ -84,6 +126,10 @@ def error_responses(config: GatewayConfig) -> Middleware:
         except GatewayError as exc:
             request[OUTCOME] = "rejected" if exc.status < 500 else "error"
             request[REASON] = exc.reason
+            if isinstance(exc, MissingToken | InvalidToken | InvalidAuthRequest):
+                metrics = request.app.get(METRICS)
+                if metrics is not None:
+                    metrics.token_rejected(exc.reason)
             if exc.detail:
                 log.info("rejected", reason=exc.reason, detail=exc.detail)
             return render_error(config, request, exc)

@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 import structlog
@@ -24,7 +26,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import RouteConfig
 from .errors import BodyTooLarge, UpstreamError, UpstreamTimeout
+from .middleware import STREAMED_STATUS, UPSTREAM_MS
 from .sse import SseEventRewriter, SseEventTooLarge
+
+if TYPE_CHECKING:
+    from .metrics import GatewayMetrics
 
 log = structlog.get_logger("gateway.proxy")
 
@@ -123,8 +129,9 @@ def is_event_stream(headers: CIMultiDictProxy[str]) -> bool:
 class Upstream:
     """One upstream MCP server: its URL and a pooled, kept-alive client session."""
 
-    def __init__(self, route: RouteConfig) -> None:
+    def __init__(self, route: RouteConfig, metrics: GatewayMetrics | None = None) -> None:
         self.route = route
+        self._metrics = metrics
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True),
             # Connect bounded; no read timeout: SSE streams are long-lived by design. The wait for
@@ -154,9 +161,25 @@ class Upstream:
         response_filter: ResponseFilter | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and relay the answer; errors become 502/504."""
+        try:
+            return await self._forward(request, body, credential_headers, response_headers, response_filter)
+        except UpstreamError as exc:
+            if self._metrics is not None:
+                self._metrics.upstream_failed(self.route.path, exc.reason)
+            raise
+
+    async def _forward(
+        self,
+        request: web.Request,
+        body: bytes | None,
+        credential_headers: Mapping[str, str],
+        response_headers: Mapping[str, str],
+        response_filter: ResponseFilter | None,
+    ) -> web.StreamResponse:
         route = self.route
         url = route.upstream if not request.query_string else f"{route.upstream}?{request.query_string}"
         outgoing = upstream_request_headers(request.headers, credential_headers)
+        sent_at = time.perf_counter()
         try:
             async with asyncio.timeout(route.response_timeout_s):
                 upstream = await self._session.request(
@@ -168,12 +191,22 @@ class Upstream:
             raise UpstreamError("upstream_refused", detail=type(exc).__name__) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
+        waited_s = time.perf_counter() - sent_at
+        request[UPSTREAM_MS] = round(waited_s * 1000, 3)
+        if self._metrics is not None:
+            self._metrics.upstream_responded(route.path, waited_s)
         async with upstream:
             headers = client_response_headers(upstream.headers)
             headers.update(response_headers)
             if is_event_stream(upstream.headers):
                 rewriter = SseEventRewriter(response_filter.rewrite_event_data) if response_filter else None
-                return await _relay_stream(request, upstream, headers, sse=True, rewriter=rewriter)
+                open_streams = (
+                    self._metrics.sse_stream(route.path)
+                    if self._metrics is not None
+                    else contextlib.nullcontext()
+                )
+                with open_streams:  # counted while relayed, released however it ends
+                    return await _relay_stream(request, upstream, headers, sse=True, rewriter=rewriter)
             length = upstream.content_length
             if response_filter is not None and is_json(upstream.headers):
                 return await self._filtered_json(upstream, headers, response_filter)
@@ -233,6 +266,7 @@ async def _relay_stream(
         headers["X-Accel-Buffering"] = "no"
     response = web.StreamResponse(status=upstream.status, headers=headers)
     await response.prepare(request)
+    request[STREAMED_STATUS] = upstream.status
     try:
         async for chunk in upstream.content.iter_any():
             out = rewriter.feed(chunk) if rewriter is not None else chunk

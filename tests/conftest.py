@@ -16,14 +16,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway.admin import ADMIN
 from gateway.config import GatewayConfig, load_config
 from gateway.logs import configure_logging
 from gateway.server import start_gateway
+from tests.support.fake_as import FakeAuthorizationServer
 from tests.support.issuer import MINTED_TOKENS, TestIssuer, serving
 from tests.support.processes import REPO_ROOT
 
@@ -40,16 +43,32 @@ class LogSink(io.StringIO):
 
 _SESSION_LOGS = LogSink()
 
+# Client secrets the tests configure: the fake AS's client secret (token exchange, introspection)
+# and the static upstream API key of tests/integration/test_credentials.py. None may be logged,
+# as written or in the encodings the gateway sends them in.
+CANARY_SECRETS: tuple[str, ...] = (FakeAuthorizationServer.client_secret, "upstream-api-key-123")
+
+
+def _leaked_secrets(logs: str) -> list[str]:
+    return [
+        secret[:4] + "…"
+        for secret in CANARY_SECRETS
+        if any(form in logs for form in {secret, quote_plus(secret), quote(secret, safe="")})
+    ]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def gateway_logs() -> Iterator[LogSink]:
-    """JSON logs at DEBUG for the whole session; at the end, no token minted by any test is in them."""
+    """JSON logs at DEBUG for the whole session; at the end, no token minted by any test and no
+    canary client secret is in them."""
     configure_logging(json=True, level="debug", stream=_SESSION_LOGS)
     yield _SESSION_LOGS
     logs = _SESSION_LOGS.getvalue()
     # The signature segment is unique to each token and survives any truncation of the rest.
     leaked = [token[:16] for token in MINTED_TOKENS if token.rsplit(".", 1)[-1] in logs]
     assert not leaked, f"{len(leaked)} test tokens appear in gateway logs"
+    secrets = _leaked_secrets(logs)
+    assert not secrets, f"client secrets appear in gateway logs: {secrets}"
 
 
 @pytest.fixture
@@ -141,6 +160,7 @@ class Gateway:
     url: str
     config: GatewayConfig
     routes: dict[str, str] = field(default_factory=dict)
+    admin_url: str | None = None  # the admin listener (/metrics), when the config has `admin:`
 
     def route_url(self, path: str = "/mcp") -> str:
         return self.url + path
@@ -170,7 +190,9 @@ async def start_gateway_with(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
                     await _sleep(0.02)
                 else:
                     raise RuntimeError("gateway never became ready")
-        return Gateway(url=url, config=config)
+        admin = runner.app.get(ADMIN)
+        admin_url = f"http://127.0.0.1:{admin.port}" if admin is not None else None
+        return Gateway(url=url, config=config, admin_url=admin_url)
 
     yield start
     for runner in runners:

@@ -1,0 +1,229 @@
+"""Prometheus metrics, on a registry the caller injects (one per gateway, so tests stay apart).
+
+Every label takes a bounded set of values, whatever clients send:
+
+* ``route``: a configured route path, or ``none`` (metadata, health, unknown paths);
+* ``mcp_method``: an MCP method the gateway knows (``gateway.mcp.KNOWN_METHODS``), ``GET`` or
+  ``DELETE`` for those HTTP methods, else ``other`` (also a POST whose body was not read yet);
+* ``tool``: a tool name written as a literal (non-glob) pattern in the route's ``tools``,
+  ``other`` for any other tool, ``none`` for a message that calls no tool;
+* ``issuer``: a configured issuer identifier;
+* ``reason`` and ``result``: fixed words from the gateway's own code.
+
+Never a subject, a client id or a token. ``METRIC_FAMILIES`` lists every family by its exposed
+name (counters with their ``_total`` suffix, as in the text format's ``# TYPE`` line).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .config import RouteConfig
+from .mcp import KNOWN_METHODS
+
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "METRICS",
+    "METRIC_FAMILIES",
+    "NO_ROUTE",
+    "GatewayMetrics",
+    "literal_tools",
+    "mcp_method_label",
+]
+
+METRIC_FAMILIES: Final[tuple[str, ...]] = (
+    "mcp_gateway_requests_total",
+    "mcp_gateway_request_duration_seconds",
+    "mcp_gateway_requests_in_flight",
+    "mcp_gateway_token_rejections_total",
+    "mcp_gateway_policy_decisions_total",
+    "mcp_gateway_upstream_duration_seconds",
+    "mcp_gateway_upstream_errors_total",
+    "mcp_gateway_sse_streams_open",
+    "mcp_gateway_jwks_fetches_total",
+    "mcp_gateway_token_exchanges_total",
+    "mcp_gateway_token_exchange_cache_hits_total",
+    "mcp_gateway_introspections_total",
+    "mcp_gateway_introspection_cache_hits_total",
+)
+
+NO_ROUTE: Final = "none"
+OTHER: Final = "other"
+NO_TOOL: Final = "none"
+_HTTP_METHOD_LABELS: Final = frozenset({"GET", "DELETE"})
+_GLOB_CHARACTERS: Final = frozenset("*?[]")
+
+# Request latencies span cached 401s (sub-millisecond) to tool calls of minutes.
+_REQUEST_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+def mcp_method_label(http_method: str, mcp_method: str | None) -> str:
+    """The ``mcp_method`` label: a known MCP method, ``GET``/``DELETE``, or ``other``."""
+    if mcp_method is not None and mcp_method in KNOWN_METHODS:
+        return mcp_method
+    if mcp_method is None and http_method in _HTTP_METHOD_LABELS:
+        return http_method
+    return OTHER
+
+
+def literal_tools(route: RouteConfig) -> frozenset[str]:
+    """Tool names written as literal patterns in the route's ``tools`` rules (the only ones labelled)."""
+    return frozenset(
+        rule.pattern for rule in route.policy.tools if not _GLOB_CHARACTERS.intersection(rule.pattern)
+    )
+
+
+class GatewayMetrics:
+    """Every metric of one gateway, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self._literal_tools: dict[str, frozenset[str]] = {}
+        self.requests = Counter(
+            "mcp_gateway_requests",
+            "Requests answered, by route, MCP method and outcome (ok, rejected, error).",
+            ("route", "mcp_method", "outcome"),
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "mcp_gateway_request_duration_seconds",
+            "Time from request arrival to the end of the response (streams included).",
+            ("route", "mcp_method", "outcome"),
+            buckets=_REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "mcp_gateway_requests_in_flight",
+            "Requests being handled now (open streams included).",
+            registry=registry,
+        )
+        self.token_rejections = Counter(
+            "mcp_gateway_token_rejections",
+            "Requests refused because of their token (missing_token, expired, bad_audience, ...).",
+            ("reason",),
+            registry=registry,
+        )
+        self.policy_decisions = Counter(
+            "mcp_gateway_policy_decisions",
+            "Policy decisions per JSON-RPC message; tool is a literal tool name from the config, "
+            "other, or none.",
+            ("route", "decision", "tool"),
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "mcp_gateway_upstream_duration_seconds",
+            "Time until the upstream's response headers.",
+            ("route",),
+            buckets=_REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "mcp_gateway_upstream_errors",
+            "Upstream failures (upstream_refused, upstream_timeout, upstream_stream_broken, ...).",
+            ("route", "reason"),
+            registry=registry,
+        )
+        self.sse_streams_open = Gauge(
+            "mcp_gateway_sse_streams_open",
+            "SSE responses being relayed now.",
+            ("route",),
+            registry=registry,
+        )
+        self.jwks_fetches = Counter(
+            "mcp_gateway_jwks_fetches",
+            "JWKS loads per issuer (ok, failed, no_usable_keys).",
+            ("issuer", "result"),
+            registry=registry,
+        )
+        self.token_exchanges = Counter(
+            "mcp_gateway_token_exchanges",
+            "RFC 8693 exchanges sent to the authorization server (ok, refused, unavailable).",
+            ("route", "result"),
+            registry=registry,
+        )
+        self.token_exchange_cache_hits = Counter(
+            "mcp_gateway_token_exchange_cache_hits",
+            "Exchanged tokens reused from the cache.",
+            ("route",),
+            registry=registry,
+        )
+        self.introspections = Counter(
+            "mcp_gateway_introspections",
+            "RFC 7662 introspection calls (active, inactive or another refusal, unavailable).",
+            ("issuer", "result"),
+            registry=registry,
+        )
+        self.introspection_cache_hits = Counter(
+            "mcp_gateway_introspection_cache_hits",
+            "Introspection answers reused from the cache.",
+            ("issuer",),
+            registry=registry,
+        )
+
+    # --- recording ------------------------------------------------------------------------------
+
+    def request_finished(self, route: str, mcp_method: str, outcome: str, duration_s: float) -> None:
+        self.requests.labels(route, mcp_method, outcome).inc()
+        self.request_duration.labels(route, mcp_method, outcome).observe(duration_s)
+
+    def token_rejected(self, reason: str) -> None:
+        self.token_rejections.labels(reason).inc()
+
+    def policy_decision(self, route: RouteConfig, allowed: bool, tool: str | None) -> None:
+        decision = "allow" if allowed else "deny"
+        self.policy_decisions.labels(route.path, decision, self.tool_label(route, tool)).inc()
+
+    def tool_label(self, route: RouteConfig, tool: str | None) -> str:
+        if tool is None:
+            return NO_TOOL
+        known = self._literal_tools.get(route.path)
+        if known is None:
+            known = self._literal_tools[route.path] = literal_tools(route)
+        return tool if tool in known else OTHER
+
+    def upstream_responded(self, route: str, seconds: float) -> None:
+        self.upstream_duration.labels(route).observe(seconds)
+
+    def upstream_failed(self, route: str, reason: str) -> None:
+        self.upstream_errors.labels(route, reason).inc()
+
+    @contextmanager
+    def sse_stream(self, route: str) -> Iterator[None]:
+        gauge = self.sse_streams_open.labels(route)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+
+    def jwks_fetched(self, issuer: str, result: str) -> None:
+        self.jwks_fetches.labels(issuer, result).inc()
+
+    def token_exchanged(self, route: str, result: str) -> None:
+        self.token_exchanges.labels(route, result).inc()
+
+    def token_exchange_cache_hit(self, route: str) -> None:
+        self.token_exchange_cache_hits.labels(route).inc()
+
+    def introspected(self, issuer: str, result: str) -> None:
+        self.introspections.labels(issuer, result).inc()
+
+    def introspection_cache_hit(self, issuer: str) -> None:
+        self.introspection_cache_hits.labels(issuer).inc()
+
+    # --- exposition -----------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format (``CONTENT_TYPE_LATEST``)."""
+        return generate_latest(self.registry)
+
+
+# How the request middleware and the admin listener find the gateway's metrics.
+METRICS = web.AppKey("metrics", GatewayMetrics)
