@@ -35,7 +35,7 @@ import structlog
 from .config import ClientAuthMethod, ScopeMode, TokenExchangeCredential
 from .errors import RequestRejected
 from .jsonutil import StrictJSONError, loads_strict
-from .outbound import FetchError
+from .outbound import FetchError, read_bounded
 from .principal import Principal
 from .secret import Secret
 
@@ -356,16 +356,8 @@ async def post_form(
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as response:
-            if response.content_length is not None and response.content_length > max_bytes:
-                raise FetchError(f"POST {url}: body larger than {max_bytes} bytes")
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.content.iter_chunked(16 * 1024):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise FetchError(f"POST {url}: body larger than {max_bytes} bytes")
-                chunks.append(chunk)
-            return FormResponse(response.status, b"".join(chunks), response.headers.get("Retry-After"))
+            body = await read_bounded(response, max_bytes)
+            return FormResponse(response.status, body, response.headers.get("Retry-After"))
     except TimeoutError as exc:
         raise FetchError(f"POST {url}: timed out after {timeout_s}s") from exc
     except aiohttp.ClientError as exc:

@@ -166,7 +166,10 @@ def parse_post(body: bytes, headers: HeaderValues) -> McpPost:
 
     version = protocol_version(header, _readable_id(document))
     raw_messages, is_batch = split_batch(document, version)
-    messages = tuple(parse_message(raw) for raw in raw_messages)
+    # MCP 2026-07-28 removed resources/subscribe and /unsubscribe: they name nothing to guard and
+    # must reach the upstream unchanged, which answers -32601 (SEP-2575), not fail our checks.
+    removed = REMOVED_IN_MODERN if version not in HANDSHAKE_VERSIONS else frozenset()
+    messages = tuple(parse_message(raw, removed) for raw in raw_messages)
     _refuse_duplicate_ids(messages)
     if version not in HANDSHAKE_VERSIONS:
         check_modern_agreement(messages[0], header, version)
@@ -319,13 +322,13 @@ def _readable_id(document: Any) -> RpcId | None:
     return None
 
 
-def parse_message(raw: dict[str, Any]) -> McpMessage:
+def parse_message(raw: dict[str, Any], removed: frozenset[str] = frozenset()) -> McpMessage:
     """Classify one JSON-RPC 2.0 message (§4 request/notification, §5 response) and find its target."""
     rpc_id = _readable_id(raw)
     if raw.get("jsonrpc") != "2.0":
         raise McpRejected("invalid_message", rpc_id, detail='jsonrpc is not exactly "2.0"')
     if "method" in raw:
-        return _parse_call(raw, rpc_id)
+        return _parse_call(raw, rpc_id, removed)
     return _parse_response(raw, rpc_id)
 
 
@@ -345,7 +348,7 @@ KNOWN_METHODS: Final = frozenset(
 _KNOWN_METHODS_LOWER: Final = frozenset(method.lower() for method in KNOWN_METHODS)
 
 
-def _parse_call(raw: dict[str, Any], rpc_id: RpcId | None) -> McpMessage:
+def _parse_call(raw: dict[str, Any], rpc_id: RpcId | None, removed: frozenset[str]) -> McpMessage:
     """A request (§4, with id) or a notification (§4.1, without id)."""
     method = raw["method"]
     if not is_clean_text(method) or method == "":
@@ -362,7 +365,7 @@ def _parse_call(raw: dict[str, Any], rpc_id: RpcId | None) -> McpMessage:
     if "id" in raw and not is_valid_id(raw["id"]):
         raise McpRejected("invalid_message", None, detail="id is not a string or an integer")
     params = _params(raw, rpc_id)
-    target, target_kind = find_target(method, params, rpc_id)
+    target, target_kind = (None, None) if method in removed else find_target(method, params, rpc_id)
     return McpMessage(
         kind="request" if "id" in raw else "notification",
         method=method,
@@ -414,6 +417,7 @@ _NAMED_METHODS: Final[Mapping[str, TargetKind]] = MappingProxyType(
     {"tools/call": "tool", "prompts/get": "prompt"}
 )
 _URI_METHODS: Final = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
+REMOVED_IN_MODERN: Final = frozenset({"resources/subscribe", "resources/unsubscribe"})
 _REF_KINDS: Final[Mapping[str, tuple[str, TargetKind]]] = MappingProxyType(
     {"ref/prompt": ("name", "prompt"), "ref/resource": ("uri", "resource")}
 )
@@ -503,8 +507,15 @@ def check_modern_agreement(message: McpMessage, header: HeaderLookup, version: s
         name = _single_header(header, NAME_HEADER)
         if name is None or decode_header_value(name) != message.target:
             raise McpRejected("header_mismatch", message.id, detail="Mcp-Name missing or differs from body")
-    if message.kind == "request" and _meta_version(message.params) != version:
-        raise McpRejected("header_mismatch", message.id, detail="_meta protocol version differs from header")
+    if message.kind == "request":
+        meta_version = _meta_version(message.params)
+        if meta_version is None:
+            # Missing is malformed params (-32602, as the SDK and SEP-2575 answer), not a mismatch.
+            raise McpRejected("invalid_params", message.id, detail="_meta protocol version missing")
+        if meta_version != version:
+            raise McpRejected(
+                "header_mismatch", message.id, detail="_meta protocol version differs from header"
+            )
 
 
 def _meta_version(params: Mapping[str, Any] | None) -> object:

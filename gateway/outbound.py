@@ -31,7 +31,7 @@ async def get_json_object(session: aiohttp.ClientSession, url: str, *, timeout_s
         ) as response:
             if response.status != 200:
                 raise FetchError(f"GET {url}: HTTP {response.status}")
-            body = await _read_bounded(response, MAX_DOCUMENT_BYTES)
+            body = await read_bounded(response, MAX_DOCUMENT_BYTES)
     except TimeoutError as exc:
         raise FetchError(f"GET {url}: timed out after {timeout_s}s") from exc
     except aiohttp.ClientError as exc:
@@ -45,14 +45,15 @@ async def get_json_object(session: aiohttp.ClientSession, url: str, *, timeout_s
     return document
 
 
-async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or FetchError as soon as it is known to exceed ``limit`` bytes."""
     if response.content_length is not None and response.content_length > limit:
-        raise FetchError(f"GET {response.url}: body larger than {limit} bytes")
+        raise FetchError(f"{response.method} {response.url}: body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(64 * 1024):
         size += len(chunk)
         if size > limit:
-            raise FetchError(f"GET {response.url}: body larger than {limit} bytes")
+            raise FetchError(f"{response.method} {response.url}: body larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)

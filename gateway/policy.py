@@ -200,7 +200,12 @@ def _unmatched_default(policy: RoutePolicy, operation: Operation) -> Default:
     if policy.default is not None and operation.method not in LIFECYCLE_METHODS:
         return policy.default
     # The default default: using a tool, resource or prompt needs a rule that names it.
-    return Default.DENY if operation.method in TARGET_METHODS else Default.ALLOW
+    # (A 2026-07-28 resources/subscribe names no target: that method was removed, nothing to guard.)
+    return (
+        Default.DENY
+        if operation.method in TARGET_METHODS and operation.target_kind is not None
+        else Default.ALLOW
+    )
 
 
 _USE_METHOD: dict[TargetKind, str] = {

@@ -27,6 +27,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .config import RouteConfig
 from .errors import BodyTooLarge, UpstreamError, UpstreamTimeout
 from .middleware import STREAMED_STATUS, UPSTREAM_MS
+from .outbound import FetchError, read_bounded
 from .sse import SseEventRewriter, SseEventTooLarge
 
 if TYPE_CHECKING:
@@ -227,26 +228,17 @@ class Upstream:
         """A JSON answer that must be filtered: read it whole (bounded), rewrite only if needed."""
         try:
             async with asyncio.timeout(self.route.response_timeout_s):
-                content = await _read_bounded(upstream, _FILTERED_RESPONSE_LIMIT)
+                content = await read_bounded(upstream, _FILTERED_RESPONSE_LIMIT)
         except TimeoutError as exc:
             raise UpstreamTimeout(detail="response body timed out") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
+        except FetchError as exc:
+            raise UpstreamError("upstream_response_too_large", detail=str(exc)) from exc
         rewritten = response_filter.rewrite_json(content)
         return web.Response(
             status=upstream.status, body=content if rewritten is None else rewritten, headers=headers
         )
-
-
-async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in upstream.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamError("upstream_response_too_large", detail=f"more than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def is_json(headers: CIMultiDictProxy[str]) -> bool:
@@ -274,6 +266,10 @@ async def _relay_stream(
                 await response.write(out)
         if rewriter is not None and (tail := rewriter.finish()):
             await response.write(tail)
+    except ConnectionResetError:
+        # The client went away (aiohttp's ClientConnectionResetError is one): nothing more can be
+        # sent, and leaving `async with upstream` closes the upstream request. Not an error.
+        return response
     except (aiohttp.ClientError, SseEventTooLarge) as exc:
         # Headers are already sent, so the status cannot change. Abort the client connection
         # rather than end the chunked body cleanly: a truncated stream must not look complete.
@@ -281,5 +277,6 @@ async def _relay_stream(
         if request.transport is not None:
             request.transport.abort()
         raise UpstreamError("upstream_stream_broken", detail=type(exc).__name__) from exc
-    await response.write_eof()
+    with contextlib.suppress(ConnectionResetError):  # the client may close right after the last event
+        await response.write_eof()
     return response

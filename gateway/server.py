@@ -174,9 +174,9 @@ async def drain_and_stop(runner: web.AppRunner, live: LiveGateway) -> None:
     cut what is left and close the application (and with it every gateway)."""
     grace_s = live.config.shutdown_grace_s
     started = time.monotonic()
-    log.info("stopping", grace_s=grace_s, in_flight=live.in_flight)
     for site in list(runner.sites):
         await site.stop()  # the listening socket closes: new connections are refused
+    log.info("stopping", grace_s=grace_s, in_flight=live.in_flight)
     await asyncio.sleep(0)  # connections accepted just before start their request
     if runner.server is not None:
         runner.server.pre_shutdown()  # idle keep-alive connections close; busy ones after their response

@@ -704,11 +704,11 @@ SMUGGLING = [
         "header_mismatch",
         id="meta-version-differs",
     ),
-    pytest.param(legacy("tools/list"), h_modern("tools/list"), "header_mismatch", id="meta-missing"),
+    pytest.param(legacy("tools/list"), h_modern("tools/list"), "invalid_params", id="meta-missing"),
     pytest.param(
         dump(call("tools/list", {"_meta": "2026-07-28"})),
         h_modern("tools/list"),
-        "header_mismatch",
+        "invalid_params",
         id="meta-string",
     ),
     pytest.param(
@@ -1037,3 +1037,17 @@ def test_comma_inside_mcp_name_is_part_of_the_value() -> None:
     body = modern("resources/read", {"uri": uri})
     post = parse_post(body, lookup(h_modern("resources/read", uri)))
     assert post.messages[0].target == uri
+
+
+@pytest.mark.parametrize("method", ["resources/subscribe", "resources/unsubscribe"])
+def test_methods_removed_in_2026_pass_without_a_target(method: str) -> None:
+    """2026-07-28 removed resources/(un)subscribe: no uri needed, no target; the upstream answers
+    -32601 (SEP-2575). In a 2025 revision they still need a clean uri."""
+    body = modern(method, {})
+    post = parse_post(body, lookup(h_modern(method)))
+    assert (post.messages[0].method, post.messages[0].target, post.messages[0].target_kind) == (
+        method,
+        None,
+        None,
+    )
+    assert rejection(legacy(method, {}), h_legacy()).reason == "invalid_uri"
