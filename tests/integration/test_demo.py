@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import shutil
 import signal
@@ -18,7 +19,9 @@ from tests.support.processes import REPO_ROOT
 
 
 def three_free_ports() -> int:
-    for base in range(20000, 60000, 97):
+    # A random start, so two test runs on one machine do not race for the same ports.
+    start = random.randrange(20000, 60000)
+    for base in (20000 + (start + step * 97) % 40000 for step in range(400)):
         try:
             sockets = []
             for offset in range(3):
