@@ -671,15 +671,25 @@ def parse_upstream(node: YamlNode, at: _Cursor) -> Parsed[str]:
     return value
 
 
-def parse_resource(node: YamlNode, at: _Cursor) -> Parsed[str]:
-    """RFC 8707 resource identifier: absolute http(s) URL, no fragment; kept as written."""
-    value = text(node, at)
-    if value is INVALID:
-        return INVALID
-    parts = url_problems(value, https_unless_loopback=False, allow_query=True)
-    if isinstance(parts, str):
-        return at.problem(node.line, parts)
-    return value
+def url_as_written(*, https_unless_loopback: bool) -> ValueParser:
+    """An absolute http(s) URL without fragment or credentials, kept exactly as written."""
+
+    def parse(node: YamlNode, at: _Cursor) -> Parsed[str]:
+        value = text(node, at)
+        if value is INVALID:
+            return INVALID
+        parts = url_problems(value, https_unless_loopback=https_unless_loopback, allow_query=True)
+        if isinstance(parts, str):
+            return at.problem(node.line, parts)
+        return value
+
+    return parse
+
+
+# RFC 8707 resource identifier (compared with `aud`, so never normalised).
+parse_resource = url_as_written(https_unless_loopback=False)
+# An authorization-server endpoint: https, or http on loopback.
+endpoint_url = url_as_written(https_unless_loopback=True)
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -747,13 +757,8 @@ def parse_discover(node: YamlNode, at: _Cursor) -> Parsed[JwksDiscover]:
 
 
 def parse_jwks_url(node: YamlNode, at: _Cursor) -> Parsed[JwksUrl]:
-    value = text(node, at)
-    if value is INVALID:
-        return INVALID
-    parts = url_problems(value, https_unless_loopback=True, allow_query=True)
-    if isinstance(parts, str):
-        return at.problem(node.line, parts)
-    return JwksUrl(value)
+    value = endpoint_url(node, at)
+    return INVALID if value is INVALID else JwksUrl(value)
 
 
 def parse_jwks_file(node: YamlNode, at: _Cursor) -> Parsed[JwksFile]:
@@ -834,17 +839,6 @@ def one_of(*choices: str) -> ValueParser:
         return value
 
     return parse
-
-
-def endpoint_url(node: YamlNode, at: _Cursor) -> Parsed[str]:
-    """An authorization-server endpoint: https, or http on loopback; kept as written."""
-    value = text(node, at)
-    if value is INVALID:
-        return INVALID
-    parts = url_problems(value, https_unless_loopback=True, allow_query=True)
-    if isinstance(parts, str):
-        return at.problem(node.line, parts)
-    return value
 
 
 parse_client_auth = one_of("client_secret_basic", "client_secret_post")
