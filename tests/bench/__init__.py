@@ -1,0 +1,1 @@
+"""Benchmark (not collected by pytest): ``python -m tests.bench.run``."""

@@ -1,0 +1,3 @@
+"""The benchmark is a program, not tests: keep pytest out of this folder."""
+
+collect_ignore_glob = ["*.py"]

@@ -1,0 +1,723 @@
+"""Gateway benchmark: direct vs through the gateway, in one run.
+
+    python -m tests.bench.run [--duration 3] [--no-workers] [--profile]
+
+Starts on 127.0.0.1: the official-SDK fixture server (tests/support/upstream_server.py), a nearly
+free upstream (tests/bench/free_upstream.py) and the gateway as a subprocess
+(``python -m gateway serve``) with JWT auth (ES256, ``jwks: {file: …}``), per-tool rules, list
+filtering and a minted downstream credential. Load: ``wrk`` (tools/call throughput and latency)
+and aiohttp from this process (session setup, SSE, idle streams). With two or more cores the
+gateway is pinned to core 0 and everything else (load, upstreams) to core 1.
+Writes tests/bench/results/latest.json. Reports against targets; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.support.issuer import SigningKey, TestIssuer
+from tests.support.processes import REPO_ROOT
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ISSUER = "https://issuer.bench.example"
+VERSION_2026 = "2026-07-28"
+VERSION_2025 = "2025-11-25"
+META = {
+    "io.modelcontextprotocol/protocolVersion": VERSION_2026,
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+CORES = os.cpu_count() or 1
+PIN = CORES >= 2 and shutil.which("taskset") is not None
+GW_CORES = "0"
+LOAD_CORES = "1"
+
+
+def _say(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pinned(cores: str, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", cores, *argv] if PIN else argv
+
+
+def spawn_listening(module: str, *args: str, cores: str = LOAD_CORES) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        _pinned(cores, [sys.executable, "-m", module, "--port", "0", *args]),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    word, _, port = proc.stdout.readline().strip().partition(" ")
+    if word != "LISTENING":
+        raise RuntimeError(f"{module} failed to start")
+    return proc, int(port)
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- /proc readings ---------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+# --- the gateway ------------------------------------------------------------------------------
+
+
+class Gateway:
+    def __init__(self, workdir: Path, sdk_port: int, free_port_: int) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        key = SigningKey.generate("ES256", kid="bench-issuer")
+        self.issuer = TestIssuer(keys=[key], base_url=ISSUER)
+        (workdir / "jwks.json").write_text(json.dumps(self.issuer.jwks()))
+        mint_key = ec.generate_private_key(ec.SECP256R1())
+        (workdir / "mint.pem").write_bytes(
+            mint_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        route = textwrap.dedent(
+            """\
+              - path: {path}
+                upstream: http://127.0.0.1:{port}/mcp
+                scopes: [mcp:access]
+                tools:
+                  "echo": [tools:echo]
+                  "slow_stream": [tools:stream]
+                  "*": [tools:admin]
+                credential:
+                  minted: {{audience: https://upstream.bench.example, ttl_s: 300, scope: operation}}
+            """
+        )
+        self.config = workdir / "gateway.yaml"
+        self.config.write_text(
+            f"listen: {{host: 127.0.0.1, port: {self.port}}}\n"
+            f"public_url: http://127.0.0.1:{self.port}\n"
+            "issuers:\n"
+            f"  - issuer: {ISSUER}\n"
+            "    algorithms: [ES256]\n"
+            "    jwks: {file: jwks.json}\n"
+            "minting:\n"
+            "  keys: [{kid: bench-mint, alg: ES256, file: mint.pem}]\n"
+            "logging: {format: json, level: info}\n"
+            "shutdown_grace_s: 1\n"
+            "routes:\n"
+            + route.format(path="/sdk/mcp", port=sdk_port)
+            + route.format(path="/free/mcp", port=free_port_)
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "gateway.log"
+
+    def token(self, route: str) -> str:
+        return self.issuer.mint(
+            audience=f"{self.url}{route}", scope="mcp:access tools:echo tools:stream", lifetime_s=3600
+        )
+
+    def start(self, workers: int = 1) -> None:
+        argv = [sys.executable, "-m", "gateway", "serve", "--config", str(self.config)]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
+        cores = GW_CORES if workers == 1 else ",".join(str(i) for i in range(CORES))
+        self.proc = subprocess.Popen(
+            _pinned(cores, argv), cwd=REPO_ROOT, stderr=self.log.open("ab"), stdout=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                        if workers > 1 and len(self.pids()) < workers:
+                            raise OSError
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gateway did not become ready; see {self.log}")
+
+    def pids(self) -> list[int]:
+        """The processes doing the work: the gateway itself, or its workers."""
+        assert self.proc is not None
+        kids = _children(self.proc.pid)
+        # taskset execs in place, so proc.pid is python; with --workers its children are the workers
+        return kids or [self.proc.pid]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def call_body(name: str, arguments: dict[str, Any], progress: bool = False) -> str:
+    # progress notifications (hence SSE) only flow for a request carrying a progressToken
+    meta = {**META, "progressToken": 1} if progress else META
+    params = {"name": name, "arguments": arguments, "_meta": meta}
+    return json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}, separators=(",", ":")
+    )
+
+
+def call_headers(name: str, token: str | None) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": VERSION_2026,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": name,
+    }
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+async def check_call(url: str, token: str | None) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            url, data=call_body("echo", {"text": "hi"}), headers=call_headers("echo", token)
+        ) as response,
+    ):
+        text = await response.text()
+        if response.status != 200 or '"result"' not in text or '"error"' in text:
+            raise RuntimeError(f"sanity call to {url} failed: {response.status} {text[:300]}")
+
+
+# --- wrk ----------------------------------------------------------------------------------------
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _seconds(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    assert match, text
+    value, unit = float(match[1]), match[2]
+    return value * 60 if unit == "m" else value * _UNITS[unit]
+
+
+def wrk(
+    url: str, body: str, headers: dict[str, str], connections: int, duration: float, workdir: Path
+) -> dict[str, Any]:
+    script = workdir / "post.lua"
+    lines = ['wrk.method = "POST"', f"wrk.body = [==[{body}]==]"]
+    lines += [f'wrk.headers["{k}"] = [==[{v}]==]' for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+    ]
+    done = subprocess.run(_pinned(LOAD_CORES, argv), capture_output=True, text=True, timeout=duration + 30)
+    out = done.stdout
+    if "requests in" not in out:
+        raise RuntimeError(f"wrk failed: {out} {done.stderr}")
+    total = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    pct = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, re.M))
+    return {
+        "requests": total,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),  # type: ignore[index]
+        "p50_ms": _seconds(pct["50"]) * 1e3,
+        "p99_ms": _seconds(pct["99"]) * 1e3,
+        "non_2xx": int(bad[1]) if bad else 0,
+        "socket_errors": errors[1] if errors else "",
+    }
+
+
+def measure_calls(
+    gw: Gateway, upstream_url: str, route: str, concurrency: int, duration: float, workdir: Path
+) -> dict[str, Any]:
+    """Direct, then through the gateway (alternating), with the gateway's CPU over its run."""
+    token = gw.token(route)
+    body = call_body("echo", {"text": "hi"})
+    out: dict[str, Any] = {}
+    for label in ("direct", "gateway"):
+        url, tok = (upstream_url, None) if label == "direct" else (gw.url + route, token)
+        wrk(url, body, call_headers("echo", tok), concurrency, 1, workdir)  # warm-up
+        pids = gw.pids()
+        before = cpu_seconds(pids)
+        result = wrk(url, body, call_headers("echo", tok), concurrency, duration, workdir)
+        if label == "gateway":
+            used = cpu_seconds(pids) - before
+            result["gateway_cpu_s"] = round(used, 3)
+            result["gateway_cpu_us_per_request"] = round(used / max(result["requests"], 1) * 1e6, 1)
+        out[label] = result
+    out["throughput_ratio"] = round(out["gateway"]["rps"] / out["direct"]["rps"], 3)
+    out["p50_ratio"] = round(out["gateway"]["p50_ms"] / out["direct"]["p50_ms"], 3)
+    return out
+
+
+def bare_relay(free_url: str, duration: float, workdir: Path) -> dict[str, Any]:
+    """The floor: what a do-nothing aiohttp relay costs per request here, pinned like the gateway."""
+    proc, port = spawn_listening("tests.bench.bare_relay", "--upstream", free_url, cores=GW_CORES)
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        body, headers = call_body("echo", {"text": "hi"}), call_headers("echo", None)
+        wrk(url, body, headers, 64, 1, workdir)
+        before = cpu_seconds([proc.pid])
+        result = wrk(url, body, headers, 64, duration, workdir)
+        used = cpu_seconds([proc.pid]) - before
+        result["cpu_us_per_request"] = round(used / max(result["requests"], 1) * 1e6, 1)
+        return result
+    finally:
+        stop(proc)
+
+
+# --- sessions, SSE, idle streams ----------------------------------------------------------------
+
+
+async def session_rate(url: str, token: str | None, duration: float, concurrency: int = 8) -> dict[str, Any]:
+    init = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": VERSION_2025,
+                "capabilities": {},
+                "clientInfo": {"name": "bench", "version": "0"},
+            },
+        }
+    )
+    base = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if token:
+        base["Authorization"] = f"Bearer {token}"
+    done = 0
+    failed = 0
+    deadline = time.monotonic() + duration
+
+    async def one(http: aiohttp.ClientSession) -> None:
+        nonlocal done, failed
+        while time.monotonic() < deadline:
+            async with http.post(url, data=init, headers=base) as response:
+                await response.read()
+                sid = response.headers.get("mcp-session-id")
+                if response.status != 200 or not sid:
+                    failed += 1
+                    continue
+            headers = {**base, "Mcp-Session-Id": sid, "MCP-Protocol-Version": VERSION_2025}
+            async with http.delete(url, headers=headers) as response:
+                await response.read()
+                if response.status == 200:
+                    done += 1
+                else:
+                    failed += 1
+
+    start = time.monotonic()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        await asyncio.gather(*(one(http) for _ in range(concurrency)))
+    elapsed = time.monotonic() - start
+    return {"sessions_per_s": round(done / elapsed, 1), "sessions": done, "failed": failed}
+
+
+async def sse_stream(url: str, token: str | None, count: int) -> dict[str, Any]:
+    body = call_body("slow_stream", {"count": count, "delay_ms": 0}, progress=True)
+    async with aiohttp.ClientSession() as http:
+        start = time.perf_counter()
+        first = None
+        events = 0
+        async with http.post(url, data=body, headers=call_headers("slow_stream", token)) as response:
+            if response.status != 200 or not response.content_type.startswith("text/event-stream"):
+                raise RuntimeError(f"slow_stream: {response.status} {response.content_type}")
+            async for line in response.content:
+                if line.startswith(b"data:"):
+                    events += 1
+                    if first is None:
+                        first = time.perf_counter()
+        end = time.perf_counter()
+    assert first is not None
+    return {"events": events, "ttfe_ms": (first - start) * 1e3, "events_per_s": events / (end - start)}
+
+
+async def measure_sse(gw: Gateway, direct_url: str, count: int, rounds: int) -> dict[str, Any]:
+    token = gw.token("/sdk/mcp")
+    runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
+    await sse_stream(direct_url, None, 50)
+    await sse_stream(gw.url + "/sdk/mcp", token, 50)
+    for _ in range(rounds):
+        runs["direct"].append(await sse_stream(direct_url, None, count))
+        runs["gateway"].append(await sse_stream(gw.url + "/sdk/mcp", token, count))
+    out: dict[str, Any] = {}
+    for label, results in runs.items():
+        out[label] = {
+            "events": results[0]["events"],
+            "events_per_s": round(sorted(r["events_per_s"] for r in results)[len(results) // 2], 1),
+            "ttfe_ms": round(sorted(r["ttfe_ms"] for r in results)[len(results) // 2], 2),
+        }
+    out["events_per_s_ratio"] = round(out["gateway"]["events_per_s"] / out["direct"]["events_per_s"], 3)
+    return out
+
+
+async def idle_streams(gw: Gateway, streams: int) -> dict[str, Any]:
+    url = gw.url + "/free/mcp"
+    token = gw.token("/free/mcp")
+    pid = gw.pids()[0]
+    open_responses: list[aiohttp.ClientResponse] = []
+    gate = asyncio.Semaphore(100)
+
+    async def open_one(http: aiohttp.ClientSession, i: int) -> None:
+        headers = {
+            "Accept": "text/event-stream",
+            "Authorization": f"Bearer {token}",
+            "Mcp-Session-Id": f"bench-{i}",
+            "MCP-Protocol-Version": VERSION_2025,
+        }
+        async with gate:
+            response = await http.get(
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
+            )
+            if response.status != 200:
+                raise RuntimeError(f"idle stream: {response.status}")
+            await response.content.readline()  # the upstream's first comment came through
+            open_responses.append(response)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        # warm the path (connection pool, caches) before the baseline
+        await asyncio.gather(*(open_one(http, i) for i in range(20)))
+        for response in open_responses:
+            response.close()
+        open_responses.clear()
+        await asyncio.sleep(1.0)
+        before = rss_bytes(pid)
+        await asyncio.gather(*(open_one(http, i) for i in range(streams)))
+        await asyncio.sleep(2.0)
+        after = rss_bytes(pid)
+        for response in open_responses:
+            response.close()
+    return {
+        "streams": len(open_responses),
+        "rss_before_mib": round(before / 2**20, 1),
+        "rss_after_mib": round(after / 2**20, 1),
+        "kib_per_stream": round((after - before) / len(open_responses) / 1024, 1),
+    }
+
+
+# --- profile ------------------------------------------------------------------------------------
+
+
+def profile(gw: Gateway, duration: float, workdir: Path) -> list[dict[str, Any]] | str:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return "py-spy not installed"
+    raw = workdir / "profile.txt"
+    rec = subprocess.Popen(
+        _pinned(
+            LOAD_CORES,
+            [
+                spy,
+                "record",
+                "--pid",
+                str(gw.pids()[0]),
+                "--duration",
+                str(int(duration) + 1),
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--nolineno",
+                "--nonblocking",
+                "--output",
+                str(raw),
+            ],
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    token = gw.token("/free/mcp")
+    time.sleep(0.5)
+    wrk(
+        gw.url + "/free/mcp",
+        call_body("echo", {"text": "hi"}),
+        call_headers("echo", token),
+        64,
+        duration,
+        workdir,
+    )
+    _, err = rec.communicate(timeout=60)
+    if not raw.exists():
+        return f"py-spy failed: {err.strip()[-300:]}"
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        count = int(n)
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:20]
+    gw_incl = sorted(inclusive.items(), key=lambda kv: -kv[1])[:30]
+    (RESULTS / "profile-raw.txt").write_text(raw.read_text())
+    return [{"kind": "self", "frame": f, "pct": round(100 * c / total, 1)} for f, c in top] + [
+        {"kind": "inclusive", "frame": f, "pct": round(100 * c / total, 1)} for f, c in gw_incl
+    ]
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = bool(
+        subprocess.run(
+            ["git", "status", "--porcelain", "gateway"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    )
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[:1]
+    return {
+        "commit": commit,
+        "gateway_tree_dirty": dirty,
+        "cpu": model,
+        "cores": CORES,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "wrk": wrk_version[0] if wrk_version else "",
+        "pinning": (
+            f"taskset: gateway on core {GW_CORES}; "
+            f"wrk, aiohttp client, SDK and free upstreams on core {LOAD_CORES}; "
+            "--workers 2 spans all cores (shared with the load)"
+            if PIN
+            else "no pinning (taskset missing or one core)"
+        ),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="MCP auth gateway benchmark")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per wrk measurement")
+    parser.add_argument("--sse-count", type=int, default=1000)
+    parser.add_argument("--idle-streams", type=int, default=1000)
+    parser.add_argument("--no-workers", action="store_true", help="skip the --workers 2 run")
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway under nearly-free load")
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is required (apt-get install wrk)", file=sys.stderr)
+        return 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
+    if PIN:
+        os.sched_setaffinity(0, {int(LOAD_CORES)})
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+    }
+    _say("machine:", json.dumps(result["machine"]))
+    procs: list[subprocess.Popen[Any]] = []
+    gw: Gateway | None = None
+    with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
+        workdir = Path(tmp)
+        try:
+            sdk, sdk_port = spawn_listening("tests.support.upstream_server")
+            procs.append(sdk)
+            free, free_port_ = spawn_listening("tests.bench.free_upstream")
+            procs.append(free)
+            sdk_url = f"http://127.0.0.1:{sdk_port}/mcp"
+            free_url = f"http://127.0.0.1:{free_port_}/mcp"
+            gw = Gateway(workdir, sdk_port, free_port_)
+            gw.start()
+            for url, route in (
+                (sdk_url, None),
+                (free_url, None),
+                (gw.url + "/sdk/mcp", "/sdk/mcp"),
+                (gw.url + "/free/mcp", "/free/mcp"),
+            ):
+                asyncio.run(check_call(url, gw.token(route) if route else None))
+
+            _say(f"idle streams: {args.idle_streams} GET streams through the gateway")
+            result["idle_streams"] = asyncio.run(idle_streams(gw, args.idle_streams))
+            _say("  ", result["idle_streams"])
+
+            for name, url, route in (("sdk", sdk_url, "/sdk/mcp"), ("free", free_url, "/free/mcp")):
+                result[f"calls_{name}"] = {}
+                for c in (1, 8, 64):
+                    _say(f"tools/call {name} upstream, concurrency {c}")
+                    r = measure_calls(gw, url, route, c, args.duration, workdir)
+                    result[f"calls_{name}"][str(c)] = r
+                    _say("   direct ", r["direct"])
+                    _say("   gateway", r["gateway"])
+
+            _say("calibration: bare aiohttp relay (no auth/policy/logging) on the gateway's core, c=64")
+            result["bare_relay"] = bare_relay(free_url, args.duration, workdir)
+            _say("  ", result["bare_relay"])
+
+            _say("session setup (2025 initialize + DELETE), concurrency 8")
+            direct = asyncio.run(session_rate(sdk_url, None, args.duration))
+            through = asyncio.run(session_rate(gw.url + "/sdk/mcp", gw.token("/sdk/mcp"), args.duration))
+            result["sessions"] = {
+                "direct": direct,
+                "gateway": through,
+                "ratio": round(through["sessions_per_s"] / direct["sessions_per_s"], 3),
+            }
+            _say("  ", result["sessions"])
+
+            _say(f"SSE: slow_stream count={args.sse_count} delay_ms=0 (median of 5)")
+            result["sse"] = asyncio.run(measure_sse(gw, sdk_url, args.sse_count, 5))
+            _say("  ", result["sse"])
+
+            if args.profile:
+                _say("profile: py-spy on the gateway, nearly free upstream, concurrency 64")
+                result["profile"] = profile(gw, max(args.duration, 5), workdir)
+
+            if not args.no_workers:
+                gw.stop()
+                gw.start(workers=2)
+                _say("--workers 2: tools/call free upstream, concurrency 64")
+                r = measure_calls(gw, free_url, "/free/mcp", 64, args.duration, workdir)
+                one = result["calls_free"]["64"]["gateway"]
+                r["scaling_vs_1_worker"] = round(r["gateway"]["rps"] / one["rps"], 3)
+                result["workers_2"] = r
+                _say("  ", r["gateway"], "scaling", r["scaling_vs_1_worker"])
+        finally:
+            if gw is not None:
+                gw.stop()
+            for proc in procs:
+                stop(proc)
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    result["summary"] = summarise(result)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print_summary(result["summary"])
+    _say(f"written {args.output} ({result['elapsed_s']} s)")
+    return 0
+
+
+def summarise(r: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, value: float, target: str, ok: bool | None) -> None:
+        rows.append({"figure": name, "value": value, "target": target, "met": ok})
+
+    for c, m in r["calls_sdk"].items():
+        row(
+            f"SDK tools/call throughput ratio c={c}",
+            m["throughput_ratio"],
+            ">= 0.90",
+            m["throughput_ratio"] >= 0.90,
+        )
+        row(f"SDK tools/call p50 ratio c={c}", m["p50_ratio"], "<= 1.10", m["p50_ratio"] <= 1.10)
+    row(
+        "SSE events/s ratio",
+        r["sse"]["events_per_s_ratio"],
+        ">= 0.95",
+        r["sse"]["events_per_s_ratio"] >= 0.95,
+    )
+    for c, m in r["calls_free"].items():
+        g = m["gateway"]
+        row(f"free upstream: gateway req/s (1 worker) c={c}", g["rps"], ">= 3000", g["rps"] >= 3000)
+        row(
+            f"free upstream: gateway CPU us/request c={c}",
+            g["gateway_cpu_us_per_request"],
+            "<= 330",
+            g["gateway_cpu_us_per_request"] <= 330,
+        )
+    row(
+        "idle stream KiB each",
+        r["idle_streams"]["kib_per_stream"],
+        "<= 64",
+        r["idle_streams"]["kib_per_stream"] <= 64,
+    )
+    if "bare_relay" in r:
+        row("calibration: bare aiohttp relay req/s c=64", r["bare_relay"]["rps"], "-", None)
+        row(
+            "calibration: bare aiohttp relay CPU us/request", r["bare_relay"]["cpu_us_per_request"], "-", None
+        )
+    row("session setup ratio (info)", r["sessions"]["ratio"], "-", None)
+    row(
+        f"SSE time to first event, gateway ms (direct {r['sse']['direct']['ttfe_ms']:.2f})",
+        r["sse"]["gateway"]["ttfe_ms"],
+        "-",
+        None,
+    )
+    if "workers_2" in r:
+        row("--workers 2 free upstream req/s c=64", r["workers_2"]["gateway"]["rps"], "-", None)
+        row("--workers 2 scaling vs 1 worker", r["workers_2"]["scaling_vs_1_worker"], "-", None)
+    return rows
+
+
+def print_summary(rows: list[dict[str, Any]]) -> None:
+    _say("")
+    _say(f"{'figure':58} {'value':>10}  {'target':>8}  met")
+    for row in rows:
+        met = "-" if row["met"] is None else ("yes" if row["met"] else "NO")
+        _say(f"{row['figure']:58} {row['value']:>10}  {row['target']:>8}  {met}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
