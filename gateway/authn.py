@@ -21,6 +21,8 @@ class Authenticator:
         self.introspectors = tuple(introspectors)
 
     async def authenticate(self, token: str, resource: str) -> Principal:
+        if self.introspectors and (verified := self._jwt.cached(token, resource)) is not None:
+            return verified  # skip decoding the token once more to pick the path
         if not self.introspectors or self._jwt.knows_issuer_of(token):
             return await self._jwt.authenticate(token, resource)
         refusal: InvalidToken | None = None

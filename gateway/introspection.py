@@ -14,7 +14,6 @@ answer fails closed with 503.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from .exchange import FormResponse, SingleFlight, client_authentication, post_fo
 from .jsonutil import StrictJSONError, loads_strict
 from .outbound import FetchError
 from .principal import Principal
+from .secret import token_hash
 from .tokens import check_claims
 
 __all__ = [
@@ -81,11 +81,6 @@ class IntrospectionResult:
 
 
 INACTIVE: Final = IntrospectionResult(refusal="inactive")
-
-
-def token_hash(token: str) -> str:
-    """The cache and single-flight key of a token: its SHA-256, so the cache never holds tokens."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def introspection_form(token: str) -> dict[str, str]:

@@ -160,6 +160,11 @@ class IssuerKeys:
     def ready(self) -> bool:
         return self._keyset is not None
 
+    @property
+    def keyset(self) -> KeySet | None:
+        """The key set in use now; a new object after every (re)load."""
+        return self._keyset
+
     async def candidates(self, kid: str | None, alg: str) -> list[VerificationKey]:
         """Keys for this token header; refetches once (per cooldown) for an unknown ``kid``."""
         keyset = self._keyset

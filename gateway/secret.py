@@ -33,3 +33,8 @@ class Secret:
     def fingerprint(self) -> str:
         """A short, stable, non-reversible tag for logs and cache keys (SHA-256, 16 hex digits)."""
         return hashlib.sha256(self._value.encode()).hexdigest()[:16]
+
+
+def token_hash(token: str) -> str:
+    """The cache and single-flight key of a token: its SHA-256, so no cache ever holds tokens."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()

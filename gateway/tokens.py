@@ -14,18 +14,20 @@ import binascii
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+import cachetools
 from jwt.algorithms import get_default_algorithms
 
 from .config import IssuerConfig
 from .errors import AuthUnavailable, InvalidAuthRequest, InvalidToken, MissingToken
 from .jsonutil import StrictJSONError, loads_strict
-from .jwks import IssuerKeys, KeysUnavailable
+from .jwks import IssuerKeys, KeySet, KeysUnavailable
 from .principal import Principal
-from .secret import Secret
+from .secret import Secret, token_hash
 
 # RFC 6750 §2.1 b64token. Anything else in the header is not a bearer token.
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -36,6 +38,9 @@ _ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 # itself (RFC 8725 §3.10), or whose semantics we do not implement (RFC 7515 §4.1.11 `crit`).
 _REFUSED_HEADER_PARAMS = ("jku", "x5u", "jwk", "x5c", "crit", "b64")
 _SIGNERS = get_default_algorithms()
+# Signature-verified tokens kept (by SHA-256, never the token) so that a client reusing its token
+# costs one hash, not one signature check, per request. Bounded; see JwtAuthenticator.
+VERIFIED_CACHE_SIZE = 10_000
 
 
 # --- Extraction -------------------------------------------------------------------------------
@@ -205,16 +210,42 @@ def check_claims(
 # --- The async shell --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token whose signature checked out: its claims, and against which key set."""
+
+    issuer_keys: IssuerKeys
+    keyset: KeySet
+    claims: Mapping[str, Any]
+    usable_until: float  # exp + leeway: past this the cache drops it; check_claims refuses it
+
+
+def _verified_until(_key: str, verified: _Verified, _now: float) -> float:
+    return verified.usable_until
+
+
 class JwtAuthenticator:
-    """Validates JWT access tokens against the configured issuers."""
+    """Validates JWT access tokens against the configured issuers.
+
+    A verified token's claims are cached by the token's SHA-256 until its ``exp`` (plus leeway),
+    LRU beyond ``cache_size``. A cached entry skips decoding and the signature check only:
+    ``check_claims`` (issuer, time window, audience for *this* route) still runs on every request.
+    An entry is used only while its issuer still serves the very key set that verified it, so a
+    key removed from the JWKS stops its tokens at the next refetch (``jwks_max_age_s``, or
+    earlier on an unknown ``kid``), exactly as without the cache.
+    """
 
     def __init__(
         self,
         issuers: Mapping[str, IssuerKeys],
         clock: Callable[[], float] = time.time,
+        cache_size: int = VERIFIED_CACHE_SIZE,
     ) -> None:
         self._issuers = issuers
         self._clock = clock
+        self._verified: cachetools.TLRUCache[str, _Verified, float] = cachetools.TLRUCache(
+            cache_size, _verified_until, timer=lambda: self._clock()
+        )
 
     def knows_issuer_of(self, token: str) -> bool:
         """Whether ``token`` is a JWS whose (unverified) ``iss`` is one of our JWKS issuers."""
@@ -225,7 +256,18 @@ class JwtAuthenticator:
         issuer = claims.get("iss")
         return isinstance(issuer, str) and issuer in self._issuers
 
+    def cached(self, token: str, resource: str) -> Principal | None:
+        """The caller, if ``token`` was verified before against keys its issuer still serves."""
+        verified = self._verified.get(token_hash(token))
+        if verified is None or verified.issuer_keys.keyset is not verified.keyset:
+            return None
+        issuer = verified.issuer_keys.issuer
+        return check_claims(verified.claims, issuer=issuer, resource=resource, now=self._clock(), token=token)
+
     async def authenticate(self, token: str, resource: str) -> Principal:
+        cached = self.cached(token, resource)
+        if cached is not None:
+            return cached
         header, claims, signing_input, signature = split_jws(token)
         # The unverified `iss` only picks which configured issuer's keys to try; the key that
         # verifies must then belong to that issuer (RFC 8725 §3.8).
@@ -241,7 +283,14 @@ class JwtAuthenticator:
             raise AuthUnavailable("keys_unavailable", issuer.issuer) from None
         if not candidates:
             raise InvalidToken("unknown_kid")
+        keyset = issuer_keys.keyset  # read before verifying: a reload meanwhile only costs a miss
         signer = _SIGNERS[alg]
         if not any(signer.verify(signing_input, key.key, signature) for key in candidates):
             raise InvalidToken("bad_signature")
-        return check_claims(claims, issuer=issuer, resource=resource, now=self._clock(), token=token)
+        principal = check_claims(claims, issuer=issuer, resource=resource, now=self._clock(), token=token)
+        if keyset is not None:
+            # Only tokens that passed every check are kept: a refused token is checked afresh.
+            self._verified[token_hash(token)] = _Verified(
+                issuer_keys, keyset, principal.claims, principal.expires_at + issuer.leeway_s
+            )
+        return principal

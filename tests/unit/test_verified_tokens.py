@@ -1,0 +1,119 @@
+"""The verified-token cache: a hit skips the signature check, never a claim check or a key change."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.config import IssuerConfig, JwksFile
+from gateway.errors import InvalidToken
+from gateway.jwks import IssuerKeys
+from gateway.tokens import JwtAuthenticator
+from tests.support.issuer import SigningKey, TestIssuer
+
+ISSUER = "https://as.cache.example"
+RESOURCE = "https://gw.example/a/mcp"
+OTHER_RESOURCE = "https://gw.example/b/mcp"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def issuer() -> TestIssuer:
+    return TestIssuer(keys=[SigningKey.generate("ES256", kid="k1")], base_url=ISSUER)
+
+
+@pytest.fixture
+async def keys(issuer: TestIssuer, tmp_path: Path) -> AsyncIterator[IssuerKeys]:
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps(issuer.jwks()))
+    config = IssuerConfig(
+        issuer=ISSUER, algorithms=("ES256",), jwks=JwksFile(jwks_file), leeway_s=30, jwks_refresh_cooldown_s=0
+    )
+    async with aiohttp.ClientSession() as session:
+        issuer_keys = IssuerKeys(config, session)
+        yield issuer_keys
+        await issuer_keys.aclose()
+
+
+async def refused_reason(authenticator: JwtAuthenticator, token: str, resource: str) -> str:
+    with pytest.raises(InvalidToken) as refused:
+        await authenticator.authenticate(token, resource)
+    return refused.value.reason
+
+
+async def test_a_verified_token_is_cached_and_its_claims_still_checked_per_route(
+    issuer: TestIssuer, keys: IssuerKeys
+) -> None:
+    authenticator = JwtAuthenticator({ISSUER: keys})
+    token = issuer.mint(audience=RESOURCE, scope="mcp:access tools:echo", subject="alice")
+    assert authenticator.cached(token, RESOURCE) is None
+
+    first = await authenticator.authenticate(token, RESOURCE)
+    hit = authenticator.cached(token, RESOURCE)
+    assert hit is not None
+    assert (hit.subject, hit.scopes, hit.token.reveal()) == ("alice", first.scopes, token)
+    # The audience is checked against the route asking, on a hit as on a miss.
+    with pytest.raises(InvalidToken) as refused:
+        authenticator.cached(token, OTHER_RESOURCE)
+    assert refused.value.reason == "bad_audience"
+    assert await refused_reason(authenticator, token, OTHER_RESOURCE) == "bad_audience"
+
+
+async def test_a_cached_token_is_refused_once_expired(issuer: TestIssuer, keys: IssuerKeys) -> None:
+    clock = Clock()
+    authenticator = JwtAuthenticator({ISSUER: keys}, clock=clock)
+    token = issuer.mint(audience=RESOURCE, lifetime_s=60)
+    await authenticator.authenticate(token, RESOURCE)
+    clock.now += 60 + 29  # inside the 30 s leeway: still served from the cache
+    assert authenticator.cached(token, RESOURCE) is not None
+    clock.now += 2
+    assert authenticator.cached(token, RESOURCE) is None
+    assert await refused_reason(authenticator, token, RESOURCE) == "expired"
+
+
+async def test_a_refused_token_is_not_cached(issuer: TestIssuer, keys: IssuerKeys) -> None:
+    authenticator = JwtAuthenticator({ISSUER: keys})
+    token = issuer.mint(audience=OTHER_RESOURCE)
+    assert await refused_reason(authenticator, token, RESOURCE) == "bad_audience"
+    assert authenticator.cached(token, OTHER_RESOURCE) is None
+
+
+async def test_a_removed_key_stops_its_cached_tokens_at_the_next_key_load(
+    issuer: TestIssuer, keys: IssuerKeys
+) -> None:
+    """Rotation that retires the old key: tokens it signed fail at once, cache or no cache."""
+    authenticator = JwtAuthenticator({ISSUER: keys})
+    old_token = issuer.mint(audience=RESOURCE)
+    await authenticator.authenticate(old_token, RESOURCE)
+    assert authenticator.cached(old_token, RESOURCE) is not None
+
+    issuer.keys[:] = [SigningKey.generate("ES256", kid="k2")]
+    assert isinstance(keys.issuer.jwks, JwksFile)
+    keys.issuer.jwks.path.write_text(json.dumps(issuer.jwks()))
+    # A token with the new, unknown kid makes the gateway reload the issuer's keys.
+    await authenticator.authenticate(issuer.mint(audience=RESOURCE), RESOURCE)
+
+    assert authenticator.cached(old_token, RESOURCE) is None
+    assert await refused_reason(authenticator, old_token, RESOURCE) == "unknown_kid"
+
+
+async def test_the_cache_is_bounded(issuer: TestIssuer, keys: IssuerKeys) -> None:
+    authenticator = JwtAuthenticator({ISSUER: keys}, cache_size=2)
+    tokens = [issuer.mint(audience=RESOURCE, subject=f"user-{n}") for n in range(3)]
+    for token in tokens:
+        await authenticator.authenticate(token, RESOURCE)
+    # Least recently used goes first; the newest two stay.
+    assert authenticator.cached(tokens[0], RESOURCE) is None
+    assert all(authenticator.cached(token, RESOURCE) is not None for token in tokens[1:])
