@@ -183,6 +183,9 @@ class MintedCredential:
     # operation: the caller's scopes narrowed to what this operation needs; caller: all of the
     # caller's scopes; none: no scope claim.
     scope: ScopeMode = "operation"
+    # The same caller token and scopes reuse one minted token for this long (0: a fresh token per
+    # request), and never past the middle of the minted token's life.
+    reuse_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1003,6 +1006,7 @@ _MINTED_FIELDS: Final = (
     FieldSpec("audience", non_empty_text, required=True),
     FieldSpec("ttl_s", positive_seconds),
     FieldSpec("scope", one_of("operation", "caller", "none")),
+    FieldSpec("reuse_s", non_negative_seconds),
 )
 _EXCHANGE_FIELDS: Final = (
     FieldSpec("token_endpoint", endpoint_url, required=True),

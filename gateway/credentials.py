@@ -17,8 +17,11 @@ names the kind of credential and the header, never a value.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Protocol, assert_never
+
+import cachetools
 
 from .config import (
     MintedCredential,
@@ -28,8 +31,9 @@ from .config import (
     StaticCredential,
     TokenExchangeCredential,
 )
-from .minting import TokenMinter
+from .minting import MintedToken, TokenMinter
 from .principal import Principal
+from .secret import token_hash
 
 __all__ = [
     "CredentialConfigError",
@@ -56,6 +60,9 @@ class CredentialStrategy(Protocol):
 
 
 ExchangerFactory = Callable[[TokenExchangeCredential], CredentialStrategy]
+
+
+MINTED_CACHE_SIZE = 10_000
 
 
 class CredentialConfigError(ValueError):
@@ -118,30 +125,55 @@ class StaticCredentialStrategy:
 
 
 class MintedCredentialStrategy:
-    """``credential: {minted: …}``: a fresh gateway-signed RFC 9068 token per request, sent as an
-    RFC 6750 §2.1 bearer token."""
+    """``credential: {minted: …}``: a gateway-signed RFC 9068 token, sent as an RFC 6750 §2.1
+    bearer token.
 
-    __slots__ = ("_credential", "_minter")
+    Signing is the costly part, so a token is reused for the same caller token and scopes for up
+    to ``reuse_s`` and never past the middle of its own life: the upstream always receives a
+    token with at least half its lifetime left. Keyed by the caller token's SHA-256 (the minted
+    claims derive from nothing else), bounded, LRU.
+    """
 
-    def __init__(self, credential: MintedCredential, minter: TokenMinter) -> None:
+    __slots__ = ("_clock", "_credential", "_minter", "_reuse")
+
+    def __init__(
+        self,
+        credential: MintedCredential,
+        minter: TokenMinter,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = MINTED_CACHE_SIZE,
+    ) -> None:
         self._credential = credential
         self._minter = minter
+        self._clock = clock
+        self._reuse: cachetools.TLRUCache[tuple[str, tuple[str, ...] | None], MintedToken, float] | None = (
+            cachetools.TLRUCache(cache_size, self._reusable_until, timer=lambda: self._clock())
+            if credential.reuse_s > 0
+            else None
+        )
+
+    def _reusable_until(self, _key: object, token: MintedToken, _now: float) -> float:
+        halfway = token.issued_at + (token.expires_at - token.issued_at) / 2
+        return min(token.issued_at + self._credential.reuse_s, halfway)
 
     async def headers(self, principal: Principal, required_scopes: tuple[str, ...]) -> dict[str, str]:
         credential = self._credential
-        token = self._minter.mint(
-            principal,
-            audience=credential.audience,
-            scopes=downstream_scopes(credential.scope, principal.scopes, required_scopes),
-            ttl_s=credential.ttl_s,
-        )
-        return {"Authorization": f"Bearer {token}"}
+        scopes = downstream_scopes(credential.scope, principal.scopes, required_scopes)
+        key = (token_hash(principal.token.reveal()), scopes)
+        token = self._reuse.get(key) if self._reuse is not None else None
+        if token is None:
+            token = self._minter.mint_token(
+                principal, audience=credential.audience, scopes=scopes, ttl_s=credential.ttl_s
+            )
+            if self._reuse is not None:
+                self._reuse[key] = token
+        return {"Authorization": f"Bearer {token.value}"}
 
     def __repr__(self) -> str:
         credential = self._credential
         return (
             f"MintedCredentialStrategy(audience={credential.audience!r}, ttl_s={credential.ttl_s!r}, "
-            f"scope={credential.scope!r}, minter={self._minter!r})"
+            f"scope={credential.scope!r}, reuse_s={credential.reuse_s!r}, minter={self._minter!r})"
         )
 
 

@@ -24,6 +24,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 from urllib.parse import urlsplit
 
@@ -211,6 +212,13 @@ def _load_signing_key(config: SigningKeyConfig) -> SigningKey:
 # =========================================================================== the minter
 
 
+@dataclass(frozen=True, slots=True)
+class MintedToken:
+    value: str = field(repr=False)
+    issued_at: float
+    expires_at: float
+
+
 class TokenMinter:
     """Signs downstream tokens with the active key and publishes every configured key."""
 
@@ -250,6 +258,12 @@ class TokenMinter:
         self, principal: Principal, *, audience: str, scopes: tuple[str, ...] | None, ttl_s: float
     ) -> str:
         """A fresh signed token for ``audience`` on behalf of ``principal`` (new ``jti`` every call)."""
+        return self.mint_token(principal, audience=audience, scopes=scopes, ttl_s=ttl_s).value
+
+    def mint_token(
+        self, principal: Principal, *, audience: str, scopes: tuple[str, ...] | None, ttl_s: float
+    ) -> MintedToken:
+        """``mint``, with the token's lifetime, for callers that keep it for reuse."""
         claims = minted_claims(
             principal,
             issuer=self._issuer,
@@ -261,7 +275,8 @@ class TokenMinter:
         )
         alg, key = self._keys[self._active_kid]
         # RFC 9068 §2.1: typ at+jwt; RFC 7515 §4.1.4: kid selects the verification key.
-        return jwt.encode(claims, key, algorithm=alg, headers={"typ": AT_JWT_TYP, "kid": self._active_kid})
+        value = jwt.encode(claims, key, algorithm=alg, headers={"typ": AT_JWT_TYP, "kid": self._active_kid})
+        return MintedToken(value, issued_at=claims["iat"], expires_at=claims["exp"])
 
     def jwks(self) -> dict[str, Any]:
         """The JWK Set (RFC 7517 §5) of every configured key, active or not, public members only."""

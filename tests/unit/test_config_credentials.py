@@ -63,7 +63,7 @@ def test_every_credential_kind_parses(keys: Path) -> None:
         + route("none", "/a")
         + route("{static: {header: X-Api-Key, value: {env: KEY}}}", "/b")
         + route("{static: {header: X-Api-Key, value: {file: secret.txt}}}", "/c")
-        + route("{minted: {audience: https://up.internal, ttl_s: 60, scope: caller}}", "/d")
+        + route("{minted: {audience: https://up.internal, ttl_s: 60, scope: caller, reuse_s: 0}}", "/d")
         + route(
             "{token_exchange: {token_endpoint: https://auth.example.com/token, client_id: gw, "
             "client_secret: {env: KEY}, auth_method: client_secret_post, resource: https://up.internal/mcp}}",
@@ -75,7 +75,9 @@ def test_every_credential_kind_parses(keys: Path) -> None:
     assert credentials[0] == NoCredential()
     assert isinstance(credentials[1], StaticCredential) and credentials[1].value.reveal() == "k-from-env"
     assert isinstance(credentials[2], StaticCredential) and credentials[2].value.reveal() == "from-a-file"
-    assert credentials[3] == MintedCredential(audience="https://up.internal", ttl_s=60.0, scope="caller")
+    assert credentials[3] == MintedCredential(
+        audience="https://up.internal", ttl_s=60.0, scope="caller", reuse_s=0.0
+    )
     assert isinstance(credentials[4], TokenExchangeCredential)
     assert (credentials[4].auth_method, credentials[4].resource, credentials[4].audience) == (
         "client_secret_post", "https://up.internal/mcp", None,
@@ -126,6 +128,10 @@ def test_introspection_issuer(keys: Path) -> None:
         (
             "{minted: {audience: https://up}}",
             "9: routes[0].credential: a minted credential needs a top-level `minting` section",
+        ),
+        (
+            "{minted: {audience: https://up, reuse_s: -1}}",
+            "9: routes[0].credential.minted.reuse_s: ",
         ),
         (
             "{token_exchange: {token_endpoint: https://a/token, client_id: gw, client_secret: {env: KEY}}}",

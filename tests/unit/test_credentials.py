@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from types import MappingProxyType
@@ -169,12 +170,55 @@ async def test_minted_credential_per_scope_mode(
     assert claims["exp"] - claims["iat"] <= 120
 
 
-async def test_minted_credential_is_fresh_per_request(minter: TokenMinter) -> None:
-    strategy = build_strategy(route(MintedCredential(audience=AUDIENCE)), minter, None)
+async def test_minted_credential_with_reuse_off_is_fresh_per_request(minter: TokenMinter) -> None:
+    strategy = build_strategy(route(MintedCredential(audience=AUDIENCE, reuse_s=0)), minter, None)
     first = await strategy.headers(caller(), ("mcp:access",))
     second = await strategy.headers(caller(), ("mcp:access",))
     assert first != second
     assert bearer_claims(first, minter)["jti"] != bearer_claims(second, minter)["jti"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_minted_credential_is_reused_per_caller_token_and_scopes(minter: TokenMinter) -> None:
+    strategy = MintedCredentialStrategy(MintedCredential(audience=AUDIENCE, reuse_s=60), minter)
+    alice = caller()
+    first = await strategy.headers(alice, ("mcp:access", "repo:read"))
+    assert await strategy.headers(alice, ("mcp:access", "repo:read")) == first
+    # Other scopes for the operation, or another caller token: another token.
+    other_scopes = await strategy.headers(alice, ("mcp:access", "repo:write"))
+    assert bearer_claims(other_scopes, minter)["scope"] == "mcp:access repo:write"
+    assert other_scopes != first
+    other_caller = dataclasses.replace(alice, token=Secret("another-client-token"))
+    assert await strategy.headers(other_caller, ("mcp:access", "repo:read")) != first
+
+
+@pytest.mark.parametrize(
+    ("ttl_s", "reuse_s", "reused_until_s"),
+    [
+        (300, 60, 60),  # reuse_s ends it
+        (60, 60, 30),  # the middle of the minted token's life ends it first
+    ],
+)
+async def test_minted_credential_reuse_ends_at_reuse_s_or_half_life(
+    minter: TokenMinter, ttl_s: float, reuse_s: float, reused_until_s: float
+) -> None:
+    clock = Clock()
+    credential = MintedCredential(audience=AUDIENCE, ttl_s=ttl_s, reuse_s=reuse_s)
+    strategy = MintedCredentialStrategy(credential, minter, clock=clock)
+    alice = caller()
+    first = await strategy.headers(alice, ("mcp:access",))
+    issued_at = bearer_claims(first, minter)["iat"]
+    clock.now = issued_at + reused_until_s - 0.5
+    assert await strategy.headers(alice, ("mcp:access",)) == first
+    clock.now = issued_at + reused_until_s + 0.5
+    assert await strategy.headers(alice, ("mcp:access",)) != first
 
 
 # --- the factory -------------------------------------------------------------------------------
