@@ -13,6 +13,8 @@ from typing import Any
 import structlog
 
 from .config import LOG_LEVELS, ConfigError, GatewayConfig, load_config
+from .eventloop import LOOP_CHOICES, LoopUnavailable, loop_factory
+from .eventloop import run as run_on_loop
 from .logs import configure_logging
 
 EXIT_CONFIG_ERROR = 2
@@ -32,6 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=_positive_int,
         default=1,
         help="worker processes sharing the listen port (SO_REUSEPORT); default 1: no workers",
+    )
+    serve.add_argument(
+        "--loop",
+        choices=LOOP_CHOICES,
+        default="auto",
+        help="event loop: uvloop if installed (auto, the default), uvloop, or asyncio",
     )
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the parent
 
@@ -106,15 +114,22 @@ def _serve(config: GatewayConfig, args: argparse.Namespace) -> int:
 
     # Until the server's own handler is in place, a SIGHUP (reload) must not end the process.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        loop_name, _factory = loop_factory(args.loop)
+    except LoopUnavailable as exc:
+        print(f"--loop {args.loop}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     if args.worker_index is not None:
         _tag_logs_with_worker(args.worker_index)
-        return asyncio.run(serve(config, worker=args.worker_index))
+        return run_on_loop(serve(config, worker=args.worker_index, loop_name=loop_name), args.loop)
     if args.workers == 1:
-        return asyncio.run(serve(config))
+        return run_on_loop(serve(config, loop_name=loop_name), args.loop)
     if config.listen.port == 0:
         print("--workers needs a fixed listen.port (with 0 each worker picks its own)", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     worker_args = [
+        "--loop",
+        args.loop,
         *(["--log-format", args.log_format] if args.log_format else []),
         *(["--log-level", args.log_level] if args.log_level else []),
     ]

@@ -82,7 +82,7 @@ async def start_gateway(
     return runner, bound_port
 
 
-async def serve(config: GatewayConfig, *, worker: int | None = None) -> int:
+async def serve(config: GatewayConfig, *, worker: int | None = None, loop_name: str = "asyncio") -> int:
     """Serve until SIGINT or SIGTERM, reloading the config on SIGHUP; returns the exit status.
 
     ``worker`` is set in a worker process of ``serve --workers N``: the listen port is shared
@@ -101,7 +101,13 @@ async def serve(config: GatewayConfig, *, worker: int | None = None) -> int:
         log.error("start_failed", error=str(exc))
         return 1
     live = runner.app[LIVE]
-    log.info("listening", host=config.listen.host, port=port, routes=[route.path for route in config.routes])
+    log.info(
+        "listening",
+        host=config.listen.host,
+        port=port,
+        routes=[route.path for route in config.routes],
+        event_loop=loop_name,
+    )
 
     stop = asyncio.Event()
     background: set[asyncio.Task[Any]] = set()

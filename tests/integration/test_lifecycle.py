@@ -480,3 +480,16 @@ async def test_a_config_whose_gateway_fails_to_start_is_refused_in_process(
         await eventually(closed, "previous_config_closed")
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(("flags", "loop"), [((), "uvloop"), (("--loop", "asyncio"), "asyncio")])
+async def test_serves_on_uvloop_when_installed_or_on_the_loop_asked_for(
+    issuer: TestIssuer, upstream: Upstream, tmp_path: Path, flags: tuple[str, ...], loop: str
+) -> None:
+    """The test extra installs uvloop (the `fast` extra): `auto` picks it; `--loop asyncio` does not."""
+    port = free_port()
+    config_path = tmp_path / "gateway.yaml"
+    write_config(config_path, single_route_config(issuer, upstream.mcp_url), port)
+    async with gateway_process(config_path, port, tmp_path / "gateway.log", *flags) as gateway:
+        assert [event["event_loop"] for event in gateway.named("listening")] == [loop]
+        assert await add(gateway, issuer) == "3"
