@@ -2,8 +2,8 @@
 #
 # mcp-auth-gateway container image.
 #
-#   docker build -t mcp-auth-gateway .                       # the gateway (with uvloop: EXTRAS=fast)
-#   docker build --build-arg EXTRAS=fast,demo -t mcp-auth-gateway:demo .   # + the demo MCP server (compose)
+#   docker build -t mcp-auth-gateway .                       # the gateway only
+#   docker build --build-arg EXTRAS=demo -t mcp-auth-gateway:demo .   # + the demo MCP server (compose)
 #
 # The gateway reads its config from /etc/mcp-auth-gateway/gateway.yaml: mount a file (or a
 # Kubernetes ConfigMap) there. Ports: 8080 for MCP clients (`listen`), 9090 for the admin
@@ -20,7 +20,7 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS builder
 
 # Optional extras of the package, e.g. "demo" (the demo MCP server used by deploy/compose).
-ARG EXTRAS="fast"
+ARG EXTRAS=""
 
 # (pip byte-compiles what it installs: the final image, whose root filesystem is read-only in
 # Kubernetes, then never needs to write .pyc files.)

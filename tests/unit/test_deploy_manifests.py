@@ -432,11 +432,11 @@ def test_dockerfile_is_multi_stage_and_the_final_stage_holds_only_the_venv() -> 
 def test_dockerfile_builder_installs_the_package_with_optional_extras() -> None:
     _, stages = dockerfile_stages()
     builder = stages[0]
-    assert ("ARG", 'EXTRAS="fast"') in builder
+    assert ("ARG", 'EXTRAS=""') in builder
     runs = " ".join(arguments for keyword, arguments in builder if keyword == "RUN")
     assert "pip wheel" in runs and "${EXTRAS:+[${EXTRAS}]}" in runs and "/opt/venv" in runs
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert {"demo", "fast"} <= set(project["optional-dependencies"])  # the extras compose.yaml asks for
+    assert "demo" in project["optional-dependencies"]  # the extra compose.yaml asks for
     # What the builder copies is in the build context (.dockerignore is an allowlist).
     sources = [arguments.split()[:-1] for keyword, arguments in builder if keyword == "COPY"]
     for source in (item for items in sources for item in items):
@@ -630,7 +630,7 @@ def test_compose_mounts_the_config_and_publishes_its_ports(compose: dict[str, An
     stop_grace = int(gateway["stop_grace_period"].removesuffix("s"))
     assert stop_grace > deployed.shutdown_grace_s
     for service in services.values():
-        assert service["build"]["args"]["EXTRAS"] == "fast,demo"
+        assert service["build"]["args"]["EXTRAS"] == "demo"
         assert service["read_only"] is True
 
 
