@@ -139,6 +139,36 @@ async def test_minted_token_verifies_against_the_gateway_jwks(
     )
 
 
+@pytest.mark.parametrize(("reuse", "same_token"), [("", True), (", reuse_s: 0", False)])
+async def test_minted_token_reuse_as_the_upstream_sees_it(
+    issuer: TestIssuer,
+    upstream: Upstream,
+    start_gateway_with: GatewayFactory,
+    signing_keys: Path,
+    reuse: str,
+    same_token: bool,
+) -> None:
+    """By default one caller token's calls reach the upstream with one minted token (until
+    `reuse_s` or half its life); another caller token gets its own; `reuse_s: 0`: one per call."""
+    minting = f"minting: {{keys: [{{kid: k1, alg: ES256, file: {signing_keys}/k1.pem}}]}}"
+    gateway = await start_gateway_with(
+        config(issuer, upstream, f"{{minted: {{audience: {UPSTREAM_AUDIENCE}{reuse}}}}}", minting)
+    )
+    alice = issuer.mint(audience=RESOURCE, scope="mcp:access demo:read", subject="alice")
+    bob = issuer.mint(audience=RESOURCE, scope="mcp:access demo:read", subject="bob")
+    for token in (alice, alice, bob):
+        await call_echo(gateway.route_url(), token, era="2026")
+    calls = [r for r in await upstream.requests() if '"tools/call"' in r["body"]]
+    first, second, third = (upstream_auth([call])[0] for call in calls)
+    assert (first == second) is same_token
+    assert third not in (first, second)
+    subjects = [
+        jwt.decode(t.removeprefix("Bearer "), options={"verify_signature": False})["sub"]
+        for t in (first, third)
+    ]
+    assert subjects == ["alice", "bob"]
+
+
 async def test_token_minted_by_the_gateway_is_refused_by_the_gateway(
     issuer: TestIssuer, upstream: Upstream, start_gateway_with: GatewayFactory, signing_keys: Path
 ) -> None:
