@@ -1,0 +1,62 @@
+"""The published benchmark results: every target of the performance issue has a row, the README
+table names the run it was copied from, and the median arithmetic is right. (The benchmark itself
+is `python -m tests.bench.run`, never part of the test run.)"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from tests.bench.run import _median_run, summarise
+
+ROOT = Path(__file__).resolve().parents[2]
+LATEST = ROOT / "tests" / "bench" / "results" / "latest.json"
+
+
+def latest() -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(LATEST.read_text())
+    return result
+
+
+def test_every_target_has_a_judged_row() -> None:
+    rows = {row["figure"]: row for row in summarise(latest())}
+    judged = {figure: row for figure, row in rows.items() if row["met"] is not None}
+    for concurrency in ("1", "8", "64"):
+        assert f"SDK tools/call throughput ratio c={concurrency}" in judged
+        assert f"SDK tools/call p50 ratio c={concurrency}" in judged
+    assert any(figure.startswith("SSE events/s ratio (client on core") for figure in judged)
+    assert "free upstream: gateway req/s (1 worker) c=64" in judged
+    assert "free upstream: gateway CPU us/request c=64" in judged
+    assert "idle stream KiB each" in judged
+    assert "--workers 2 scaling vs 1 worker" in rows
+    # A row's verdict is its value against its target, not a copied flag.
+    for row in judged.values():
+        op, bound = row["target"].split()
+        assert row["met"] == (row["value"] >= float(bound) if op == ">=" else row["value"] <= float(bound))
+
+
+def test_readme_table_is_from_the_committed_results() -> None:
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"Latest results \(commit ([0-9a-f]{7})", readme)
+    assert match is not None
+    assert latest()["machine"]["commit"].startswith(match[1])
+    free = latest()["calls_free"]["64"]["gateway"]
+    assert f"{round(free['gateway_cpu_us_per_request'])} µs gateway CPU/request" in readme
+
+
+def test_median_of_rounds() -> None:
+    rounds = [
+        {"requests": 10, "rps": 3.0, "p50_ms": 1.0, "socket_errors": ""},
+        {"requests": 20, "rps": 1.0, "p50_ms": 5.0, "socket_errors": "timeout 1"},
+        {"requests": 30, "rps": 2.0, "p50_ms": 2.0, "socket_errors": ""},
+        {"requests": 40, "rps": 4.0, "p50_ms": 9.0, "socket_errors": ""},
+    ]
+    assert _median_run(rounds) == {
+        "rounds": 4,
+        "requests": 100,
+        "rps": 2.5,
+        "p50_ms": 3.5,
+        "socket_errors": "timeout 1",
+    }
