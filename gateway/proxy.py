@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
@@ -123,6 +124,42 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# Linux only; elsewhere acknowledging promptly is left to the kernel.
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+class PromptAcks:
+    """Acknowledge what the upstream sent at once, not up to 40 ms later.
+
+    An upstream socket without TCP_NODELAY (uvicorn's, for one: the official Python SDK's server)
+    holds each small write until the previous one is acknowledged (Nagle), and on a kept-alive
+    connection that has just sent a request the kernel delays that acknowledgement (up to 40 ms
+    on Linux), hoping to piggyback it on data the gateway never sends. Every answer whose body
+    follows its headers in a second write, and every event of a stream, would stall on it. A
+    client with a fresh connection per request does not stall; the gateway pools connections, so
+    it must ask for the acknowledgement itself: TCP_QUICKACK sends the one pending now, and is
+    asked again after each read because the kernel drops back to delayed acknowledgements.
+    """
+
+    __slots__ = ("_socket",)
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        connection = response.connection
+        transport = connection.transport if connection is not None else None
+        self._socket = (
+            transport.get_extra_info("socket")
+            if transport is not None and _TCP_QUICKACK is not None
+            else None
+        )
+
+    def now(self) -> None:
+        if self._socket is not None:
+            try:
+                self._socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:  # closed meanwhile: nothing left to acknowledge
+                self._socket = None
+
+
 def is_event_stream(headers: CIMultiDictProxy[str]) -> bool:
     return headers.get("Content-Type", "").split(";", 1)[0].strip().lower() == "text/event-stream"
 
@@ -197,6 +234,8 @@ class Upstream:
         if self._metrics is not None:
             self._metrics.upstream_responded(route.path, waited_s)
         async with upstream:
+            acks = PromptAcks(upstream)
+            acks.now()  # the headers' acknowledgement releases a body the upstream holds back
             headers = client_response_headers(upstream.headers)
             headers.update(response_headers)
             if is_event_stream(upstream.headers):
@@ -207,7 +246,7 @@ class Upstream:
                     else contextlib.nullcontext()
                 )
                 with open_streams:  # counted while relayed, released however it ends
-                    return await _relay_stream(request, upstream, headers, sse=True, rewriter=rewriter)
+                    return await _relay_stream(request, upstream, headers, acks, sse=True, rewriter=rewriter)
             length = upstream.content_length
             if response_filter is not None and is_json(upstream.headers):
                 return await self._filtered_json(upstream, headers, response_filter)
@@ -220,7 +259,7 @@ class Upstream:
                 except aiohttp.ClientError as exc:
                     raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
                 return web.Response(status=upstream.status, body=content, headers=headers)
-            return await _relay_stream(request, upstream, headers, sse=False)
+            return await _relay_stream(request, upstream, headers, acks, sse=False)
 
     async def _filtered_json(
         self, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], response_filter: ResponseFilter
@@ -249,6 +288,7 @@ async def _relay_stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     headers: CIMultiDict[str],
+    acks: PromptAcks,
     *,
     sse: bool,
     rewriter: SseEventRewriter | None = None,
@@ -261,6 +301,7 @@ async def _relay_stream(
     request[STREAMED_STATUS] = upstream.status
     try:
         async for chunk in upstream.content.iter_any():
+            acks.now()
             out = rewriter.feed(chunk) if rewriter is not None else chunk
             if out:
                 await response.write(out)

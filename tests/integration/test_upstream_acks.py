@@ -1,0 +1,48 @@
+"""Prompt TCP acknowledgements on upstream connections (gateway.proxy.PromptAcks).
+
+What it saves is latency (a 40 ms delayed-ACK stall per answer from upstreams without
+TCP_NODELAY, such as the official Python SDK's uvicorn server); that is measured by the benchmark
+(tests/bench: SDK upstream, kept-alive connections). Here: that it acts on the socket the answer
+came on, which the kernel reports through getsockopt (TCP_QUICKACK reads 0 in delayed-ACK mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.proxy import PromptAcks
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux-only")
+
+
+async def test_prompt_acks_switch_the_answers_own_socket_to_immediate_acks() -> None:
+    rest_may_follow = asyncio.Event()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"hel")
+        await rest_may_follow.wait()  # the answer is still open while the test looks at it
+        await response.write(b"lo")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", stream)
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
+        async with http.get(server.make_url("/")) as response:
+            assert response.connection is not None and response.connection.transport is not None
+            sock = response.connection.transport.get_extra_info("socket")
+            # What the kernel does by itself on a kept-alive connection that has just sent a request.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 0
+            PromptAcks(response).now()
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+            rest_may_follow.set()
+            assert await response.text() == "hello"
