@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -82,6 +83,28 @@ async def start_gateway(
     return runner, bound_port
 
 
+# Collect the youngest generation after this many net container allocations instead of 700.
+GC_GEN0_THRESHOLD = 7_000
+
+
+def tune_garbage_collector() -> int:
+    """Make the cyclic garbage collector cheap per request; returns how many objects were frozen.
+
+    Measured with the benchmark's nearly free upstream (c=64): with CPython's defaults the
+    collector took ~22 µs of every request (1400 young and 12 full collections in 5 s, each full
+    one walking every module and object loaded at start-up). ``gc.freeze()`` moves what start-up
+    made out of the collector's sight for good, and a higher first threshold stops collections
+    triggered by nothing more than 64 requests' worth of live objects; cyclic garbage still
+    triggers one once 7 000 containers have piled up. Time in the collector fell to ~0 per
+    request; gateway CPU per request 271 -> 245 µs (median of 4 alternating rounds, A/B).
+    """
+    gc.collect()
+    gc.freeze()
+    _gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+    return gc.get_freeze_count()
+
+
 async def serve(config: GatewayConfig, *, worker: int | None = None, loop_name: str = "asyncio") -> int:
     """Serve until SIGINT or SIGTERM, reloading the config on SIGHUP; returns the exit status.
 
@@ -101,12 +124,14 @@ async def serve(config: GatewayConfig, *, worker: int | None = None, loop_name: 
         log.error("start_failed", error=str(exc))
         return 1
     live = runner.app[LIVE]
+    frozen = tune_garbage_collector()
     log.info(
         "listening",
         host=config.listen.host,
         port=port,
         routes=[route.path for route in config.routes],
         event_loop=loop_name,
+        gc_frozen_objects=frozen,
     )
 
     stop = asyncio.Event()
