@@ -73,7 +73,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._auth_session: aiohttp.ClientSession | None = None
         self._jwt = JwtAuthenticator(self._issuer_keys)
-        self.authenticator = Authenticator(self._jwt, ())
+        self.authenticator = Authenticator(self._jwt, None)
         # Signing keys are loaded now: a broken key stops start-up, not the first request.
         self.minter = TokenMinter(config.minting) if config.minting is not None else None
         self._credentials: dict[str, CredentialStrategy] = {}
@@ -91,17 +91,19 @@ class Gateway:
             self._tasks.append(asyncio.create_task(keys.run(), name=f"jwks:{issuer.issuer}"))
         session = self._auth_session
         metrics = self.metrics
-        introspectors = [
+        # At most one: the config refuses a second (an opaque token does not name its issuer).
+        introspecting = next((issuer for issuer in self.config.issuers if issuer.introspection), None)
+        introspector = (
             Introspector(
-                issuer,
+                introspecting,
                 session,
-                on_result=functools.partial(metrics.introspected, issuer.issuer),
-                on_cache_hit=functools.partial(metrics.introspection_cache_hit, issuer.issuer),
+                on_result=functools.partial(metrics.introspected, introspecting.issuer),
+                on_cache_hit=functools.partial(metrics.introspection_cache_hit, introspecting.issuer),
             )
-            for issuer in self.config.issuers
-            if issuer.introspection is not None
-        ]
-        self.authenticator = Authenticator(self._jwt, introspectors)
+            if introspecting is not None
+            else None
+        )
+        self.authenticator = Authenticator(self._jwt, introspector)
         for route in self.config.routes:
             self._upstreams[route.path] = Upstream(route, metrics)
             self._credentials[route.path] = build_strategy(
@@ -129,7 +131,8 @@ class Gateway:
                 await task
         for keys in self._issuer_keys.values():
             await keys.aclose()
-        for closable in (*self._credentials.values(), *self.authenticator.introspectors):
+        introspector = self.authenticator.introspector
+        for closable in (*self._credentials.values(), *((introspector,) if introspector else ())):
             aclose = getattr(closable, "aclose", None)
             if aclose is not None:
                 await aclose()

@@ -1197,11 +1197,28 @@ class _UniqueCheck:
 def _issuers(sections: tuple[_Section, ...], at: _Cursor) -> Parsed[tuple[IssuerConfig, ...]]:
     unique = _UniqueCheck("issuer")
     issuers: list[Parsed[IssuerConfig]] = []
+    introspecting: list[str] = []
     for index, section in enumerate(sections):
         node = section.nodes.get("issuer")
         if node is not None:
             identifier = section.values["issuer"]
             unique.check(identifier, shown_as(node, identifier), node.line, at.item(index).key("issuer"))
+        if "introspection" in section.present:
+            if introspecting:
+                # An opaque token does not say who issued it: with two introspection endpoints the
+                # gateway would hand every token to an authorization server that did not issue it.
+                issuers.append(
+                    at.item(index)
+                    .key("introspection")
+                    .problem(
+                        getattr(section.nodes.get("introspection"), "line", section.line),
+                        f"only one issuer may use introspection (already: {introspecting[0]}): "
+                        "an opaque token does not say who issued it, so each would be shown the "
+                        "other's tokens",
+                    )
+                )
+                continue
+            introspecting.append(shown_as(node, section.values["issuer"]) if node is not None else "?")
         issuers.append(_issuer(section, at.item(index)))
     return _all_or_invalid(issuers)
 

@@ -91,6 +91,28 @@ def test_every_credential_kind_parses(keys: Path) -> None:
     assert config.routes[0].credential == NoCredential()
 
 
+def test_a_second_introspection_issuer_is_refused(keys: Path) -> None:
+    """An opaque token does not name its issuer: two introspection endpoints would each be shown
+    the other's tokens. A JWKS issuer beside the introspection one is fine."""
+    issuer = (
+        "  - issuer: https://{name}.example.com\n"
+        "    introspection: {{endpoint: https://{name}.example.com/introspect, client_id: gw, "
+        "client_secret: {{file: secret.txt}}}}\n"
+    )
+    jwks = "  - {issuer: https://jwt.example.com, algorithms: [ES256], jwks: {discover: true}}\n"
+    head = "public_url: https://mcp.example.com\nissuers:\n"
+    found = problems(
+        head + issuer.format(name="a") + jwks + issuer.format(name="b") + "routes:\n" + route("none"), keys
+    )
+    assert found == [
+        "7: issuers[2].introspection: only one issuer may use introspection (already: "
+        "'https://a.example.com'): an opaque token does not say who issued it, so each would be "
+        "shown the other's tokens"
+    ]
+    config = parse(head + issuer.format(name="a") + jwks + "routes:\n" + route("none"), keys)
+    assert [i.introspection is not None for i in config.issuers] == [True, False]
+
+
 def test_introspection_issuer(keys: Path) -> None:
     """An issuer may use RFC 7662 introspection instead of JWKS (then no algorithms needed)."""
     text = (
