@@ -147,7 +147,7 @@ class MintedCredentialStrategy:
         self._minter = minter
         self._clock = clock
         self._reuse: cachetools.TLRUCache[tuple[str, tuple[str, ...] | None], MintedToken, float] | None = (
-            cachetools.TLRUCache(cache_size, self._reusable_until, timer=lambda: self._clock())
+            cachetools.TLRUCache(cache_size, self._reusable_until, timer=clock)
             if credential.reuse_s > 0
             else None
         )

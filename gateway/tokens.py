@@ -244,7 +244,7 @@ class JwtAuthenticator:
         self._issuers = issuers
         self._clock = clock
         self._verified: cachetools.TLRUCache[str, _Verified, float] = cachetools.TLRUCache(
-            cache_size, _verified_until, timer=lambda: self._clock()
+            cache_size, _verified_until, timer=clock
         )
 
     def knows_issuer_of(self, token: str) -> bool:
@@ -258,14 +258,18 @@ class JwtAuthenticator:
 
     def cached(self, token: str, resource: str) -> Principal | None:
         """The caller, if ``token`` was verified before against keys its issuer still serves."""
-        verified = self._verified.get(token_hash(token))
+        return self._cached(token_hash(token), token, resource)
+
+    def _cached(self, digest: str, token: str, resource: str) -> Principal | None:
+        verified = self._verified.get(digest)
         if verified is None or verified.issuer_keys.keyset is not verified.keyset:
             return None
         issuer = verified.issuer_keys.issuer
         return check_claims(verified.claims, issuer=issuer, resource=resource, now=self._clock(), token=token)
 
     async def authenticate(self, token: str, resource: str) -> Principal:
-        cached = self.cached(token, resource)
+        digest = token_hash(token)
+        cached = self._cached(digest, token, resource)
         if cached is not None:
             return cached
         header, claims, signing_input, signature = split_jws(token)
@@ -290,7 +294,7 @@ class JwtAuthenticator:
         principal = check_claims(claims, issuer=issuer, resource=resource, now=self._clock(), token=token)
         if keyset is not None:
             # Only tokens that passed every check are kept: a refused token is checked afresh.
-            self._verified[token_hash(token)] = _Verified(
+            self._verified[digest] = _Verified(
                 issuer_keys, keyset, principal.claims, principal.expires_at + issuer.leeway_s
             )
         return principal
