@@ -134,7 +134,7 @@ class MintedCredentialStrategy:
     claims derive from nothing else), bounded, LRU.
     """
 
-    __slots__ = ("_clock", "_credential", "_minter", "_reuse")
+    __slots__ = ("_credential", "_minter", "_reuse")
 
     def __init__(
         self,
@@ -145,7 +145,6 @@ class MintedCredentialStrategy:
     ) -> None:
         self._credential = credential
         self._minter = minter
-        self._clock = clock
         self._reuse: cachetools.TLRUCache[tuple[str, tuple[str, ...] | None], MintedToken, float] | None = (
             cachetools.TLRUCache(cache_size, self._reusable_until, timer=clock)
             if credential.reuse_s > 0
