@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             include_subject=config.logging.include_subject,
         )
         return _serve(config, args)
-    from .demo import run_demo
+    from .demo.run import run_demo
 
     return run_demo(args.port)
 

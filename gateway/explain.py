@@ -1,10 +1,10 @@
 """``mcp-auth-gateway explain``: what the gateway would answer to one POST, and why, offline.
 
 Nothing is decided here: the body goes through the gateway's own strict parser
-(``gateway.mcp.parse_post``), every message through ``gateway.policy.operation_of`` and
-``decide``, a token through ``gateway.tokens`` (the same format check, ``split_jws``,
-``check_header``, ``check_claims``, ``scopes_of``) and a challenge through ``gateway.metadata``.
-Only how one POST's decisions combine into an answer mirrors ``gateway.app.authorize``.
+(``gateway.mcp.messages.parse_post``), every message through ``gateway.mcp.policy.operation_of`` and
+``decide``, a token through ``gateway.auth.tokens`` (the same format check, ``split_jws``,
+``check_header``, ``check_claims``, ``scopes_of``) and a challenge through ``gateway.web.metadata``.
+Only how one POST's decisions combine into an answer mirrors ``gateway.web.app.authorize``.
 
 A token's signature is never verified (no network, no keys): the explanation says so. The core
 (``caller_from_scopes``, ``caller_from_token``, ``explain``) is pure; ``render_text``,
@@ -21,12 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from .auth.tokens import audience_matches, bearer_token_from, check_claims, check_header, scopes_of, split_jws
 from .config import GatewayConfig, RouteConfig
 from .errors import BodyTooLarge, InsufficientScope, InvalidToken, PolicyDenied
-from .mcp import PROTOCOL_VERSION_HEADER, HeaderValues, McpRejected, parse_post
-from .metadata import advertised_scopes, bearer_challenge, prm_url, quoted_string
-from .policy import Decision, RoutePolicy, combine, decide, operation_of
-from .tokens import audience_matches, bearer_token_from, check_claims, check_header, scopes_of, split_jws
+from .mcp.messages import PROTOCOL_VERSION_HEADER, HeaderValues, McpRejected, parse_post
+from .mcp.policy import Decision, RoutePolicy, combine, decide, operation_of
+from .web.metadata import advertised_scopes, bearer_challenge, prm_url, quoted_string
 
 __all__ = [
     "EXIT_FORWARDED",
@@ -332,7 +332,7 @@ def _evaluate(
 
 
 def combine_decisions(config: GatewayConfig, route: RouteConfig, decisions: Sequence[Decision]) -> Outcome:
-    """How one POST's decisions combine, as ``gateway.app.authorize`` and the error renderer do it.
+    """How one POST's decisions combine, as ``gateway.web.app.authorize`` and the error renderer do it.
 
     One denied message refuses the whole POST. Any unconditional denial: a plain 403. Otherwise
     a 403 ``insufficient_scope`` challenge naming the required scopes of every denied message.
@@ -367,7 +367,7 @@ def _token_outcome(config: GatewayConfig, route: RouteConfig, caller: Caller) ->
 
 
 def _challenge(config: GatewayConfig, route: RouteConfig, exc: InsufficientScope | InvalidToken) -> Outcome:
-    """The answer ``gateway.middleware.render_error`` gives for an auth error on ``route``."""
+    """The answer ``gateway.web.middleware.render_error`` gives for an auth error on ``route``."""
     scopes = exc.scopes or route.scopes
     shown = advertised_scopes(scopes)
     summary = f"HTTP {exc.status} {exc.oauth_error}"

@@ -3,7 +3,7 @@
 Every label takes a bounded set of values, whatever clients send:
 
 * ``route``: a configured route path, or ``none`` (metadata, health, unknown paths);
-* ``mcp_method``: an MCP method the gateway knows (``gateway.mcp.KNOWN_METHODS``), ``GET`` or
+* ``mcp_method``: an MCP method the gateway knows (``gateway.mcp.messages.KNOWN_METHODS``), ``GET`` or
   ``DELETE`` for those HTTP methods, else ``other`` (also a POST whose body was not read yet);
 * ``tool``: a tool name written as a literal (non-glob) pattern in the route's ``tools``,
   ``other`` for any other tool, ``none`` for a message that calls no tool;
@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .config import RouteConfig
-from .mcp import KNOWN_METHODS
+from .mcp.messages import KNOWN_METHODS
 
 __all__ = [
     "CONTENT_TYPE_LATEST",

@@ -28,10 +28,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from .admin import start_admin
-from .app import build_app
 from .config import ConfigError, GatewayConfig, load_config
-from .live import LIVE, LiveGateway
+from .web.admin import start_admin
+from .web.app import build_app
+from .web.live import LIVE, LiveGateway
 
 log = structlog.get_logger("gateway.server")
 

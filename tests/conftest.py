@@ -22,10 +22,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.admin import ADMIN
 from gateway.config import GatewayConfig, load_config
 from gateway.logs import configure_logging
 from gateway.server import start_gateway
+from gateway.web.admin import ADMIN
 from tests.support.fake_as import FakeAuthorizationServer
 from tests.support.issuer import MINTED_TOKENS, TestIssuer, serving
 from tests.support.processes import REPO_ROOT

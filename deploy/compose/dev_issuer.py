@@ -17,7 +17,7 @@ import os
 
 from aiohttp import web
 
-from gateway.dev_issuer import WARNING, DevIssuer
+from gateway.demo.dev_issuer import WARNING, DevIssuer
 
 
 def main() -> None:

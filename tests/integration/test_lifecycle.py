@@ -26,9 +26,9 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from gateway.config import MintingConfig, load_config
-from gateway.live import LIVE
-from gateway.minting import SigningKeyError
 from gateway.server import start_gateway
+from gateway.upstream.minting import SigningKeyError
+from gateway.web.live import LIVE
 from tests.conftest import LogSink, Upstream, single_route_config
 from tests.support.issuer import TestIssuer
 from tests.support.mcp_client import ProgressLog, session_client

@@ -3,7 +3,7 @@ rules deny, and a list result never shows a denied item.
 
 Tested through the real gateway (config text → parse → listener → forward → list filter) in front
 of a tiny recording upstream, against an oracle written here from the documented semantics, not
-from ``gateway.policy``:
+from ``gateway.mcp.policy``:
 
 * ``tools`` / ``prompts`` / ``resources`` rules decide ``tools/call`` / ``prompts/get`` /
   ``resources/read`` by name or URI; ``methods`` rules decide every other method by its name;

@@ -1,4 +1,4 @@
-"""Prompt TCP acknowledgements on upstream connections (gateway.proxy.PromptAcks).
+"""Prompt TCP acknowledgements on upstream connections (gateway.upstream.proxy.PromptAcks).
 
 What it saves is latency (a 40 ms delayed-ACK stall per answer from upstreams without
 TCP_NODELAY, such as the official Python SDK's uvicorn server); that is measured by the benchmark
@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.proxy import PromptAcks
+from gateway.upstream.proxy import PromptAcks
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux-only")
 

@@ -28,7 +28,7 @@ from gateway.config import (
     load_config,
     parse_config_text,
 )
-from gateway.policy import Default, RoutePolicy, Rule, compile_glob
+from gateway.mcp.policy import Default, RoutePolicy, Rule, compile_glob
 
 BASE_LINES = (
     "listen: {host: 127.0.0.1, port: 8080}",  # 1

@@ -24,7 +24,9 @@ from gateway.config import (
     StaticCredential,
     TokenExchangeCredential,
 )
-from gateway.credentials import (
+from gateway.principal import Principal
+from gateway.secret import Secret
+from gateway.upstream.credentials import (
     CredentialConfigError,
     CredentialStrategy,
     MintedCredentialStrategy,
@@ -33,9 +35,7 @@ from gateway.credentials import (
     build_strategy,
     downstream_scopes,
 )
-from gateway.minting import TokenMinter
-from gateway.principal import Principal
-from gateway.secret import Secret
+from gateway.upstream.minting import TokenMinter
 
 API_KEY = "sk-live-4f9a1c0e-never-print-me"
 CLIENT_TOKEN = "client-token-must-not-go-upstream"

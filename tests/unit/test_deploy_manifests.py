@@ -23,8 +23,8 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from gateway.app import build_app
 from gateway.config import GatewayConfig, parse_config_text
+from gateway.web.app import build_app
 
 try:
     from gateway.metrics import METRIC_FAMILIES
@@ -121,7 +121,7 @@ def client_app(config: GatewayConfig) -> web.Application:
 
 def admin_app_for(config: GatewayConfig) -> web.Application | None:
     try:
-        from gateway.admin import admin_app
+        from gateway.web.admin import admin_app
     except ImportError:
         return None
     return admin_app(build_app(config))
@@ -639,7 +639,7 @@ def test_compose_upstream_and_issuer_match_the_config(compose: dict[str, Any]) -
     for name in ("upstream", "issuer"):
         assert services[name]["network_mode"] == "service:gateway", name
     upstream_args = services["upstream"]["command"]
-    assert services["upstream"]["entrypoint"] == ["python", "-m", "gateway.demo_upstream"]
+    assert services["upstream"]["entrypoint"] == ["python", "-m", "gateway.demo.upstream"]
     (route,) = config.routes
     upstream = urlsplit(route.upstream)
     assert upstream.hostname == upstream_args[upstream_args.index("--host") + 1] == "127.0.0.1"
@@ -713,4 +713,4 @@ def test_compose_issuer_script_loads_the_gateway_dev_issuer() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # defines main(); runs nothing
     assert callable(module.main)
-    assert module.DevIssuer.__module__ == "gateway.dev_issuer"
+    assert module.DevIssuer.__module__ == "gateway.demo.dev_issuer"

@@ -16,7 +16,9 @@ from structlog.testing import capture_logs
 
 from gateway.config import ClientAuthMethod, ScopeMode, TokenExchangeCredential
 from gateway.errors import RequestRejected
-from gateway.exchange import (
+from gateway.principal import Principal
+from gateway.secret import Secret
+from gateway.upstream.exchange import (
     DEFAULT_RETRY_AFTER_S,
     ExchangeRefused,
     ExchangeUnavailable,
@@ -29,8 +31,6 @@ from gateway.exchange import (
     retry_after_seconds,
     safe_description,
 )
-from gateway.principal import Principal
-from gateway.secret import Secret
 from tests.support.fake_as import ACCESS_TOKEN_TYPE, FakeAuthorizationServer, serving_fake_as
 
 NOW = 1_800_000_000.0

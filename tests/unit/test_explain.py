@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from gateway.app import authorize
 from gateway.cli import main
 from gateway.config import load_config
 from gateway.errors import InsufficientScope, PolicyDenied
 from gateway.explain import NOT_VERIFIED, caller_from_scopes, explain
-from gateway.mcp import parse_post
+from gateway.mcp.messages import parse_post
 from gateway.principal import Principal, Secret
+from gateway.web.app import authorize
 
 CONFIG = """\
 public_url: https://mcp.example.com
@@ -341,7 +341,7 @@ CONSISTENCY_BODIES = [
 def test_outcome_agrees_with_the_gateway_pipeline(
     tmp_path: Path, body: list[dict[str, Any]], scopes: str
 ) -> None:
-    """explain's answer is what gateway.app.authorize raises for the same POST and scopes."""
+    """explain's answer is what gateway.web.app.authorize raises for the same POST and scopes."""
     config = load_config(write(tmp_path))
     route = config.routes[0]
     raw = json.dumps(body).encode()

@@ -12,17 +12,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.config import ClientAuthMethod, IntrospectionConfig, IssuerConfig
-from gateway.errors import AuthUnavailable, InvalidToken
-from gateway.exchange import FormResponse
-from gateway.introspection import (
+from gateway.auth.introspection import (
     IntrospectionUnavailable,
     Introspector,
     cache_until,
     claims_from,
     interpret_introspection,
 )
+from gateway.config import ClientAuthMethod, IntrospectionConfig, IssuerConfig
+from gateway.errors import AuthUnavailable, InvalidToken
 from gateway.secret import Secret
+from gateway.upstream.exchange import FormResponse
 from tests.support.fake_as import FakeAuthorizationServer, serving_fake_as
 
 NOW = 1_800_000_000.0

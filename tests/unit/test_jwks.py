@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.jwks import authorization_server_metadata_urls, parse_jwks
+from gateway.auth.jwks import authorization_server_metadata_urls, parse_jwks
 from tests.support.issuer import SigningKey
 
 ALL = frozenset({"RS256", "PS256", "ES256", "EdDSA"})

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import parse_config_text
-from gateway.listfilter import ListFilter
-from gateway.mcp import parse_post
+from gateway.mcp.listing import ListFilter
+from gateway.mcp.messages import parse_post
 
 CONFIG = """
 public_url: https://gw.example

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import RequestRejected
-from gateway.mcp import (
+from gateway.mcp.messages import (
     HANDSHAKE_VERSIONS,
     LIST_METHODS,
     MAX_DEPTH,

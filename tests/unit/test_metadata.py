@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import parse_config_text
-from gateway.metadata import advertised_scopes, bearer_challenge, prm_document, prm_url, quoted_string
+from gateway.web.metadata import advertised_scopes, bearer_challenge, prm_document, prm_url, quoted_string
 from tests.support.challenge import parse_bearer_challenge
 
 CONFIG = """

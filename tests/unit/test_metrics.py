@@ -17,8 +17,8 @@ from gateway import cli
 from gateway.cli import main
 from gateway.config import AdminConfig, ConfigError, GatewayConfig, LoggingConfig, RouteConfig, load_config
 from gateway.logs import HIDE_SUBJECT, configure_logging
+from gateway.mcp.policy import RoutePolicy, Rule, compile_glob
 from gateway.metrics import METRIC_FAMILIES, GatewayMetrics, literal_tools, mcp_method_label
-from gateway.policy import RoutePolicy, Rule, compile_glob
 from tests.conftest import _SESSION_LOGS
 
 BASE = """\

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.config import MintingConfig, SigningKeyConfig
 from gateway.errors import InvalidToken
-from gateway.minting import MintingError, SigningKeyError, TokenMinter, minted_claims
 from gateway.principal import Principal
 from gateway.secret import Secret
+from gateway.upstream.minting import MintingError, SigningKeyError, TokenMinter, minted_claims
 
 ISSUER = "https://mcp.example.com/upstream-tokens"
 AUDIENCE = "https://upstream.internal/mcp"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import parse_config_text
-from gateway.policy import (
+from gateway.mcp.policy import (
     Decision,
     GlobError,
     Operation,

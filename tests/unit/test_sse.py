@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.sse import SseEventRewriter, SseEventTooLarge, parse_sse_events
+from gateway.mcp.sse import SseEventRewriter, SseEventTooLarge, parse_sse_events
 
 BOM = "\ufeff"
 ENDINGS = ("\r\n", "\n", "\r")
@@ -27,7 +27,7 @@ Rewrite = Callable[[str], str | None]
 def reference_lines(stream: bytes) -> tuple[list[list[str]], str]:
     """The lines of every blank-line-terminated event (BOM dropped), and the unterminated rest.
 
-    Written from the WHATWG rules directly, sharing nothing with gateway.sse: decode as UTF-8,
+    Written from the WHATWG rules directly, sharing nothing with gateway.mcp.sse: decode as UTF-8,
     drop one leading BOM, then a line ends at CR LF, a lone CR or a lone LF; a blank line ends
     an event.
     """

@@ -6,9 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import IssuerConfig, JwksDiscover
-from gateway.errors import InvalidAuthRequest, InvalidToken, MissingToken
-from gateway.tokens import (
+from gateway.auth.tokens import (
     audience_matches,
     bearer_token_from,
     check_claims,
@@ -16,6 +14,8 @@ from gateway.tokens import (
     scopes_of,
     split_jws,
 )
+from gateway.config import IssuerConfig, JwksDiscover
+from gateway.errors import InvalidAuthRequest, InvalidToken, MissingToken
 
 ISSUER = IssuerConfig(
     issuer="https://as.example", algorithms=("RS256", "ES256"), jwks=JwksDiscover(), leeway_s=30

@@ -10,10 +10,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.auth.jwks import IssuerKeys
+from gateway.auth.tokens import JwtAuthenticator
 from gateway.config import IssuerConfig, JwksFile
 from gateway.errors import InvalidToken
-from gateway.jwks import IssuerKeys
-from gateway.tokens import JwtAuthenticator
 from tests.support.issuer import SigningKey, TestIssuer
 
 ISSUER = "https://as.cache.example"

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from .jsonutil import StrictJSONError, loads_strict
+from ..strictjson import StrictJSONError, loads_strict
 
 MAX_DOCUMENT_BYTES = 512 * 1024
 

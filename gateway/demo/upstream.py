@@ -1,6 +1,6 @@
 """The demo's upstream: a plain MCP server built with the official SDK that knows nothing of OAuth.
 
-Run on its own with ``python -m gateway.demo_upstream --port 8001``; ``mcp-auth-gateway demo``
+Run on its own with ``python -m gateway.demo.upstream --port 8001``; ``mcp-auth-gateway demo``
 starts it for you. Needs the ``demo`` extra (``pip install 'mcp-auth-gateway[demo]'``).
 """
 

@@ -32,9 +32,9 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
 
-from .config import MintingConfig, SigningKeyConfig
-from .errors import GatewayError, InvalidToken
-from .principal import Principal
+from ..config import MintingConfig, SigningKeyConfig
+from ..errors import GatewayError, InvalidToken
+from ..principal import Principal
 
 __all__ = [
     "AT_JWT_TYP",

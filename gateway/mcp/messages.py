@@ -21,8 +21,8 @@ from itertools import accumulate
 from types import MappingProxyType
 from typing import Any, Final, Literal, TypeAlias, TypeGuard
 
-from .errors import RequestRejected
-from .jsonutil import StrictJSONError, loads_strict
+from ..errors import RequestRejected
+from ..strictjson import StrictJSONError, loads_strict
 
 __all__ = [
     "HANDSHAKE_VERSIONS",

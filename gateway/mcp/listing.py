@@ -12,8 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .jsonutil import StrictJSONError, loads_strict
-from .mcp import HANDSHAKE_VERSIONS, LIST_METHODS, McpPost, filter_list_result
+from ..strictjson import StrictJSONError, loads_strict
+from .messages import HANDSHAKE_VERSIONS, LIST_METHODS, McpPost, filter_list_result
 from .policy import RoutePolicy, is_visible
 
 RpcId = str | int

@@ -11,7 +11,7 @@ forwarded instead.
 Layout: small pure functions decide (what to ask, how to authenticate, what an answer means,
 how long to keep it); ``TokenExchanger`` is the thin async shell around one HTTP POST, a bounded
 cache and a single-flight table. ``client_authentication``, ``post_form`` and ``SingleFlight``
-are shared with ``gateway.introspection`` (RFC 7662), which talks to the same kind of endpoint.
+are shared with ``gateway.auth.introspection`` (RFC 7662), which talks to the same kind of endpoint.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ import aiohttp
 import cachetools
 import structlog
 
-from .config import ClientAuthMethod, ScopeMode, TokenExchangeCredential
-from .errors import RequestRejected
-from .jsonutil import StrictJSONError, loads_strict
-from .outbound import FetchError, read_bounded
-from .principal import Principal
-from .secret import Secret
+from ..auth.oauth_client import FetchError, read_bounded
+from ..config import ClientAuthMethod, ScopeMode, TokenExchangeCredential
+from ..errors import RequestRejected
+from ..principal import Principal
+from ..secret import Secret
+from ..strictjson import StrictJSONError, loads_strict
 
 __all__ = [
     "GRANT_TYPE_TOKEN_EXCHANGE",

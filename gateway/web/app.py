@@ -20,19 +20,24 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from ..auth.authenticator import Authenticator
+from ..auth.introspection import Introspector
+from ..auth.jwks import IssuerKeys
+from ..auth.tokens import JwtAuthenticator, bearer_token_from
+from ..config import GatewayConfig, RouteConfig, TokenExchangeCredential
+from ..errors import AuthError, InsufficientScope, MethodNotAllowed, OriginForbidden, PolicyDenied
+from ..mcp.listing import ListFilter
+from ..mcp.messages import HANDSHAKE_VERSIONS, McpPost, McpRejected, decode_header_value, parse_post
+from ..mcp.policy import challenge_scopes, combine, decide, operation_of
+from ..metrics import METRICS, GatewayMetrics
+from ..principal import Principal
+from ..upstream.credentials import CredentialStrategy, ExchangerFactory, build_strategy
+from ..upstream.exchange import TokenExchanger
+from ..upstream.minting import TokenMinter
+from ..upstream.proxy import Upstream, read_body
 from .audit import audit_decision
-from .authn import Authenticator
-from .config import GatewayConfig, RouteConfig, TokenExchangeCredential
-from .credentials import CredentialStrategy, ExchangerFactory, build_strategy
-from .errors import AuthError, InsufficientScope, MethodNotAllowed, OriginForbidden, PolicyDenied
-from .exchange import TokenExchanger
-from .introspection import Introspector
-from .jwks import IssuerKeys
-from .listfilter import ListFilter
 from .live import LIVE, LiveGateway, remember_prepared
-from .mcp import HANDSHAKE_VERSIONS, McpPost, McpRejected, decode_header_value, parse_post
 from .metadata import WELL_KNOWN_PRM, prm_document
-from .metrics import METRICS, GatewayMetrics
 from .middleware import (
     LOGGING,
     MCP_METHOD,
@@ -44,11 +49,6 @@ from .middleware import (
     jsonrpc_error_response,
     request_context,
 )
-from .minting import TokenMinter
-from .policy import challenge_scopes, combine, decide, operation_of
-from .principal import Principal
-from .proxy import Upstream, read_body
-from .tokens import JwtAuthenticator, bearer_token_from
 
 MCP_METHODS = ("GET", "POST", "DELETE")
 _CORS_EXPOSED = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
@@ -247,7 +247,7 @@ def challenge_hint(route: RouteConfig, request: web.Request) -> tuple[str, ...]:
 
 
 def parse_strictly(request: web.Request, body: bytes) -> McpPost:
-    """The strict reading of the body (gateway.mcp); the request id is kept for error bodies."""
+    """The strict reading of the body (gateway.mcp.messages); the request id is kept for error bodies."""
 
     try:
         post = parse_post(body, lambda name: request.headers.getall(name, []))

@@ -13,12 +13,12 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from .config import GatewayConfig, LoggingConfig, RouteConfig
-from .errors import AuthError, GatewayError, InvalidAuthRequest, InvalidToken, MethodNotAllowed, MissingToken
-from .logs import HIDE_SUBJECT
+from ..config import GatewayConfig, LoggingConfig, RouteConfig
+from ..errors import AuthError, GatewayError, InvalidAuthRequest, InvalidToken, MethodNotAllowed, MissingToken
+from ..logs import HIDE_SUBJECT
+from ..metrics import METRICS, NO_ROUTE, mcp_method_label
+from ..principal import Principal
 from .metadata import bearer_challenge, prm_url
-from .metrics import METRICS, NO_ROUTE, mcp_method_label
-from .principal import Principal
 
 log = structlog.get_logger("gateway.request")
 

@@ -22,12 +22,12 @@ from urllib.parse import urlsplit
 import cachetools
 from jwt.algorithms import get_default_algorithms
 
-from .config import IssuerConfig
-from .errors import AuthUnavailable, InvalidAuthRequest, InvalidToken, MissingToken
-from .jsonutil import StrictJSONError, loads_strict
+from ..config import IssuerConfig
+from ..errors import AuthUnavailable, InvalidAuthRequest, InvalidToken, MissingToken
+from ..principal import Principal
+from ..secret import Secret, token_hash
+from ..strictjson import StrictJSONError, loads_strict
 from .jwks import IssuerKeys, KeySet, KeysUnavailable
-from .principal import Principal
-from .secret import Secret, token_hash
 
 # RFC 6750 §2.1 b64token. Anything else in the header is not a bearer token.
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")

@@ -7,8 +7,8 @@ and ``build_strategy`` turns that choice into a ``CredentialStrategy``:
 
 * ``none``: nothing is added;
 * ``static``: one fixed header, e.g. an API key the upstream expects;
-* ``minted``: a short-lived JWT signed by the gateway for the upstream (``gateway.minting``);
-* ``token_exchange``: RFC 8693 at the authorization server (``gateway.exchange``, plugged in
+* ``minted``: a short-lived JWT signed by the gateway for the upstream (``gateway.upstream.minting``);
+* ``token_exchange``: RFC 8693 at the authorization server (``gateway.upstream.exchange``, plugged in
   through a factory).
 
 Strategies hold secrets (a static value, a minter's keys) but never show them: their ``repr``
@@ -23,7 +23,7 @@ from typing import Protocol, assert_never
 
 import cachetools
 
-from .config import (
+from ..config import (
     MintedCredential,
     NoCredential,
     RouteConfig,
@@ -31,9 +31,9 @@ from .config import (
     StaticCredential,
     TokenExchangeCredential,
 )
+from ..principal import Principal
+from ..secret import token_hash
 from .minting import MintedToken, TokenMinter
-from .principal import Principal
-from .secret import token_hash
 
 __all__ = [
     "CredentialConfigError",

@@ -24,13 +24,13 @@ import aiohttp
 import cachetools
 import structlog
 
-from .config import IntrospectionConfig, IssuerConfig
-from .errors import AuthUnavailable, InvalidToken
-from .exchange import FormResponse, SingleFlight, client_authentication, post_form
-from .jsonutil import StrictJSONError, loads_strict
-from .outbound import FetchError
-from .principal import Principal
-from .secret import token_hash
+from ..config import IntrospectionConfig, IssuerConfig
+from ..errors import AuthUnavailable, InvalidToken
+from ..principal import Principal
+from ..secret import token_hash
+from ..strictjson import StrictJSONError, loads_strict
+from ..upstream.exchange import FormResponse, SingleFlight, client_authentication, post_form
+from .oauth_client import FetchError
 from .tokens import check_claims
 
 __all__ = [

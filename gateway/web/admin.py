@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
+from ..config import AdminConfig, GatewayConfig
+from ..metrics import CONTENT_TYPE_LATEST, METRICS
 from .app import GATEWAY
-from .config import AdminConfig, GatewayConfig
 from .live import LIVE
-from .metrics import CONTENT_TYPE_LATEST, METRICS
 
 log = structlog.get_logger("gateway.admin")
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import structlog
 
-from .config import RouteConfig
-from .mcp import McpMessage
-from .policy import Decision
-from .principal import Principal
+from ..config import RouteConfig
+from ..mcp.messages import McpMessage
+from ..mcp.policy import Decision
+from ..principal import Principal
 
 log = structlog.get_logger("gateway.audit")
 

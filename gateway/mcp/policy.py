@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
-from .mcp import McpMessage
+from .messages import McpMessage
 
 TargetKind = Literal["tool", "prompt", "resource"]
 

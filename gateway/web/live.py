@@ -29,12 +29,12 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from .errors import GatewayError
+from ..errors import GatewayError
 from .middleware import error_responses
 
 if TYPE_CHECKING:
+    from ..config import GatewayConfig
     from .app import Gateway
-    from .config import GatewayConfig
 
 log = structlog.get_logger("gateway.live")
 

@@ -25,14 +25,14 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .config import RouteConfig
-from .errors import BodyTooLarge, UpstreamError, UpstreamTimeout
-from .middleware import STREAMED_STATUS, UPSTREAM_MS
-from .outbound import FetchError, read_bounded
-from .sse import SseEventRewriter, SseEventTooLarge
+from ..auth.oauth_client import FetchError, read_bounded
+from ..config import RouteConfig
+from ..errors import BodyTooLarge, UpstreamError, UpstreamTimeout
+from ..mcp.sse import SseEventRewriter, SseEventTooLarge
+from ..web.middleware import STREAMED_STATUS, UPSTREAM_MS
 
 if TYPE_CHECKING:
-    from .metrics import GatewayMetrics
+    from ..metrics import GatewayMetrics
 
 log = structlog.get_logger("gateway.proxy")
 

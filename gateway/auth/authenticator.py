@@ -7,8 +7,8 @@ an opaque token does not say who issued it. With none, the JWT path names the re
 
 from __future__ import annotations
 
+from ..principal import Principal
 from .introspection import Introspector
-from .principal import Principal
 from .tokens import JwtAuthenticator
 
 

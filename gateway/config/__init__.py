@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, TypeAlias, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from .policy import Default, GlobError, RoutePolicy, Rule, compile_glob, shadowing_rule
-from .secret import Secret
-from .yaml_loader import (
+from ..mcp.policy import Default, GlobError, RoutePolicy, Rule, compile_glob, shadowing_rule
+from ..secret import Secret
+from .yamlsource import (
     YamlMapping,
     YamlNode,
     YamlRejected,

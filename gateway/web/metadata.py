@@ -6,8 +6,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from .config import GatewayConfig, RouteConfig
-from .policy import scopes_supported
+from ..config import GatewayConfig, RouteConfig
+from ..mcp.policy import scopes_supported
 
 WELL_KNOWN_PRM = "/.well-known/oauth-protected-resource"
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .config import ConfigError, load_config
+from ..config import ConfigError, load_config
+from ..logs import configure_logging
+from ..server import start_gateway
 from .dev_issuer import WARNING, DevIssuer
-from .logs import configure_logging
-from .server import start_gateway
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
 
 
 def run_demo(port: int) -> int:
@@ -48,7 +48,7 @@ async def _demo(port: int) -> int:
     await web.TCPSite(issuer_runner, "127.0.0.1", port + 2).start()
 
     upstream = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.demo_upstream", "--port", str(port + 1)
+        sys.executable, "-m", "gateway.demo.upstream", "--port", str(port + 1)
     )
     gateway_runner = None
     try:

@@ -24,9 +24,9 @@ import jwt
 import structlog
 from jwt.exceptions import PyJWKError
 
-from .config import IssuerConfig, JwksFile, JwksUrl
-from .jsonutil import StrictJSONError, loads_strict
-from .outbound import FetchError, get_json_object
+from ..config import IssuerConfig, JwksFile, JwksUrl
+from ..strictjson import StrictJSONError, loads_strict
+from .oauth_client import FetchError, get_json_object
 
 log = structlog.get_logger("gateway.jwks")
 
