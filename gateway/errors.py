@@ -1,30 +1,155 @@
-"""One exception tree for everything the gateway refuses.
+"""Everything the gateway refuses, as one exception tree that renders itself.
 
-Each leaf knows its HTTP status, its wire code (an OAuth error code from RFC 6750 §3.1, or a
-JSON-RPC error code) and a short ``reason`` that is also the metrics label and the log field.
-The ``reason`` is never sent to the client beyond the OAuth error code: operators read it in
-the log, attackers learn nothing from it.
+Each error knows its HTTP status, its wire code (an OAuth error code from RFC 6750 §3.1, or a
+JSON-RPC error code), the headers its answer carries and a short ``reason`` that is also the
+metrics label and the log field. The ``reason`` is never sent to the client beyond the OAuth
+error code: operators read it in the log, attackers learn nothing from it. Reasons are a closed
+set (``Reason``), since they are metric labels.
+
+::
+
+    GatewayError                     500  the base; rendered by web.middleware.error_responses
+    ├── AuthError                         answers with WWW-Authenticate: Bearer … (RFC 6750 §3)
+    │   ├── TokenRejected                 counted in gateway_token_rejections_total
+    │   │   ├── MissingToken         401  no credentials at all (no ``error`` parameter)
+    │   │   ├── InvalidToken         401  invalid_token
+    │   │   └── InvalidAuthRequest   400  invalid_request
+    │   ├── InsufficientScope        403  insufficient_scope (step-up)
+    │   └── AuthUnavailable          503  keys could not be loaded (Retry-After)
+    │       └── IntrospectionUnavailable  the RFC 7662 endpoint gave no usable answer
+    ├── RequestRejected                   refused before the upstream sees it; JSON-RPC body
+    │   ├── OriginForbidden          403
+    │   ├── PolicyDenied             403  no rule allows it and no scope would
+    │   ├── BodyTooLarge             413
+    │   ├── MethodNotAllowed         405  (Allow)
+    │   └── McpRejected              400  a body the strict MCP reading refuses
+    ├── CredentialFailure                 no downstream credential for this request
+    │   ├── ExchangeUnavailable      503  the AS gave no usable answer (Retry-After)
+    │   ├── ExchangeRefused          403  the AS refused the RFC 8693 exchange
+    │   └── MintingError             500
+    ├── UpstreamError                502  the upstream could not be reached or failed mid-request
+    │   └── UpstreamTimeout          504
+    └── ShuttingDown                 503  the shutdown deadline passed (Retry-After)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Final, Literal, Protocol, TypeAlias
+
+TokenReason: TypeAlias = Literal[
+    "missing_token",
+    "invalid_token",
+    "invalid_request",
+    # the bearer token as presented (RFC 6750 §2)
+    "duplicate_authorization_header",
+    "empty_bearer_token",
+    "token_in_query",
+    "token_in_query_and_header",
+    "unsupported_auth_scheme",
+    # the JWT and its claims (RFC 9068, RFC 7519)
+    "malformed",
+    "alg_not_allowed",
+    "bad_typ",
+    "refused_header_param",
+    "unknown_issuer",
+    "unknown_kid",
+    "bad_signature",
+    "bad_issuer",
+    "bad_audience",
+    "missing_audience",
+    "missing_claim",
+    "bad_claim",
+    "expired",
+    "not_yet_valid",
+    "issued_in_future",
+    # introspection (RFC 7662)
+    "inactive",
+    "bad_token_type",
+    "sender_constrained",
+]
+"""Why a presented token (or its absence) is refused."""
+
+McpReason: TypeAlias = Literal[
+    "empty_body",
+    "invalid_json",
+    "too_deep",
+    "batch_not_allowed",
+    "empty_batch",
+    "invalid_batch",
+    "duplicate_id",
+    "invalid_message",
+    "method_case_variant",
+    "response_not_allowed",
+    "invalid_params",
+    "invalid_name",
+    "invalid_uri",
+    "invalid_ref",
+    "header_mismatch",
+]
+"""Why the strict MCP reading refuses a POST body (``McpRejected``)."""
+
+UpstreamReason: TypeAlias = Literal[
+    "upstream_unavailable",
+    "upstream_timeout",
+    "upstream_failed",
+    "upstream_refused",
+    "upstream_stream_broken",
+    "upstream_response_too_large",
+]
+"""Why the upstream gave no (complete) answer."""
+
+Reason: TypeAlias = (
+    TokenReason
+    | McpReason
+    | UpstreamReason
+    | Literal[
+        "internal_error",
+        "insufficient_scope",
+        "keys_unavailable",
+        "introspection_unavailable",
+        "origin_forbidden",
+        "policy_denied",
+        "body_too_large",
+        "method_not_allowed",
+        "exchange_unavailable",
+        "exchange_refused",
+        "minting_failed",
+        "shutting_down",
+    ]
+)
+"""Every ``reason`` an error can carry: a closed set, since it is a metric label."""
+
+
+class Challenge(Protocol):
+    """Builds a route's ``WWW-Authenticate: Bearer`` value (web.metadata.route_challenge)."""
+
+    def __call__(self, scopes: tuple[str, ...], error: str | None) -> str: ...
 
 
 class GatewayError(Exception):
     """Base of every error the error middleware renders."""
 
     status: int = 500
-    reason: str = "internal_error"
+    reason: Reason = "internal_error"
     jsonrpc_code: int = -32603  # Internal error (JSON-RPC 2.0 §5.1)
     message: str = "Internal error"
+    # Seconds for a ``Retry-After`` header (RFC 9110 §10.2.3), or None for no header.
+    retry_after_s: int | None = None
 
-    def __init__(self, reason: str | None = None, detail: str = "") -> None:
+    def __init__(self, reason: Reason | None = None, detail: str = "") -> None:
         if reason is not None:
             self.reason = reason
         # ``detail`` goes to the log only; it must never contain a token or secret.
         self.detail = detail
         super().__init__(self.reason if not detail else f"{self.reason}: {detail}")
+
+    def headers(self, challenge: Challenge | None) -> dict[str, str]:
+        """The headers of this error's answer; ``challenge`` is the route's, when there is one."""
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(1, self.retry_after_s))}
 
 
 # --- Authentication and authorization: rendered as a Bearer challenge -------------------------
@@ -37,21 +162,36 @@ class AuthError(GatewayError):
     jsonrpc_code = -32001  # implementation-defined server error: not authorized
     message = "Unauthorized"
 
-    def __init__(self, reason: str | None = None, detail: str = "", scopes: Sequence[str] = ()) -> None:
+    def __init__(self, reason: Reason | None = None, detail: str = "", scopes: Sequence[str] = ()) -> None:
         super().__init__(reason, detail)
         # The scopes to name in the challenge (RFC 6750 §3 `scope`); filled in by the caller that
-        # knows the route and operation.
+        # knows the route and operation. Empty: the challenge names the route's scopes.
         self.scopes = tuple(scopes)
 
+    def headers(self, challenge: Challenge | None) -> dict[str, str]:
+        headers = super().headers(challenge)
+        if challenge is not None:  # no route, no resource metadata to point at
+            headers["WWW-Authenticate"] = challenge(self.scopes, self.oauth_error)
+        return headers
 
-class MissingToken(AuthError):
+
+class TokenRejected(AuthError):
+    """The request's token (or its absence) is not acceptable: counted per reason."""
+
+    def __init__(
+        self, reason: TokenReason | None = None, detail: str = "", scopes: Sequence[str] = ()
+    ) -> None:
+        super().__init__(reason, detail, scopes)
+
+
+class MissingToken(TokenRejected):
     """No credentials at all: 401 without an ``error`` parameter (RFC 6750 §3.1)."""
 
     status = 401
     reason = "missing_token"
 
 
-class InvalidToken(AuthError):
+class InvalidToken(TokenRejected):
     """A token was presented and is not acceptable: 401 ``invalid_token``."""
 
     status = 401
@@ -59,7 +199,7 @@ class InvalidToken(AuthError):
     reason = "invalid_token"
 
 
-class InvalidAuthRequest(AuthError):
+class InvalidAuthRequest(TokenRejected):
     """Malformed authorization (two headers, empty Bearer, token in two places): 400."""
 
     status = 400
@@ -80,12 +220,19 @@ class AuthUnavailable(AuthError):
     """The token cannot be checked right now (no keys could be loaded): fail closed with 503."""
 
     status = 503
-    reason = "keys_unavailable"
+    reason: Reason = "keys_unavailable"
     jsonrpc_code = -32603
     message = "Token validation temporarily unavailable"
+    retry_after_s = 5
 
 
-# --- Everything else: rendered as a JSON-RPC error body ----------------------------------------
+class IntrospectionUnavailable(AuthUnavailable):
+    """The introspection endpoint gave no usable answer (down, 5xx, malformed): 503, fail closed."""
+
+    reason = "introspection_unavailable"
+
+
+# --- Refused before the upstream: rendered as a JSON-RPC error body ---------------------------
 
 
 class RequestRejected(GatewayError):
@@ -114,12 +261,16 @@ class PolicyDenied(RequestRejected):
 
 
 class BodyTooLarge(RequestRejected):
+    """A request body over the route's ``max_body_bytes``: 413."""
+
     status = 413
     reason = "body_too_large"
     message = "Request body too large"
 
 
 class MethodNotAllowed(RequestRejected):
+    """An HTTP method the MCP transport does not use: 405 with ``Allow`` (RFC 9110 §15.5.6)."""
+
     status = 405
     reason = "method_not_allowed"
     message = "Method not allowed"
@@ -128,17 +279,177 @@ class MethodNotAllowed(RequestRejected):
         super().__init__()
         self.allowed = tuple(allowed)
 
+    def headers(self, challenge: Challenge | None) -> dict[str, str]:
+        return {**super().headers(challenge), "Allow": ", ".join(self.allowed)}
 
-class UpstreamError(RequestRejected):
+
+PARSE_ERROR: Final = -32700  # JSON-RPC 2.0 §5.1
+INVALID_REQUEST: Final = -32600  # JSON-RPC 2.0 §5.1
+INVALID_PARAMS: Final = -32602  # JSON-RPC 2.0 §5.1
+HEADER_MISMATCH: Final = -32020  # MCP 2026-07-28 transports, "Server Validation"
+
+_CODE_MESSAGES: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        PARSE_ERROR: "Parse error",
+        INVALID_REQUEST: "Invalid Request",
+        INVALID_PARAMS: "Invalid params",
+        HEADER_MISMATCH: "Header mismatch",
+    }
+)
+
+REASON_CODES: Final[Mapping[McpReason, int]] = MappingProxyType(
+    {
+        "empty_body": INVALID_REQUEST,
+        "invalid_json": PARSE_ERROR,
+        "too_deep": INVALID_REQUEST,
+        "batch_not_allowed": INVALID_REQUEST,
+        "empty_batch": INVALID_REQUEST,
+        "invalid_batch": INVALID_REQUEST,
+        "duplicate_id": INVALID_REQUEST,
+        "invalid_message": INVALID_REQUEST,
+        "method_case_variant": INVALID_REQUEST,
+        "response_not_allowed": INVALID_REQUEST,
+        "invalid_params": INVALID_PARAMS,
+        "invalid_name": INVALID_PARAMS,
+        "invalid_uri": INVALID_PARAMS,
+        "invalid_ref": INVALID_PARAMS,
+        "header_mismatch": HEADER_MISMATCH,
+    }
+)
+"""Every ``McpRejected.reason`` and the JSON-RPC code it is answered with."""
+
+RpcId: TypeAlias = str | int
+"""A JSON-RPC request id (JSON-RPC 2.0 §4: a string or a number; MCP forbids null)."""
+
+
+class McpRejected(RequestRejected):
+    """A POST body refused before any decision; HTTP 400 with a JSON-RPC error body.
+
+    ``message`` is the fixed JSON-RPC text for the code: nothing from the body is ever echoed.
+    ``rpc_id`` is the id of the offending message when it could be read, for the error body.
+    """
+
+    status = 400
+    reason: McpReason
+
+    def __init__(self, reason: McpReason, rpc_id: RpcId | None = None, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.jsonrpc_code = REASON_CODES[reason]
+        self.message = _CODE_MESSAGES[self.jsonrpc_code]
+        self.rpc_id = rpc_id
+
+
+# --- No downstream credential: rendered as a JSON-RPC error body ------------------------------
+
+
+class CredentialFailure(GatewayError):
+    """The route's downstream credential could not be obtained; the request is not forwarded."""
+
+
+DEFAULT_RETRY_AFTER_S: Final = 5
+
+
+class ExchangeUnavailable(CredentialFailure):
+    """No usable answer from the AS (unreachable, timeout, 5xx, malformed): 503, retry later.
+
+    ``retry_after_s`` is the value for the response's ``Retry-After`` header (RFC 9110 §10.2.3).
+    """
+
+    status = 503
+    reason = "exchange_unavailable"
+    jsonrpc_code = -32000  # implementation-defined server error (JSON-RPC 2.0 §5.1)
+    message = "Upstream credential temporarily unavailable"
+    retry_after_s: int
+
+    def __init__(self, detail: str = "", *, retry_after_s: int = DEFAULT_RETRY_AFTER_S) -> None:
+        super().__init__(None, detail)
+        self.retry_after_s = retry_after_s
+
+
+class ExchangeRefused(CredentialFailure):
+    """The AS answered the exchange with an RFC 6749 §5.2 error (400/401): 403.
+
+    ``error_code`` is the AS's ``error`` (e.g. ``invalid_target``), ``as_status`` its HTTP status
+    and ``description`` its ``error_description``, sanitised and cut to 200 characters (or None).
+    """
+
+    status = 403
+    reason = "exchange_refused"
+    jsonrpc_code = -32003  # implementation-defined server error: forbidden
+    message = "Upstream credential refused by the authorization server"
+
+    def __init__(self, error_code: str, as_status: int, description: str | None = None) -> None:
+        super().__init__(None, f"as_error={error_code} as_status={as_status}")
+        self.error_code = error_code
+        self.as_status = as_status
+        self.description = description
+
+
+class MintingError(CredentialFailure):
+    """A downstream token cannot be minted for this caller: the request is not forwarded.
+
+    ``detail`` goes to the log only and never contains a token.
+    """
+
+    status = 500
+    reason = "minting_failed"
+
+
+# --- The upstream and the process -------------------------------------------------------------
+
+
+class UpstreamError(GatewayError):
     """The upstream could not be reached or failed mid-request: 502."""
 
     status = 502
-    reason = "upstream_unavailable"
+    reason: UpstreamReason = "upstream_unavailable"
     jsonrpc_code = -32000  # implementation-defined server error (JSON-RPC 2.0 §5.1)
     message = "Upstream MCP server unavailable"
 
+    def __init__(self, reason: UpstreamReason | None = None, detail: str = "") -> None:
+        super().__init__(reason, detail)
+
 
 class UpstreamTimeout(UpstreamError):
+    """The upstream sent no response headers within the route's ``response_timeout_s``: 504."""
+
     status = 504
     reason = "upstream_timeout"
     message = "Upstream MCP server timed out"
+
+
+class ShuttingDown(GatewayError):
+    """The shutdown deadline passed before the upstream answered this request."""
+
+    status = 503
+    reason = "shutting_down"
+    jsonrpc_code = -32000  # implementation-defined server error (JSON-RPC 2.0 §5.1)
+    message = "Gateway is shutting down"
+    retry_after_s = 1
+
+
+ERROR_CLASSES: Final[tuple[type[GatewayError], ...]] = (
+    GatewayError,
+    AuthError,
+    TokenRejected,
+    MissingToken,
+    InvalidToken,
+    InvalidAuthRequest,
+    InsufficientScope,
+    AuthUnavailable,
+    IntrospectionUnavailable,
+    RequestRejected,
+    OriginForbidden,
+    PolicyDenied,
+    BodyTooLarge,
+    MethodNotAllowed,
+    McpRejected,
+    CredentialFailure,
+    ExchangeUnavailable,
+    ExchangeRefused,
+    MintingError,
+    UpstreamError,
+    UpstreamTimeout,
+    ShuttingDown,
+)
+"""Every class in the tree, for the test that the docstring's drawing lists each one."""

@@ -4,7 +4,7 @@ Nothing is decided here: the body goes through the gateway's own strict parser
 (``gateway.mcp.messages.parse_post``), every message through ``gateway.mcp.policy.operation_of`` and
 ``decide``, a token through ``gateway.auth.tokens`` (the same format check, ``split_jws``,
 ``check_header``, ``check_claims``, ``scopes_of``) and a challenge through ``gateway.web.metadata``.
-Only how one POST's decisions combine into an answer mirrors ``gateway.web.app.authorize``.
+Only how one POST's decisions combine into an answer mirrors ``gateway.web.pipeline.authorize``.
 
 A token's signature is never verified (no network, no keys): the explanation says so. The core
 (``caller_from_scopes``, ``caller_from_token``, ``explain``) is pure; ``render_text``,
@@ -23,9 +23,10 @@ from typing import Any, TextIO
 
 from .auth.tokens import audience_matches, bearer_token_from, check_claims, check_header, scopes_of, split_jws
 from .config import GatewayConfig, RouteConfig
-from .errors import BodyTooLarge, InsufficientScope, InvalidToken, PolicyDenied
+from .errors import BodyTooLarge, InsufficientScope, InvalidToken, PolicyDenied, TokenReason
 from .mcp.messages import PROTOCOL_VERSION_HEADER, HeaderValues, McpRejected, parse_post
-from .mcp.policy import Decision, RoutePolicy, combine, decide, operation_of
+from .mcp.methods import Target
+from .mcp.policy import DecidingRule, Decision, Rule, combine, decide, operation_of
 from .web.metadata import advertised_scopes, bearer_challenge, prm_url, quoted_string
 
 __all__ = [
@@ -58,7 +59,7 @@ NOT_VERIFIED = "token signature NOT verified (offline explain)"
 class TokenProblem:
     """Why the gateway would refuse the token (401 ``invalid_token``) before any policy decision."""
 
-    reason: str  # the gateway's own reason, as its log line names it
+    reason: TokenReason  # the gateway's own reason, as its log line names it
     message: str
 
 
@@ -83,23 +84,13 @@ class Caller:
 
 
 @dataclass(frozen=True, slots=True)
-class RuleRef:
-    """One rule named in ``Decision.rule``, with its config line when it is a configured rule."""
-
-    label: str
-    line: int | None
-
-
-@dataclass(frozen=True, slots=True)
 class MessageExplanation:
     index: int  # 1-based position in the body
     kind: str  # request, notification, response
     id: str | int | None
     method: str
-    target_kind: str | None
-    target: str | None
-    decision: Decision
-    rules: tuple[RuleRef, ...]
+    target: Target | None
+    decision: Decision  # its ``rules`` are the configured rules that decided, with their lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +171,7 @@ def caller_from_token(token: str, config: GatewayConfig, route: RouteConfig, now
         except InvalidToken as exc:
             problems.append(TokenProblem(exc.reason, _with_detail("token header refused", exc.detail)))
         try:
-            check_claims(claims, issuer=issuer, resource=route.resource, now=now, token=token)
+            check_claims(claims, issuer=issuer, resource=route.resource, now=now)
         except InvalidToken as exc:
             problems.append(TokenProblem(exc.reason, _claim_problem(exc, claims, route)))
     audience_problem = _audience_problem(claims, route)
@@ -317,10 +308,8 @@ def _evaluate(
                 kind=message.kind,
                 id=message.id,
                 method=operation.method,
-                target_kind=message.target_kind,
                 target=message.target,
                 decision=decision,
-                rules=rule_refs(route.policy, decision.rule),
             )
         )
     return _Evaluated(
@@ -332,7 +321,7 @@ def _evaluate(
 
 
 def combine_decisions(config: GatewayConfig, route: RouteConfig, decisions: Sequence[Decision]) -> Outcome:
-    """How one POST's decisions combine, as ``gateway.web.app.authorize`` and the error renderer do it.
+    """How one POST's decisions combine, as ``gateway.web.pipeline.authorize`` and the error renderer do it.
 
     One denied message refuses the whole POST. Any unconditional denial: a plain 403. Otherwise
     a 403 ``insufficient_scope`` challenge naming the required scopes of every denied message.
@@ -398,26 +387,6 @@ def _refused_outcome(refusal: Refusal) -> Outcome:
     )
 
 
-_DEFAULT_LABELS = ("default: deny", "default: allow")
-
-
-def rule_refs(policy: RoutePolicy, label: str) -> tuple[RuleRef, ...]:
-    """The rules a ``Decision.rule`` names (``a + b`` for completions), with their config lines."""
-    by_label = {rule.label: rule for rule in policy.all_rules}
-    known = sorted([*by_label, *_DEFAULT_LABELS], key=len, reverse=True)
-    refs: list[RuleRef] = []
-    rest = label
-    while rest:
-        found = next((name for name in known if rest.startswith(name)), None)
-        if found is None:
-            refs.append(RuleRef(rest, None))  # a form this module does not know: shown verbatim
-            break
-        rule = by_label.get(found)
-        refs.append(RuleRef(found, rule.line if rule is not None else None))
-        rest = rest[len(found) :].removeprefix(" + ")
-    return tuple(refs)
-
-
 # =========================================================================== output
 
 
@@ -432,12 +401,14 @@ def _scopes(scopes: Sequence[str]) -> str:
     return " ".join(_shown(scope) for scope in scopes) or "(none)"
 
 
-def _rule_text(ref: RuleRef, config: str) -> str:
-    if ref.line is not None:
-        return f"{ref.label} at {config}:{ref.line}"
-    if ref.label in _DEFAULT_LABELS:
-        return f"{ref.label} (no rule matched)"
-    return ref.label
+def _rule_line(rule: DecidingRule) -> int | None:
+    return rule.line if isinstance(rule, Rule) else None
+
+
+def _rule_text(rule: DecidingRule, config: str) -> str:
+    if isinstance(rule, Rule):
+        return f"{rule.label} at {config}:{rule.line}"
+    return f"{rule.label} (no rule matched)"
 
 
 def render_text(explanation: Explanation) -> str:
@@ -464,11 +435,11 @@ def render_text(explanation: Explanation) -> str:
     if e.refusal is not None and e.refusal.detail:
         lines.append(f"body refused: {e.refusal.reason} ({_shown(e.refusal.detail)})")
     for m in e.messages:
-        target = f"  {m.target_kind} {_shown(m.target)}" if m.target is not None else ""
+        target = f"  {m.target.kind} {_shown(m.target.identifier)}" if m.target is not None else ""
         rpc_id = f"  (id {_shown(m.id)})" if m.id is not None else f"  ({m.kind})"
         lines.append(f"message {m.index}: {_shown(m.method)}{target}{rpc_id}")
         lines.append(f"  decision: {'ALLOW' if m.decision.allowed else 'DENY'}")
-        lines.append(f"  rule: {' + '.join(_rule_text(ref, e.config) for ref in m.rules)}")
+        lines.append(f"  rule: {' + '.join(_rule_text(rule, e.config) for rule in m.decision.rules)}")
         lines.append(f"  required: {_scopes(m.decision.required)}")
         lines.append(f"  missing: {_scopes(m.decision.missing)}")
     if e.policy_outcome is not None and e.policy_outcome is not e.outcome:
@@ -530,11 +501,11 @@ def to_json(explanation: Explanation) -> dict[str, Any]:
                 "kind": m.kind,
                 "id": m.id,
                 "method": m.method,
-                "target_kind": m.target_kind,
-                "target": m.target,
+                "target_kind": m.target.kind if m.target is not None else None,
+                "target": m.target.identifier if m.target is not None else None,
                 "decision": "ALLOW" if m.decision.allowed else "DENY",
-                "rule": m.decision.rule,
-                "rules": [{"label": ref.label, "line": ref.line} for ref in m.rules],
+                "rule": m.decision.label,
+                "rules": [{"label": rule.label, "line": _rule_line(rule)} for rule in m.decision.rules],
                 "required": list(m.decision.required),
                 "missing": list(m.decision.missing),
                 "unconditional": m.decision.unconditional,

@@ -3,7 +3,7 @@
 Every label takes a bounded set of values, whatever clients send:
 
 * ``route``: a configured route path, or ``none`` (metadata, health, unknown paths);
-* ``mcp_method``: an MCP method the gateway knows (``gateway.mcp.messages.KNOWN_METHODS``), ``GET`` or
+* ``mcp_method``: an MCP method the gateway knows (``gateway.mcp.methods.KNOWN_METHODS``), ``GET`` or
   ``DELETE`` for those HTTP methods, else ``other`` (also a POST whose body was not read yet);
 * ``tool``: a tool name written as a literal (non-glob) pattern in the route's ``tools``,
   ``other`` for any other tool, ``none`` for a message that calls no tool;
@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .config import RouteConfig
-from .mcp.messages import KNOWN_METHODS
+from .mcp.methods import KNOWN_METHODS, Target, Tool
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
@@ -33,8 +33,8 @@ __all__ = [
     "METRIC_FAMILIES",
     "NO_ROUTE",
     "GatewayMetrics",
-    "literal_tools",
     "mcp_method_label",
+    "tool_label",
 ]
 
 METRIC_FAMILIES: Final[tuple[str, ...]] = (
@@ -57,7 +57,6 @@ NO_ROUTE: Final = "none"
 OTHER: Final = "other"
 NO_TOOL: Final = "none"
 _HTTP_METHOD_LABELS: Final = frozenset({"GET", "DELETE"})
-_GLOB_CHARACTERS: Final = frozenset("*?[]")
 
 # Request latencies span cached 401s (sub-millisecond) to tool calls of minutes.
 _REQUEST_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -72,11 +71,11 @@ def mcp_method_label(http_method: str, mcp_method: str | None) -> str:
     return OTHER
 
 
-def literal_tools(route: RouteConfig) -> frozenset[str]:
-    """Tool names written as literal patterns in the route's ``tools`` rules (the only ones labelled)."""
-    return frozenset(
-        rule.pattern for rule in route.policy.tools if not _GLOB_CHARACTERS.intersection(rule.pattern)
-    )
+def tool_label(route: RouteConfig, target: Target | None) -> str:
+    """The ``tool`` label: a tool named by a literal pattern of the route's rules, ``other``, ``none``."""
+    if not isinstance(target, Tool):
+        return NO_TOOL
+    return target.name if target.name in route.policy.literal_tools else OTHER
 
 
 class GatewayMetrics:
@@ -85,7 +84,6 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         registry = self.registry
-        self._literal_tools: dict[str, frozenset[str]] = {}
         self.requests = Counter(
             "mcp_gateway_requests",
             "Requests answered, by route, MCP method and outcome (ok, rejected, error).",
@@ -176,17 +174,9 @@ class GatewayMetrics:
     def token_rejected(self, reason: str) -> None:
         self.token_rejections.labels(reason).inc()
 
-    def policy_decision(self, route: RouteConfig, allowed: bool, tool: str | None) -> None:
+    def policy_decision(self, route: RouteConfig, allowed: bool, target: Target | None) -> None:
         decision = "allow" if allowed else "deny"
-        self.policy_decisions.labels(route.path, decision, self.tool_label(route, tool)).inc()
-
-    def tool_label(self, route: RouteConfig, tool: str | None) -> str:
-        if tool is None:
-            return NO_TOOL
-        known = self._literal_tools.get(route.path)
-        if known is None:
-            known = self._literal_tools[route.path] = literal_tools(route)
-        return tool if tool in known else OTHER
+        self.policy_decisions.labels(route.path, decision, tool_label(route, target)).inc()
 
     def upstream_responded(self, route: str, seconds: float) -> None:
         self.upstream_duration.labels(route).observe(seconds)

@@ -8,8 +8,9 @@ import hashlib
 class Secret:
     """A string that cannot print: ``repr`` and ``str`` show ``***``; ``reveal()`` gives the value.
 
-    Used for the client's bearer token, which later steps (token exchange) still need but which
-    must never reach a log line or an upstream by accident.
+    Used for client secrets, static credentials and (as ``PresentedToken``) the client's bearer
+    token, which later steps (token exchange) still need but which must never reach a log line or
+    an upstream by accident.
     """
 
     __slots__ = ("_value",)
@@ -30,11 +31,28 @@ class Secret:
 
     __hash__ = None  # type: ignore[assignment]  # secrets are not dictionary keys: hash them first
 
-    def fingerprint(self) -> str:
-        """A short, stable, non-reversible tag for logs and cache keys (SHA-256, 16 hex digits)."""
-        return hashlib.sha256(self._value.encode()).hexdigest()[:16]
 
+class PresentedToken(Secret):
+    """The bearer token a client presented, from the header on: a ``Secret`` and its SHA-256.
 
-def token_hash(token: str) -> str:
-    """The cache and single-flight key of a token: its SHA-256, so no cache ever holds tokens."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    The digest is computed once, where the token is accepted (``bearer_token_from``). It is the
+    key of every cache and single-flight table that concerns the token (verified JWTs,
+    introspection answers, exchanged and minted credentials), so no cache ever holds the token
+    and no later step hashes it again.
+    """
+
+    __slots__ = ("_sha256",)
+
+    def __init__(self, value: str) -> None:
+        super().__init__(value)
+        self._sha256 = hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+    @property
+    def sha256(self) -> str:
+        """The token's SHA-256, hex: what caches are keyed by instead of the token."""
+        return self._sha256
+
+    def __repr__(self) -> str:
+        return "PresentedToken('***')"
+
+    __str__ = __repr__

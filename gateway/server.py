@@ -78,8 +78,8 @@ async def start_gateway(
     except BaseException:
         await runner.cleanup()
         raise
-    sockets = [sock for server in runner.sites for sock in (server._server.sockets if server._server else [])]  # type: ignore[attr-defined]
-    bound_port = sockets[0].getsockname()[1] if sockets else config.listen.port
+    # The bound port (port 0 picks one).
+    bound_port = next((address[1] for address in runner.addresses), config.listen.port)
     return runner, bound_port
 
 
@@ -174,7 +174,7 @@ async def serve(config: GatewayConfig, *, worker: int | None = None, loop_name: 
     return 0
 
 
-async def reload_from_file(live: LiveGateway, started: GatewayConfig) -> bool:
+async def reload_from_file(live: LiveGateway[Any], started: GatewayConfig) -> bool:
     """Re-read the config file the process started with and swap it in if it is valid."""
     source = str(started.source)
     log.info("config_reload_requested", source=source)
@@ -202,7 +202,7 @@ async def reload_from_file(live: LiveGateway, started: GatewayConfig) -> bool:
     return True
 
 
-async def drain_and_stop(runner: web.AppRunner, live: LiveGateway) -> None:
+async def drain_and_stop(runner: web.AppRunner, live: LiveGateway[Any]) -> None:
     """Stop accepting connections, let requests in flight finish within the grace period, then
     cut what is left and close the application (and with it every gateway)."""
     grace_s = live.config.shutdown_grace_s

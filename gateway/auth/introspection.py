@@ -14,6 +14,7 @@ answer fails closed with 503.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,24 +26,32 @@ import cachetools
 import structlog
 
 from ..config import IntrospectionConfig, IssuerConfig
-from ..errors import AuthUnavailable, InvalidToken
-from ..principal import Principal
-from ..secret import token_hash
+from ..errors import IntrospectionUnavailable, InvalidToken, TokenReason
+from ..principal import Identity, Principal
+from ..secret import PresentedToken
+from ..singleflight import SingleFlight
 from ..strictjson import StrictJSONError, loads_strict
-from ..upstream.exchange import FormResponse, SingleFlight, client_authentication, post_form
-from .oauth_client import FetchError
+from .oauth_client import (
+    Cached,
+    FetchError,
+    FormResponse,
+    cache_until,
+    client_authentication,
+    noop,
+    post_form,
+    time_to_use,
+)
 from .tokens import check_claims
 
 __all__ = [
     "IntrospectionResult",
     "IntrospectionUnavailable",
     "Introspector",
-    "cache_until",
+    "answer_cache_until",
     "claims_from",
+    "identity_from",
     "interpret_introspection",
     "introspection_form",
-    "principal_from",
-    "token_hash",
 ]
 
 log = structlog.get_logger("gateway.introspection")
@@ -59,12 +68,6 @@ _BEARER_TOKEN_TYPES: Final = frozenset(
 )
 
 
-class IntrospectionUnavailable(AuthUnavailable):
-    """The introspection endpoint gave no usable answer (down, 5xx, malformed): 503, fail closed."""
-
-    reason = "introspection_unavailable"
-
-
 # =========================================================================== pure decisions
 
 
@@ -73,7 +76,7 @@ class IntrospectionResult:
     """The AS's answer about one token: accepted claims, or why the token is refused."""
 
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    refusal: str | None = None  # an InvalidToken reason: "inactive", "bad_token_type", …
+    refusal: TokenReason | None = None  # an InvalidToken reason: "inactive", "bad_token_type", …
 
     @property
     def active(self) -> bool:
@@ -131,50 +134,30 @@ def claims_from(document: Mapping[str, Any], issuer: str) -> IntrospectionResult
     return IntrospectionResult(claims=MappingProxyType(claims))
 
 
-def cache_until(result: IntrospectionResult, now: float, config: IntrospectionConfig) -> float:
-    """How long an answer may be reused (the cache stores nothing whose time is already up).
+def answer_cache_until(result: IntrospectionResult, now: float, config: IntrospectionConfig) -> float | None:
+    """Until when an answer may be reused, or None (``cache_max_s`` 0) to keep nothing.
 
     Active: until the earlier of the token's ``exp`` and ``cache_max_s`` from now. Refused:
     ``min(cache_max_s, 10 s)``, enough to absorb a burst of retries with a bad token while a
     token that just became valid (clock skew at the AS) is not refused for long.
     """
     if not result.active:
-        return now + min(config.cache_max_s, NEGATIVE_CACHE_MAX_S)
-    until = now + config.cache_max_s
+        return cache_until(now, min(config.cache_max_s, NEGATIVE_CACHE_MAX_S))
     exp = result.claims.get("exp")
-    if isinstance(exp, int | float) and not isinstance(exp, bool):
-        until = min(until, float(exp))
-    return until
+    expires_at = float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else math.inf
+    return cache_until(now, config.cache_max_s, not_after=expires_at)
 
 
-def principal_from(
-    result: IntrospectionResult, *, issuer: IssuerConfig, resource: str, now: float, token: str
-) -> Principal:
+def identity_from(
+    result: IntrospectionResult, *, issuer: IssuerConfig, resource: str, now: float
+) -> Identity:
     """The per-request decision on a (possibly cached) answer: refusal, or every claim check."""
     if result.refusal is not None:
         raise InvalidToken(result.refusal)
-    return check_claims(result.claims, issuer=issuer, resource=resource, now=now, token=token)
+    return check_claims(result.claims, issuer=issuer, resource=resource, now=now)
 
 
 # =========================================================================== the shell
-
-
-@dataclass(frozen=True, slots=True)
-class _Cached:
-    result: IntrospectionResult
-    until: float
-
-
-def _time_to_use(_key: str, value: _Cached, _now: float) -> float:
-    return value.until
-
-
-def _ignore_result(_result: str) -> None:
-    pass
-
-
-def _ignore_hit() -> None:
-    pass
 
 
 class Introspector:
@@ -195,29 +178,30 @@ class Introspector:
         self._config: IntrospectionConfig = issuer.introspection
         self._session = session
         self._clock = clock  # wall clock: compared with `exp`
-        self._cache: cachetools.TLRUCache[str, _Cached, float] = cachetools.TLRUCache(
-            CACHE_SIZE, _time_to_use, timer=clock
+        self._cache: cachetools.TLRUCache[str, Cached[IntrospectionResult], float] = cachetools.TLRUCache(
+            CACHE_SIZE, time_to_use, timer=clock
         )
         self._flights: SingleFlight[str, IntrospectionResult] = SingleFlight()
         # Metrics hooks: each call's result ("active", the refusal, "unavailable"), each cache hit.
-        self._on_result = on_result or _ignore_result
-        self._on_cache_hit = on_cache_hit or _ignore_hit
+        self._on_result = on_result or noop
+        self._on_cache_hit = on_cache_hit or noop
 
-    async def authenticate(self, token: str, resource: str) -> Principal:
+    async def authenticate(self, token: PresentedToken, resource: str) -> Principal:
         """The caller behind ``token`` for the route whose resource is ``resource``, or an error."""
-        key = token_hash(token)
+        key = token.sha256
         cached = self._cache.get(key)
         if cached is not None:
-            result = cached.result
+            result = cached.value
             self._on_cache_hit()
         else:
             result = await self._flights.run(key, lambda: self._introspect(key, token))
-        return principal_from(result, issuer=self.issuer, resource=resource, now=self._clock(), token=token)
+        identity = identity_from(result, issuer=self.issuer, resource=resource, now=self._clock())
+        return identity.presented_with(token)
 
     async def aclose(self) -> None:
         await self._flights.aclose()
 
-    async def _introspect(self, key: str, token: str) -> IntrospectionResult:
+    async def _introspect(self, key: str, token: PresentedToken) -> IntrospectionResult:
         config = self._config
         headers, auth_fields = client_authentication(
             config.auth_method, config.client_id, config.client_secret
@@ -227,7 +211,7 @@ class Introspector:
             response = await post_form(
                 self._session,
                 config.endpoint,
-                {**introspection_form(token), **auth_fields},
+                {**introspection_form(token.reveal()), **auth_fields},
                 headers,
                 timeout_s=config.timeout_s,
             )
@@ -241,7 +225,9 @@ class Introspector:
             self._on_result("unavailable")
             raise
         self._on_result("active" if result.refusal is None else result.refusal)
-        self._cache[key] = _Cached(result, cache_until(result, asked_at, config))
+        until = answer_cache_until(result, asked_at, config)
+        if until is not None:
+            self._cache[key] = Cached(result, until)
         log.debug(
             "token_introspected", issuer=self.issuer.issuer, active=result.active, refusal=result.refusal
         )

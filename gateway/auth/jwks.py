@@ -11,7 +11,6 @@ Behaviour (RFC 8725 §3.8/§3.10, spec-notes C4):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,8 +24,9 @@ import structlog
 from jwt.exceptions import PyJWKError
 
 from ..config import IssuerConfig, JwksFile, JwksUrl
+from ..singleflight import SingleFlight
 from ..strictjson import StrictJSONError, loads_strict
-from .oauth_client import FetchError, get_json_object
+from .oauth_client import FetchError, get_json_object, noop
 
 log = structlog.get_logger("gateway.jwks")
 
@@ -148,17 +148,24 @@ class IssuerKeys:
         self._session = session
         self._clock = clock
         # Told the result of every load: "ok", "failed" or "no_usable_keys" (metrics).
-        self._on_fetch = on_fetch or _ignore
+        self._on_fetch = on_fetch or noop
         self._allowed = frozenset(issuer.algorithms)
         self._keyset: KeySet | None = None
+        self._loaded = asyncio.Event()  # set once, by the first key set that loads
         self._loaded_at = float("-inf")
         self._last_attempt = float("-inf")
-        self._refresh: asyncio.Task[None] | None = None
+        # One flight, keyed None: the issuer has one key set. Every caller that needs a load while
+        # one runs awaits that one; one caller's cancellation (client went away) never cancels it.
+        self._loads: SingleFlight[None, None] = SingleFlight()
         self._jwks_uri: str | None = None  # discovered once, kept until a fetch fails
 
     @property
     def ready(self) -> bool:
         return self._keyset is not None
+
+    async def wait_ready(self) -> None:
+        """Until the first key set has loaded."""
+        await self._loaded.wait()
 
     @property
     def keyset(self) -> KeySet | None:
@@ -195,22 +202,11 @@ class IssuerKeys:
                 await asyncio.sleep(self.issuer.jwks_max_age_s)
 
     def _refresh_in_background_if_stale(self) -> None:
-        if self._refresh is None and self._clock() - self._loaded_at >= self.issuer.jwks_max_age_s:
-            self._refresh = asyncio.create_task(self._load())
-            self._refresh.add_done_callback(self._refresh_done)
+        if self._clock() - self._loaded_at >= self.issuer.jwks_max_age_s:
+            self._loads.start(None, self._load)  # joins a load already running; not awaited
 
     async def _refresh_once(self) -> None:
-        # Single flight: every caller that arrives during a fetch awaits the same one. The shield
-        # keeps one caller's cancellation (client went away) from cancelling everybody's fetch.
-        if self._refresh is None:
-            self._refresh = asyncio.create_task(self._load())
-            self._refresh.add_done_callback(self._refresh_done)
-        await asyncio.shield(self._refresh)
-
-    def _refresh_done(self, task: asyncio.Task[None]) -> None:
-        self._refresh = None
-        if not task.cancelled():
-            task.exception()  # retrieved so asyncio does not warn; _load logs its own failures
+        await self._loads.run(None, self._load)
 
     async def _load(self) -> None:
         self._last_attempt = self._clock()
@@ -238,6 +234,7 @@ class IssuerKeys:
             self._on_fetch("no_usable_keys")
             return
         self._keyset = keyset
+        self._loaded.set()
         self._loaded_at = self._clock()
         log.info("jwks_loaded", issuer=self.issuer.issuer, keys=len(keyset.keys))
         self._on_fetch("ok")
@@ -274,14 +271,7 @@ class IssuerKeys:
         raise FetchError("metadata discovery failed: " + "; ".join(problems))
 
     async def aclose(self) -> None:
-        if self._refresh is not None:
-            self._refresh.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresh
-
-
-def _ignore(_result: str) -> None:
-    pass
+        await self._loads.aclose()
 
 
 def _read_jwks_file(path: Path) -> dict[str, Any]:

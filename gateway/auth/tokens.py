@@ -14,7 +14,7 @@ import binascii
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,13 +24,15 @@ from jwt.algorithms import get_default_algorithms
 
 from ..config import IssuerConfig
 from ..errors import AuthUnavailable, InvalidAuthRequest, InvalidToken, MissingToken
-from ..principal import Principal
-from ..secret import Secret, token_hash
+from ..principal import Identity, Principal
+from ..secret import PresentedToken
 from ..strictjson import StrictJSONError, loads_strict
 from .jwks import IssuerKeys, KeySet, KeysUnavailable
 
-# RFC 6750 §2.1 b64token. Anything else in the header is not a bearer token.
-_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# RFC 6750 §2.1 b64token: what may follow "Bearer " in a header. Anything else a client sends is
+# not a bearer token; anything else an AS issues (token exchange) is refused, so that it can
+# never inject header syntax (CR, LF, commas) upstream.
+B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _MAX_TOKEN_BYTES = 16 * 1024
 _MAX_KID_CHARS = 256
 _ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
@@ -46,11 +48,12 @@ VERIFIED_CACHE_SIZE = 10_000
 # --- Extraction -------------------------------------------------------------------------------
 
 
-def bearer_token_from(authorization: Sequence[str], query_has_token: bool) -> str:
+def bearer_token_from(authorization: Sequence[str], query_has_token: bool) -> PresentedToken:
     """The token from ``Authorization: Bearer``; the only place a token is accepted (MCP, OAuth 2.1 §5.1.1).
 
     A token in the query string is refused and never read further: 400 if a header token is
-    also present (RFC 6750 §2: one method only), else 401 as if no token were sent.
+    also present (RFC 6750 §2: one method only), else 401 as if no token were sent. The token
+    leaves as a ``PresentedToken``: it cannot print, and its SHA-256 is computed here, once.
     """
     if len(authorization) > 1:
         raise InvalidAuthRequest("duplicate_authorization_header")
@@ -66,9 +69,9 @@ def bearer_token_from(authorization: Sequence[str], query_has_token: bool) -> st
     token = credentials.strip()
     if not token:
         raise InvalidAuthRequest("empty_bearer_token")
-    if len(token) > _MAX_TOKEN_BYTES or not _B64TOKEN.fullmatch(token):
+    if len(token) > _MAX_TOKEN_BYTES or not B64TOKEN.fullmatch(token):
         raise InvalidToken("malformed")
-    return token
+    return PresentedToken(token)
 
 
 # --- Pure checks ------------------------------------------------------------------------------
@@ -163,10 +166,11 @@ def _numeric_date(claims: Mapping[str, Any], name: str, *, required: bool) -> fl
     return float(value)
 
 
-def check_claims(
-    claims: Mapping[str, Any], *, issuer: IssuerConfig, resource: str, now: float, token: str
-) -> Principal:
-    """Every claim check on already signature-verified claims; pure, the clock is a parameter."""
+def check_claims(claims: Mapping[str, Any], *, issuer: IssuerConfig, resource: str, now: float) -> Identity:
+    """Every claim check on already signature-verified claims; pure, the clock is a parameter.
+
+    Says who called; the shell, which holds the token, attaches it (``Identity.presented_with``).
+    """
     if claims.get("iss") != issuer.issuer:  # exact, byte for byte (RFC 9068 §4)
         raise InvalidToken("bad_issuer")
     leeway = issuer.leeway_s
@@ -194,7 +198,7 @@ def check_claims(
     if client_id is not None and not isinstance(client_id, str):
         raise InvalidToken("bad_claim", "client_id is not a string")
     token_id = claims.get("jti")
-    return Principal(
+    return Identity(
         issuer=issuer.issuer,
         subject=subject,
         client_id=client_id,
@@ -202,12 +206,26 @@ def check_claims(
         audience=audiences,
         expires_at=expires_at,
         token_id=token_id if isinstance(token_id, str) else None,
-        token=Secret(token),
         claims=MappingProxyType(dict(claims)),
     )
 
 
 # --- The async shell --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedJws:
+    """A presented token split as a compact JWS whose unverified ``iss`` is one of our issuers.
+
+    Decoded once; nothing in it is trusted until ``JwtAuthenticator.verify`` has checked it.
+    """
+
+    token: PresentedToken
+    issuer_keys: IssuerKeys
+    header: Mapping[str, Any] = field(repr=False)
+    claims: Mapping[str, Any] = field(repr=False)
+    signing_input: bytes = field(repr=False)  # with the signature, the whole token
+    signature: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,40 +265,45 @@ class JwtAuthenticator:
             cache_size, _verified_until, timer=clock
         )
 
-    def knows_issuer_of(self, token: str) -> bool:
-        """Whether ``token`` is a JWS whose (unverified) ``iss`` is one of our JWKS issuers."""
-        try:
-            _, claims, _, _ = split_jws(token)
-        except InvalidToken:
-            return False
-        issuer = claims.get("iss")
-        return isinstance(issuer, str) and issuer in self._issuers
+    async def authenticate(self, token: PresentedToken, resource: str) -> Principal:
+        """The caller behind ``token`` for the route whose resource is ``resource``, or an error."""
+        cached = self.cached(token, resource)
+        if cached is not None:
+            return cached
+        return await self.verify(self.decode(token), resource)
 
-    def cached(self, token: str, resource: str) -> Principal | None:
+    def cached(self, token: PresentedToken, resource: str) -> Principal | None:
         """The caller, if ``token`` was verified before against keys its issuer still serves."""
-        return self._cached(token_hash(token), token, resource)
-
-    def _cached(self, digest: str, token: str, resource: str) -> Principal | None:
-        verified = self._verified.get(digest)
+        verified = self._verified.get(token.sha256)
         if verified is None or verified.issuer_keys.keyset is not verified.keyset:
             return None
         issuer = verified.issuer_keys.issuer
-        return check_claims(verified.claims, issuer=issuer, resource=resource, now=self._clock(), token=token)
+        identity = check_claims(verified.claims, issuer=issuer, resource=resource, now=self._clock())
+        return identity.presented_with(token)
 
-    async def authenticate(self, token: str, resource: str) -> Principal:
-        digest = token_hash(token)
-        cached = self._cached(digest, token, resource)
-        if cached is not None:
-            return cached
-        header, claims, signing_input, signature = split_jws(token)
+    def decode(self, token: PresentedToken) -> DecodedJws:
+        """``token`` as a JWS of one of our issuers; else ``malformed`` or ``unknown_issuer``."""
+        header, claims, signing_input, signature = split_jws(token.reveal())
         # The unverified `iss` only picks which configured issuer's keys to try; the key that
         # verifies must then belong to that issuer (RFC 8725 §3.8).
         issuer_id = claims.get("iss")
         issuer_keys = self._issuers.get(issuer_id) if isinstance(issuer_id, str) else None
         if issuer_keys is None:
             raise InvalidToken("unknown_issuer")
+        return DecodedJws(token, issuer_keys, header, claims, signing_input, signature)
+
+    def known_jws(self, token: PresentedToken) -> DecodedJws | None:
+        """``token`` decoded, if it is a JWS whose (unverified) ``iss`` is one of our issuers."""
+        try:
+            return self.decode(token)
+        except InvalidToken:
+            return None
+
+    async def verify(self, jws: DecodedJws, resource: str) -> Principal:
+        """The caller, once the header, the signature (issuer's keys) and every claim check out."""
+        issuer_keys = jws.issuer_keys
         issuer = issuer_keys.issuer
-        alg, kid = check_header(header, issuer)
+        alg, kid = check_header(jws.header, issuer)
         try:
             candidates = await issuer_keys.candidates(kid, alg)
         except KeysUnavailable:
@@ -289,12 +312,12 @@ class JwtAuthenticator:
             raise InvalidToken("unknown_kid")
         keyset = issuer_keys.keyset  # read before verifying: a reload meanwhile only costs a miss
         signer = _SIGNERS[alg]
-        if not any(signer.verify(signing_input, key.key, signature) for key in candidates):
+        if not any(signer.verify(jws.signing_input, key.key, jws.signature) for key in candidates):
             raise InvalidToken("bad_signature")
-        principal = check_claims(claims, issuer=issuer, resource=resource, now=self._clock(), token=token)
+        identity = check_claims(jws.claims, issuer=issuer, resource=resource, now=self._clock())
         if keyset is not None:
             # Only tokens that passed every check are kept: a refused token is checked afresh.
-            self._verified[digest] = _Verified(
-                issuer_keys, keyset, principal.claims, principal.expires_at + issuer.leeway_s
+            self._verified[jws.token.sha256] = _Verified(
+                issuer_keys, keyset, identity.claims, identity.expires_at + issuer.leeway_s
             )
-        return principal
+        return identity.presented_with(jws.token)

@@ -9,14 +9,14 @@ list would be failing open.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..errors import RpcId
 from ..strictjson import StrictJSONError, loads_strict
-from .messages import HANDSHAKE_VERSIONS, LIST_METHODS, McpPost, filter_list_result
+from .messages import HANDSHAKE_VERSIONS, McpPost
+from .methods import LIST_METHODS
 from .policy import RoutePolicy, is_visible
-
-RpcId = str | int
 
 _UNREADABLE = {"code": -32603, "message": "Upstream list result could not be filtered"}
 
@@ -88,12 +88,42 @@ class ListFilter:
         result = message["result"]
         if not isinstance(result, dict):
             return {"jsonrpc": "2.0", "id": rpc_id, "error": _UNREADABLE}
-        kind = LIST_METHODS[method][2]
+        target = LIST_METHODS[method].target
         filtered = filter_list_result(
-            method, result, lambda name: is_visible(self._policy, kind, name, self._granted)
+            method, result, lambda name: is_visible(self._policy, target(name), self._granted)
         )
         if self._mark_private and (filtered or result).get("cacheScope") != "private":
             filtered = {**(filtered or result), "cacheScope": "private"}
         if filtered is None:
             return None
         return {**message, "result": filtered}
+
+
+def filter_list_result(
+    method: str, result: Mapping[str, Any], is_visible: Callable[[str], bool]
+) -> dict[str, Any] | None:
+    """A new result without the items the caller may not see, or None if nothing was removed.
+
+    Fails closed: an item that is not an object, or whose naming field is missing or not a
+    string, is removed; a list key holding something other than an array becomes an empty array.
+    Every other key (nextCursor, _meta, ttlMs, …) is kept as is. A method not in LIST_METHODS
+    is a caller bug: KeyError.
+    """
+    listing = LIST_METHODS[method]
+    list_key = listing.result_key
+    if list_key not in result:
+        return None
+    items = result[list_key]
+    if not isinstance(items, list):
+        return {**result, list_key: []}
+    kept = [item for item in items if _item_visible(item, listing.item_key, is_visible)]
+    if len(kept) == len(items):
+        return None
+    return {**result, list_key: kept}
+
+
+def _item_visible(item: object, name_key: str, is_visible: Callable[[str], bool]) -> bool:
+    if not isinstance(item, dict):
+        return False
+    name = item.get(name_key)
+    return isinstance(name, str) and is_visible(name)

@@ -21,20 +21,18 @@ from itertools import accumulate
 from types import MappingProxyType
 from typing import Any, Final, Literal, TypeAlias, TypeGuard
 
-from ..errors import RequestRejected
+from ..errors import McpReason, McpRejected, RpcId
 from ..strictjson import StrictJSONError, loads_strict
+from .methods import COMPLETION_REFS, KNOWN_METHODS, METHODS, REMOVED_IN_MODERN, Resource, Target
 
 __all__ = [
     "HANDSHAKE_VERSIONS",
-    "LIST_METHODS",
     "MAX_DEPTH",
     "MODERN_VERSION",
     "Kind",
     "McpMessage",
     "McpPost",
     "McpRejected",
-    "TargetKind",
-    "filter_list_result",
     "parse_post",
 ]
 
@@ -54,8 +52,6 @@ MAX_DEPTH: Final = 64
 """Deepest nesting of arrays/objects accepted; the top-level value is depth 1."""
 
 Kind = Literal["request", "notification", "response"]
-TargetKind = Literal["tool", "prompt", "resource"]
-RpcId: TypeAlias = str | int
 HeaderLookup: TypeAlias = Callable[[str], str | None]
 HeaderValues: TypeAlias = Callable[[str], Sequence[str]]
 """Every value a request carries for a header name (case-insensitive), in order."""
@@ -70,58 +66,6 @@ META_VERSION_KEY: Final = "io.modelcontextprotocol/protocolVersion"
 
 # --- Rejections -------------------------------------------------------------------------------
 
-PARSE_ERROR: Final = -32700  # JSON-RPC 2.0 §5.1
-INVALID_REQUEST: Final = -32600  # JSON-RPC 2.0 §5.1
-INVALID_PARAMS: Final = -32602  # JSON-RPC 2.0 §5.1
-HEADER_MISMATCH: Final = -32020  # MCP 2026-07-28 transports, "Server Validation"
-
-_CODE_MESSAGES: Final[Mapping[int, str]] = MappingProxyType(
-    {
-        PARSE_ERROR: "Parse error",
-        INVALID_REQUEST: "Invalid Request",
-        INVALID_PARAMS: "Invalid params",
-        HEADER_MISMATCH: "Header mismatch",
-    }
-)
-
-REASON_CODES: Final[Mapping[str, int]] = MappingProxyType(
-    {
-        "empty_body": INVALID_REQUEST,
-        "invalid_json": PARSE_ERROR,
-        "too_deep": INVALID_REQUEST,
-        "batch_not_allowed": INVALID_REQUEST,
-        "empty_batch": INVALID_REQUEST,
-        "invalid_batch": INVALID_REQUEST,
-        "duplicate_id": INVALID_REQUEST,
-        "invalid_message": INVALID_REQUEST,
-        "method_case_variant": INVALID_REQUEST,
-        "response_not_allowed": INVALID_REQUEST,
-        "invalid_params": INVALID_PARAMS,
-        "invalid_name": INVALID_PARAMS,
-        "invalid_uri": INVALID_PARAMS,
-        "invalid_ref": INVALID_PARAMS,
-        "header_mismatch": HEADER_MISMATCH,
-    }
-)
-"""Every ``McpRejected.reason`` and the JSON-RPC code it is answered with."""
-
-
-class McpRejected(RequestRejected):
-    """A POST body refused before any decision; HTTP 400 with a JSON-RPC error body.
-
-    ``message`` is the fixed JSON-RPC text for the code: nothing from the body is ever echoed.
-    ``rpc_id`` is the id of the offending message when it could be read, for the error body.
-    """
-
-    status = 400
-
-    def __init__(self, reason: str, rpc_id: RpcId | None = None, detail: str = "") -> None:
-        super().__init__(reason, detail)
-        self.jsonrpc_code = REASON_CODES[reason]
-        self.message = _CODE_MESSAGES[self.jsonrpc_code]
-        self.rpc_id = rpc_id
-
-
 # --- Result types -----------------------------------------------------------------------------
 
 
@@ -132,8 +76,7 @@ class McpMessage:
     kind: Kind
     method: str | None
     id: RpcId | None
-    target: str | None
-    target_kind: TargetKind | None
+    target: Target | None  # what the call acts on, exactly as the body spells it
     params: Mapping[str, Any] | None
 
 
@@ -332,19 +275,6 @@ def parse_message(raw: dict[str, Any], removed: frozenset[str] = frozenset()) ->
     return _parse_response(raw, rpc_id)
 
 
-# Client-to-server methods and notifications of MCP 2025-03-26 … 2026-07-28.
-KNOWN_METHODS: Final = frozenset(
-    {
-        "initialize", "ping", "server/discover", "subscriptions/listen",
-        "tools/list", "tools/call", "prompts/list", "prompts/get",
-        "resources/list", "resources/templates/list", "resources/read",
-        "resources/subscribe", "resources/unsubscribe",
-        "completion/complete", "logging/setLevel",
-        "tasks/get", "tasks/result", "tasks/cancel", "tasks/list",
-        "notifications/initialized", "notifications/cancelled", "notifications/progress",
-        "notifications/roots/list_changed",
-    }
-)  # fmt: skip
 _KNOWN_METHODS_LOWER: Final = frozenset(method.lower() for method in KNOWN_METHODS)
 
 
@@ -365,13 +295,11 @@ def _parse_call(raw: dict[str, Any], rpc_id: RpcId | None, removed: frozenset[st
     if "id" in raw and not is_valid_id(raw["id"]):
         raise McpRejected("invalid_message", None, detail="id is not a string or an integer")
     params = _params(raw, rpc_id)
-    target, target_kind = (None, None) if method in removed else find_target(method, params, rpc_id)
     return McpMessage(
         kind="request" if "id" in raw else "notification",
         method=method,
         id=rpc_id,
-        target=target,
-        target_kind=target_kind,
+        target=None if method in removed else find_target(method, params, rpc_id),
         params=None if params is None else MappingProxyType(params),
     )
 
@@ -386,7 +314,7 @@ def _parse_response(raw: dict[str, Any], rpc_id: RpcId | None) -> McpMessage:
         raise McpRejected("invalid_message", rpc_id, detail="response carries params")
     if "error" in raw and not _is_error_object(raw["error"]):
         raise McpRejected("invalid_message", rpc_id, detail="malformed error object")
-    return McpMessage(kind="response", method=None, id=rpc_id, target=None, target_kind=None, params=None)
+    return McpMessage(kind="response", method=None, id=rpc_id, target=None, params=None)
 
 
 def _is_error_object(value: object) -> bool:
@@ -413,55 +341,43 @@ def _params(raw: dict[str, Any], rpc_id: RpcId | None) -> dict[str, Any] | None:
 
 # --- Targets ----------------------------------------------------------------------------------
 
-_NAMED_METHODS: Final[Mapping[str, TargetKind]] = MappingProxyType(
-    {"tools/call": "tool", "prompts/get": "prompt"}
-)
-_URI_METHODS: Final = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
-REMOVED_IN_MODERN: Final = frozenset({"resources/subscribe", "resources/unsubscribe"})
-_REF_KINDS: Final[Mapping[str, tuple[str, TargetKind]]] = MappingProxyType(
-    {"ref/prompt": ("name", "prompt"), "ref/resource": ("uri", "resource")}
-)
 
-
-def find_target(
-    method: str, params: Mapping[str, Any] | None, rpc_id: RpcId | None = None
-) -> tuple[str | None, TargetKind | None]:
+def find_target(method: str, params: Mapping[str, Any] | None, rpc_id: RpcId | None = None) -> Target | None:
     """What a call acts on, exactly as the body spells it (no strip, no Unicode normalisation).
 
     Method names are case-sensitive (JSON-RPC 2.0 §4): "Tools/Call" is an unknown method with no
     target, left to the policy. MRTR retries (2026-07-28 ``params.inputResponses``) are ordinary
     tools/call bodies and get the same target.
     """
+    spec = METHODS.get(method)
     fields: Mapping[str, Any] = params if params is not None else {}
-    if method in _NAMED_METHODS:
-        return _clean_field(fields, "name", "invalid_name", rpc_id), _NAMED_METHODS[method]
-    if method in _URI_METHODS:
-        return _clean_field(fields, "uri", "invalid_uri", rpc_id), "resource"
-    if method == "completion/complete":
+    if spec is not None and spec.target is not None:
+        reason: McpReason = "invalid_uri" if spec.target is Resource else "invalid_name"
+        return spec.target(_clean_field(fields, spec.target.param, reason, rpc_id))
+    if spec is not None and spec.completes:
         return _completion_target(fields.get("ref"), rpc_id)
-    return None, None
+    return None
 
 
-def _clean_field(fields: Mapping[str, Any], key: str, reason: str, rpc_id: RpcId | None) -> str:
+def _clean_field(fields: Mapping[str, Any], key: str, reason: McpReason, rpc_id: RpcId | None) -> str:
     value = fields.get(key)
     if not is_clean_text(value):
         raise McpRejected(reason, rpc_id, detail=f"params.{key} is not a clean string")
     return value
 
 
-def _completion_target(ref: object, rpc_id: RpcId | None) -> tuple[str, TargetKind]:
+def _completion_target(ref: object, rpc_id: RpcId | None) -> Target:
     """completion/complete: ``params.ref`` is a PromptReference (type "ref/prompt", name) or a
     ResourceTemplateReference (type "ref/resource", uri); anything else names nothing we can judge.
     """
-    if not isinstance(ref, dict) or not isinstance(ref.get("type"), str) or ref["type"] not in _REF_KINDS:
-        raise McpRejected("invalid_ref", rpc_id, detail="params.ref is not a prompt or resource reference")
-    key, kind = _REF_KINDS[ref["type"]]
-    return _clean_field(ref, key, "invalid_ref", rpc_id), kind
+    if isinstance(ref, dict) and isinstance(ref.get("type"), str) and ref["type"] in COMPLETION_REFS:
+        kind = COMPLETION_REFS[ref["type"]]
+        return kind(_clean_field(ref, kind.param, "invalid_ref", rpc_id))
+    raise McpRejected("invalid_ref", rpc_id, detail="params.ref is not a prompt or resource reference")
 
 
 # --- MCP 2026-07-28 header/body agreement -----------------------------------------------------
 
-_NAME_HEADER_METHODS: Final = frozenset({"tools/call", "resources/read", "prompts/get"})
 _BASE64_SENTINEL: Final = re.compile(r"=\?base64\?(?P<payload>[^?]*)\?=")
 
 
@@ -484,12 +400,6 @@ def decode_header_value(value: str) -> str | None:
         return None
 
 
-def _single_header(header: HeaderLookup, name: str) -> str | None:
-    """The header's value. parse_post refused a header sent twice, so a comma here is part of the
-    value (a resource URI may contain one) and simply has to match the body."""
-    return header(name)
-
-
 def check_modern_agreement(message: McpMessage, header: HeaderLookup, version: str) -> None:
     """MCP 2026-07-28 transports, "Server Validation": headers and body MUST agree, and an
     intermediary MUST reject a mismatch with HTTP 400 / -32020 HeaderMismatch.
@@ -501,11 +411,15 @@ def check_modern_agreement(message: McpMessage, header: HeaderLookup, version: s
     if message.kind == "response":
         # 2026-07-28 streamable HTTP, "Sending Messages": clients do not POST responses.
         raise McpRejected("response_not_allowed", message.id)
-    if _single_header(header, METHOD_HEADER) != message.method:
+    # parse_post refused a header sent twice, so a comma in a value is part of it (a resource URI
+    # may contain one) and simply has to match the body.
+    if header(METHOD_HEADER) != message.method:
         raise McpRejected("header_mismatch", message.id, detail="Mcp-Method missing or differs from body")
-    if message.method in _NAME_HEADER_METHODS:
-        name = _single_header(header, NAME_HEADER)
-        if name is None or decode_header_value(name) != message.target:
+    spec = METHODS.get(message.method or "")
+    if spec is not None and spec.name_header:
+        name = header(NAME_HEADER)
+        target = message.target
+        if name is None or target is None or decode_header_value(name) != target.identifier:
             raise McpRejected("header_mismatch", message.id, detail="Mcp-Name missing or differs from body")
     if message.kind == "request":
         meta_version = _meta_version(message.params)
@@ -522,45 +436,3 @@ def _meta_version(params: Mapping[str, Any] | None) -> object:
     """``params._meta["io.modelcontextprotocol/protocolVersion"]``, or None when absent."""
     meta = params.get("_meta") if params is not None else None
     return meta.get(META_VERSION_KEY) if isinstance(meta, dict) else None
-
-
-# --- List filtering ---------------------------------------------------------------------------
-
-LIST_METHODS: Final[Mapping[str, tuple[str, str, TargetKind]]] = MappingProxyType(
-    {
-        "tools/list": ("tools", "name", "tool"),
-        "prompts/list": ("prompts", "name", "prompt"),
-        "resources/list": ("resources", "uri", "resource"),
-        "resources/templates/list": ("resourceTemplates", "uriTemplate", "resource"),
-    }
-)
-"""List method → (result key holding the items, item field naming it, kind of target)."""
-
-
-def filter_list_result(
-    method: str, result: Mapping[str, Any], is_visible: Callable[[str], bool]
-) -> dict[str, Any] | None:
-    """A new result without the items the caller may not see, or None if nothing was removed.
-
-    Fails closed: an item that is not an object, or whose naming field is missing or not a
-    string, is removed; a list key holding something other than an array becomes an empty array.
-    Every other key (nextCursor, _meta, ttlMs, …) is kept as is. A method not in LIST_METHODS
-    is a caller bug: KeyError.
-    """
-    list_key, name_key, _ = LIST_METHODS[method]
-    if list_key not in result:
-        return None
-    items = result[list_key]
-    if not isinstance(items, list):
-        return {**result, list_key: []}
-    kept = [item for item in items if _item_visible(item, name_key, is_visible)]
-    if len(kept) == len(items):
-        return None
-    return {**result, list_key: kept}
-
-
-def _item_visible(item: object, name_key: str, is_visible: Callable[[str], bool]) -> bool:
-    if not isinstance(item, dict):
-        return False
-    name = item.get(name_key)
-    return isinstance(name, str) and is_visible(name)

@@ -14,13 +14,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Final, TypeAlias
 
 from .messages import McpMessage
-
-TargetKind = Literal["tool", "prompt", "resource"]
+from .methods import (
+    LIFECYCLE_METHODS,
+    METHODS,
+    RESPONSE_METHOD,
+    USE_METHOD,
+    Prompt,
+    Resource,
+    Target,
+    Tool,
+    target_type,
+)
 
 
 class Default(Enum):
@@ -30,29 +39,7 @@ class Default(Enum):
     ALLOW = "allow"  # allowed with the route's scopes alone
 
 
-# Methods that carry a tool, resource or prompt, and the kind of target each one names.
-TARGET_METHODS: dict[str, TargetKind] = {
-    "tools/call": "tool",
-    "prompts/get": "prompt",
-    "resources/read": "resource",
-    "resources/subscribe": "resource",
-    "resources/unsubscribe": "resource",
-}
-
-# Session plumbing that every client needs before it can do anything; a route `default: deny`
-# does not refuse these (a `methods` rule still can).
-RESPONSE_METHOD = "(response)"  # how a client's JSON-RPC response (to sampling, elicitation) is named
-
-LIFECYCLE_METHODS = frozenset(
-    {
-        RESPONSE_METHOD,
-        "initialize",
-        "notifications/initialized",
-        "notifications/cancelled",
-        "ping",
-        "server/discover",
-    }
-)
+_GLOB_CHARACTERS: Final = frozenset("*?[]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +62,21 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class DefaultRule:
+    """No rule matched: the route's ``default`` (or, without one, the default default) decided."""
+
+    default: Default
+
+    @property
+    def label(self) -> str:
+        """How logs and ``explain`` name it: ``default: deny`` or ``default: allow``."""
+        return f"default: {self.default.value}"
+
+
+@dataclass(frozen=True, slots=True)
 class RoutePolicy:
+    """A route's rules; the scopes every request on the route needs are kept here, and only here."""
+
     route_scopes: tuple[str, ...] = ()
     tools: tuple[Rule, ...] = ()
     resources: tuple[Rule, ...] = ()
@@ -83,9 +84,23 @@ class RoutePolicy:
     methods: tuple[Rule, ...] = ()
     # None: deny unmatched tools/resources/prompts, allow everything else with the route scopes.
     default: Default | None = None
+    # Tool names written as literal (non-glob) patterns: the only tool names a metric label takes.
+    literal_tools: frozenset[str] = field(init=False, repr=False, compare=False)
 
-    def rules_for(self, kind: TargetKind) -> tuple[Rule, ...]:
-        return {"tool": self.tools, "prompt": self.prompts, "resource": self.resources}[kind]
+    def __post_init__(self) -> None:
+        literal = frozenset(
+            rule.pattern for rule in self.tools if not _GLOB_CHARACTERS.intersection(rule.pattern)
+        )
+        object.__setattr__(self, "literal_tools", literal)  # frozen: derived once, at build time
+
+    def rules_for(self, target: Target) -> tuple[Rule, ...]:
+        match target:
+            case Tool():
+                return self.tools
+            case Prompt():
+                return self.prompts
+            case Resource():
+                return self.resources
 
     @property
     def all_rules(self) -> tuple[Rule, ...]:
@@ -97,8 +112,10 @@ class Operation:
     """What a message asks to do, as the policy sees it (built from the parsed, strict body)."""
 
     method: str
-    target_kind: TargetKind | None = None
-    target: str | None = None
+    target: Target | None = None
+
+
+DecidingRule: TypeAlias = Rule | DefaultRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +123,17 @@ class Decision:
     allowed: bool
     required: tuple[str, ...]  # every scope the operation needs (route scopes first)
     missing: tuple[str, ...]  # required scopes the caller lacks
-    rule: str  # the rule that decided, for audit and explain
+    # The rules that decided, for audit and explain: one, or a completion's own rule and then
+    # its target's.
+    rules: tuple[DecidingRule, ...]
     # True when no scope could help (no rule matched and the default denies): the answer is a
     # plain 403, not a step-up challenge.
     unconditional: bool = False
+
+    @property
+    def label(self) -> str:
+        """How the log names the deciding rules, e.g. ``methods['completion/complete'] + prompts['x']``."""
+        return " + ".join(rule.label for rule in self.rules)
 
 
 # --- Glob patterns ------------------------------------------------------------------------------
@@ -196,63 +220,61 @@ def first_match(rules: tuple[Rule, ...], name: str) -> Rule | None:
     return None
 
 
+def _target_decides(operation: Operation) -> bool:
+    """Whether the target's rules decide (a call on it), rather than the method rules."""
+    # A 2026-07-28 resources/subscribe names no target: that method was removed, nothing to guard.
+    return operation.target is not None and target_type(operation.method) is not None
+
+
 def _unmatched_default(policy: RoutePolicy, operation: Operation) -> Default:
     if policy.default is not None and operation.method not in LIFECYCLE_METHODS:
         return policy.default
     # The default default: using a tool, resource or prompt needs a rule that names it.
-    # (A 2026-07-28 resources/subscribe names no target: that method was removed, nothing to guard.)
-    return (
-        Default.DENY
-        if operation.method in TARGET_METHODS and operation.target_kind is not None
-        else Default.ALLOW
-    )
+    return Default.DENY if _target_decides(operation) else Default.ALLOW
 
 
-_USE_METHOD: dict[TargetKind, str] = {
-    "tool": "tools/call",
-    "prompt": "prompts/get",
-    "resource": "resources/read",
-}
-
-
-def requirement(policy: RoutePolicy, operation: Operation) -> tuple[tuple[str, ...], str, bool]:
-    """(scopes needed, the rule that says so, whether no scope can help)."""
-    if operation.method in TARGET_METHODS and operation.target_kind is not None:
-        rule = first_match(policy.rules_for(operation.target_kind), operation.target or "")
+def requirement(
+    policy: RoutePolicy, operation: Operation
+) -> tuple[tuple[str, ...], tuple[DecidingRule, ...], bool]:
+    """(scopes needed, the rules that say so, whether no scope can help)."""
+    target = operation.target
+    if target is not None and _target_decides(operation):
+        rule = first_match(policy.rules_for(target), target.identifier)
     else:
         rule = first_match(policy.methods, operation.method)
     if rule is None and _unmatched_default(policy, operation) is Default.DENY:
-        return policy.route_scopes, "default: deny", True
+        return policy.route_scopes, (DefaultRule(Default.DENY),), True
     scopes = _union(policy.route_scopes, rule.scopes if rule is not None else ())
-    label = rule.label if rule is not None else "default: allow"
-    if operation.method == "completion/complete" and operation.target_kind is not None:
+    rules: tuple[DecidingRule, ...] = (rule if rule is not None else DefaultRule(Default.ALLOW),)
+    spec = METHODS.get(operation.method)
+    if spec is not None and spec.completes and target is not None:
         # Completions reveal data of the prompt or resource they name (spec-notes E5): they
         # need whatever using that target needs, on top of their own method rule.
-        use = Operation(_USE_METHOD[operation.target_kind], operation.target_kind, operation.target)
-        target_scopes, target_label, target_denied = requirement(policy, use)
-        label = f"{label} + {target_label}"
+        use = Operation(USE_METHOD[type(target)], target)
+        target_scopes, target_rules, target_denied = requirement(policy, use)
+        rules += target_rules
         if target_denied:
-            return policy.route_scopes, label, True
+            return policy.route_scopes, rules, True
         scopes = _union(scopes, target_scopes)
-    return scopes, label, False
+    return scopes, rules, False
 
 
 def operation_of(message: McpMessage) -> Operation:
     """The operation a strictly parsed message asks for; a client's response is ``RESPONSE_METHOD``."""
     if message.kind == "response":
         return Operation(RESPONSE_METHOD)
-    return Operation(message.method or "", message.target_kind, message.target)
+    return Operation(message.method or "", message.target)
 
 
 def decide(policy: RoutePolicy, operation: Operation, granted: frozenset[str]) -> Decision:
     """Allow or deny one operation for a caller holding ``granted`` scopes."""
-    required, rule, unconditional = requirement(policy, operation)
+    required, rules, unconditional = requirement(policy, operation)
     missing = tuple(scope for scope in required if scope not in granted)
     return Decision(
         allowed=not unconditional and not missing,
         required=required,
         missing=missing,
-        rule=rule,
+        rules=rules,
         unconditional=unconditional,
     )
 
@@ -264,7 +286,7 @@ class Verdict:
     allowed: bool
     unconditional: bool  # some message no scope could allow: a plain 403
     challenge_scopes: tuple[str, ...]  # MCP 2026-07-28: every scope needed, in one challenge
-    rules: tuple[str, ...]  # the rules that denied
+    labels: tuple[str, ...]  # the rules that denied, as the log names them
     required: tuple[str, ...] = ()  # every scope the whole POST needs (downstream narrowing)
 
 
@@ -275,7 +297,7 @@ def combine(decisions: Iterable[Decision]) -> Verdict:
         allowed=not denied,
         unconditional=any(decision.unconditional for decision in denied),
         challenge_scopes=_union(*(decision.required for decision in denied)),
-        rules=tuple(decision.rule for decision in denied),
+        labels=tuple(decision.label for decision in denied),
         required=_union(*(decision.required for decision in decisions)),
     )
 
@@ -291,16 +313,17 @@ def challenge_scopes(policy: RoutePolicy, method: str | None, name: str | None) 
     """
     if not method:
         return policy.route_scopes
-    kind = TARGET_METHODS.get(method)
+    kind = target_type(method)
     if kind is not None and name is None:
         return policy.route_scopes
-    required, _, unconditional = requirement(policy, Operation(method, kind, name))
+    target = kind(name) if kind is not None and name is not None else None
+    required, _, unconditional = requirement(policy, Operation(method, target))
     return policy.route_scopes if unconditional else required
 
 
-def is_visible(policy: RoutePolicy, kind: TargetKind, name: str, granted: frozenset[str]) -> bool:
+def is_visible(policy: RoutePolicy, target: Target, granted: frozenset[str]) -> bool:
     """Whether a list item may be shown: exactly when using it would be allowed."""
-    return decide(policy, Operation(_USE_METHOD[kind], kind, name), granted).allowed
+    return decide(policy, Operation(USE_METHOD[type(target)], target), granted).allowed
 
 
 def scopes_supported(policy: RoutePolicy) -> tuple[str, ...]:

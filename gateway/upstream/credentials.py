@@ -32,7 +32,6 @@ from ..config import (
     TokenExchangeCredential,
 )
 from ..principal import Principal
-from ..secret import token_hash
 from .minting import MintedToken, TokenMinter
 
 __all__ = [
@@ -158,7 +157,7 @@ class MintedCredentialStrategy:
     async def headers(self, principal: Principal, required_scopes: tuple[str, ...]) -> dict[str, str]:
         credential = self._credential
         scopes = downstream_scopes(credential.scope, principal.scopes, required_scopes)
-        key = (token_hash(principal.token.reveal()), scopes)
+        key = (principal.token.sha256, scopes)
         token = self._reuse.get(key) if self._reuse is not None else None
         if token is None:
             token = self._minter.mint_token(

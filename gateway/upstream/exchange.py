@@ -9,34 +9,38 @@ Failure is closed in every case: if no exchanged token can be had, the request i
 forwarded instead.
 
 Layout: small pure functions decide (what to ask, how to authenticate, what an answer means,
-how long to keep it); ``TokenExchanger`` is the thin async shell around one HTTP POST, a bounded
-cache and a single-flight table. ``client_authentication``, ``post_form`` and ``SingleFlight``
-are shared with ``gateway.auth.introspection`` (RFC 7662), which talks to the same kind of endpoint.
+how long to keep it); ``TokenExchanger`` is the thin async shell around one HTTP POST
+(``gateway.auth.oauth_client``), a bounded cache and a single-flight table (``gateway.singleflight``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
-import functools
-import hashlib
 import re
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Generic, NamedTuple, TypeVar
-from urllib.parse import quote_plus, urlencode
+from typing import Any, Final, NamedTuple
 
 import aiohttp
 import cachetools
 import structlog
 
-from ..auth.oauth_client import FetchError, read_bounded
-from ..config import ClientAuthMethod, ScopeMode, TokenExchangeCredential
-from ..errors import RequestRejected
+from ..auth.oauth_client import (
+    Cached,
+    FetchError,
+    FormResponse,
+    cache_until,
+    client_authentication,
+    noop,
+    post_form,
+    time_to_use,
+)
+from ..auth.tokens import B64TOKEN
+from ..config import ScopeMode, TokenExchangeCredential
+from ..errors import DEFAULT_RETRY_AFTER_S, ExchangeRefused, ExchangeUnavailable
 from ..principal import Principal
 from ..secret import Secret
+from ..singleflight import SingleFlight
 from ..strictjson import StrictJSONError, loads_strict
 
 __all__ = [
@@ -46,18 +50,13 @@ __all__ = [
     "ExchangeRefused",
     "ExchangeUnavailable",
     "ExchangedToken",
-    "FormResponse",
-    "SingleFlight",
     "TokenExchanger",
-    "cache_key",
-    "cache_until",
-    "client_authentication",
     "exchange_form",
     "interpret_token_response",
-    "post_form",
     "requested_scope",
     "retry_after_seconds",
     "safe_description",
+    "token_cache_until",
 ]
 
 log = structlog.get_logger("gateway.exchange")
@@ -71,57 +70,17 @@ TOKEN_TYPE_JWT: Final = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
 # so with token_type Bearer (RFC 8693 §3); ID tokens, refresh tokens and SAML assertions are not.
 USABLE_ISSUED_TOKEN_TYPES: Final = frozenset({TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT})
 
-MAX_RESPONSE_BYTES: Final = 64 * 1024  # a token or introspection response is a few KiB at most
 MAX_ISSUED_TOKEN_CHARS: Final = 16 * 1024
-DEFAULT_RETRY_AFTER_S: Final = 5
 MAX_RETRY_AFTER_S: Final = 300
 DESCRIPTION_LOG_CHARS: Final = 200
 _MAX_ERROR_CODE_CHARS: Final = 128
 
-# RFC 6750 §2.1 b64token: what may follow "Bearer " in a header. Anything else from the AS is
-# refused, so an AS response can never inject header syntax (CR, LF, commas) upstream.
-_B64TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 # RFC 6749 §5.2: `error` and `error_description` use %x20-21 / %x23-5B / %x5D-7E only.
 _ERROR_CHARS: Final = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
 _NOT_ERROR_CHARS: Final = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 
 
 # =========================================================================== errors
-
-
-class ExchangeUnavailable(RequestRejected):
-    """No usable answer from the AS (unreachable, timeout, 5xx, malformed): 503, retry later.
-
-    ``retry_after_s`` is the value for the response's ``Retry-After`` header (RFC 9110 §10.2.3).
-    """
-
-    status = 503
-    reason = "exchange_unavailable"
-    jsonrpc_code = -32000  # implementation-defined server error (JSON-RPC 2.0 §5.1)
-    message = "Upstream credential temporarily unavailable"
-
-    def __init__(self, detail: str = "", *, retry_after_s: int = DEFAULT_RETRY_AFTER_S) -> None:
-        super().__init__(None, detail)
-        self.retry_after_s = retry_after_s
-
-
-class ExchangeRefused(RequestRejected):
-    """The AS answered the exchange with an RFC 6749 §5.2 error (400/401): 403.
-
-    ``error_code`` is the AS's ``error`` (e.g. ``invalid_target``), ``as_status`` its HTTP status
-    and ``description`` its ``error_description``, sanitised and cut to 200 characters (or None).
-    """
-
-    status = 403
-    reason = "exchange_refused"
-    jsonrpc_code = -32003  # implementation-defined server error: forbidden
-    message = "Upstream credential refused by the authorization server"
-
-    def __init__(self, error_code: str, as_status: int, description: str | None = None) -> None:
-        super().__init__(None, f"as_error={error_code} as_status={as_status}")
-        self.error_code = error_code
-        self.as_status = as_status
-        self.description = description
 
 
 # =========================================================================== pure decisions
@@ -177,31 +136,7 @@ def exchange_form(subject_token: str, config: TokenExchangeCredential, scope: st
     return form
 
 
-def client_authentication(
-    method: ClientAuthMethod, client_id: str, client_secret: Secret
-) -> tuple[dict[str, str], dict[str, str]]:
-    """Headers and form fields that authenticate the gateway as an OAuth client.
-
-    RFC 6749 §2.3.1: with HTTP Basic, the id and secret are each form-urlencoded (Appendix B)
-    before being joined by ":" and base64-encoded; with ``client_secret_post`` they are plain
-    form parameters. Exactly one method is used per request (RFC 6749 §2.3).
-    """
-    if method == "client_secret_post":
-        return {}, {"client_id": client_id, "client_secret": client_secret.reveal()}
-    user_pass = f"{quote_plus(client_id)}:{quote_plus(client_secret.reveal())}"
-    encoded = base64.b64encode(user_pass.encode("ascii")).decode("ascii")
-    return {"Authorization": f"Basic {encoded}"}, {}
-
-
-def cache_key(
-    subject_token: Secret, audience: str | None, resource: str | None, scope: str | None
-) -> ExchangeKey:
-    """The cache and single-flight key: a SHA-256 of the subject token, never the token."""
-    digest = hashlib.sha256(subject_token.reveal().encode("utf-8")).hexdigest()
-    return ExchangeKey(digest, audience, resource, scope)
-
-
-def cache_until(
+def token_cache_until(
     sent_at: float, expires_in: float | None, refresh_margin_s: float, subject_expires_at: float
 ) -> float | None:
     """Until when an exchanged token may be reused, or None not to cache it at all.
@@ -211,10 +146,8 @@ def cache_until(
     entry never outlives the subject token it was exchanged for: once that expires, the
     caller's authority to act through the gateway has ended too.
     """
-    if expires_in is None:
-        return None
-    until = min(sent_at + expires_in - refresh_margin_s, subject_expires_at)
-    return until if until > sent_at else None
+    lifetime_s = None if expires_in is None else expires_in - refresh_margin_s
+    return cache_until(sent_at, lifetime_s, not_after=subject_expires_at)
 
 
 def retry_after_seconds(value: str | None) -> int:
@@ -230,15 +163,6 @@ def safe_description(text: str, never_echo: Iterable[str]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return _NOT_ERROR_CHARS.sub("?", text)[:DESCRIPTION_LOG_CHARS]
-
-
-@dataclass(frozen=True, slots=True)
-class FormResponse:
-    """What the shell hands to the pure interpreters: status, bounded body, ``Retry-After``."""
-
-    status: int
-    body: bytes
-    retry_after: str | None = None
 
 
 class _Malformed(ValueError):
@@ -297,7 +221,7 @@ def _token_of(body: bytes) -> ExchangedToken:
     token = document.get("access_token")
     if not isinstance(token, str) or not token:
         raise _Malformed("missing 'access_token'")
-    if len(token) > MAX_ISSUED_TOKEN_CHARS or not _B64TOKEN.fullmatch(token):
+    if len(token) > MAX_ISSUED_TOKEN_CHARS or not B64TOKEN.fullmatch(token):
         raise _Malformed("'access_token' is not an RFC 6750 b64token")
     issued_type = document.get("issued_token_type")
     if not isinstance(issued_type, str):
@@ -327,103 +251,7 @@ def _token_of(body: bytes) -> ExchangedToken:
     )
 
 
-# =========================================================================== I/O helpers
-
-
-async def post_form(
-    session: aiohttp.ClientSession,
-    url: str,
-    fields: Mapping[str, str],
-    headers: Mapping[str, str],
-    *,
-    timeout_s: float,
-    max_bytes: int = MAX_RESPONSE_BYTES,
-) -> FormResponse:
-    """POST ``application/x-www-form-urlencoded`` (RFC 6749 §3.2 / RFC 7662 §2.1).
-
-    No redirects followed (a 3xx is returned as is), one total timeout, the body bounded. Raises
-    ``FetchError`` with a message fit for the log: it names the URL, never the form's contents.
-    """
-    try:
-        async with session.post(
-            url,
-            data=urlencode(fields),
-            headers={
-                **headers,
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Accept": "application/json",
-            },
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-        ) as response:
-            body = await read_bounded(response, max_bytes)
-            return FormResponse(response.status, body, response.headers.get("Retry-After"))
-    except TimeoutError as exc:
-        raise FetchError(f"POST {url}: timed out after {timeout_s}s") from exc
-    except aiohttp.ClientError as exc:
-        raise FetchError(f"POST {url}: {type(exc).__name__}") from exc
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class SingleFlight(Generic[K, V]):
-    """At most one running call per key; every caller that arrives meanwhile awaits that call.
-
-    The call runs in its own task and each caller awaits it through ``asyncio.shield``: one
-    caller going away (client disconnected, request cancelled) never cancels the shared call.
-    Its outcome, result or exception, goes to every waiter; nothing is remembered afterwards.
-    """
-
-    def __init__(self) -> None:
-        self._running: dict[K, asyncio.Task[V]] = {}
-
-    def __len__(self) -> int:
-        return len(self._running)
-
-    async def run(self, key: K, call: Callable[[], Coroutine[Any, Any, V]]) -> V:
-        task = self._running.get(key)
-        if task is None:
-            task = asyncio.create_task(call())
-            self._running[key] = task
-            task.add_done_callback(functools.partial(self._finished, key))
-        return await asyncio.shield(task)
-
-    def _finished(self, key: K, task: asyncio.Task[V]) -> None:
-        if self._running.get(key) is task:
-            del self._running[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: a call whose waiters all left must not warn
-
-    async def aclose(self) -> None:
-        tasks = list(self._running.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-
 # =========================================================================== the shell
-
-
-def _ignore_result(_result: str) -> None:
-    pass
-
-
-def _ignore_hit() -> None:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Cached:
-    token: Secret
-    until: float
-
-
-def _time_to_use(_key: ExchangeKey, value: _Cached, _now: float) -> float:
-    return value.until
 
 
 class TokenExchanger:
@@ -442,12 +270,12 @@ class TokenExchanger:
         self._session = session
         self._clock = clock  # wall clock: compared with `exp` of the subject token
         # Metrics hooks: each exchange sent ("ok", "refused", "unavailable"), each cache hit.
-        self._on_result = on_result or _ignore_result
-        self._on_cache_hit = on_cache_hit or _ignore_hit
+        self._on_result = on_result or noop
+        self._on_cache_hit = on_cache_hit or noop
         # Bounded (LRU beyond cache_size) and per-entry expiry; an entry whose time is already
         # up is never stored.
-        self._cache: cachetools.TLRUCache[ExchangeKey, _Cached, float] = cachetools.TLRUCache(
-            config.cache_size, _time_to_use, timer=clock
+        self._cache: cachetools.TLRUCache[ExchangeKey, Cached[Secret], float] = cachetools.TLRUCache(
+            config.cache_size, time_to_use, timer=clock
         )
         self._flights: SingleFlight[ExchangeKey, Secret] = SingleFlight()
 
@@ -455,10 +283,11 @@ class TokenExchanger:
         """``{"Authorization": "Bearer <exchanged>"}`` for this caller and operation, or an error."""
         config = self._config
         scope = requested_scope(config.scope, required_scopes, principal.scopes)
-        key = cache_key(principal.token, config.audience, config.resource, scope)
+        # Never the subject token itself, only the SHA-256 computed when it was presented.
+        key = ExchangeKey(principal.token.sha256, config.audience, config.resource, scope)
         cached = self._cache.get(key)
         if cached is not None:
-            token = cached.token
+            token = cached.value
             self._on_cache_hit()
         else:
             token = await self._flights.run(key, lambda: self._exchange(key, principal, scope))
@@ -508,9 +337,9 @@ class TokenExchanger:
             )
             raise
         self._on_result("ok")
-        until = cache_until(sent_at, issued.expires_in, config.refresh_margin_s, principal.expires_at)
+        until = token_cache_until(sent_at, issued.expires_in, config.refresh_margin_s, principal.expires_at)
         if until is not None:
-            self._cache[key] = _Cached(issued.access_token, until)
+            self._cache[key] = Cached(issued.access_token, until)
         log.debug(
             "token_exchanged",
             endpoint=endpoint,

@@ -30,10 +30,11 @@ from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..config import MintingConfig, SigningKeyConfig
-from ..errors import GatewayError, InvalidToken
+from ..config.signing import UnusableSigningKey, kid_problem, load_signing_key
+from ..errors import InvalidToken, MintingError
 from ..principal import Principal
 
 __all__ = [
@@ -69,14 +70,6 @@ class SigningKeyError(ValueError):
     """
 
 
-class MintingError(GatewayError):
-    """A downstream token cannot be minted for this caller: the request is not forwarded.
-
-    ``detail`` goes to the log only and never contains a token.
-    """
-
-    status = 500
-    reason = "minting_failed"
 
 
 # =========================================================================== pure parts
@@ -188,25 +181,10 @@ def jwks_path_for(issuer: str) -> str:
 
 def _load_signing_key(config: SigningKeyConfig) -> SigningKey:
     """Read one PEM private key and check that it can sign with its configured alg."""
-    where = f"signing key {config.kid!r} ({str(config.path)!r})"
     try:
-        key = load_pem_private_key(config.path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise SigningKeyError(f"{where}: cannot load a private key: {type(exc).__name__}") from None
-    # RFC 7518 §3.4 (ES256: P-256), §3.3 (RS256: at least 2048 bits); RFC 8037 §3.1 (EdDSA: Ed25519 here).
-    if config.alg == "ES256":
-        if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
-            return key
-        raise SigningKeyError(f"{where}: ES256 needs an EC P-256 private key")
-    if config.alg == "RS256":
-        if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048:
-            return key
-        raise SigningKeyError(f"{where}: RS256 needs an RSA private key of at least 2048 bits")
-    if config.alg == "EdDSA":
-        if isinstance(key, ed25519.Ed25519PrivateKey):
-            return key
-        raise SigningKeyError(f"{where}: EdDSA needs an Ed25519 private key")
-    raise SigningKeyError(f"{where}: unsupported alg {config.alg!r} (ES256, RS256 or EdDSA)")
+        return load_signing_key(config.path, config.alg)
+    except UnusableSigningKey as exc:
+        raise SigningKeyError(f"signing key {config.kid!r} ({str(config.path)!r}): {exc}") from None
 
 
 # =========================================================================== the minter
@@ -225,10 +203,10 @@ class TokenMinter:
     def __init__(self, config: MintingConfig, clock: Callable[[], float] = time.time) -> None:
         if not config.keys:
             raise SigningKeyError("minting needs at least one signing key")
-        kids = [key.kid for key in config.keys]
-        if len(set(kids)) != len(kids):
+        problem = kid_problem([key.kid for key in config.keys], config.active_kid)
+        if problem == "shared_kid":
             raise SigningKeyError("two signing keys share a kid")
-        if config.active_kid not in kids:
+        if problem == "unknown_active_kid":
             raise SigningKeyError(f"no signing key has the active kid {config.active_kid!r}")
         self._issuer = config.issuer
         self._clock = clock

@@ -27,14 +27,18 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..auth.oauth_client import FetchError, read_bounded
 from ..config import RouteConfig
-from ..errors import BodyTooLarge, UpstreamError, UpstreamTimeout
+from ..errors import UpstreamError, UpstreamTimeout
 from ..mcp.sse import SseEventRewriter, SseEventTooLarge
-from ..web.middleware import STREAMED_STATUS, UPSTREAM_MS
 
 if TYPE_CHECKING:
     from ..metrics import GatewayMetrics
 
 log = structlog.get_logger("gateway.proxy")
+
+# Per-request facts the forwarding learns, for the request's log line and metrics.
+UPSTREAM_MS = web.RequestKey("upstream_ms", float)  # time to the upstream's response headers
+# The status of a streamed response whose headers went out before its handler returned.
+STREAMED_STATUS = web.RequestKey("streamed_status", int)
 
 # Content negotiation, the Streamable HTTP headers of every revision, and trace context.
 FORWARDED_REQUEST_HEADERS = frozenset(
@@ -107,21 +111,6 @@ def client_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]
         if name.lower() not in _HOP_BY_HOP:
             headers.add(name, value)
     return headers
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes without reading the rest."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise BodyTooLarge(detail=f"Content-Length {declared} > {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(detail=f"more than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 # Linux only; elsewhere acknowledging promptly is left to the kernel.

@@ -16,8 +16,7 @@ from aiohttp import web
 
 from ..config import AdminConfig, GatewayConfig
 from ..metrics import CONTENT_TYPE_LATEST, METRICS
-from .app import GATEWAY
-from .live import LIVE
+from .live import LIVE, add_health_routes
 
 log = structlog.get_logger("gateway.admin")
 
@@ -42,18 +41,9 @@ def admin_app(gateway_app: web.Application) -> web.Application:
         # CONTENT_TYPE_LATEST carries a charset, which aiohttp wants as a header, not content_type.
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_request: web.Request) -> web.Response:
-        live = gateway_app.get(LIVE)  # the gateway serving now (a reload swaps it)
-        ready = live.current.ready if live is not None else gateway_app[GATEWAY].ready
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
-
     app = web.Application()
     app.router.add_get("/metrics", metrics, allow_head=True)
-    app.router.add_get("/healthz", healthz, allow_head=True)
-    app.router.add_get("/readyz", readyz, allow_head=True)
+    add_health_routes(app.router, gateway_app[LIVE])  # readiness of the gateway serving now
     return app
 
 
@@ -75,8 +65,8 @@ def start_admin(gateway_app: web.Application, config: GatewayConfig) -> AdminLis
             await runner.cleanup()
             raise
         listener.runner = runner
-        sockets = getattr(site._server, "sockets", None) or ()  # the bound port (0 picks one)
-        listener.port = sockets[0].getsockname()[1] if sockets else listener.config.port
+        # The bound port (config port 0 picks one).
+        listener.port = next((address[1] for address in runner.addresses), listener.config.port)
         log.info("admin_listening", host=listener.config.host, port=listener.port)
         yield
         listener.runner = None

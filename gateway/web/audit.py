@@ -26,9 +26,9 @@ def audit_decision(route: RouteConfig, principal: Principal, message: McpMessage
         "issuer": principal.issuer,
         "route": route.path,
         "method": message.method if message.kind != "response" else "(response)",
-        "target": message.target,
+        "target": message.target.identifier if message.target is not None else None,
         "decision": "allow" if decision.allowed else "deny",
-        "rule": decision.rule,
+        "rule": decision.label,
         "missing_scopes": list(decision.missing),
     }
     if route.audit_arguments and message.params is not None and "arguments" in message.params:

@@ -1,6 +1,10 @@
 """The gateway that serves new requests, swapped on reload and drained on shutdown.
 
-A request is served from start to end by the ``Gateway`` that was current when it arrived, so a
+``LiveGateway`` knows the gateway it swaps only through ``Served`` (a config, readiness) and
+two functions it is given: ``open`` (config → an async context manager yielding a gateway, which
+closes it on exit) and ``handle`` (gateway, request → response).
+
+A request is served from start to end by the gateway that was current when it arrived, so a
 reload never changes the rules, keys or upstream connections under a request (or an SSE stream)
 that is already running. A replaced gateway is closed (upstream pools, JWKS refresh tasks, token
 exchangers) once its last request has ended, or when the process stops.
@@ -21,20 +25,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
-from ..errors import GatewayError
-from .middleware import error_responses
-
-if TYPE_CHECKING:
-    from ..config import GatewayConfig
-    from .app import Gateway
+from ..config import GatewayConfig
+from ..errors import ShuttingDown
+from .middleware import SERVING_CONFIG
 
 log = structlog.get_logger("gateway.live")
 
@@ -42,14 +43,22 @@ log = structlog.get_logger("gateway.live")
 PREPARED = web.RequestKey("prepared_response", web.StreamResponse)
 
 
-class ShuttingDown(GatewayError):
-    """The shutdown deadline passed before the upstream answered this request."""
+class Served(Protocol):
+    """What the live gateway needs to know of a gateway it serves requests with."""
 
-    status = 503
-    reason = "shutting_down"
-    jsonrpc_code = -32000  # implementation-defined server error (JSON-RPC 2.0 §5.1)
-    message = "Gateway is shutting down"
-    retry_after_s = 1
+    @property
+    def config(self) -> GatewayConfig: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def wait_ready(self, timeout_s: float) -> bool: ...
+
+
+G = TypeVar("G", bound=Served)
+
+Opener = Callable[[GatewayConfig], AbstractAsyncContextManager[G]]
+RequestHandler = Callable[[G, web.Request], Awaitable[web.StreamResponse]]
 
 
 async def remember_prepared(request: web.Request, response: web.StreamResponse) -> None:
@@ -57,33 +66,27 @@ async def remember_prepared(request: web.Request, response: web.StreamResponse) 
     request[PREPARED] = response
 
 
-async def _refuse(_request: web.Request) -> web.StreamResponse:
-    raise ShuttingDown()
-
-
 @dataclass(eq=False)
-class _Generation:
-    """One Gateway and the requests it is serving."""
+class _Generation(Generic[G]):
+    """One gateway, what closes it, and the requests it is serving."""
 
-    gateway: Gateway
-    errors: Middleware  # renders GatewayErrors with this gateway's config
+    gateway: G
+    resources: contextlib.AsyncExitStack
     requests: dict[asyncio.Task[Any], web.Request] = field(default_factory=dict)
     retired: bool = False
     retired_at: float = 0.0
     closing: bool = False
 
 
-Successor = Callable[["GatewayConfig", "Gateway"], "Gateway"]
+class LiveGateway(Generic[G]):
+    """Holds the current gateway (``current``); ``handle`` is the aiohttp handler for MCP paths."""
 
-
-class LiveGateway:
-    """Holds the current Gateway (``current``); ``handle`` is the aiohttp handler for MCP paths."""
-
-    def __init__(self, gateway: Gateway, successor: Successor) -> None:
-        # successor(new_config, previous) builds the next Gateway (it may carry state over).
-        self._successor = successor
-        self._generation = _Generation(gateway, error_responses(gateway.config))
-        self._open: list[_Generation] = [self._generation]  # current, and retired ones not yet closed
+    def __init__(self, config: GatewayConfig, open: Opener[G], handle: RequestHandler[G]) -> None:
+        self._initial_config = config
+        self._opener = open
+        self._handler = handle
+        self._generation: _Generation[G] | None = None
+        self._open: list[_Generation[G]] = []  # current, and retired ones not yet closed
         self._closing: set[asyncio.Task[None]] = set()
         self._cut: set[asyncio.Task[Any]] = set()
         self._cutting = False
@@ -92,39 +95,51 @@ class LiveGateway:
         self._reload_lock = asyncio.Lock()
 
     @property
-    def current(self) -> Gateway:
-        return self._generation.gateway
+    def current(self) -> G:
+        return self._serving().gateway
 
     @property
     def config(self) -> GatewayConfig:
-        return self._generation.gateway.config
+        """The config serving new requests (before ``start``: the one it will open)."""
+        return self._generation.gateway.config if self._generation is not None else self._initial_config
 
     @property
     def in_flight(self) -> int:
         return sum(len(generation.requests) for generation in self._open)
 
+    def _serving(self) -> _Generation[G]:
+        if self._generation is None:
+            raise RuntimeError("LiveGateway.start() has not run")
+        return self._generation
+
     # --- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.current.start()
+        """Open the gateway for the initial config (the app's start-up)."""
+        generation = await self._open_generation(self._initial_config)
+        self._open.append(generation)
+        self._generation = generation
+
+    async def _open_generation(self, config: GatewayConfig) -> _Generation[G]:
+        resources = contextlib.AsyncExitStack()
+        gateway = await resources.enter_async_context(self._opener(config))
+        return _Generation(gateway, resources)
 
     async def reload(self, config: GatewayConfig, *, ready_timeout_s: float = 5.0) -> bool:
-        """Start a Gateway for ``config`` and make it serve new requests; the old one drains.
+        """Open a gateway for ``config`` and make it serve new requests; the old one drains.
 
-        Raises whatever building or starting the new Gateway raised; the old one then stays.
-        Waits up to ``ready_timeout_s`` for the new gateway's keys; returns whether they loaded
-        (it is swapped in either way: a request would wait for the keys itself).
+        Raises whatever opening the new gateway raised; the old one then stays. Waits up to
+        ``ready_timeout_s`` for the new gateway's keys; returns whether they loaded (it is
+        swapped in either way: a request would wait for the keys itself).
         """
         async with self._reload_lock:
-            previous = self._generation
-            gateway = self._successor(config, previous.gateway)
+            previous = self._serving()
+            generation = await self._open_generation(config)
             try:
-                await gateway.start()
-                ready = await _until_ready(gateway, ready_timeout_s)
+                ready = await generation.gateway.wait_ready(ready_timeout_s)
             except BaseException:
-                await gateway.aclose()
+                await generation.resources.aclose()
                 raise
-            generation = _Generation(gateway, error_responses(config))
             self._open.append(generation)
             self._generation = generation
             previous.retired = True
@@ -136,13 +151,13 @@ class LiveGateway:
             return ready
 
     async def aclose(self) -> None:
-        """Close every Gateway still open (the app's cleanup, after requests ended or were cut)."""
+        """Close every gateway still open (the app's cleanup, after requests ended or were cut)."""
         for generation in list(self._open):
             self._close_later(generation)
         while self._closing:
             await asyncio.gather(*list(self._closing))
 
-    def _close_later(self, generation: _Generation) -> None:
+    def _close_later(self, generation: _Generation[G]) -> None:
         if generation.closing:
             return
         generation.closing = True
@@ -152,9 +167,9 @@ class LiveGateway:
         task.add_done_callback(self._closing.discard)
 
     @staticmethod
-    async def _close(generation: _Generation) -> None:
+    async def _close(generation: _Generation[G]) -> None:
         try:
-            await generation.gateway.aclose()
+            await generation.resources.aclose()
         except Exception:
             log.exception("gateway_close_failed")
             return
@@ -165,21 +180,23 @@ class LiveGateway:
     # --- requests ---------------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        generation = self._generation
+        generation = self._serving()
+        # Errors are rendered (error_responses, outside) with the config that serves the request.
+        request[SERVING_CONFIG] = generation.gateway.config
         if self._cutting:
-            return await generation.errors(request, _refuse)
+            raise ShuttingDown()
         task = asyncio.current_task()
         if task is None:  # aiohttp runs every handler in a task of its own
             raise RuntimeError("LiveGateway.handle must run in a task")
         generation.requests[task] = request
         self._idle.clear()
         try:
-            return await generation.errors(request, generation.gateway.dispatch)
+            return await self._handler(generation.gateway, request)
         except asyncio.CancelledError:
             if task not in self._cut:
                 raise  # the client went away (handler cancellation)
             task.uncancel()
-            return await self._end_cut_request(request, generation)
+            return await self._end_cut_request(request)
         finally:
             del generation.requests[task]
             self._cut.discard(task)
@@ -206,11 +223,10 @@ class LiveGateway:
             task.cancel()
         return len(tasks)
 
-    async def _end_cut_request(self, request: web.Request, generation: _Generation) -> web.StreamResponse:
+    async def _end_cut_request(self, request: web.Request) -> web.StreamResponse:
         response: web.StreamResponse | None = request.get(PREPARED)
         if response is None:
-            refused: web.StreamResponse = await generation.errors(request, _refuse)
-            return refused
+            raise ShuttingDown()  # not answered yet: 503 with Retry-After
         if response.content_type == "text/event-stream" and request.transport is not None:
             with contextlib.suppress(ConnectionError):
                 await response.write_eof()
@@ -220,13 +236,18 @@ class LiveGateway:
         raise asyncio.CancelledError
 
 
-async def _until_ready(gateway: Gateway, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not gateway.ready:
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
 LIVE = web.AppKey("live_gateway", LiveGateway)
+
+
+def add_health_routes(router: web.UrlDispatcher, live: LiveGateway[Any]) -> None:
+    """``/healthz`` (the process answers) and ``/readyz`` (the serving gateway has its keys)."""
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        ready = live.current.ready
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    router.add_get("/healthz", healthz, allow_head=True)
+    router.add_get("/readyz", readyz, allow_head=True)

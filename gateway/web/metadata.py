@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import GatewayConfig, RouteConfig
+from ..errors import Challenge
 from ..mcp.policy import scopes_supported
 
 WELL_KNOWN_PRM = "/.well-known/oauth-protected-resource"
@@ -77,6 +78,21 @@ def bearer_challenge(
         params.append(("scope", scope_value))
     params.append(("resource_metadata", resource_metadata))
     return "Bearer " + ", ".join(f"{name}={quoted_string(value)}" for name, value in params)
+
+
+def route_challenge(config: GatewayConfig, route: RouteConfig) -> Challenge:
+    """The route's ``WWW-Authenticate`` builder, for ``GatewayError.headers``.
+
+    An error that names no scopes asks for the route's own (what any request on it needs).
+    """
+    resource_metadata = prm_url(config, route)
+
+    def challenge(scopes: tuple[str, ...], error: str | None) -> str:
+        return bearer_challenge(
+            resource_metadata=resource_metadata, scopes=scopes or route.scopes, error=error
+        )
+
+    return challenge
 
 
 def quoted_string(value: str) -> str:

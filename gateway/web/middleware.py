@@ -11,14 +11,14 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from ..config import GatewayConfig, LoggingConfig, RouteConfig
-from ..errors import AuthError, GatewayError, InvalidAuthRequest, InvalidToken, MethodNotAllowed, MissingToken
+from ..errors import GatewayError, TokenRejected
 from ..logs import HIDE_SUBJECT
 from ..metrics import METRICS, NO_ROUTE, mcp_method_label
 from ..principal import Principal
-from .metadata import bearer_challenge, prm_url
+from ..upstream.proxy import STREAMED_STATUS, UPSTREAM_MS
+from .metadata import route_challenge
 
 log = structlog.get_logger("gateway.request")
 
@@ -33,9 +33,8 @@ RPC_ID = web.RequestKey("rpc_id", object)
 REQUEST_ID = web.RequestKey("request_id", str)
 MCP_METHOD = web.RequestKey("mcp_method", str)  # the method the body named (one message)
 TARGET = web.RequestKey("target", str)  # the tool, resource or prompt the body named
-UPSTREAM_MS = web.RequestKey("upstream_ms", float)  # time to the upstream's response headers
-# The status of a streamed response whose headers went out before its handler returned.
-STREAMED_STATUS = web.RequestKey("streamed_status", int)
+# The config of the gateway serving this request (set by LiveGateway.handle; a reload swaps it).
+SERVING_CONFIG = web.RequestKey("serving_config", GatewayConfig)
 CLIENT_CLOSED = 499  # logged status of a request whose client left before any answer (nginx's)
 
 # The gateway's `logging:` settings, read by the outermost layer.
@@ -116,44 +115,31 @@ def _log_request(request: web.Request, status: int, outcome: str, duration_s: fl
     log.info("request", **fields)
 
 
-def error_responses(config: GatewayConfig) -> Middleware:
+@web.middleware
+async def error_responses(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render any GatewayError as HTTP: a Bearer challenge for auth errors, JSON-RPC otherwise."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except GatewayError as exc:
-            request[OUTCOME] = "rejected" if exc.status < 500 else "error"
-            request[REASON] = exc.reason
-            if isinstance(exc, MissingToken | InvalidToken | InvalidAuthRequest):
-                metrics = request.app.get(METRICS)
-                if metrics is not None:
-                    metrics.token_rejected(exc.reason)
-            if exc.detail:
-                log.info("rejected", reason=exc.reason, detail=exc.detail)
-            return render_error(config, request, exc)
-
-    return middleware
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        request[OUTCOME] = "rejected" if exc.status < 500 else "error"
+        request[REASON] = exc.reason
+        if isinstance(exc, TokenRejected):
+            metrics = request.app.get(METRICS)
+            if metrics is not None:
+                metrics.token_rejected(exc.reason)
+        if exc.detail:
+            log.info("rejected", reason=exc.reason, detail=exc.detail)
+        return render_error(request, exc)
 
 
-def render_error(config: GatewayConfig, request: web.Request, exc: GatewayError) -> web.Response:
+def render_error(request: web.Request, exc: GatewayError) -> web.Response:
+    """The error's own status, JSON-RPC code and headers; the challenge is the route's, if any."""
     route = request.get(ROUTE)
-    headers: dict[str, str] = {}
-    if isinstance(exc, AuthError) and route is not None:
-        headers["WWW-Authenticate"] = bearer_challenge(
-            resource_metadata=prm_url(config, route),
-            scopes=exc.scopes or route.scopes,
-            error=exc.oauth_error,
-        )
-        if exc.status == 503:
-            headers["Retry-After"] = "5"
-    if isinstance(exc, MethodNotAllowed):
-        headers["Allow"] = ", ".join(exc.allowed)
-    retry_after = getattr(exc, "retry_after_s", None)
-    if isinstance(retry_after, int | float):
-        headers["Retry-After"] = str(max(1, round(retry_after)))
-    return jsonrpc_error_response(exc.status, request.get(RPC_ID), exc.jsonrpc_code, exc.message, headers)
+    config = request.get(SERVING_CONFIG)
+    challenge = route_challenge(config, route) if route is not None and config is not None else None
+    return jsonrpc_error_response(
+        exc.status, request.get(RPC_ID), exc.jsonrpc_code, exc.message, exc.headers(challenge)
+    )
 
 
 def jsonrpc_error_response(

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config as config_module
 from gateway.config import (
+    AdminConfig,
     ConfigError,
     ConfigProblem,
     GatewayConfig,
@@ -28,6 +28,8 @@ from gateway.config import (
     load_config,
     parse_config_text,
 )
+from gateway.config import fields as config_fields
+from gateway.config import load as config_load
 from gateway.mcp.policy import Default, RoutePolicy, Rule, compile_glob
 
 BASE_LINES = (
@@ -162,7 +164,6 @@ def test_full_config_parses_to_frozen_objects(tmp_path: Path) -> None:
             RouteConfig(
                 path="/github/mcp",
                 upstream="http://127.0.0.1:9000/mcp",
-                scopes=("mcp:access", "repo:read"),
                 resource="https://mcp.example.com/github/mcp",
                 resource_name="GitHub tools",
                 max_body_bytes=1024,
@@ -270,13 +271,14 @@ def test_public_url_is_normalised(tmp_path: Path) -> None:
 def test_field_specs_name_dataclass_attributes() -> None:
     """Each section's keys are attributes of its dataclass (route rule keys go to `policy`)."""
     pairs = [
-        (config_module._LISTEN_FIELDS, ListenConfig),
-        (config_module._ISSUER_FIELDS, IssuerConfig),
-        (config_module._ROUTE_FIELDS, RouteConfig),
+        (config_load.LISTENER_FIELDS, ListenConfig),
+        (config_load.LISTENER_FIELDS, AdminConfig),
+        (config_fields.ISSUER_FIELDS, IssuerConfig),
+        (config_fields.ROUTE_FIELDS, RouteConfig),
     ]
     for fields, cls in pairs:
         attributes = {f.name for f in dataclasses.fields(cls)}
-        keys = {spec.key for spec in fields} - (config_module._POLICY_KEYS if cls is RouteConfig else set())
+        keys = {spec.key for spec in fields} - (config_fields.POLICY_KEYS if cls is RouteConfig else set())
         assert keys <= attributes, cls
 
 

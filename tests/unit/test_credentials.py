@@ -24,8 +24,9 @@ from gateway.config import (
     StaticCredential,
     TokenExchangeCredential,
 )
+from gateway.mcp.policy import RoutePolicy
 from gateway.principal import Principal
-from gateway.secret import Secret
+from gateway.secret import PresentedToken, Secret
 from gateway.upstream.credentials import (
     CredentialConfigError,
     CredentialStrategy,
@@ -53,7 +54,7 @@ def caller(scopes: frozenset[str] = GRANTED) -> Principal:
         audience=("https://mcp.example.com/mcp",),
         expires_at=time.time() + 3600,
         token_id=None,
-        token=Secret(CLIENT_TOKEN),
+        token=PresentedToken(CLIENT_TOKEN),
         claims=MappingProxyType({"sub": "alice"}),
     )
 
@@ -62,7 +63,7 @@ def route(credential: Credential) -> RouteConfig:
     return RouteConfig(
         path="/mcp",
         upstream="http://127.0.0.1:9000/mcp",
-        scopes=("mcp:access",),
+        policy=RoutePolicy(route_scopes=("mcp:access",)),
         resource="https://mcp.example.com/mcp",
         credential=credential,
     )
@@ -195,7 +196,7 @@ async def test_minted_credential_is_reused_per_caller_token_and_scopes(minter: T
     other_scopes = await strategy.headers(alice, ("mcp:access", "repo:write"))
     assert bearer_claims(other_scopes, minter)["scope"] == "mcp:access repo:write"
     assert other_scopes != first
-    other_caller = dataclasses.replace(alice, token=Secret("another-client-token"))
+    other_caller = dataclasses.replace(alice, token=PresentedToken("another-client-token"))
     assert await strategy.headers(other_caller, ("mcp:access", "repo:read")) != first
 
 

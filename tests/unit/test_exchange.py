@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -14,22 +13,21 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from gateway.auth.oauth_client import FormResponse
 from gateway.config import ClientAuthMethod, ScopeMode, TokenExchangeCredential
-from gateway.errors import RequestRejected
+from gateway.errors import AuthError, CredentialFailure
 from gateway.principal import Principal
-from gateway.secret import Secret
+from gateway.secret import PresentedToken, Secret
 from gateway.upstream.exchange import (
     DEFAULT_RETRY_AFTER_S,
     ExchangeRefused,
     ExchangeUnavailable,
-    FormResponse,
     TokenExchanger,
-    cache_until,
-    client_authentication,
     interpret_token_response,
     requested_scope,
     retry_after_seconds,
     safe_description,
+    token_cache_until,
 )
 from tests.support.fake_as import ACCESS_TOKEN_TYPE, FakeAuthorizationServer, serving_fake_as
 
@@ -82,7 +80,7 @@ def principal(
         audience=("https://gw.example/mcp",),
         expires_at=expires_at,
         token_id=None,
-        token=Secret(token),
+        token=PresentedToken(token),
     )
 
 
@@ -119,16 +117,6 @@ def test_requested_scope(
     assert requested_scope(mode, required, frozenset(caller)) == expected
 
 
-def test_basic_client_authentication_form_urlencodes_id_and_secret() -> None:
-    """RFC 6749 §2.3.1: id and secret are form-urlencoded, then joined by ':' and base64-encoded."""
-    headers, fields = client_authentication("client_secret_basic", "my client", Secret("a+b:c%/d"))
-    assert fields == {}
-    decoded = base64.b64decode(headers["Authorization"].removeprefix("Basic ")).decode()
-    assert decoded == "my+client:a%2Bb%3Ac%25%2Fd"
-    headers, fields = client_authentication("client_secret_post", "my client", Secret("a+b"))
-    assert headers == {} and fields == {"client_id": "my client", "client_secret": "a+b"}
-
-
 @pytest.mark.parametrize(
     ("expires_in", "margin", "subject_exp", "expected"),
     [
@@ -139,11 +127,11 @@ def test_basic_client_authentication_form_urlencodes_id_and_secret() -> None:
         (300.0, 0.0, NOW - 1, None),  # subject already expired
     ],
 )
-def test_cache_until(
+def test_token_cache_until(
     expires_in: float | None, margin: float, subject_exp: float, expected: float | None
 ) -> None:
     """An entry lives until expires_in minus the margin, capped by the subject token's expiry."""
-    assert cache_until(NOW, expires_in, margin, subject_exp) == expected
+    assert token_cache_until(NOW, expires_in, margin, subject_exp) == expected
 
 
 @pytest.mark.parametrize(
@@ -205,7 +193,8 @@ def test_unusable_answers_are_unavailable(status: int, body: str, problem: str) 
         interpret_token_response(FormResponse(status, body.encode()))
     assert problem in caught.value.detail
     assert caught.value.status == 503 and caught.value.retry_after_s == DEFAULT_RETRY_AFTER_S
-    assert isinstance(caught.value, RequestRejected)
+    # A JSON-RPC error body, not a Bearer challenge: the caller's token is fine.
+    assert isinstance(caught.value, CredentialFailure) and not isinstance(caught.value, AuthError)
 
 
 def test_valid_answer_is_a_token() -> None:
@@ -367,6 +356,17 @@ async def test_cache_keys_hold_a_hash_of_the_subject_token(
         "repo:read",
     )
     assert SUBJECT not in repr(key) and SUBJECT not in repr(list(exchanger._cache.values()))
+
+
+async def test_cache_key_is_the_digest_taken_when_the_token_was_presented(
+    fake: FakeAuthorizationServer, session: aiohttp.ClientSession
+) -> None:
+    """The exchange keys its cache by the principal's token.sha256 itself: the token is not hashed again."""
+    exchanger = TokenExchanger(credential(fake), session, Clock())
+    caller = principal()
+    await exchanger.headers(caller, ("repo:read",))
+    [key] = list(exchanger._cache.keys())
+    assert key.subject_sha256 is caller.token.sha256
 
 
 async def test_cancelled_waiter_does_not_break_the_others(

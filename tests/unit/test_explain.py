@@ -16,8 +16,9 @@ from gateway.config import load_config
 from gateway.errors import InsufficientScope, PolicyDenied
 from gateway.explain import NOT_VERIFIED, caller_from_scopes, explain
 from gateway.mcp.messages import parse_post
-from gateway.principal import Principal, Secret
-from gateway.web.app import authorize
+from gateway.principal import Principal
+from gateway.secret import PresentedToken
+from gateway.web.pipeline import authorize
 
 CONFIG = """\
 public_url: https://mcp.example.com
@@ -341,7 +342,7 @@ CONSISTENCY_BODIES = [
 def test_outcome_agrees_with_the_gateway_pipeline(
     tmp_path: Path, body: list[dict[str, Any]], scopes: str
 ) -> None:
-    """explain's answer is what gateway.web.app.authorize raises for the same POST and scopes."""
+    """explain's answer is what gateway.web.pipeline.authorize raises for the same POST and scopes."""
     config = load_config(write(tmp_path))
     route = config.routes[0]
     raw = json.dumps(body).encode()
@@ -354,7 +355,7 @@ def test_outcome_agrees_with_the_gateway_pipeline(
         audience=(RESOURCE,),
         expires_at=time.time() + 60,
         token_id=None,
-        token=Secret("t"),
+        token=PresentedToken("t"),
     )
     try:
         authorize(route, principal, parse_post(raw, lambda _name: []))

@@ -15,18 +15,19 @@ import pytest
 from gateway.auth.introspection import (
     IntrospectionUnavailable,
     Introspector,
-    cache_until,
+    answer_cache_until,
     claims_from,
     interpret_introspection,
 )
+from gateway.auth.oauth_client import FormResponse
 from gateway.config import ClientAuthMethod, IntrospectionConfig, IssuerConfig
 from gateway.errors import AuthUnavailable, InvalidToken
-from gateway.secret import Secret
-from gateway.upstream.exchange import FormResponse
+from gateway.secret import PresentedToken, Secret
 from tests.support.fake_as import FakeAuthorizationServer, serving_fake_as
 
 NOW = 1_800_000_000.0
 TOKEN = "opaque-access-token-1"
+PRESENTED = PresentedToken(TOKEN)
 ROUTE_A = "https://gw.example/a/mcp"
 ROUTE_B = "https://gw.example/b/mcp"
 
@@ -99,7 +100,7 @@ async def test_active_token_becomes_principal(
     """An active answer gives a Principal; the AS got token, the hint and one client authentication."""
     fake.introspection[TOKEN] = active(fake)
     introspector = Introspector(issuer_for(fake, auth_method=method), session, Clock())
-    caller = await introspector.authenticate(TOKEN, ROUTE_A)
+    caller = await introspector.authenticate(PRESENTED, ROUTE_A)
     assert (caller.issuer, caller.subject, caller.client_id, caller.token_id) == (
         fake.issuer,
         "alice",
@@ -123,7 +124,7 @@ async def test_answer_without_iss_means_the_configured_issuer(
 ) -> None:
     """iss is optional in RFC 7662; when absent, the configured issuer is assumed."""
     fake.introspection[TOKEN] = active(fake, iss=...)
-    caller = await Introspector(issuer_for(fake), session, Clock()).authenticate(TOKEN, ROUTE_A)
+    caller = await Introspector(issuer_for(fake), session, Clock()).authenticate(PRESENTED, ROUTE_A)
     assert caller.issuer == fake.issuer and caller.claims["iss"] == fake.issuer
 
 
@@ -155,7 +156,7 @@ async def test_refused_tokens(
     fake.introspection[TOKEN] = {"active": False} if answer == {"active": False} else active(fake, **answer)
     introspector = Introspector(issuer_for(fake), session, Clock())
     with pytest.raises(InvalidToken) as caught:
-        await introspector.authenticate(TOKEN, ROUTE_A)
+        await introspector.authenticate(PRESENTED, ROUTE_A)
     assert (caught.value.reason, caught.value.status, caught.value.oauth_error) == (
         reason,
         401,
@@ -173,9 +174,9 @@ async def test_one_call_serves_repeated_requests_and_routes(
     fake.introspection[TOKEN] = active(fake, aud=[ROUTE_A])
     introspector = Introspector(issuer_for(fake), session, Clock())
     for _ in range(3):
-        assert (await introspector.authenticate(TOKEN, ROUTE_A)).subject == "alice"
+        assert (await introspector.authenticate(PRESENTED, ROUTE_A)).subject == "alice"
         with pytest.raises(InvalidToken) as caught:
-            await introspector.authenticate(TOKEN, ROUTE_B)
+            await introspector.authenticate(PRESENTED, ROUTE_B)
         assert caught.value.reason == "bad_audience"
     assert fake.introspection_calls == 1
 
@@ -188,7 +189,7 @@ async def test_concurrent_requests_share_one_introspection(
     fake.delay_s = 0.05
     introspector = Introspector(issuer_for(fake), session, Clock())
     callers = await asyncio.gather(
-        *(introspector.authenticate(TOKEN, ROUTE_A if i % 2 else ROUTE_B) for i in range(50))
+        *(introspector.authenticate(PRESENTED, ROUTE_A if i % 2 else ROUTE_B) for i in range(50))
     )
     assert fake.introspection_calls == 1 and {caller.subject for caller in callers} == {"alice"}
 
@@ -200,19 +201,19 @@ async def test_positive_cache_ends_at_exp_or_cache_max(
     clock = Clock()
     fake.introspection[TOKEN] = active(fake, exp=int(NOW + 20))
     introspector = Introspector(issuer_for(fake, cache_max_s=60), session, clock)
-    await introspector.authenticate(TOKEN, ROUTE_A)
+    await introspector.authenticate(PRESENTED, ROUTE_A)
     clock.now = NOW + 19
-    await introspector.authenticate(TOKEN, ROUTE_A)
+    await introspector.authenticate(PRESENTED, ROUTE_A)
     assert fake.introspection_calls == 1
     clock.now = NOW + 21  # past exp: asked again
     fake.introspection[TOKEN] = active(fake, exp=int(NOW + 600))
-    await introspector.authenticate(TOKEN, ROUTE_A)
+    await introspector.authenticate(PRESENTED, ROUTE_A)
     assert fake.introspection_calls == 2
     clock.now = NOW + 21 + 59
-    await introspector.authenticate(TOKEN, ROUTE_A)
+    await introspector.authenticate(PRESENTED, ROUTE_A)
     assert fake.introspection_calls == 2
     clock.now = NOW + 21 + 61  # past cache_max_s: asked again (revocation shows within a minute)
-    await introspector.authenticate(TOKEN, ROUTE_A)
+    await introspector.authenticate(PRESENTED, ROUTE_A)
     assert fake.introspection_calls == 3
 
 
@@ -225,15 +226,15 @@ async def test_negative_cache_is_short(
     introspector = Introspector(issuer_for(fake, cache_max_s=cache_max_s), session, clock)
     for _ in range(3):
         with pytest.raises(InvalidToken):
-            await introspector.authenticate("unknown-token", ROUTE_A)
+            await introspector.authenticate(PresentedToken("unknown-token"), ROUTE_A)
     assert fake.introspection_calls == 1
     clock.now = NOW + negative_s - 0.5
     with pytest.raises(InvalidToken):
-        await introspector.authenticate("unknown-token", ROUTE_A)
+        await introspector.authenticate(PresentedToken("unknown-token"), ROUTE_A)
     assert fake.introspection_calls == 1
     clock.now = NOW + negative_s + 0.5
     with pytest.raises(InvalidToken):
-        await introspector.authenticate("unknown-token", ROUTE_A)
+        await introspector.authenticate(PresentedToken("unknown-token"), ROUTE_A)
     assert fake.introspection_calls == 2
 
 
@@ -244,7 +245,7 @@ async def test_cache_max_zero_disables_caching(
     fake.introspection[TOKEN] = active(fake)
     introspector = Introspector(issuer_for(fake, cache_max_s=0), session, Clock())
     for _ in range(3):
-        await introspector.authenticate(TOKEN, ROUTE_A)
+        await introspector.authenticate(PRESENTED, ROUTE_A)
     assert fake.introspection_calls == 3
 
 
@@ -254,13 +255,24 @@ async def test_cache_keys_are_token_hashes(
     """The cache holds SHA-256 hashes as keys, never the raw token."""
     fake.introspection[TOKEN] = active(fake)
     introspector = Introspector(issuer_for(fake), session, Clock())
-    await introspector.authenticate(TOKEN, ROUTE_A)
+    await introspector.authenticate(PRESENTED, ROUTE_A)
     with pytest.raises(InvalidToken):
-        await introspector.authenticate("other-token", ROUTE_A)
+        await introspector.authenticate(PresentedToken("other-token"), ROUTE_A)
     keys = list(introspector._cache.keys())
     assert sorted(keys) == sorted(hashlib.sha256(t.encode()).hexdigest() for t in (TOKEN, "other-token"))
     assert TOKEN not in keys and not any(TOKEN in key for key in keys)
     assert TOKEN not in repr(list(introspector._cache.values()))
+
+
+async def test_the_presented_digest_is_the_cache_key_and_the_token_rides_on(
+    fake: FakeAuthorizationServer, session: aiohttp.ClientSession
+) -> None:
+    """The introspector keys its cache by the token's sha256 as presented and hands that token on."""
+    fake.introspection[TOKEN] = active(fake)
+    introspector = Introspector(issuer_for(fake), session, Clock())
+    caller = await introspector.authenticate(PRESENTED, ROUTE_A)
+    [key] = list(introspector._cache.keys())
+    assert key is PRESENTED.sha256 and caller.token is PRESENTED
 
 
 # --- failures: 503, closed -------------------------------------------------------------------------
@@ -329,7 +341,7 @@ async def test_as_failures_are_503(
     introspector = Introspector(issuer_for(fake), session, Clock())
     await breakage(fake)
     with pytest.raises(IntrospectionUnavailable) as caught:
-        await introspector.authenticate(TOKEN, ROUTE_A)
+        await introspector.authenticate(PRESENTED, ROUTE_A)
     assert isinstance(caught.value, AuthUnavailable) and caught.value.status == 503
     assert caught.value.reason == "introspection_unavailable" and TOKEN not in str(caught.value)
     assert len(introspector._cache) == 0
@@ -341,9 +353,9 @@ async def test_failure_is_not_cached(fake: FakeAuthorizationServer, session: aio
     fake.down_status = 503
     introspector = Introspector(issuer_for(fake), session, Clock())
     with pytest.raises(IntrospectionUnavailable):
-        await introspector.authenticate(TOKEN, ROUTE_A)
+        await introspector.authenticate(PRESENTED, ROUTE_A)
     fake.down_status = None
-    assert (await introspector.authenticate(TOKEN, ROUTE_A)).subject == "alice"
+    assert (await introspector.authenticate(PRESENTED, ROUTE_A)).subject == "alice"
     assert fake.introspection_calls == 2
 
 
@@ -370,10 +382,11 @@ def test_claims_keep_only_standard_members() -> None:
         ({"active": True}, 60.0, NOW + 60),
         ({"active": False}, 60.0, NOW + 10),
         ({"active": False}, 4.0, NOW + 4),
+        ({"active": True}, 0.0, None),  # cache_max_s 0: nothing kept
     ],
 )
-def test_cache_until(document: dict[str, Any], cache_max_s: float, expected: float) -> None:
+def test_answer_cache_until(document: dict[str, Any], cache_max_s: float, expected: float | None) -> None:
     """Positive: min(exp, now + cache_max_s); negative: now + min(cache_max_s, 10)."""
     config = IntrospectionConfig("https://as/introspect", "gw", Secret("s"), cache_max_s=cache_max_s)
     result = interpret_introspection(FormResponse(200, json.dumps(document).encode()), "https://as")
-    assert cache_until(result, NOW, config) == expected
+    assert answer_cache_until(result, NOW, config) == expected

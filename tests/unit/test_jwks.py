@@ -1,11 +1,18 @@
-"""Parsing a JWKS into verification keys, and where issuer metadata is looked up."""
+"""Parsing a JWKS into verification keys, where issuer metadata is looked up, and single-flight loads."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
-from gateway.auth.jwks import authorization_server_metadata_urls, parse_jwks
-from tests.support.issuer import SigningKey
+import aiohttp
+import pytest
+
+from gateway.auth.jwks import IssuerKeys, authorization_server_metadata_urls, parse_jwks
+from gateway.config import IssuerConfig, JwksUrl
+from tests.support.issuer import SigningKey, TestIssuer
 
 ALL = frozenset({"RS256", "PS256", "ES256", "EdDSA"})
 
@@ -48,3 +55,94 @@ def test_metadata_urls_for_issuers_with_and_without_path() -> None:
         "https://as.example/.well-known/openid-configuration/tenant/1",
         "https://as.example/tenant/1/.well-known/openid-configuration",
     ]
+
+
+# --- IssuerKeys: loads are single-flight ------------------------------------------------------
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def keys_of(issuer: TestIssuer, session: aiohttp.ClientSession, clock: Clock, **overrides: Any) -> IssuerKeys:
+    config = IssuerConfig(
+        issuer=issuer.issuer, algorithms=("RS256",), jwks=JwksUrl(f"{issuer.base_url}/jwks"), http_timeout_s=2
+    )
+    return IssuerKeys(replace(config, **overrides), session, clock)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+async def test_concurrent_first_uses_share_one_fetch(
+    issuer: TestIssuer, session: aiohttp.ClientSession
+) -> None:
+    """Twenty requests before any key is loaded: one JWKS fetch, and every one gets the key."""
+    keys = keys_of(issuer, session, Clock())
+    found = await asyncio.gather(*(keys.candidates(issuer.active.kid, "RS256") for _ in range(20)))
+    assert issuer.jwks_fetches == 1 and all(len(candidates) == 1 for candidates in found)
+    await keys.aclose()
+
+
+async def test_an_unknown_kid_flood_shares_one_refetch(
+    issuer: TestIssuer, session: aiohttp.ClientSession
+) -> None:
+    """Twenty made-up kids at once, even with no cooldown: one refetch between them."""
+    keys = keys_of(issuer, session, Clock(), jwks_refresh_cooldown_s=0)
+    await keys.candidates(issuer.active.kid, "RS256")
+    found = await asyncio.gather(*(keys.candidates(f"made-up-{n}", "RS256") for n in range(20)))
+    assert issuer.jwks_fetches == 2 and found == [[]] * 20
+    await keys.aclose()
+
+
+async def test_a_cancelled_caller_leaves_the_load_running(
+    issuer: TestIssuer, session: aiohttp.ClientSession
+) -> None:
+    """The client that triggered the first load goes away: the load still finishes for everybody."""
+    keys = keys_of(issuer, session, Clock())
+    leaving = asyncio.create_task(keys.candidates(issuer.active.kid, "RS256"))
+    await asyncio.sleep(0)
+    [load] = keys._loads._running.values()
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    await load
+    assert keys.ready and issuer.jwks_fetches == 1
+    await keys.aclose()
+
+
+async def test_stale_keys_are_refreshed_once_in_the_background(
+    issuer: TestIssuer, session: aiohttp.ClientSession
+) -> None:
+    """Past jwks_max_age_s a request is served from the old keys at once and starts one refetch."""
+    clock = Clock()
+    keys = keys_of(issuer, session, clock, jwks_max_age_s=60)
+    await keys.candidates(issuer.active.kid, "RS256")
+    clock.now += 61
+    old = keys.keyset
+    for _ in range(5):  # all before the refetch can finish: they share it
+        assert len(await keys.candidates(issuer.active.kid, "RS256")) == 1
+    [refresh] = keys._loads._running.values()
+    await refresh
+    assert keys.keyset is not old and issuer.jwks_fetches == 2
+    await keys.aclose()
+
+
+async def test_aclose_cancels_a_running_load(issuer: TestIssuer, session: aiohttp.ClientSession) -> None:
+    """Closing while a load runs cancels it; nothing is loaded afterwards."""
+    keys = keys_of(issuer, session, Clock())
+    waiter = asyncio.create_task(keys.candidates(issuer.active.kid, "RS256"))
+    await asyncio.sleep(0)
+    await keys.aclose()
+    assert not keys.ready
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)

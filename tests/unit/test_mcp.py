@@ -1,4 +1,4 @@
-"""Strict MCP POST parsing (anti-smuggling) and list-result filtering.
+"""Strict MCP POST parsing (anti-smuggling).
 
 Valid bodies are the ones the official SDK client sends (tests/support/NOTES_SDK.md, captured
 from mcp 2.3.0): compact JSON, ``_meta`` envelope and ``Mcp-*`` headers in 2026-07-28.
@@ -20,16 +20,15 @@ from hypothesis import strategies as st
 from gateway.errors import RequestRejected
 from gateway.mcp.messages import (
     HANDSHAKE_VERSIONS,
-    LIST_METHODS,
     MAX_DEPTH,
     MODERN_VERSION,
     McpMessage,
     McpRejected,
     decode_header_value,
     exceeds_depth,
-    filter_list_result,
     parse_post,
 )
+from gateway.mcp.methods import Resource, Tool
 
 LEGACY = "2025-11-25"
 META = {
@@ -91,7 +90,14 @@ def rejection(body: bytes, headers: Mapping[str, str]) -> McpRejected:
 
 
 def shape(message: McpMessage) -> tuple[Any, ...]:
-    return (message.kind, message.method, message.id, message.target, message.target_kind)
+    target = message.target
+    return (
+        message.kind,
+        message.method,
+        message.id,
+        target.identifier if target is not None else None,
+        target.kind if target is not None else None,
+    )
 
 
 # --- valid bodies, both eras --------------------------------------------------------------------
@@ -374,8 +380,8 @@ def test_batch_allowed_only_in_2025_03_26(headers: dict[str, str], version: str)
 def test_names_are_kept_exactly(name: str, same_as_echo: bool) -> None:
     """No strip and no Unicode normalisation: look-alikes stay different from the ASCII name."""
     post = parse_post(legacy("tools/call", {"name": name, "arguments": {}}), lookup(h_legacy()))
-    assert post.messages[0].target == name
-    assert (post.messages[0].target == "echo") is same_as_echo
+    assert post.messages[0].target == Tool(name)
+    assert (post.messages[0].target == Tool("echo")) is same_as_echo
 
 
 @pytest.mark.parametrize("method", ["Tools/Call", "TOOLS/CALL", "prompts/Get", "Initialize"])
@@ -394,7 +400,7 @@ def test_trailing_space_in_2026_needs_the_base64_header() -> None:
     """HTTP strips edge spaces, so "echo " travels base64-encoded; a plain "echo" header mismatches."""
     body = modern("tools/call", {"name": "echo ", "arguments": {}})
     post = parse_post(body, lookup(h_modern("tools/call", b64("echo "))))
-    assert post.messages[0].target == "echo "
+    assert post.messages[0].target == Tool("echo ")
     assert rejection(body, h_modern("tools/call", "echo")).reason == "header_mismatch"
 
 
@@ -886,123 +892,6 @@ def test_versions_constants() -> None:
     assert MODERN_VERSION == "2026-07-28" and MODERN_VERSION not in HANDSHAKE_VERSIONS
 
 
-# --- list filtering ---------------------------------------------------------------------------
-
-LIST_CASES = [
-    pytest.param(
-        "tools/list",
-        {
-            "tools": [
-                {"name": "echo", "inputSchema": {}},
-                {"name": "rm_rf"},
-                {"name": 7},
-                {"title": "no name"},
-                "x",
-            ],
-            "nextCursor": "c2",
-            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "s"}},
-            "ttlMs": 1000,
-            "cacheScope": "user",
-            "resultType": "complete",
-        },
-        {"echo"},
-        [{"name": "echo", "inputSchema": {}}],
-        id="tools",
-    ),
-    pytest.param(
-        "prompts/list",
-        {"prompts": [{"name": "greet"}, {"name": "secret"}, {"name": None}], "nextCursor": "p"},
-        {"greet"},
-        [{"name": "greet"}],
-        id="prompts",
-    ),
-    pytest.param(
-        "resources/list",
-        {
-            "resources": [{"uri": "demo://a", "name": "a"}, {"uri": "demo://b", "name": "b"}, {"name": "c"}],
-            "ttlMs": 5,
-        },
-        {"demo://b"},
-        [{"uri": "demo://b", "name": "b"}],
-        id="resources-by-uri-not-name",
-    ),
-    pytest.param(
-        "resources/templates/list",
-        {
-            "resourceTemplates": [{"uriTemplate": "file:///{p}", "name": "f"}, {"uriTemplate": ["x"]}],
-            "nextCursor": "t",
-            "_meta": {},
-        },
-        {"file:///{p}"},
-        [{"uriTemplate": "file:///{p}", "name": "f"}],
-        id="templates",
-    ),
-]
-
-
-@pytest.mark.parametrize(("method", "result", "visible", "kept"), LIST_CASES)
-def test_filter_list_result_removes_hidden_and_malformed_items(
-    method: str, result: dict[str, Any], visible: set[str], kept: list[Any]
-) -> None:
-    """Hidden items and items without a string key field are removed; every other key is kept."""
-    original = json.loads(json.dumps(result))
-    filtered = filter_list_result(method, result, visible.__contains__)
-    list_key = LIST_METHODS[method][0]
-    assert filtered is not None
-    assert filtered[list_key] == kept
-    assert {k: v for k, v in filtered.items() if k != list_key} == {
-        k: v for k, v in result.items() if k != list_key
-    }
-    assert result == original  # the input is not mutated
-
-
-@pytest.mark.parametrize("method", list(LIST_METHODS))
-def test_filter_list_result_returns_none_when_nothing_is_removed(method: str) -> None:
-    """None tells the caller to forward the original bytes unchanged."""
-    list_key, name_key, _ = LIST_METHODS[method]
-    result = {list_key: [{name_key: "a"}, {name_key: "b"}], "nextCursor": "n"}
-    assert filter_list_result(method, result, lambda _name: True) is None
-    assert filter_list_result(method, {list_key: [], "nextCursor": "n"}, lambda _name: False) is None
-    assert filter_list_result(method, {"nextCursor": "n"}, lambda _name: False) is None
-
-
-@pytest.mark.parametrize("method", list(LIST_METHODS))
-def test_filter_list_result_fails_closed_on_a_non_array(method: str) -> None:
-    """A list key holding something other than an array is replaced by an empty array."""
-    list_key, name_key, _ = LIST_METHODS[method]
-    result = {list_key: {"a": {name_key: "a"}}, "nextCursor": "n"}
-    assert filter_list_result(method, result, lambda _name: True) == {list_key: [], "nextCursor": "n"}
-
-
-def test_filter_list_result_passes_exact_names_to_the_predicate() -> None:
-    """The predicate sees each name exactly as listed (no strip, no normalisation)."""
-    seen: list[str] = []
-    result = {"tools": [{"name": "echo "}, {"name": "\u0435cho"}]}
-
-    def visible(name: str) -> bool:
-        seen.append(name)
-        return name == "echo"
-
-    assert filter_list_result("tools/list", result, visible) == {"tools": []}
-    assert seen == ["echo ", "\u0435cho"]
-
-
-def test_list_methods_table() -> None:
-    """The four list methods map to their result key, naming field and target kind."""
-    assert dict(LIST_METHODS) == {
-        "tools/list": ("tools", "name", "tool"),
-        "prompts/list": ("prompts", "name", "prompt"),
-        "resources/list": ("resources", "uri", "resource"),
-        "resources/templates/list": ("resourceTemplates", "uriTemplate", "resource"),
-    }
-
-
-def test_filter_list_result_unknown_method_is_a_caller_bug() -> None:
-    """Filtering a method that is not a list method raises instead of passing the result through."""
-    with pytest.raises(KeyError):
-        filter_list_result("tools/call", {"content": []}, lambda _name: True)
-
-
 def test_float_values_in_arguments_are_fine() -> None:
     """Finite floats in arguments are ordinary JSON and pass; only NaN/Infinity literals are refused."""
     post = parse_post(
@@ -1036,7 +925,7 @@ def test_comma_inside_mcp_name_is_part_of_the_value() -> None:
     uri = "demo://a,b"
     body = modern("resources/read", {"uri": uri})
     post = parse_post(body, lookup(h_modern("resources/read", uri)))
-    assert post.messages[0].target == uri
+    assert post.messages[0].target == Resource(uri)
 
 
 @pytest.mark.parametrize("method", ["resources/subscribe", "resources/unsubscribe"])
@@ -1045,9 +934,5 @@ def test_methods_removed_in_2026_pass_without_a_target(method: str) -> None:
     -32601 (SEP-2575). In a 2025 revision they still need a clean uri."""
     body = modern(method, {})
     post = parse_post(body, lookup(h_modern(method)))
-    assert (post.messages[0].method, post.messages[0].target, post.messages[0].target_kind) == (
-        method,
-        None,
-        None,
-    )
+    assert (post.messages[0].method, post.messages[0].target) == (method, None)
     assert rejection(legacy(method, {}), h_legacy()).reason == "invalid_uri"

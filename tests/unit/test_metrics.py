@@ -17,8 +17,9 @@ from gateway import cli
 from gateway.cli import main
 from gateway.config import AdminConfig, ConfigError, GatewayConfig, LoggingConfig, RouteConfig, load_config
 from gateway.logs import HIDE_SUBJECT, configure_logging
+from gateway.mcp.methods import Prompt, Tool
 from gateway.mcp.policy import RoutePolicy, Rule, compile_glob
-from gateway.metrics import METRIC_FAMILIES, GatewayMetrics, literal_tools, mcp_method_label
+from gateway.metrics import METRIC_FAMILIES, GatewayMetrics, mcp_method_label, tool_label
 from tests.conftest import _SESSION_LOGS
 
 BASE = """\
@@ -76,12 +77,12 @@ def test_mcp_method_label_is_bounded(http_method: str, mcp_method: str | None, l
 
 def test_tool_label_only_names_literal_patterns() -> None:
     route = route_with_tools("echo", "get_*", "del?te", "[ab]x", "add")
-    assert literal_tools(route) == {"echo", "add"}
-    metrics = GatewayMetrics()
-    assert metrics.tool_label(route, "echo") == "echo"
-    assert metrics.tool_label(route, "get_user") == "other"
-    assert metrics.tool_label(route, "anything-a-client-invents") == "other"
-    assert metrics.tool_label(route, None) == "none"
+    assert route.policy.literal_tools == {"echo", "add"}
+    assert tool_label(route, Tool("echo")) == "echo"
+    assert tool_label(route, Tool("get_user")) == "other"
+    assert tool_label(route, Tool("anything-a-client-invents")) == "other"
+    assert tool_label(route, None) == "none"
+    assert tool_label(route, Prompt("echo")) == "none"  # a prompt is no tool call
 
 
 def test_sse_gauge_goes_back_down_when_the_stream_fails() -> None:

@@ -14,10 +14,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from gateway.config import MintingConfig, SigningKeyConfig
+from gateway.config import ConfigError, MintingConfig, SigningKeyConfig, parse_config_text
 from gateway.errors import InvalidToken
 from gateway.principal import Principal
-from gateway.secret import Secret
+from gateway.secret import PresentedToken
 from gateway.upstream.minting import MintingError, SigningKeyError, TokenMinter, minted_claims
 
 ISSUER = "https://mcp.example.com/upstream-tokens"
@@ -69,7 +69,7 @@ def principal(
         audience=("https://mcp.example.com/mcp",),
         expires_at=expires_at,
         token_id="incoming-jti",
-        token=Secret("the-client-token"),
+        token=PresentedToken("the-client-token"),
         claims=MappingProxyType({"sub": "alice", **claims}),
     )
 
@@ -360,6 +360,28 @@ def test_a_key_of_the_wrong_type_is_refused(tmp_path: Path, alg: str, wrong_alg:
     config = MintingConfig(issuer=ISSUER, keys=(SigningKeyConfig("k1", wrong_alg, path),), active_kid="k1")
     with pytest.raises(SigningKeyError, match=message):
         TokenMinter(config)
+
+
+@pytest.mark.parametrize(("alg", "wrong_alg"), [("ES256", "RS256"), ("RS256", "EdDSA"), ("EdDSA", "ES256")])
+def test_check_config_and_the_minter_refuse_a_key_for_the_same_reason(
+    tmp_path: Path, alg: str, wrong_alg: str
+) -> None:
+    """One key loader: the config problem and the minter's error give the same reason."""
+    path = write_key(tmp_path, alg, "k1")
+    text = (
+        "public_url: https://mcp.example.com\n"
+        "issuers: [{issuer: https://auth.example.com, algorithms: [RS256], jwks: {discover: true}}]\n"
+        f"minting: {{keys: [{{kid: k1, alg: {wrong_alg}, file: {path.name}}}]}}\n"
+        "routes: [{path: /mcp, upstream: http://127.0.0.1:9000/mcp}]\n"
+    )
+    with pytest.raises(ConfigError) as in_config:
+        parse_config_text(text, tmp_path / "gateway.yaml", {})
+    config = MintingConfig(issuer=ISSUER, keys=(SigningKeyConfig("k1", wrong_alg, path),), active_kid="k1")
+    with pytest.raises(SigningKeyError) as in_minter:
+        TokenMinter(config)
+    [problem] = in_config.value.problems
+    assert problem.key_path == "minting.keys[0].file"
+    assert str(in_minter.value) == f"signing key 'k1' ({str(path)!r}): {problem.message}"
 
 
 def test_other_key_problems_are_refused_at_construction(tmp_path: Path) -> None:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gateway.config import parse_config_text
+from gateway.config import RouteConfig, parse_config_text
+from gateway.mcp.methods import Prompt, Resource, Target, Tool
 from gateway.mcp.policy import (
     Decision,
+    Default,
+    DefaultRule,
     GlobError,
     Operation,
     RoutePolicy,
+    Rule,
     compile_glob,
     decide,
     is_visible,
@@ -50,14 +58,22 @@ routes:
 """
 
 
+def line_of(needle: str) -> int:
+    return next(number for number, line in enumerate(RULES.splitlines(), 1) if needle in line)
+
+
 def policy_of(route: str) -> RoutePolicy:
     config = parse_config_text(RULES, Path("/tmp/rules.yaml"), {})
     return next(r.policy for r in config.routes if r.path == route)
 
 
+KINDS: dict[str, type[Target]] = {"tool": Tool, "prompt": Prompt, "resource": Resource}
+
+
 def op(method: str, target: str | None = None, kind: str | None = None) -> Operation:
     kinds = {"tools/call": "tool", "prompts/get": "prompt", "resources/read": "resource"}
-    return Operation(method, kind or kinds.get(method), target)  # type: ignore[arg-type]
+    kind = kind or kinds.get(method)
+    return Operation(method, KINDS[kind](target) if kind is not None and target is not None else None)
 
 
 CASES = [
@@ -136,15 +152,47 @@ def test_decide(
 ) -> None:
     """First match wins, route scopes always apply, defaults decide the rest."""
     decision = decide(policy_of(route), operation, frozenset(granted.split()))
-    assert (decision.allowed, decision.required, decision.rule) == (allowed, required, rule)
+    assert (decision.allowed, decision.required, decision.label) == (allowed, required, rule)
     if not decision.unconditional:
         assert set(decision.missing) == set(required) - set(granted.split())
 
 
+def test_decision_carries_the_rules_that_decided() -> None:
+    """A decision holds the configured rules themselves (with their lines), or the default that decided."""
+    policy = policy_of("/mcp")
+    completion = decide(policy, op("completion/complete", "summarise", "prompt"), frozenset())
+    assert completion.rules == (policy.methods[0], policy.prompts[0])
+    assert [rule.line for rule in (policy.methods[0], policy.prompts[0])] == [
+        line_of('"completion/complete"'),
+        line_of('"summarise"'),
+    ]
+    hidden = decide(policy, op("completion/complete", "hidden", "prompt"), frozenset())
+    assert hidden.rules == (policy.methods[0], DefaultRule(Default.DENY))
+    listed = decide(policy, op("tools/list"), frozenset())
+    assert listed.rules == (DefaultRule(Default.ALLOW),)
+
+
+def test_route_scopes_are_kept_once_in_the_policy() -> None:
+    """The route key `scopes` lives in the route's policy; RouteConfig.scopes reads it from there."""
+    route = next(r for r in parse_config_text(RULES, Path("/tmp/rules.yaml"), {}).routes if r.path == "/mcp")
+    assert route.scopes == route.policy.route_scopes == ("mcp",)
+    assert "scopes" not in {field.name for field in dataclasses.fields(RouteConfig)}
+
+
+def test_literal_tools_are_derived_when_the_policy_is_built() -> None:
+    """The tool names written without glob characters are computed once, with the policy."""
+    assert policy_of("/mcp").literal_tools == frozenset()
+    assert policy_of("/open").literal_tools == frozenset()
+    rules = tuple(Rule("tools", pattern, (), compile_glob(pattern)) for pattern in ("echo", "get_*", "a[b]"))
+    assert RoutePolicy(tools=rules).literal_tools == {"echo"}
+
+
 def test_default_deny_is_unconditional() -> None:
     """An operation no rule names is refused whatever the scopes: no step-up can help."""
-    decision = decide(policy_of("/mcp"), op("tools/call", "x"), frozenset())
-    assert decision == Decision(False, ("mcp", "repo:write"), ("mcp", "repo:write"), "tools['*']")
+    policy = policy_of("/mcp")
+    decision = decide(policy, op("tools/call", "x"), frozenset())
+    assert decision == Decision(False, ("mcp", "repo:write"), ("mcp", "repo:write"), (policy.tools[2],))
+    assert decision.label == "tools['*']"
     unnamed = decide(policy_of("/mcp"), op("prompts/get", "x"), frozenset({"mcp", "repo:read"}))
     assert unnamed.unconditional and not unnamed.allowed
 
@@ -162,7 +210,7 @@ def test_default_deny_is_unconditional() -> None:
 )
 def test_visibility_follows_the_call_decision(kind: str, name: str, granted: str, visible: bool) -> None:
     """A list shows exactly what the caller could use."""
-    assert is_visible(policy_of("/mcp"), kind, name, frozenset(granted.split())) is visible  # type: ignore[arg-type]
+    assert is_visible(policy_of("/mcp"), KINDS[kind](name), frozenset(granted.split())) is visible
 
 
 def test_scopes_supported_is_derived_from_all_rules() -> None:
@@ -188,6 +236,53 @@ def test_glob_semantics(pattern: str, matches: list[str], misses: list[str]) -> 
     regex = compile_glob(pattern)
     assert all(regex.fullmatch(name) for name in matches)
     assert not any(regex.fullmatch(name) for name in misses)
+
+
+# Well-formed globs: literal characters (regex-special ones included), `*`, `?` and classes
+# with an optional `!`, characters and ascending ranges. Left out: what compile_glob refuses
+# or reads on purpose differently (a leading `^` negates; `]` first in a class, or `[!]`, is an
+# empty class, where fnmatch takes it literally) and what Python's re warns about inside a
+# class (`&&`, `~~`, `||`, `--`), so `!` and `-` are never class members of their own.
+_LITERALS = "ab/.+\\^!-é"
+_MEMBERS = "ab/.+\\é"
+_NAME_CHARACTERS = "abcx/.+\\^!-é[]"
+
+
+@st.composite
+def _char_class(draw: st.DrawFn) -> tuple[str, str]:
+    """A `[...]` class, and a character it would match if it were not negated."""
+    single = st.sampled_from(_MEMBERS)
+    ranges = st.tuples(st.sampled_from("abcx./"), st.sampled_from("abcx./")).map(
+        lambda pair: "-".join(sorted(pair, key=ord))
+    )
+    members = draw(st.lists(st.one_of(single, ranges), min_size=1, max_size=3))
+    negate = draw(st.sampled_from(("", "!")))
+    return f"[{negate}{''.join(members)}]", draw(st.sampled_from(members[0].split("-")))
+
+
+@st.composite
+def _glob_and_names(draw: st.DrawFn) -> tuple[str, list[str]]:
+    """A well-formed glob, a name built to (nearly) match it, and an arbitrary name."""
+    any_text = st.text(_NAME_CHARACTERS, max_size=3)
+    token = st.one_of(
+        st.sampled_from(_LITERALS).map(lambda char: (char, st.just(char))),
+        st.just(("*", any_text)),
+        st.just(("?", st.sampled_from(_NAME_CHARACTERS))),
+        _char_class().map(lambda pair: (pair[0], st.just(pair[1]))),
+    )
+    tokens = draw(st.lists(token, min_size=1, max_size=6))
+    pattern = "".join(piece for piece, _ in tokens)
+    built = "".join(draw(example) for _, example in tokens)
+    return pattern, [built, draw(st.text(_NAME_CHARACTERS, max_size=8))]
+
+
+@given(_glob_and_names())
+def test_compile_glob_agrees_with_fnmatch(case: tuple[str, list[str]]) -> None:
+    """On well-formed patterns compile_glob matches what fnmatchcase matches (in both, `*` spans `/`)."""
+    pattern, names = case
+    regex = compile_glob(pattern)
+    for name in names:
+        assert (regex.fullmatch(name) is not None) == fnmatchcase(name, pattern), (pattern, name)
 
 
 @pytest.mark.parametrize("pattern", ["", "a[", "a]", "[]", "a\x00b"])

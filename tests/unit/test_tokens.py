@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from gateway.auth.tokens import (
 )
 from gateway.config import IssuerConfig, JwksDiscover
 from gateway.errors import InvalidAuthRequest, InvalidToken, MissingToken
+from gateway.secret import PresentedToken
 
 ISSUER = IssuerConfig(
     issuer="https://as.example", algorithms=("RS256", "ES256"), jwks=JwksDiscover(), leeway_s=30
@@ -63,7 +65,15 @@ def test_bearer_extraction_refusals(
 def test_bearer_extraction_accepts_any_scheme_case() -> None:
     """`bearer`, `Bearer` and `BEARER` all work (RFC 9110 §11.1)."""
     for scheme in ("bearer", "Bearer", "BEARER"):
-        assert bearer_token_from([f"{scheme} tok.en-_~+/="], False) == "tok.en-_~+/="
+        assert bearer_token_from([f"{scheme} tok.en-_~+/="], False).reveal() == "tok.en-_~+/="
+
+
+def test_bearer_token_is_a_presented_token_that_cannot_print() -> None:
+    """The header's token leaves extraction typed, with its SHA-256 taken once; repr shows ***."""
+    token = bearer_token_from(["Bearer canary-token-123"], False)
+    assert isinstance(token, PresentedToken)
+    assert token.sha256 == hashlib.sha256(b"canary-token-123").hexdigest()
+    assert "canary" not in repr(token) and "canary" not in str(token) and "canary" not in f"{[token]}"
 
 
 @pytest.mark.parametrize(
@@ -91,7 +101,7 @@ def test_bearer_extraction_accepts_any_scheme_case() -> None:
 def test_check_claims_rejections(overrides: dict[str, Any], reason: str) -> None:
     """Every claim rule fails with its own reason."""
     with pytest.raises(InvalidToken) as caught:
-        check_claims(claims(**overrides), issuer=ISSUER, resource=RESOURCE, now=NOW, token="t")
+        check_claims(claims(**overrides), issuer=ISSUER, resource=RESOURCE, now=NOW)
     assert caught.value.reason == reason
 
 
@@ -102,8 +112,7 @@ def test_check_claims_within_leeway_accepted() -> None:
         issuer=ISSUER,
         resource=RESOURCE,
         now=NOW,
-        token="secret-token",
-    )
+    ).presented_with(PresentedToken("secret-token"))
     assert (principal.subject, principal.client_id, principal.scopes, principal.token_id) == (
         "alice",
         "c",

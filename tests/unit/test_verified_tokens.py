@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from gateway.auth.jwks import IssuerKeys
 from gateway.auth.tokens import JwtAuthenticator
 from gateway.config import IssuerConfig, JwksFile
 from gateway.errors import InvalidToken
+from gateway.secret import PresentedToken
 from tests.support.issuer import SigningKey, TestIssuer
 
 ISSUER = "https://as.cache.example"
@@ -35,9 +37,14 @@ def issuer() -> TestIssuer:
 
 
 @pytest.fixture
-async def keys(issuer: TestIssuer, tmp_path: Path) -> AsyncIterator[IssuerKeys]:
-    jwks_file = tmp_path / "jwks.json"
-    jwks_file.write_text(json.dumps(issuer.jwks()))
+def jwks_file(issuer: TestIssuer, tmp_path: Path) -> Path:
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(issuer.jwks()))  # before any event loop runs: not a blocking call on one
+    return path
+
+
+@pytest.fixture
+async def keys(jwks_file: Path) -> AsyncIterator[IssuerKeys]:
     config = IssuerConfig(
         issuer=ISSUER, algorithms=("ES256",), jwks=JwksFile(jwks_file), leeway_s=30, jwks_refresh_cooldown_s=0
     )
@@ -47,7 +54,7 @@ async def keys(issuer: TestIssuer, tmp_path: Path) -> AsyncIterator[IssuerKeys]:
         await issuer_keys.aclose()
 
 
-async def refused_reason(authenticator: JwtAuthenticator, token: str, resource: str) -> str:
+async def refused_reason(authenticator: JwtAuthenticator, token: PresentedToken, resource: str) -> str:
     with pytest.raises(InvalidToken) as refused:
         await authenticator.authenticate(token, resource)
     return refused.value.reason
@@ -57,13 +64,13 @@ async def test_a_verified_token_is_cached_and_its_claims_still_checked_per_route
     issuer: TestIssuer, keys: IssuerKeys
 ) -> None:
     authenticator = JwtAuthenticator({ISSUER: keys})
-    token = issuer.mint(audience=RESOURCE, scope="mcp:access tools:echo", subject="alice")
+    token = PresentedToken(issuer.mint(audience=RESOURCE, scope="mcp:access tools:echo", subject="alice"))
     assert authenticator.cached(token, RESOURCE) is None
 
     first = await authenticator.authenticate(token, RESOURCE)
     hit = authenticator.cached(token, RESOURCE)
     assert hit is not None
-    assert (hit.subject, hit.scopes, hit.token.reveal()) == ("alice", first.scopes, token)
+    assert (hit.subject, hit.scopes, hit.token.reveal()) == ("alice", first.scopes, token.reveal())
     # The audience is checked against the route asking, on a hit as on a miss.
     with pytest.raises(InvalidToken) as refused:
         authenticator.cached(token, OTHER_RESOURCE)
@@ -74,7 +81,7 @@ async def test_a_verified_token_is_cached_and_its_claims_still_checked_per_route
 async def test_a_cached_token_is_refused_once_expired(issuer: TestIssuer, keys: IssuerKeys) -> None:
     clock = Clock()
     authenticator = JwtAuthenticator({ISSUER: keys}, clock=clock)
-    token = issuer.mint(audience=RESOURCE, lifetime_s=60)
+    token = PresentedToken(issuer.mint(audience=RESOURCE, lifetime_s=60))
     await authenticator.authenticate(token, RESOURCE)
     clock.now += 60 + 29  # inside the 30 s leeway: still served from the cache
     assert authenticator.cached(token, RESOURCE) is not None
@@ -85,7 +92,7 @@ async def test_a_cached_token_is_refused_once_expired(issuer: TestIssuer, keys: 
 
 async def test_a_refused_token_is_not_cached(issuer: TestIssuer, keys: IssuerKeys) -> None:
     authenticator = JwtAuthenticator({ISSUER: keys})
-    token = issuer.mint(audience=OTHER_RESOURCE)
+    token = PresentedToken(issuer.mint(audience=OTHER_RESOURCE))
     assert await refused_reason(authenticator, token, RESOURCE) == "bad_audience"
     assert authenticator.cached(token, OTHER_RESOURCE) is None
 
@@ -95,15 +102,15 @@ async def test_a_removed_key_stops_its_cached_tokens_at_the_next_key_load(
 ) -> None:
     """Rotation that retires the old key: tokens it signed fail at once, cache or no cache."""
     authenticator = JwtAuthenticator({ISSUER: keys})
-    old_token = issuer.mint(audience=RESOURCE)
+    old_token = PresentedToken(issuer.mint(audience=RESOURCE))
     await authenticator.authenticate(old_token, RESOURCE)
     assert authenticator.cached(old_token, RESOURCE) is not None
 
     issuer.keys[:] = [SigningKey.generate("ES256", kid="k2")]
     assert isinstance(keys.issuer.jwks, JwksFile)
-    keys.issuer.jwks.path.write_text(json.dumps(issuer.jwks()))
+    await asyncio.to_thread(keys.issuer.jwks.path.write_text, json.dumps(issuer.jwks()))
     # A token with the new, unknown kid makes the gateway reload the issuer's keys.
-    await authenticator.authenticate(issuer.mint(audience=RESOURCE), RESOURCE)
+    await authenticator.authenticate(PresentedToken(issuer.mint(audience=RESOURCE)), RESOURCE)
 
     assert authenticator.cached(old_token, RESOURCE) is None
     assert await refused_reason(authenticator, old_token, RESOURCE) == "unknown_kid"
@@ -111,7 +118,7 @@ async def test_a_removed_key_stops_its_cached_tokens_at_the_next_key_load(
 
 async def test_the_cache_is_bounded(issuer: TestIssuer, keys: IssuerKeys) -> None:
     authenticator = JwtAuthenticator({ISSUER: keys}, cache_size=2)
-    tokens = [issuer.mint(audience=RESOURCE, subject=f"user-{n}") for n in range(3)]
+    tokens = [PresentedToken(issuer.mint(audience=RESOURCE, subject=f"user-{n}")) for n in range(3)]
     for token in tokens:
         await authenticator.authenticate(token, RESOURCE)
     # Least recently used goes first; the newest two stay.

@@ -1,0 +1,244 @@
+"""The config's public types: frozen, slotted, and all that code after start-up ever reads.
+
+``load`` builds a ``GatewayConfig`` from a file; nothing downstream sees a dict.  Field defaults
+live here, once: an optional key that is absent keeps the dataclass default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal, NamedTuple, TypeAlias
+
+from ..mcp.policy import RoutePolicy
+from ..secret import Secret
+
+__all__ = [
+    "LOG_LEVELS",
+    "AdminConfig",
+    "ClientAuthMethod",
+    "ConfigError",
+    "ConfigProblem",
+    "Credential",
+    "GatewayConfig",
+    "IntrospectionConfig",
+    "IssuerConfig",
+    "JwksDiscover",
+    "JwksFile",
+    "JwksSource",
+    "JwksUrl",
+    "ListenConfig",
+    "LogFormat",
+    "LoggingConfig",
+    "MintedCredential",
+    "MintingConfig",
+    "NoCredential",
+    "RouteConfig",
+    "ScopeMode",
+    "SigningKeyConfig",
+    "StaticCredential",
+    "TokenExchangeCredential",
+]
+
+
+class ConfigProblem(NamedTuple):
+    file: str
+    line: int  # 1-based
+    key_path: str  # e.g. "routes[1].upstream"; "" for whole-file problems
+    message: str
+
+    def __str__(self) -> str:
+        if self.key_path:
+            return f"{self.file}:{self.line}: {self.key_path}: {self.message}"
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config is unusable; ``problems`` lists every reason, in file order."""
+
+    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
+        self.problems: tuple[ConfigProblem, ...] = tuple(sorted(problems, key=lambda p: (p.file, p.line)))
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin listener: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz``; off unless set."""
+
+    host: str = "127.0.0.1"
+    port: int = 9090
+
+
+LogFormat = Literal["json", "console"]
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    format: LogFormat = "json"
+    level: str = "info"  # one of LOG_LEVELS
+    include_subject: bool = True  # false: no subject or client_id in request lines and audit events
+
+
+@dataclass(frozen=True, slots=True)
+class JwksDiscover:
+    """Find ``jwks_uri`` through RFC 8414, then OpenID Connect discovery, from the issuer."""
+
+
+@dataclass(frozen=True, slots=True)
+class JwksUrl:
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class JwksFile:
+    path: Path  # absolute; relative paths in the file are resolved against its folder
+
+
+JwksSource: TypeAlias = JwksDiscover | JwksUrl | JwksFile
+
+
+ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
+ScopeMode = Literal["operation", "caller", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class IntrospectionConfig:
+    """RFC 7662: opaque tokens checked at the issuer's introspection endpoint."""
+
+    endpoint: str
+    client_id: str
+    client_secret: Secret
+    auth_method: ClientAuthMethod = "client_secret_basic"
+    cache_max_s: float = 60.0  # a result is cached until the earlier of the token's exp and this
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    issuer: str  # exactly as written: the ``iss`` claim is compared byte for byte
+    algorithms: tuple[str, ...]
+    jwks: JwksSource | None  # exactly one of jwks and introspection
+    leeway_s: float = 30.0
+    require_at_jwt_typ: bool = True  # RFC 9068: access tokens carry typ "at+jwt"
+    jwks_refresh_cooldown_s: float = 30.0  # an unknown kid refetches the JWKS at most once per cooldown
+    jwks_max_age_s: float = 600.0  # keys are refetched in the background after this age
+    http_timeout_s: float = 5.0
+    introspection: IntrospectionConfig | None = None
+
+
+# --- Downstream credentials: a closed choice per route (`credential:`) -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NoCredential:
+    """``credential: none``: nothing is added to the upstream request."""
+
+
+@dataclass(frozen=True, slots=True)
+class StaticCredential:
+    """``{static: {header: X-Api-Key, value: {env: NAME}}}``: a secret the upstream expects."""
+
+    header: str
+    value: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class MintedCredential:
+    """``{minted: {audience: …}}``: a short-lived RFC 9068 JWT signed by the gateway (see ``minting``)."""
+
+    audience: str
+    ttl_s: float = 300.0
+    # operation: the caller's scopes narrowed to what this operation needs; caller: all of the
+    # caller's scopes; none: no scope claim.
+    scope: ScopeMode = "operation"
+    # The same caller token and scopes reuse one minted token for this long (0: a fresh token per
+    # request), and never past the middle of the minted token's life.
+    reuse_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenExchangeCredential:
+    """``{token_exchange: {…}}``: RFC 8693 at the authorization server's token endpoint."""
+
+    token_endpoint: str
+    client_id: str
+    client_secret: Secret
+    auth_method: ClientAuthMethod = "client_secret_basic"
+    audience: str | None = None  # at least one of audience and resource
+    resource: str | None = None
+    scope: ScopeMode = "operation"
+    timeout_s: float = 5.0
+    cache_size: int = 10_000
+    refresh_margin_s: float = 30.0  # a cached token is used until this long before it expires
+
+
+Credential = NoCredential | StaticCredential | MintedCredential | TokenExchangeCredential
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeyConfig:
+    """One private key the gateway signs minted tokens with (PEM file)."""
+
+    kid: str
+    alg: str  # ES256, RS256 or EdDSA
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class MintingConfig:
+    """The gateway as an issuer of downstream tokens (``credential: {minted: …}``)."""
+
+    issuer: str
+    keys: tuple[SigningKeyConfig, ...]
+    active_kid: str  # signs new tokens; the others stay published for verification (rotation)
+
+
+# kw_only: ``resource`` has no dataclass default (it is derived from public_url + path), yet
+# follows fields that do; keyword-only construction also keeps call sites readable.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    path: str  # leading "/", no trailing "/", never "/" itself
+    upstream: str  # http(s) URL
+    resource: str  # RFC 8707 / RFC 9728 resource identifier; default public_url + path
+    resource_name: str | None = None  # human-readable name for the protected resource metadata
+    max_body_bytes: int = 4 * 1024 * 1024
+    connect_timeout_s: float = 5.0
+    response_timeout_s: float = 300.0  # until the upstream's response headers arrive
+    credential: Credential = field(default_factory=lambda: NoCredential())
+    # Built from the route keys scopes, tools, resources, prompts, methods and default.
+    policy: RoutePolicy = field(default_factory=RoutePolicy)
+    scopes_supported: tuple[str, ...] | None = None  # explicit PRM scopes; None: derived from rules
+    audit_arguments: bool = False  # include tool arguments in audit events
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """The scopes every request on this route needs (the route key ``scopes``, kept in the policy)."""
+        return self.policy.route_scopes
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    source: Path  # absolute path of the config file
+    listen: ListenConfig
+    public_url: str  # no trailing slash
+    issuers: tuple[IssuerConfig, ...]
+    routes: tuple[RouteConfig, ...]
+    allowed_origins: tuple[str, ...] = ()
+    minting: MintingConfig | None = None
+    admin: AdminConfig | None = None  # no admin listener unless configured
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # On SIGTERM/SIGINT: how long in-flight requests and streams may run before they are cut.
+    shutdown_grace_s: float = 30.0
+
+    def route_for_path(self, path: str) -> RouteConfig | None:
+        """The route whose path is ``path`` (one trailing slash ignored), if any."""
+        wanted = path[:-1] if path.endswith("/") else path
+        return next((route for route in self.routes if route.path == wanted), None)

@@ -1,0 +1,248 @@
+"""One request through the gateway, step by step.
+
+``dispatch`` routes a request to the metadata documents or to an MCP route; ``handle_mcp`` is
+the MCP pipeline, in the order the spec needs:
+
+1. ``check_origin``   a present ``Origin`` must be allowed (DNS-rebinding defence), before the
+                      token, so a hostile page learns nothing from 401 vs 403;
+2. ``check_method``   GET, POST, DELETE (and a CORS preflight);
+3. ``authenticate``   the bearer token → ``Principal``, or 401 with the route's challenge;
+4. ``read_body``      only once the caller is known, bounded by the route's ``max_body_bytes``;
+   ``parse_strictly`` the strict MCP reading of the body (``gateway.mcp.messages``);
+5. ``authorize``      every message against the route's rules, audited; 403 on a denial;
+6. credential         the route's downstream credential, narrowed to this operation;
+7. forward            ``Upstream.forward``: a new request built from a header allowlist (the
+                      client's token stops there), the answer streamed back, ``*/list``
+                      results filtered to what the caller may use.
+
+Everything a step refuses is raised as a ``GatewayError``; ``error_responses`` renders it.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..auth.tokens import bearer_token_from
+from ..config import RouteConfig
+from ..errors import (
+    AuthError,
+    BodyTooLarge,
+    InsufficientScope,
+    MethodNotAllowed,
+    OriginForbidden,
+    PolicyDenied,
+)
+from ..mcp.listing import ListFilter
+from ..mcp.messages import HANDSHAKE_VERSIONS, McpPost, McpRejected, decode_header_value, parse_post
+from ..mcp.policy import challenge_scopes, combine, decide, operation_of
+from ..metrics import GatewayMetrics
+from ..principal import Principal
+from .audit import audit_decision
+from .metadata import WELL_KNOWN_PRM, prm_document
+from .middleware import MCP_METHOD, PRINCIPAL, REQUEST_ID, ROUTE, RPC_ID, TARGET, jsonrpc_error_response
+from .resources import Gateway, ServedRoute
+
+MCP_METHODS = ("GET", "POST", "DELETE")
+_CORS_EXPOSED = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
+
+
+async def dispatch(gateway: Gateway, request: web.Request) -> web.StreamResponse:
+    """Route a request: protected resource metadata, the minted tokens' keys, or an MCP route."""
+    path = request.path
+    if path == WELL_KNOWN_PRM or path.startswith(WELL_KNOWN_PRM + "/"):
+        return handle_metadata(gateway, request, path[len(WELL_KNOWN_PRM) :])
+    minter = gateway.minter
+    if minter is not None and path in (minter.jwks_path, minter.metadata_path):
+        # The gateway as issuer of minted upstream tokens: public keys and issuer metadata.
+        document = minter.jwks() if path == minter.jwks_path else minter.metadata()
+        return web.json_response(document, headers={"Cache-Control": "public, max-age=300"})
+    served = gateway.routes.get(path)
+    if served is None:
+        return jsonrpc_error_response(404, None, -32601, "Not found")
+    request[ROUTE] = served.config
+    return await handle_mcp(gateway, served, request)
+
+
+async def handle_mcp(gateway: Gateway, served: ServedRoute, request: web.Request) -> web.StreamResponse:
+    """The MCP pipeline for one request on one route (see the module docstring)."""
+    route = served.config
+    origin = check_origin(gateway, request)
+    if request.method == "OPTIONS" and origin is not None:
+        return cors_preflight(request, origin)
+    check_method(request)
+    principal = await authenticate(gateway, route, request)
+
+    body: bytes | None = None
+    response_filter: ListFilter | None = None
+    required = route.scopes
+    if request.method == "POST":
+        # Decide on the body, never on headers.
+        body = await read_body(request, route.max_body_bytes)
+        post = parse_strictly(request, body)
+        required = authorize(route, principal, post, gateway.metrics)
+        response_filter = ListFilter.for_post(post, route.policy, principal.scopes)
+    elif not principal.has_scopes(route.scopes):  # GET stream, DELETE session
+        raise InsufficientScope(scopes=route.scopes)
+
+    # The client's token stops in gateway/upstream/proxy.py: Upstream.forward builds the upstream
+    # request from a header allowlist (upstream_request_headers) that leaves Authorization out.
+    # Until then it rides in principal.token, for a token exchange only. The route's own
+    # credential takes its place, narrowed to what this operation needs.
+    credential = await served.credential.headers(principal, required)
+    response_headers = {"X-Request-Id": request[REQUEST_ID], **(cors_headers(origin) if origin else {})}
+    return await served.upstream.forward(request, body, credential, response_headers, response_filter)
+
+
+# --- the steps, in order ----------------------------------------------------------------------
+
+
+def check_origin(gateway: Gateway, request: web.Request) -> str | None:
+    """The request's ``Origin`` if it is allowed (or None if absent); else 403 (MCP transports)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.lower() not in gateway.allowed_origins:
+        raise OriginForbidden(detail="origin not in allowed_origins")
+    return origin
+
+
+def check_method(request: web.Request) -> None:
+    """Streamable HTTP uses POST, GET (the server's stream) and DELETE (end a session)."""
+    if request.method not in MCP_METHODS:
+        raise MethodNotAllowed(MCP_METHODS)
+
+
+async def authenticate(gateway: Gateway, route: RouteConfig, request: web.Request) -> Principal:
+    """The caller, from ``Authorization: Bearer`` only; a refusal names the scopes to ask for."""
+    try:
+        token = bearer_token_from(
+            request.headers.getall("Authorization", []), "access_token" in request.query
+        )
+        principal = await gateway.authenticator.authenticate(token, route.resource)
+    except AuthError as exc:
+        exc.scopes = exc.scopes or challenge_hint(route, request)
+        raise
+    request[PRINCIPAL] = principal
+    return principal
+
+
+def challenge_hint(route: RouteConfig, request: web.Request) -> tuple[str, ...]:
+    """What a 401 asks for; 2026-07-28 headers name the operation (a hint, see challenge_scopes)."""
+    version = request.headers.get("MCP-Protocol-Version")
+    if request.method != "POST" or version is None or version in HANDSHAKE_VERSIONS:
+        return route.scopes
+    name = request.headers.get("Mcp-Name")
+    decoded = decode_header_value(name) if name is not None else None
+    return challenge_scopes(route.policy, request.headers.get("Mcp-Method"), decoded)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes without reading the rest."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(detail=f"Content-Length {declared} > {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(detail=f"more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_strictly(request: web.Request, body: bytes) -> McpPost:
+    """The strict reading of the body (gateway.mcp.messages); the request id is kept for error bodies."""
+    try:
+        post = parse_post(body, lambda name: request.headers.getall(name, []))
+    except McpRejected as exc:
+        request[RPC_ID] = exc.rpc_id
+        raise
+    request[RPC_ID] = post.messages[0].id
+    if not post.is_batch:  # for the request's log line and metrics labels
+        message = post.messages[0]
+        if message.method is not None:
+            request[MCP_METHOD] = message.method
+        if message.target is not None:
+            request[TARGET] = message.target.identifier
+    return post
+
+
+def authorize(
+    route: RouteConfig, principal: Principal, post: McpPost, metrics: GatewayMetrics | None = None
+) -> tuple[str, ...]:
+    """Decide every message; one denied message refuses the whole POST (a batch included).
+
+    Returns every scope the allowed POST needs, for narrowing the downstream credential.
+    """
+    decisions = []
+    for message in post.messages:
+        decision = decide(route.policy, operation_of(message), principal.scopes)
+        audit_decision(route, principal, message, decision)
+        if metrics is not None:
+            metrics.policy_decision(route, decision.allowed, message.target)
+        decisions.append(decision)
+    verdict = combine(decisions)
+    if verdict.allowed:
+        return verdict.required
+    if verdict.unconditional:
+        raise PolicyDenied(detail="; ".join(verdict.labels))
+    raise InsufficientScope(detail=", ".join(verdict.labels), scopes=verdict.challenge_scopes)
+
+
+# --- discovery and CORS -----------------------------------------------------------------------
+
+
+def handle_metadata(gateway: Gateway, request: web.Request, route_path: str) -> web.StreamResponse:
+    """RFC 9728 metadata: public, no token, readable by browser-based clients (CORS)."""
+    cors = {
+        "Access-Control-Allow-Origin": "*",
+        "Access-Control-Allow-Methods": "GET, OPTIONS",
+        "Access-Control-Allow-Headers": "*",
+    }
+    if request.method == "OPTIONS":
+        return web.Response(status=204, headers=cors)
+    if request.method not in ("GET", "HEAD"):
+        return web.Response(status=405, headers={"Allow": "GET, OPTIONS", **cors})
+    route = gateway.root_route if route_path == "" else _route_for_metadata(gateway, route_path)
+    if route is None:
+        return web.json_response({"error": "not_found"}, status=404, headers=cors)
+    return web.json_response(
+        prm_document(gateway.config, route),
+        headers={**cors, "Cache-Control": "public, max-age=300"},
+    )
+
+
+def _route_for_metadata(gateway: Gateway, suffix: str) -> RouteConfig | None:
+    # With public_url https://x.example/base the metadata path is .../base/<route>
+    # (RFC 9728 §3.1); a proxy in front that strips /base may also send .../<route>.
+    suffix = suffix.rstrip("/")
+    base_path = gateway.base_path
+    served = None
+    if base_path and suffix.startswith(base_path + "/"):
+        served = gateway.routes.get(suffix[len(base_path) :])
+    served = served or gateway.routes.get(suffix)
+    return served.config if served is not None else None
+
+
+def cors_preflight(request: web.Request, origin: str) -> web.Response:
+    """The answer to a browser's preflight from an allowed origin."""
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": ", ".join(MCP_METHODS),
+            "Access-Control-Allow-Headers": request.headers.get(
+                "Access-Control-Request-Headers", "Authorization, Content-Type"
+            ),
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        },
+    )
+
+
+def cors_headers(origin: str) -> dict[str, str]:
+    """What an answer to an allowed cross-origin request carries, so the page can read it."""
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": _CORS_EXPOSED,
+        "Vary": "Origin",
+    }
