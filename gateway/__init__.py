@@ -1,3 +1,8 @@
 """An OAuth 2.1 resource-server gateway for unmodified MCP servers."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mcp-auth-gateway")  # one source: pyproject.toml
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

@@ -1,9 +1,9 @@
 """Which asyncio event loop runs the gateway: uvloop when it is installed, else the standard one.
 
 uvloop (libuv) is an optional extra (``pip install 'mcp-auth-gateway[fast]'``). The benchmark
-(tests/bench) measures the gateway on both loops: with aiohttp's own C parts doing most of the
-per-request work, uvloop showed no consistent difference in the gateway's CPU per request on the
-reference machine, so the standard loop is a fine default wherever uvloop is not installed.
+(tests/bench) measures the gateway on both loops; with aiohttp's own C parts doing most of the
+per-request work the loop matters little (docs/performance.md), so the standard loop is a fine
+default wherever uvloop is not installed.
 """
 
 from __future__ import annotations

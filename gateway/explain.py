@@ -4,7 +4,8 @@ Nothing is decided here: the body goes through the gateway's own strict parser
 (``gateway.mcp.messages.parse_post``), every message through ``gateway.mcp.policy.operation_of`` and
 ``decide``, a token through ``gateway.auth.tokens`` (the same format check, ``split_jws``,
 ``check_header``, ``check_claims``, ``scopes_of``) and a challenge through ``gateway.web.metadata``.
-Only how one POST's decisions combine into an answer mirrors ``gateway.web.pipeline.authorize``.
+How one POST's decisions combine is the pipeline's own ``policy.refusal``; the challenge is the
+error's own ``headers``, as the error middleware renders it.
 
 A token's signature is never verified (no network, no keys): the explanation says so. The core
 (``caller_from_scopes``, ``caller_from_token``, ``explain``) is pure; ``render_text``,
@@ -26,8 +27,8 @@ from .config import GatewayConfig, RouteConfig
 from .errors import BodyTooLarge, InsufficientScope, InvalidToken, PolicyDenied, TokenReason
 from .mcp.messages import PROTOCOL_VERSION_HEADER, HeaderValues, McpRejected, parse_post
 from .mcp.methods import Target
-from .mcp.policy import DecidingRule, Decision, Rule, combine, decide, operation_of
-from .web.metadata import advertised_scopes, bearer_challenge, prm_url, quoted_string
+from .mcp.policy import DecidingRule, Decision, Rule, combine, decide, operation_of, refusal
+from .web.metadata import advertised_scopes, quoted_string, route_challenge
 
 __all__ = [
     "EXIT_FORWARDED",
@@ -321,22 +322,18 @@ def _evaluate(
 
 
 def combine_decisions(config: GatewayConfig, route: RouteConfig, decisions: Sequence[Decision]) -> Outcome:
-    """How one POST's decisions combine, as ``gateway.web.pipeline.authorize`` and the error renderer do it.
-
-    One denied message refuses the whole POST. Any unconditional denial: a plain 403. Otherwise
-    a 403 ``insufficient_scope`` challenge naming the required scopes of every denied message.
-    """
-    verdict = combine(decisions)
-    if verdict.allowed:
+    """The answer to one POST's decisions: the pipeline's own ``refusal``, rendered by the error itself."""
+    refused = refusal(combine(decisions))
+    if refused is None:
         return Outcome(forwarded=True, summary="forwarded")
-    if verdict.unconditional:
+    if isinstance(refused, PolicyDenied):
         return Outcome(
             forwarded=False,
-            summary=f"HTTP {PolicyDenied.status} (no rule allows this)",
-            status=PolicyDenied.status,
-            jsonrpc_code=PolicyDenied.jsonrpc_code,
+            summary=f"HTTP {refused.status} (no rule allows this)",
+            status=refused.status,
+            jsonrpc_code=refused.jsonrpc_code,
         )
-    return _challenge(config, route, InsufficientScope(scopes=verdict.challenge_scopes))
+    return _challenge(config, route, refused)
 
 
 def _token_outcome(config: GatewayConfig, route: RouteConfig, caller: Caller) -> Outcome | None:
@@ -356,9 +353,8 @@ def _token_outcome(config: GatewayConfig, route: RouteConfig, caller: Caller) ->
 
 
 def _challenge(config: GatewayConfig, route: RouteConfig, exc: InsufficientScope | InvalidToken) -> Outcome:
-    """The answer ``gateway.web.middleware.render_error`` gives for an auth error on ``route``."""
-    scopes = exc.scopes or route.scopes
-    shown = advertised_scopes(scopes)
+    """The answer the error middleware gives for an auth error on ``route`` (its own headers)."""
+    shown = advertised_scopes(exc.scopes or route.scopes)  # what the challenge names
     summary = f"HTTP {exc.status} {exc.oauth_error}"
     if shown:
         summary += f", scope={quoted_string(' '.join(shown))}"
@@ -369,9 +365,7 @@ def _challenge(config: GatewayConfig, route: RouteConfig, exc: InsufficientScope
         jsonrpc_code=exc.jsonrpc_code,
         error=exc.oauth_error,
         scope=shown,
-        www_authenticate=bearer_challenge(
-            resource_metadata=prm_url(config, route), scopes=scopes, error=exc.oauth_error
-        ),
+        www_authenticate=exc.headers(route_challenge(config, route))["WWW-Authenticate"],
     )
 
 

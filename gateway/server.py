@@ -90,15 +90,14 @@ GC_GEN0_THRESHOLD = 7_000
 def tune_garbage_collector() -> int:
     """Make the cyclic garbage collector cheap per request; returns how many objects were frozen.
 
-    Measured with the benchmark's nearly free upstream (c=64): with CPython's defaults the
-    collector took ~22 µs of every request (1400 young and 12 full collections in 5 s, each full
-    one walking every module and object loaded at start-up). ``gc.freeze()`` moves what start-up
-    made out of the collector's sight for good, and a higher first threshold stops collections
-    triggered by nothing more than 64 requests' worth of live objects; cyclic garbage still
-    triggers one once 7 000 containers have piled up. Time in the collector fell to ~0 per
-    request; gateway CPU per request 271 -> 245 µs (median of 4 alternating rounds, A/B).
-    Frozen objects are still freed by reference counting; only reference cycles among them, such
-    as those of the start-up config's gateway once a reload has replaced it, stay (once, bounded).
+    With CPython's defaults, each full collection walks every module and object loaded at
+    start-up, and young collections run after a few dozen requests' worth of live objects.
+    ``gc.freeze()`` moves what start-up made out of the collector's sight for good, and a higher
+    first threshold stops collections triggered by nothing but in-flight requests; cyclic
+    garbage still triggers one once 7 000 containers have piled up. Frozen objects are still
+    freed by reference counting; only reference cycles among them, such as those of the start-up
+    config's gateway once a reload has replaced it, stay (once, bounded). The measurements are in
+    docs/performance.md.
     """
     gc.collect()
     gc.freeze()

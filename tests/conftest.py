@@ -7,6 +7,7 @@ ever reaches a log.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import subprocess
@@ -21,6 +22,7 @@ from urllib.parse import quote, quote_plus
 import aiohttp
 import pytest
 from aiohttp import web
+from blockbuster import BlockBuster, blockbuster_ctx
 
 from gateway.config import GatewayConfig, load_config
 from gateway.logs import configure_logging
@@ -71,6 +73,32 @@ def gateway_logs() -> Iterator[LogSink]:
     assert not secrets, f"client secrets appear in gateway logs: {secrets}"
 
 
+@pytest.fixture(autouse=True)
+def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
+    """Fail the test on a blocking call (file, socket, sleep, lock) made on a running event loop.
+
+    Active for every test, as in aiohttp's own suite; it only fires while a loop runs in the
+    calling thread: async tests and fixtures, and tests that drive a loop themselves. Gateway code
+    gets no exemption: a blocking call there is a bug to fix. A test that blocks on purpose says
+    so with ``@pytest.mark.allow_blocking(reason)``; a module may allow one of its own helpers by
+    name (``can_block_in``) with a comment saying why that cannot stall a gateway.
+    """
+    marker = request.node.get_closest_marker("allow_blocking")
+    if marker is not None:
+        assert marker.args, "allow_blocking needs a reason"
+        yield None
+        return
+    with blockbuster_ctx() as bb:
+        # The SDK client imports two modules lazily, on the loop, once per session, and both imports
+        # read files: httpx2 imports httpcore2 (which reads its package metadata) when the first
+        # AsyncClient is built; the session imports jsonschema (which reads its bundled schemas)
+        # to validate the first tool result. Third-party code, not on the gateway's path.
+        for func in ("io.BufferedReader.read", "io.TextIOWrapper.read", "os.listdir"):
+            bb.functions[func].can_block_in("httpx2/_transports/default.py", "__init__")
+            bb.functions[func].can_block_in("mcp/client/session.py", "validate_tool_result")
+        yield bb
+
+
 @pytest.fixture
 async def issuer() -> AsyncIterator[TestIssuer]:
     async with serving() as test_issuer:
@@ -102,25 +130,26 @@ class Upstream:
 
 def _spawn_upstream(*args: str) -> Iterator[str]:
     """Run the SDK fixture server in a subprocess; yields its base URL; stops it afterwards."""
-    proc = subprocess.Popen(
+    # As a context manager, Popen also closes the stdout pipe at the end (else a ResourceWarning).
+    with subprocess.Popen(
         [sys.executable, "-m", "tests.support.upstream_server", "--port", "0", *args],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        word, _, port = proc.stdout.readline().strip().partition(" ")
-        if word != "LISTENING":
-            raise RuntimeError(f"upstream fixture failed to start (exit {proc.poll()})")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
+    ) as proc:
         try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            assert proc.stdout is not None
+            word, _, port = proc.stdout.readline().strip().partition(" ")
+            if word != "LISTENING":
+                raise RuntimeError(f"upstream fixture failed to start (exit {proc.poll()})")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -176,8 +205,10 @@ async def start_gateway_with(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 
     async def start(yaml_text: str, *, wait_ready: bool = True) -> Gateway:
         path = tmp_path / f"gateway-{len(runners)}.yaml"
-        path.write_text(textwrap.dedent(yaml_text))
-        config = load_config(path)
+        # Writing and loading the config is start-up work (``serve`` does it before its loop runs):
+        # off the loop, which the gateways of this test share.
+        await asyncio.to_thread(path.write_text, textwrap.dedent(yaml_text))
+        config = await asyncio.to_thread(load_config, path)
         runner, port = await start_gateway(config, host="127.0.0.1", port=0)
         runners.append(runner)
         url = f"http://127.0.0.1:{port}"

@@ -117,12 +117,10 @@ def host_for_url(host: str) -> str:
 @accepts(_HTTP_URL)
 def parse_public_url(node: YamlNode, at: Cursor) -> Parsed[str]:
     """https URL (http for loopback) without query or fragment; scheme/host lowercased, no trailing '/'."""
-    value = text(node, at)
-    if value is INVALID:
+    checked = _identifier_url(node, at)
+    if checked is INVALID:
         return INVALID
-    parts = url_problems(value, https_unless_loopback=True, allow_query=False)
-    if isinstance(parts, str):
-        return at.problem(node.line, parts)
+    _value, parts = checked
     port = f":{parts.port}" if parts.port is not None else ""
     host = host_for_url(parts.hostname or "")
     return f"{parts.scheme.lower()}://{host}{port}{parts.path}".rstrip("/")
@@ -131,13 +129,19 @@ def parse_public_url(node: YamlNode, at: Cursor) -> Parsed[str]:
 @accepts(_HTTP_URL)
 def parse_issuer_identifier(node: YamlNode, at: Cursor) -> Parsed[str]:
     """Validated like public_url but kept exactly as written: ``iss`` is compared byte for byte."""
+    checked = _identifier_url(node, at)
+    return checked if checked is INVALID else checked[0]
+
+
+def _identifier_url(node: YamlNode, at: Cursor) -> Parsed[tuple[str, SplitResult]]:
+    """An https URL (http for loopback) without query or fragment: the text and its parts."""
     value = text(node, at)
     if value is INVALID:
         return INVALID
     parts = url_problems(value, https_unless_loopback=True, allow_query=False)
     if isinstance(parts, str):
         return at.problem(node.line, parts)
-    return value
+    return value, parts
 
 
 @accepts(_HTTP_URL)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, TypeAlias
 
+from ..errors import InsufficientScope, PolicyDenied
 from .messages import McpMessage
 from .methods import (
     LIFECYCLE_METHODS,
@@ -170,15 +171,39 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
             body = body[1:] if negate else body
             if not body:
                 raise GlobError("empty character class '[]'")
-            escaped = body.replace("\\", "\\\\").replace("[", "\\[")
-            parts.append(f"[{'^' if negate else ''}{escaped}]")
+            parts.append(f"[{'^' if negate else ''}{_class_body(body)}]")
             index = end
         elif char == "]":
             raise GlobError("unmatched ']' in pattern")
         else:
             parts.append(re.escape(char))
         index += 1
-    return re.compile("".join(parts), re.DOTALL)
+    try:
+        return re.compile("".join(parts), re.DOTALL)
+    except re.error as exc:  # not expected after the checks above; still a config error, not a crash
+        raise GlobError(f"invalid pattern: {exc.msg}") from None
+
+
+def _class_body(body: str) -> str:
+    """A glob class body as a regex class body: ranges checked, every other character literal.
+
+    Escaping each character keeps ``\\``, ``^`` and the set operators ``&&``, ``~~``, ``||`` (which
+    ``re`` reserves) literal, as they are in a glob.
+    """
+    out: list[str] = []
+    index = 0
+    while index < len(body):
+        low = body[index]
+        if index + 2 < len(body) and body[index + 1] == "-":
+            high = body[index + 2]
+            if high < low:
+                raise GlobError(f"reversed range '{low}-{high}' in character class")
+            out.append(f"{re.escape(low)}-{re.escape(high)}")
+            index += 3
+        else:
+            out.append(re.escape(low))
+            index += 1
+    return "".join(out)
 
 
 def literal_prefix(pattern: str) -> str:
@@ -300,6 +325,20 @@ def combine(decisions: Iterable[Decision]) -> Verdict:
         labels=tuple(decision.label for decision in denied),
         required=_union(*(decision.required for decision in decisions)),
     )
+
+
+def refusal(verdict: Verdict) -> PolicyDenied | InsufficientScope | None:
+    """The error a POST's verdict is answered with, or None when it is forwarded; pure.
+
+    Any unconditional denial: a plain 403. Otherwise a 403 ``insufficient_scope`` challenge that
+    names the required scopes of every denied message (MCP 2026-07-28 step-up). The pipeline
+    raises it; ``explain`` shows it.
+    """
+    if verdict.allowed:
+        return None
+    if verdict.unconditional:
+        return PolicyDenied(detail="; ".join(verdict.labels))
+    return InsufficientScope(detail=", ".join(verdict.labels), scopes=verdict.challenge_scopes)
 
 
 def challenge_scopes(policy: RoutePolicy, method: str | None, name: str | None) -> tuple[str, ...]:

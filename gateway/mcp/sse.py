@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Final
 
-__all__ = ["SseEventRewriter", "SseEventTooLarge", "parse_sse_events"]
+__all__ = ["SseEventRewriter", "SseEventTooLarge"]
 
 # [parsing]: "end-of-line = ( cr lf / cr / lf )". CR and LF never occur inside a multi-byte UTF-8
 # sequence, so lines are found in the raw bytes, before any decoding, wherever the chunks were cut.
@@ -260,37 +260,3 @@ def _data_value(buf: bytearray, start: int, end: int) -> int | None:
     if value < end and buf[value] == _SPACE:
         value += 1
     return value
-
-
-def parse_sse_events(data: bytes) -> list[dict[str, str]]:
-    """Split a complete stream into events, each a dict of field name to value.
-
-    A small reading aid for tests and logs, not an EventSource: ``data`` holds the data lines'
-    values joined with "\\n"; for any other field the last value wins. Comments are skipped, blocks
-    without any field are dropped, and so is an unterminated last block (as at end of stream in
-    [interpreting]). Unlike a browser it also returns events that have no data.
-    """
-    text = data.decode("utf-8", errors="replace")
-    text = text.removeprefix("\ufeff")
-    events: list[dict[str, str]] = []
-    fields: dict[str, str] = {}
-    data_values: list[str] = []
-    # The last element of the split is what follows the last line terminator: an unfinished line.
-    for line in _TEXT_LINE_BREAK.split(text)[:-1]:
-        if not line:
-            if data_values:
-                fields["data"] = "\n".join(data_values)
-            if fields:
-                events.append(fields)
-            fields, data_values = {}, []
-            continue
-        if line.startswith(":"):
-            continue
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            data_values.append(value)
-        else:
-            fields[name] = value
-    return events

@@ -30,11 +30,10 @@ from ..errors import (
     InsufficientScope,
     MethodNotAllowed,
     OriginForbidden,
-    PolicyDenied,
 )
 from ..mcp.listing import ListFilter
 from ..mcp.messages import HANDSHAKE_VERSIONS, McpPost, McpRejected, decode_header_value, parse_post
-from ..mcp.policy import challenge_scopes, combine, decide, operation_of
+from ..mcp.policy import challenge_scopes, combine, decide, operation_of, refusal
 from ..metrics import GatewayMetrics
 from ..principal import Principal
 from .audit import audit_decision
@@ -181,11 +180,9 @@ def authorize(
             metrics.policy_decision(route, decision.allowed, message.target)
         decisions.append(decision)
     verdict = combine(decisions)
-    if verdict.allowed:
-        return verdict.required
-    if verdict.unconditional:
-        raise PolicyDenied(detail="; ".join(verdict.labels))
-    raise InsufficientScope(detail=", ".join(verdict.labels), scopes=verdict.challenge_scopes)
+    if (refused := refusal(verdict)) is not None:
+        raise refused
+    return verdict.required
 
 
 # --- discovery and CORS -----------------------------------------------------------------------

@@ -87,8 +87,9 @@ async def open_gateway(
     continue); a new one if not given (tests: one per gateway).
     """
     metrics = metrics if metrics is not None else GatewayMetrics()
-    # Signing keys are loaded now: a broken key stops start-up, not the first request.
-    minter = TokenMinter(config.minting) if config.minting is not None else None
+    # Signing keys are loaded now: a broken key stops start-up, not the first request. In a thread:
+    # they are files, and a reload opens its gateway while the loop serves requests.
+    minter = None if config.minting is None else await asyncio.to_thread(TokenMinter, config.minting)
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()))
         issuer_keys: dict[str, IssuerKeys] = {}

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import socket
+from typing import Any
 
 from aiohttp import web
 
@@ -23,7 +24,7 @@ async def post(request: web.Request) -> web.Response:
     method = message.get("method")
     if method == "tools/call":
         name = (message.get("params") or {}).get("name")
-        result: dict = {"content": [{"type": "text", "text": f"called {name}"}], "isError": False}
+        result: dict[str, Any] = {"content": [{"type": "text", "text": f"called {name}"}], "isError": False}
     elif method == "tools/list":
         result = _TOOLS
     else:

@@ -27,8 +27,9 @@ import json
 import struct
 import sys
 import zlib
+from collections.abc import Awaitable, Callable
 from itertools import count
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import anyio
 import mcp.types as types
@@ -41,6 +42,8 @@ from tests.support.upstream_server import Recorder, serve
 
 MCP_PATH = "/mcp"
 WATCHED_URI = "test://watched-resource"
+
+CompletionHandler: TypeAlias = Callable[[Any, types.CompletionArgument, Any], Awaitable[types.Completion]]
 
 
 def _png_1x1_red() -> bytes:
@@ -209,7 +212,11 @@ def build_server() -> MCPServer:
         return [_text(f"LLM response: {reply}")]
 
     async def _elicit(ctx: Context, message: str, schema: dict[str, Any]) -> types.ElicitResult:
-        return await ctx.session.elicit_form(message, schema, related_request_id=ctx.request_id)
+        # Context.session is unannotated in the SDK (Any); elicit_form itself returns ElicitResult.
+        result: types.ElicitResult = await ctx.session.elicit_form(
+            message, schema, related_request_id=ctx.request_id
+        )
+        return result
 
     @server.tool(description="Asks the client for user input")
     async def test_elicitation(message: str, ctx: Context) -> list[types.TextContent]:
@@ -386,7 +393,11 @@ def build_server() -> MCPServer:
         ]
 
     # ---- completion, logging, subscriptions ------------------------------------------------------
-    @server.completion()
+    # MCPServer.completion is unannotated in the SDK; its decorator registers the handler and
+    # returns it unchanged, which is what this cast says.
+    completion = cast(Callable[[], Callable[[CompletionHandler], CompletionHandler]], server.completion)
+
+    @completion()
     async def complete(ref: Any, argument: types.CompletionArgument, context: Any) -> types.Completion:
         candidates = ["paris", "park", "party"]
         values = [value for value in candidates if value.startswith(argument.value)]

@@ -17,6 +17,7 @@ from tests.support.processes import REPO_ROOT
 
 @pytest.mark.timeout(900)
 def test_conformance_suite_is_transparent_through_the_gateway(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The suite's checks through the gateway match a direct run, bar baseline.yml; tokenless runs fail."""
     result = subprocess.run(
         [sys.executable, "-m", "tests.conformance.run", "--keep", str(tmp_path / "results")],
         cwd=REPO_ROOT,

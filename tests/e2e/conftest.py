@@ -12,6 +12,7 @@ Every server binds 127.0.0.1 on a free port and is stopped by the fixture that s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -186,6 +187,7 @@ def authorization_server(
             stderr=stderr,
             text=True,
         )
+    drain: threading.Thread | None = None
     try:
         line = _read_listening_line(proc, AS_STARTUP_TIMEOUT_S)
         word, _, port = line.strip().partition(" ")
@@ -196,7 +198,8 @@ def authorization_server(
                 pytrace=False,
             )
         # Nothing else is written to stdout, but keep the pipe drained all the same.
-        threading.Thread(target=lambda: proc.stdout and proc.stdout.read(), daemon=True).start()
+        drain = threading.Thread(target=lambda: proc.stdout and proc.stdout.read(), daemon=True)
+        drain.start()
         yield AuthorizationServer(
             issuer=f"http://127.0.0.1:{port}",
             client_id=GATEWAY_CLIENT_ID,
@@ -212,6 +215,10 @@ def authorization_server(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if drain is not None:
+            drain.join(5)  # the server has exited: its stdout is at end of file
+        if proc.stdout is not None:
+            proc.stdout.close()  # else a ResourceWarning
 
 
 @pytest.fixture
@@ -245,10 +252,10 @@ async def start_public_gateway(tmp_path: Path) -> AsyncIterator[Any]:
             port = _free_port()
             public_url = f"http://127.0.0.1:{port}"
             path = tmp_path / f"gateway-{len(runners)}-{attempt}.yaml"
-            path.write_text(
-                textwrap.dedent(yaml_text).replace("{public_url}", public_url).replace("{port}", str(port))
-            )
-            config = load_config(path)
+            text = textwrap.dedent(yaml_text).replace("{public_url}", public_url).replace("{port}", str(port))
+            # Start-up work (``serve`` does it before its loop runs): off the loop the gateway shares.
+            await asyncio.to_thread(path.write_text, text)
+            config = await asyncio.to_thread(load_config, path)
             try:
                 runner, bound = await start_gateway(config, host="127.0.0.1", port=port)
             except OSError as exc:

@@ -100,6 +100,7 @@ async def introspect(
 
 
 async def test_metadata(authorization_server: AuthorizationServer) -> None:
+    """The AS metadata names its endpoints, S256 PKCE, `iss` in responses, and the grants and scopes used."""
     metadata = await authorization_server.metadata()
     assert metadata["issuer"] == authorization_server.issuer
     assert metadata["code_challenge_methods_supported"] == ["S256"]
@@ -118,6 +119,7 @@ async def test_metadata(authorization_server: AuthorizationServer) -> None:
 
 
 async def test_public_clients_must_use_pkce(authorization_server: AuthorizationServer) -> None:
+    """An authorization request from a public client without PKCE is refused as invalid_request."""
     client_id = await register_public_client(authorization_server)
     user = HeadlessUser()
     await user.redirect_handler(
@@ -131,6 +133,7 @@ async def test_public_clients_must_use_pkce(authorization_server: AuthorizationS
 
 
 async def test_refused_consent_goes_back_as_access_denied(authorization_server: AuthorizationServer) -> None:
+    """A user who refuses consent is sent back with access_denied and the state, and no code."""
     client_id = await register_public_client(authorization_server)
     user = HeadlessUser(approve=False)
     await user.redirect_handler(
@@ -147,6 +150,7 @@ async def test_refused_consent_goes_back_as_access_denied(authorization_server: 
 
 
 async def test_refresh_tokens_keep_the_resource_and_rotate(authorization_server: AuthorizationServer) -> None:
+    """A refresh keeps the resource, subject and scopes, and rotates a public client's refresh token."""
     client_id, tokens = await user_token(
         authorization_server.issuer, RESOURCE, "mcp:access demo:read offline_access"
     )
@@ -168,6 +172,7 @@ async def test_refresh_tokens_keep_the_resource_and_rotate(authorization_server:
 
 
 async def test_client_credentials_for_a_resource(authorization_server: AuthorizationServer) -> None:
+    """Client credentials give an at+jwt for the resource, the client as subject, with the scopes asked."""
     status, body = await token_request(
         authorization_server,
         {"grant_type": "client_credentials", "resource": RESOURCE, "scope": "mcp:access demo:read"},
@@ -302,6 +307,7 @@ async def test_token_exchange_errors(authorization_server: AuthorizationServer) 
 
 
 async def test_token_exchange_needs_a_confidential_client(authorization_server: AuthorizationServer) -> None:
+    """A token exchange by a public client is refused as unauthorized_client."""
     _, subject = await user_token(authorization_server.issuer, RESOURCE, "mcp:access demo:read")
     public_id = await register_public_client(authorization_server, ["authorization_code", TOKEN_EXCHANGE])
     async with aiohttp.ClientSession() as http:

@@ -20,7 +20,7 @@ from tests.support.issuer import SigningKey, TestIssuer
 
 RESOURCE = "http://127.0.0.1:8080/mcp"
 PRM_URL = "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp"
-INITIALIZE = {
+INITIALIZE: dict[str, Any] = {
     "jsonrpc": "2.0",
     "id": 1,
     "method": "initialize",

@@ -13,6 +13,7 @@ import sys
 import time
 
 import aiohttp
+import pytest
 
 from tests.support.challenge import parse_bearer_challenge
 from tests.support.processes import REPO_ROOT
@@ -51,6 +52,9 @@ def read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float = 30) 
     raise AssertionError("demo did not print instructions:\n" + "".join(lines))
 
 
+@pytest.mark.allow_blocking(
+    "drives the demo subprocess like a person at a terminal (readline, curl, wait); the gateway runs there"
+)
 async def test_demo_shows_401_then_token_then_tool_call() -> None:
     """The printed flow works as printed, and Ctrl-C stops the gateway, issuer and upstream."""
     port = three_free_ports()
@@ -102,6 +106,8 @@ async def test_demo_shows_401_then_token_then_tool_call() -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
     for offset in range(3):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port + offset)) != 0, f"port {port + offset} still open"

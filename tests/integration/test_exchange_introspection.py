@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from tests.conftest import GatewayFactory, LogSink, Upstream
 from tests.support.challenge import parse_bearer_challenge
@@ -52,7 +53,7 @@ def exchange_config(issuer: TestIssuer, upstream: Upstream, fake: FakeAuthorizat
         """
 
 
-async def post(url: str, token: str, body: object = ECHO) -> tuple[int, aiohttp.typedefs.LooseHeaders, bytes]:
+async def post(url: str, token: str, body: object = ECHO) -> tuple[int, CIMultiDict[str], bytes]:
     async with (
         aiohttp.ClientSession() as http,
         http.post(

@@ -121,7 +121,7 @@ async def test_jwks_from_file(
     from pathlib import Path
 
     folder = Path(str(tmp_path))
-    (folder / "keys.json").write_text(json.dumps(issuer.jwks()))
+    await asyncio.to_thread((folder / "keys.json").write_text, json.dumps(issuer.jwks()))
     config = f"""
         public_url: http://127.0.0.1:8080
         issuers:

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from blockbuster import BlockBuster
 from mcp.shared.exceptions import MCPError
 
 from gateway.config import MintingConfig, load_config
@@ -40,6 +41,18 @@ META = {
     "io.modelcontextprotocol/protocolVersion": "2026-07-28",
     "io.modelcontextprotocol/clientCapabilities": {},
 }
+
+
+@pytest.fixture(autouse=True)
+def _subprocess_files_may_block(blockbuster: BlockBuster | None) -> None:
+    """Reading a gateway subprocess's log file and rewriting its config file block this test's loop
+    for a moment, never the gateway's: it runs in another process."""
+    if blockbuster is None:
+        return
+    helpers = {"events", "log_text", "write_config"}
+    reads = ("io.BufferedReader.read", "io.TextIOWrapper.read")
+    for func in (*reads, "io.BufferedWriter.write", "io.TextIOWrapper.write"):
+        blockbuster.functions[func].can_block_in("tests/integration/test_lifecycle.py", helpers)
 
 
 def free_port() -> int:
@@ -252,6 +265,7 @@ async def test_sighup_reload_applies_a_valid_config_refuses_an_invalid_one_and_k
 async def test_sigterm_lets_requests_in_flight_finish_refuses_new_connections_and_exits_0(
     issuer: TestIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
+    """On SIGTERM the listener closes, in-flight calls finish, and the exit is 0 within the grace period."""
     grace_s = 6.0
     port = free_port()
     config_path = tmp_path / "gateway.yaml"
@@ -366,12 +380,14 @@ def free_port_pair() -> int:
 
 
 async def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
+    """`--workers 2` with `listen.port: 0` exits with status 2, saying a fixed port is needed."""
     config_path = tmp_path / "gateway.yaml"
-    config_path.write_text(
+    await asyncio.to_thread(
+        config_path.write_text,
         "listen: {host: 127.0.0.1, port: 0}\n"
         "public_url: http://127.0.0.1:8080\n"
         "issuers: [{issuer: http://127.0.0.1:9, algorithms: [RS256], jwks: {discover: true}}]\n"
-        "routes: [{path: /mcp, upstream: http://127.0.0.1:9/mcp}]\n"
+        "routes: [{path: /mcp, upstream: http://127.0.0.1:9/mcp}]\n",
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -445,8 +461,8 @@ async def test_a_config_whose_gateway_fails_to_start_is_refused_in_process(
     """A config that parses but cannot be run (here: minting without keys) leaves the running
     gateway in place; a later valid reload swaps and closes the previous one at once (idle)."""
     config_path = tmp_path / "gateway.yaml"
-    write_config(config_path, single_route_config(issuer, upstream.mcp_url), 0)
-    config = load_config(config_path)
+    await asyncio.to_thread(write_config, config_path, single_route_config(issuer, upstream.mcp_url), 0)
+    config = await asyncio.to_thread(load_config, config_path)
     runner, port = await start_gateway(config, host="127.0.0.1", port=0)
     try:
         live = runner.app[LIVE]
@@ -463,12 +479,12 @@ async def test_a_config_whose_gateway_fails_to_start_is_refused_in_process(
             async with http.get(f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource") as response:
                 assert response.status == 200
             moved = tmp_path / "moved.yaml"
-            moved.write_text(
-                config_path.read_text().replace(
-                    "public_url: http://127.0.0.1:8080", "public_url: http://127.0.0.1:9999"
-                )
+            text = await asyncio.to_thread(config_path.read_text)
+            await asyncio.to_thread(
+                moved.write_text,
+                text.replace("public_url: http://127.0.0.1:8080", "public_url: http://127.0.0.1:9999"),
             )
-            assert await live.reload(load_config(moved)) is True
+            assert await live.reload(await asyncio.to_thread(load_config, moved)) is True
             assert live.current is not first
             async with http.get(f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource") as response:
                 assert (await response.json())["resource"] == "http://127.0.0.1:9999/mcp"

@@ -110,6 +110,7 @@ async def settle(admin_url: str, name: str, **labels: str) -> Samples:
 async def test_scripted_flow_shows_in_every_family(
     issuer: TestIssuer, upstream: Upstream, start_gateway_with: GatewayFactory, gateway_logs: LogSink
 ) -> None:
+    """Allowed, denied, expired and failed calls are counted in every family, never with a subject."""
     gateway = await start_gateway_with(metrics_config(issuer, upstream, free_port()))
     assert gateway.admin_url is not None
     mcp, down = gateway.route_url("/mcp"), gateway.route_url("/down")
@@ -216,6 +217,7 @@ async def test_metrics_is_not_served_on_the_client_listener(
 async def test_without_admin_config_there_is_no_admin_listener(
     issuer: TestIssuer, upstream: Upstream, start_gateway_with: GatewayFactory
 ) -> None:
+    """A config without `admin` starts no admin listener."""
     config = metrics_config(issuer, upstream, free_port()).replace("admin: {host: 127.0.0.1, port: 0}", "")
     gateway = await start_gateway_with(config)
     assert gateway.admin_url is None
@@ -241,6 +243,7 @@ async def test_each_gateway_has_its_own_registry(
 async def test_include_subject_false_drops_subject_and_client_id_from_logs(
     issuer: TestIssuer, upstream: Upstream, start_gateway_with: GatewayFactory, gateway_logs: LogSink
 ) -> None:
+    """With `include_subject: false` no log line of a request carries its subject or client id."""
     hidden, hidden_client = "hidden-subject-9931", "hidden-client-9932"
     gateway = await start_gateway_with(
         metrics_config(issuer, upstream, free_port(), extra="logging: {include_subject: false}")

@@ -85,7 +85,7 @@ async def test_client_token_never_reaches_upstream_or_logs(
     signature = canary.rsplit(".", 1)[1]
     headers = {"Authorization": f"Bearer {canary}", "Cookie": f"session={canary}"}
     for era in ("2025", "2026"):
-        async with session_client(gateway.route_url(), headers, era=era) as client:  # type: ignore[arg-type]
+        async with session_client(gateway.route_url(), headers, era=era) as client:
             await client.call_tool("echo", {"text": "x"})
             await asyncio.sleep(0.05)
 

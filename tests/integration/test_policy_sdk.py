@@ -134,7 +134,7 @@ async def test_step_up_names_the_exact_scopes_then_succeeds(
     # ...and succeeds once its token carries the scopes the challenge named (unioned with its own).
     wider = " ".join(dict.fromkeys(READ.split() + challenge["scope"].split()))
     for era in ("2025", "2026"):
-        async with session_client(gateway.route_url(), bearer(issuer, wider), era=era) as client:  # type: ignore[arg-type]
+        async with session_client(gateway.route_url(), bearer(issuer, wider), era=era) as client:
             result = await _call(client, method, params)
         assert result is not None
 

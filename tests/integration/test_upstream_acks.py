@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP
 
 
 async def test_prompt_acks_switch_the_answers_own_socket_to_immediate_acks() -> None:
+    """`PromptAcks.now()` turns on TCP_QUICKACK on the socket the answer is arriving on."""
     rest_may_follow = asyncio.Event()
 
     async def stream(request: web.Request) -> web.StreamResponse:

@@ -39,6 +39,7 @@ async def assert_basic_calls(client: Client) -> None:
 
 @pytest.mark.parametrize("era", ["2025", "2026", "auto"])
 async def test_list_tools_and_echo(era: Era) -> None:
+    """Each era negotiates its protocol version, lists the fixture's tools and calls echo and add."""
     async with (
         start_upstream() as (base, _),
         session_client(f"{base}/mcp", {"Authorization": TOKEN}, era=era) as client,
@@ -50,6 +51,7 @@ async def test_list_tools_and_echo(era: Era) -> None:
 @pytest.mark.parametrize("mode", ["--json-response", "--stateless"])
 @pytest.mark.parametrize("era", ["2025", "2026"])
 async def test_server_modes(era: Era, mode: str) -> None:
+    """Echo and add work against the fixture in JSON-response and stateless modes, in both eras."""
     async with (
         start_upstream(mode) as (base, _),
         session_client(f"{base}/mcp", {"Authorization": TOKEN}, era=era) as client,
@@ -59,6 +61,7 @@ async def test_server_modes(era: Era, mode: str) -> None:
 
 @pytest.mark.parametrize("era", ["2025", "2026"])
 async def test_slow_stream_progress_arrives_in_order_while_the_tool_runs(era: Era) -> None:
+    """slow_stream's 200 progress notifications arrive in order, well before its result."""
     progress = ProgressLog()
     async with (
         start_upstream() as (base, _),
@@ -76,6 +79,7 @@ async def test_slow_stream_progress_arrives_in_order_while_the_tool_runs(era: Er
 
 
 async def test_records_show_2025_session_traffic() -> None:
+    """The recorder shows a 2025 session's requests in order, with one session id and their headers."""
     async with start_upstream() as (base, _):
         await clear_upstream_records(base)
         async with session_client(f"{base}/mcp", {"Authorization": TOKEN}, era="2025") as client:
@@ -104,6 +108,7 @@ async def test_records_show_2025_session_traffic() -> None:
 
 
 async def test_records_show_2026_stateless_traffic() -> None:
+    """The recorder shows 2026 stateless POSTs with MCP headers and `_meta`, and no session id."""
     async with start_upstream() as (base, _):
         async with session_client(f"{base}/mcp", {"Authorization": TOKEN}, era="auto") as client:
             await client.call_tool("echo", {"text": "recorded"})
@@ -125,6 +130,7 @@ async def test_records_show_2026_stateless_traffic() -> None:
 
 @pytest.mark.parametrize("mode", [(), ("--json-response",)])
 async def test_records_show_client_disconnect(mode: tuple[str, ...]) -> None:
+    """A client that gives up mid-call shows as an unfinished call plus a disconnect record."""
     async with start_upstream(*mode) as (base, _):
         async with session_client(f"{base}/mcp", {"Authorization": TOKEN}, era="2026") as client:
             with anyio.move_on_after(0.3):

@@ -41,7 +41,7 @@ class SigningKey:
 
     def public_jwk(self) -> dict[str, Any]:
         algorithm = RSAAlgorithm if self.alg.startswith(("RS", "PS")) else ECAlgorithm
-        jwk = json.loads(algorithm.to_jwk(self.private.public_key()))
+        jwk: dict[str, Any] = json.loads(algorithm.to_jwk(self.private.public_key()))
         jwk.update({"kid": self.kid, "alg": self.alg, "use": "sig"})
         return jwk
 

@@ -144,7 +144,8 @@ async def test_without_introspection_an_opaque_token_is_malformed(keys: IssuerKe
     authenticator = Authenticator(JwtAuthenticator({JWT_ISSUER: keys}), None)
     with pytest.raises(InvalidToken) as refused:
         await authenticator.authenticate(PresentedToken(OPAQUE), RESOURCE)
-    assert refused.value.reason == "malformed"
+    reason: str = refused.value.reason
+    assert reason == "malformed"
 
 
 async def test_without_introspection_an_unknown_issuer_is_refused(keys: IssuerKeys) -> None:
@@ -153,4 +154,5 @@ async def test_without_introspection_an_unknown_issuer_is_refused(keys: IssuerKe
     authenticator = Authenticator(JwtAuthenticator({JWT_ISSUER: keys}), None)
     with pytest.raises(InvalidToken) as refused:
         await authenticator.authenticate(PresentedToken(foreign.mint(audience=RESOURCE)), RESOURCE)
-    assert refused.value.reason == "unknown_issuer"
+    reason: str = refused.value.reason
+    assert reason == "unknown_issuer"

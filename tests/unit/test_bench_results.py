@@ -21,6 +21,7 @@ def latest() -> dict[str, Any]:
 
 
 def test_every_target_has_a_judged_row() -> None:
+    """Every performance target has a judged row, and each verdict is its value against its target."""
     rows = {row["figure"]: row for row in summarise(latest())}
     judged = {figure: row for figure, row in rows.items() if row["met"] is not None}
     for concurrency in ("1", "8", "64"):
@@ -38,6 +39,7 @@ def test_every_target_has_a_judged_row() -> None:
 
 
 def test_readme_table_is_from_the_committed_results() -> None:
+    """The README's results name the commit of latest.json and quote its gateway CPU per request."""
     readme = (ROOT / "README.md").read_text()
     match = re.search(r"Latest results \(commit ([0-9a-f]{7})", readme)
     assert match is not None
@@ -47,6 +49,7 @@ def test_readme_table_is_from_the_committed_results() -> None:
 
 
 def test_median_of_rounds() -> None:
+    """Rounds merge into each figure's median, with requests summed and socket errors joined."""
     rounds = [
         {"requests": 10, "rps": 3.0, "p50_ms": 1.0, "socket_errors": ""},
         {"requests": 20, "rps": 1.0, "p50_ms": 5.0, "socket_errors": "timeout 1"},

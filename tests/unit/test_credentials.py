@@ -117,6 +117,7 @@ SCOPE_CASES: list[tuple[ScopeMode, tuple[str, ...], frozenset[str], tuple[str, .
 def test_downstream_scopes(
     mode: ScopeMode, required: tuple[str, ...], granted: frozenset[str], expected: tuple[str, ...] | None
 ) -> None:
+    """`operation` keeps the held required scopes in order, `caller` all granted ones, `none` no claim."""
     assert downstream_scopes(mode, granted, required) == expected
 
 
@@ -124,12 +125,14 @@ def test_downstream_scopes(
 
 
 async def test_no_credential_adds_nothing() -> None:
+    """A route without a credential adds no header upstream."""
     strategy = build_strategy(route(NoCredential()), None, None)
     assert isinstance(strategy, NoCredentialStrategy)
     assert await strategy.headers(caller(), ("mcp:access",)) == {}
 
 
 async def test_static_credential_sends_the_secret_value() -> None:
+    """A static credential sends its secret in its header, the same for every caller and operation."""
     strategy = build_strategy(route(StaticCredential("X-Api-Key", Secret(API_KEY))), None, None)
     assert isinstance(strategy, StaticCredentialStrategy)
     assert await strategy.headers(caller(), ("mcp:access",)) == {"X-Api-Key": API_KEY}
@@ -139,6 +142,7 @@ async def test_static_credential_sends_the_secret_value() -> None:
 
 @pytest.mark.parametrize("value", [API_KEY + "\r\nX-Injected: 1", API_KEY + "\n", "a\0b"])
 def test_static_value_with_a_line_break_is_refused_without_showing_it(value: str) -> None:
+    """A static value with CR, LF or NUL is refused; the error names the header, never the value."""
     with pytest.raises(CredentialConfigError) as caught:
         StaticCredentialStrategy(StaticCredential("X-Api-Key", Secret(value)))
     assert API_KEY not in str(caught.value)
@@ -153,6 +157,7 @@ async def test_minted_credential_per_scope_mode(
     granted: frozenset[str],
     expected: tuple[str, ...] | None,
 ) -> None:
+    """A minted token replaces the client's: caller's sub, client_id, `act`, the mode's scope, the ttl."""
     credential = MintedCredential(audience=AUDIENCE, ttl_s=120, scope=mode)
     strategy = build_strategy(route(credential), minter, None)
     assert isinstance(strategy, MintedCredentialStrategy)
@@ -172,6 +177,7 @@ async def test_minted_credential_per_scope_mode(
 
 
 async def test_minted_credential_with_reuse_off_is_fresh_per_request(minter: TokenMinter) -> None:
+    """With `reuse_s: 0` every request gets a freshly minted token with its own `jti`."""
     strategy = build_strategy(route(MintedCredential(audience=AUDIENCE, reuse_s=0)), minter, None)
     first = await strategy.headers(caller(), ("mcp:access",))
     second = await strategy.headers(caller(), ("mcp:access",))
@@ -188,6 +194,7 @@ class Clock:
 
 
 async def test_minted_credential_is_reused_per_caller_token_and_scopes(minter: TokenMinter) -> None:
+    """A minted token is reused only for the same caller token and the same operation scopes."""
     strategy = MintedCredentialStrategy(MintedCredential(audience=AUDIENCE, reuse_s=60), minter)
     alice = caller()
     first = await strategy.headers(alice, ("mcp:access", "repo:read"))
@@ -210,6 +217,7 @@ async def test_minted_credential_is_reused_per_caller_token_and_scopes(minter: T
 async def test_minted_credential_reuse_ends_at_reuse_s_or_half_life(
     minter: TokenMinter, ttl_s: float, reuse_s: float, reused_until_s: float
 ) -> None:
+    """A minted token is reused until `reuse_s` or half its lifetime, whichever comes first."""
     clock = Clock()
     credential = MintedCredential(audience=AUDIENCE, ttl_s=ttl_s, reuse_s=reuse_s)
     strategy = MintedCredentialStrategy(credential, minter, clock=clock)
@@ -242,6 +250,7 @@ EXCHANGE = TokenExchangeCredential(
 
 
 async def test_token_exchange_uses_the_plugged_in_factory() -> None:
+    """A `token_exchange` route gets its strategy from the exchanger factory, given its credential."""
     made: list[TokenExchangeCredential] = []
 
     def factory(credential: TokenExchangeCredential) -> CredentialStrategy:
@@ -256,11 +265,13 @@ async def test_token_exchange_uses_the_plugged_in_factory() -> None:
 
 
 def test_a_minted_route_without_a_minter_is_a_clear_error() -> None:
+    """A minted route with no token minter is refused with an error naming the route."""
     with pytest.raises(CredentialConfigError, match=r"route /mcp: a minted credential needs a token minter"):
         build_strategy(route(MintedCredential(audience=AUDIENCE)), None, FakeExchanger)
 
 
 def test_a_token_exchange_route_without_a_factory_is_a_clear_error(minter: TokenMinter) -> None:
+    """A `token_exchange` route with no exchanger factory is refused with an error naming the route."""
     with pytest.raises(CredentialConfigError, match=r"route /mcp: token_exchange needs an exchanger factory"):
         build_strategy(route(EXCHANGE), minter, None)
 
@@ -269,6 +280,7 @@ def test_a_token_exchange_route_without_a_factory_is_a_clear_error(minter: Token
 
 
 def test_repr_and_str_of_strategies_never_show_a_secret(minter: TokenMinter, key_path: Path) -> None:
+    """No strategy's repr or str shows the API key, the client's token or the signing key."""
     strategies: list[object] = [
         build_strategy(route(NoCredential()), minter, None),
         build_strategy(route(StaticCredential("X-Api-Key", Secret(API_KEY))), minter, None),

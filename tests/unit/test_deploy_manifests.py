@@ -24,26 +24,8 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.config import GatewayConfig, parse_config_text
+from gateway.metrics import METRIC_FAMILIES
 from gateway.web.app import build_app
-
-try:
-    from gateway.metrics import METRIC_FAMILIES
-except ImportError:  # before gateway/metrics.py existed: the agreed list
-    METRIC_FAMILIES = (
-        "mcp_gateway_requests_total",
-        "mcp_gateway_request_duration_seconds",
-        "mcp_gateway_token_rejections_total",
-        "mcp_gateway_policy_decisions_total",
-        "mcp_gateway_upstream_duration_seconds",
-        "mcp_gateway_upstream_errors_total",
-        "mcp_gateway_jwks_fetches_total",
-        "mcp_gateway_token_exchanges_total",
-        "mcp_gateway_token_exchange_cache_hits_total",
-        "mcp_gateway_introspections_total",
-        "mcp_gateway_introspection_cache_hits_total",
-        "mcp_gateway_sse_streams_open",
-        "mcp_gateway_requests_in_flight",
-    )
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -147,7 +129,7 @@ def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def gateway_container(pod_spec: dict[str, Any]) -> dict[str, Any]:
     """The container that runs the gateway: its config is mounted at CONFIG_PATH's folder."""
-    found = [
+    found: list[dict[str, Any]] = [
         container
         for container in pod_spec["containers"]
         if any(
@@ -192,7 +174,8 @@ def mounted_config(pod_spec: dict[str, Any], container: dict[str, Any], objects:
 def named_port(container: dict[str, Any], port: int | str) -> int:
     if isinstance(port, int):
         return port
-    return next(p["containerPort"] for p in container.get("ports", []) if p.get("name") == port)
+    number: int = next(p["containerPort"] for p in container.get("ports", []) if p.get("name") == port)
+    return number
 
 
 def prestop_sleep_s(container: dict[str, Any]) -> float:
@@ -412,6 +395,7 @@ def all_configs(
 
 
 def test_dockerfile_is_multi_stage_and_the_final_stage_holds_only_the_venv() -> None:
+    """The final image is python:3.11-slim with only the builder's venv copied in and no build tools."""
     global_args, stages = dockerfile_stages()
     assert len(stages) >= 2
     builder_from = stages[0][0][1].split()
@@ -430,6 +414,7 @@ def test_dockerfile_is_multi_stage_and_the_final_stage_holds_only_the_venv() -> 
 
 
 def test_dockerfile_builder_installs_the_package_with_optional_extras() -> None:
+    """The builder installs the package with `EXTRAS` from sources that .dockerignore lets in."""
     _, stages = dockerfile_stages()
     builder = stages[0]
     assert ("ARG", 'EXTRAS=""') in builder
@@ -448,6 +433,7 @@ def test_dockerfile_builder_installs_the_package_with_optional_extras() -> None:
 
 
 def test_dockerfile_runs_as_a_numeric_non_root_user() -> None:
+    """The image runs as a numeric USER whose uid (and group, if given) is not 0."""
     assert dockerfile_uid() != 0
     user = last(dockerfile_stages()[1][-1], "USER")
     assert user is not None and user.split(":")[-1] != "0"
@@ -456,6 +442,7 @@ def test_dockerfile_runs_as_a_numeric_non_root_user() -> None:
 def test_dockerfile_healthcheck_uses_urllib_on_healthz_of_the_listen_port(
     all_configs: list[DeployedConfig],
 ) -> None:
+    """The HEALTHCHECK fetches /healthz with urllib on 127.0.0.1 at every config's listen port."""
     final = dockerfile_stages()[1][-1]
     healthcheck = last(final, "HEALTHCHECK")
     assert healthcheck is not None
@@ -471,6 +458,7 @@ def test_dockerfile_healthcheck_uses_urllib_on_healthz_of_the_listen_port(
 
 
 def test_dockerfile_exposes_the_listen_and_admin_ports(all_configs: list[DeployedConfig]) -> None:
+    """The image exposes exactly every deployed config's listen and admin ports."""
     final = dockerfile_stages()[1][-1]
     exposed = {
         int(port.split("/")[0])
@@ -483,6 +471,7 @@ def test_dockerfile_exposes_the_listen_and_admin_ports(all_configs: list[Deploye
 
 
 def test_dockerfile_entrypoint_serves_the_documented_config_path() -> None:
+    """The entrypoint runs `mcp-auth-gateway serve --config` with the documented config path."""
     final = dockerfile_stages()[1][-1]
     entrypoint, cmd = last(final, "ENTRYPOINT"), last(final, "CMD")
     assert entrypoint is not None and cmd is not None
@@ -495,6 +484,7 @@ def test_dockerfile_entrypoint_serves_the_documented_config_path() -> None:
 
 
 def test_every_deployed_config_parses_with_the_gateway_parser(all_configs: list[DeployedConfig]) -> None:
+    """Every deployed config parses, listens on 0.0.0.0:8080 with admin on 9090, and drains on stop."""
     # The fixtures parse them (parse_config_text raises ConfigError on any problem); the
     # Kubernetes ones with exactly the environment their container gets from the Secret.
     for deployed in all_configs:
@@ -505,6 +495,7 @@ def test_every_deployed_config_parses_with_the_gateway_parser(all_configs: list[
 
 
 def test_deployed_configs_use_only_keys_the_parser_knows_now(all_configs: list[DeployedConfig]) -> None:
+    """Once the parser knows every pending key, each deployed config parses whole with an admin listener."""
     missing = pending_keys()
     if missing:
         pytest.skip(f"the config parser does not know {', '.join(missing)} yet (being added)")
@@ -513,6 +504,7 @@ def test_deployed_configs_use_only_keys_the_parser_knows_now(all_configs: list[D
 
 
 async def test_probe_and_metrics_paths_are_served_by_the_gateway(all_configs: list[DeployedConfig]) -> None:
+    """/healthz and /readyz are routes of the client listener; the admin listener adds /metrics."""
     for deployed in all_configs:
         app = client_app(deployed.config)
         for path in ("/healthz", "/readyz"):
@@ -527,6 +519,7 @@ async def test_probe_and_metrics_paths_are_served_by_the_gateway(all_configs: li
 
 
 def test_every_manifest_file_is_listed_in_its_kustomization() -> None:
+    """Each kustomization lists exactly its folder's manifests, each with an apiVersion and a name."""
     for folder in (DEPLOY / "kubernetes" / "edge", DEPLOY / "kubernetes" / "sidecar"):
         kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
         listed = set(kustomization["resources"])
@@ -538,6 +531,7 @@ def test_every_manifest_file_is_listed_in_its_kustomization() -> None:
 
 
 def test_k8s_container_ports_probes_and_args_match_the_config(k8s: dict[str, Any]) -> None:
+    """Container ports, args and probes match the config; readiness probes the traffic port."""
     container, deployed = k8s["container"], k8s["config"]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"http": deployed.listen_port, "admin": deployed.admin_port}
@@ -551,6 +545,7 @@ def test_k8s_container_ports_probes_and_args_match_the_config(k8s: dict[str, Any
 
 
 def test_k8s_service_exposes_only_the_gateway_client_port(k8s: dict[str, Any]) -> None:
+    """The Service selects the gateway's pods and exposes only the client listen port."""
     service = one(k8s["objects"], "Service")
     labels = k8s["deployment"]["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
@@ -561,6 +556,7 @@ def test_k8s_service_exposes_only_the_gateway_client_port(k8s: dict[str, Any]) -
 
 
 def test_k8s_prometheus_scrapes_the_admin_port(k8s: dict[str, Any]) -> None:
+    """The pod annotations tell Prometheus to scrape /metrics on the admin port."""
     annotations = k8s["deployment"]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == k8s["config"].admin_port
@@ -568,6 +564,7 @@ def test_k8s_prometheus_scrapes_the_admin_port(k8s: dict[str, Any]) -> None:
 
 
 def test_k8s_grace_period_covers_prestop_and_the_drain(k8s: dict[str, Any]) -> None:
+    """terminationGracePeriodSeconds outlasts the preStop sleep plus the gateway's shutdown drain."""
     grace = k8s["pod"]["terminationGracePeriodSeconds"]
     drain = k8s["config"].shutdown_grace_s
     assert grace > drain
@@ -575,6 +572,7 @@ def test_k8s_grace_period_covers_prestop_and_the_drain(k8s: dict[str, Any]) -> N
 
 
 def test_k8s_pods_run_non_root_with_a_read_only_root_filesystem(k8s: dict[str, Any]) -> None:
+    """Pods run as the image's uid on a read-only root, with no SA token, escalation or capabilities."""
     pod = k8s["pod"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == dockerfile_uid()
@@ -587,6 +585,7 @@ def test_k8s_pods_run_non_root_with_a_read_only_root_filesystem(k8s: dict[str, A
 
 
 def test_sidecar_upstream_is_the_other_container_on_loopback(sidecar: dict[str, Any]) -> None:
+    """The sidecar's MCP server is unexposed, on loopback, at the address every route's upstream names."""
     servers = [c for c in sidecar["pod"]["containers"] if c is not sidecar["container"]]
     assert len(servers) == 1
     server = servers[0]
@@ -600,6 +599,7 @@ def test_sidecar_upstream_is_the_other_container_on_loopback(sidecar: dict[str, 
 
 
 def test_edge_has_hpa_pdb_and_fake_secrets(edge: dict[str, Any]) -> None:
+    """The edge deployment has an HPA (2+ replicas, a CPU request), a PDB and only fake Secret values."""
     objects, deployment = edge["objects"], edge["deployment"]
     name = deployment["metadata"]["name"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -619,6 +619,7 @@ def test_edge_has_hpa_pdb_and_fake_secrets(edge: dict[str, Any]) -> None:
 
 
 def test_compose_mounts_the_config_and_publishes_its_ports(compose: dict[str, Any]) -> None:
+    """Compose mounts the config read-only, publishes its ports on loopback and outlasts the drain."""
     services, deployed = compose["services"], compose["config"]
     gateway = services["gateway"]
     assert "./compose/gateway.yaml:" + CONFIG_PATH + ":ro" in gateway["volumes"]
@@ -635,6 +636,7 @@ def test_compose_mounts_the_config_and_publishes_its_ports(compose: dict[str, An
 
 
 def test_compose_upstream_and_issuer_match_the_config(compose: dict[str, Any]) -> None:
+    """Compose's upstream and issuer share the gateway's network at the addresses its config names."""
     services, config = compose["services"], compose["config"].config
     for name in ("upstream", "issuer"):
         assert services[name]["network_mode"] == "service:gateway", name
@@ -660,6 +662,7 @@ def test_compose_upstream_and_issuer_match_the_config(compose: dict[str, Any]) -
 
 
 def test_promql_metric_name_extraction() -> None:
+    """Metric names are picked out of PromQL, skipping functions, keywords, labels, ranges and numbers."""
     expr = (
         "histogram_quantile(0.95, sum by (le, route) "
         '(rate(a_bucket{route=~"$route",x="y{z}"}[5m] offset 1h)))'
@@ -669,6 +672,7 @@ def test_promql_metric_name_extraction() -> None:
 
 
 def test_alert_expressions_use_only_the_gateway_metric_families() -> None:
+    """Alerts use only gateway families (plus replica readiness) and cover those the runbook names."""
     rules = alert_rules()
     assert rules
     used: set[str] = set()
@@ -691,6 +695,7 @@ def test_alert_expressions_use_only_the_gateway_metric_families() -> None:
 
 
 def test_dashboard_queries_use_only_the_gateway_metric_families() -> None:
+    """Dashboard queries use only gateway families, each with a panel; ids are unique, no fixed [5m]."""
     queries = dashboard_queries()
     assert queries
     used: set[str] = set()
@@ -708,6 +713,7 @@ def test_dashboard_queries_use_only_the_gateway_metric_families() -> None:
 
 
 def test_compose_issuer_script_loads_the_gateway_dev_issuer() -> None:
+    """The compose issuer script imports without running anything and uses the gateway's dev issuer."""
     spec = importlib.util.spec_from_file_location("compose_dev_issuer", DEPLOY / "compose" / "dev_issuer.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -15,13 +15,16 @@ from structlog.testing import capture_logs
 
 from gateway.auth.oauth_client import FormResponse
 from gateway.config import ClientAuthMethod, ScopeMode, TokenExchangeCredential
-from gateway.errors import AuthError, CredentialFailure
+from gateway.errors import (
+    DEFAULT_RETRY_AFTER_S,
+    AuthError,
+    CredentialFailure,
+    ExchangeRefused,
+    ExchangeUnavailable,
+)
 from gateway.principal import Principal
 from gateway.secret import PresentedToken, Secret
 from gateway.upstream.exchange import (
-    DEFAULT_RETRY_AFTER_S,
-    ExchangeRefused,
-    ExchangeUnavailable,
     TokenExchanger,
     interpret_token_response,
     requested_scope,

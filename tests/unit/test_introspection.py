@@ -177,7 +177,8 @@ async def test_one_call_serves_repeated_requests_and_routes(
         assert (await introspector.authenticate(PRESENTED, ROUTE_A)).subject == "alice"
         with pytest.raises(InvalidToken) as caught:
             await introspector.authenticate(PRESENTED, ROUTE_B)
-        assert caught.value.reason == "bad_audience"
+        reason: str = caught.value.reason
+        assert reason == "bad_audience"
     assert fake.introspection_calls == 1
 
 

@@ -18,6 +18,7 @@ def redacted(**fields: Any) -> dict[str, Any]:
 
 
 def test_token_shaped_text_is_masked_wherever_it_appears() -> None:
+    """A JWT or a Bearer/Basic credential is masked inside any string, nested values included."""
     out = redacted(
         detail=f"upstream said: {JWT} was refused",
         header="Authorization: Bearer abc.def-ghi",
@@ -33,6 +34,7 @@ def test_token_shaped_text_is_masked_wherever_it_appears() -> None:
 
 
 def test_values_of_secret_named_keys_are_masked_and_safe_ones_kept() -> None:
+    """Values of secret-named keys are masked; `token_id`, empty values and other fields are kept."""
     out = redacted(
         access_token="opaque-value",
         Client_Secret="s3cr3t",

@@ -65,4 +65,5 @@ def test_quoted_string_refuses_control_and_non_ascii(value: str) -> None:
 
 
 def test_advertised_scopes_deduplicates_in_order() -> None:
+    """Advertised scopes keep first-seen order, drop repeats and never list `offline_access`."""
     assert advertised_scopes(["b", "a", "b", "offline_access"]) == ("b", "a")

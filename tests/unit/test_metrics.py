@@ -42,6 +42,7 @@ def route_with_tools(*patterns: str) -> RouteConfig:
 
 
 def test_metric_families_lists_exactly_what_is_registered() -> None:
+    """`METRIC_FAMILIES` names exactly the 13 families a `GatewayMetrics` registers."""
     metrics = GatewayMetrics(CollectorRegistry())
     registered = {family.name for family in metrics.registry.collect()}
     assert {name.removesuffix("_total") for name in METRIC_FAMILIES} == registered
@@ -49,6 +50,7 @@ def test_metric_families_lists_exactly_what_is_registered() -> None:
 
 
 def test_each_gateway_metrics_has_its_own_registry() -> None:
+    """Each `GatewayMetrics` counts in its own registry: one's samples never show in another's."""
     first, second = GatewayMetrics(), GatewayMetrics()
     first.token_rejected("expired")
     assert first.registry is not second.registry
@@ -72,10 +74,12 @@ def test_each_gateway_metrics_has_its_own_registry() -> None:
     ],
 )
 def test_mcp_method_label_is_bounded(http_method: str, mcp_method: str | None, label: str) -> None:
+    """The MCP method label is a known method, GET or DELETE, and `other` for anything else."""
     assert mcp_method_label(http_method, mcp_method) == label
 
 
 def test_tool_label_only_names_literal_patterns() -> None:
+    """The tool label names only tools written literally in the config; else `other`, or `none`."""
     route = route_with_tools("echo", "get_*", "del?te", "[ab]x", "add")
     assert route.policy.literal_tools == {"echo", "add"}
     assert tool_label(route, Tool("echo")) == "echo"
@@ -86,6 +90,7 @@ def test_tool_label_only_names_literal_patterns() -> None:
 
 
 def test_sse_gauge_goes_back_down_when_the_stream_fails() -> None:
+    """The open-streams gauge is back to 0 when a stream ends with an exception."""
     metrics = GatewayMetrics()
     with pytest.raises(RuntimeError), metrics.sse_stream("/mcp"):
         assert metrics.registry.get_sample_value("mcp_gateway_sse_streams_open", {"route": "/mcp"}) == 1
@@ -94,6 +99,7 @@ def test_sse_gauge_goes_back_down_when_the_stream_fails() -> None:
 
 
 def test_exposition_parses() -> None:
+    """The exposition text parses, with a request's route, MCP method and outcome as labels."""
     metrics = GatewayMetrics()
     metrics.request_finished("/mcp", "tools/call", "ok", 0.01)
     families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
@@ -114,6 +120,7 @@ def load(tmp_path: Path, extra: str) -> GatewayConfig:
 
 
 def test_admin_and_logging_default_and_parse(tmp_path: Path) -> None:
+    """Without `admin` there is no admin listener; `admin` and `logging` parse, with their defaults."""
     plain = load(tmp_path, "")
     assert plain.admin is None and plain.logging == LoggingConfig()
     assert LoggingConfig() == LoggingConfig(format="json", level="info", include_subject=True)
@@ -138,6 +145,7 @@ def test_admin_and_logging_default_and_parse(tmp_path: Path) -> None:
     ],
 )
 def test_admin_and_logging_problems(tmp_path: Path, extra: str, message: str) -> None:
+    """A bad `admin` or `logging` value is reported with its key path."""
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, extra)
     assert any(message in str(problem) for problem in caught.value.problems), caught.value.problems
@@ -147,6 +155,7 @@ def test_admin_and_logging_problems(tmp_path: Path, extra: str, message: str) ->
 
 
 def test_hidden_subject_is_dropped_from_every_event_of_the_request() -> None:
+    """While the hide flag is bound, subject and client_id leave every event; after, they are logged."""
     stream = io.StringIO()
     configure_logging(json=True, level="debug", stream=stream)
     try:
@@ -164,6 +173,7 @@ def test_hidden_subject_is_dropped_from_every_event_of_the_request() -> None:
 
 
 def test_configure_logging_without_subject_drops_it_always() -> None:
+    """`include_subject=False` drops subject and client_id from every event."""
     stream = io.StringIO()
     configure_logging(json=True, level="info", stream=stream, include_subject=False)
     try:
@@ -175,6 +185,7 @@ def test_configure_logging_without_subject_drops_it_always() -> None:
 
 
 def test_serve_rejects_an_unknown_log_level(capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve --log-level` with an unknown level exits with a usage error naming the flag."""
     with pytest.raises(SystemExit):
         main(["serve", "--config", "x.yaml", "--log-level", "loud"])
     assert "--log-level" in capsys.readouterr().err
@@ -193,6 +204,7 @@ def test_serve_rejects_an_unknown_log_level(capsys: pytest.CaptureFixture[str]) 
 def test_serve_takes_logging_from_the_config_unless_flags_say_otherwise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: list[str], expected: dict[str, object]
 ) -> None:
+    """`serve` sets up logging from the config file, and command-line flags override it."""
     path = tmp_path / "gateway.yaml"
     path.write_text(BASE + "logging: {format: console, level: warning, include_subject: false}\n")
     seen: dict[str, object] = {}
@@ -203,6 +215,7 @@ def test_serve_takes_logging_from_the_config_unless_flags_say_otherwise(
 
 
 def test_admin_port_must_differ_from_listen_port(tmp_path: Path) -> None:
+    """An admin port equal to the listen port is reported on `admin.port`."""
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, "listen: {port: 8080}\nadmin: {port: 8080}\n")
     [problem] = caught.value.problems
@@ -210,6 +223,7 @@ def test_admin_port_must_differ_from_listen_port(tmp_path: Path) -> None:
 
 
 def test_admin_default_port_clashing_with_listen_is_reported(tmp_path: Path) -> None:
+    """An admin listener on its default 9090 clashes with listen port 9090 and is reported."""
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, "listen: {port: 9090}\nadmin: {}\n")
     assert [p.key_path for p in caught.value.problems] == ["admin.port"]

@@ -100,6 +100,7 @@ def verify(token: str, jwks: dict[str, Any], *, at: float = NOW) -> dict[str, An
 
 @pytest.mark.parametrize("alg", ALGORITHMS)
 def test_minted_token_verifies_with_every_claim(tmp_path: Path, alg: str) -> None:
+    """Each alg's token verifies from the JWKS: at+jwt, exactly the caller's claims, a 128-bit jti."""
     minter = TokenMinter(minting_config(tmp_path, ("k1", alg)), clock=fixed_clock())
     caller = principal(auth_time=NOW - 60, acr="urn:mfa", amr=["pwd", "otp"])
 
@@ -157,18 +158,21 @@ def test_incoming_act_is_nested_under_the_client(tmp_path: Path) -> None:
     ],
 )
 def test_scope_claim(tmp_path: Path, scopes: tuple[str, ...] | None, expected: object) -> None:
+    """The scope claim joins the scopes; an empty tuple gives an empty claim and None no claim."""
     minter = TokenMinter(minting_config(tmp_path, ("k1", "EdDSA")), clock=fixed_clock())
     claims = verify(minter.mint(principal(), audience=AUDIENCE, scopes=scopes, ttl_s=60), minter.jwks())
     assert claims.get("scope", ...) == expected
 
 
 def test_absent_authentication_claims_are_not_invented(tmp_path: Path) -> None:
+    """auth_time, acr, amr and scope are left out when neither the caller nor the call has them."""
     minter = TokenMinter(minting_config(tmp_path, ("k1", "ES256")), clock=fixed_clock())
     claims = verify(minter.mint(principal(), audience=AUDIENCE, scopes=None, ttl_s=60), minter.jwks())
     assert not {"auth_time", "acr", "amr", "scope"} & claims.keys()
 
 
 def test_jti_is_unique_across_1000_mints(tmp_path: Path) -> None:
+    """1000 mints give 1000 different jtis and 1000 different tokens."""
     minter = TokenMinter(minting_config(tmp_path, ("k1", "EdDSA")), clock=fixed_clock())
     caller = principal()
     tokens = [minter.mint(caller, audience=AUDIENCE, scopes=None, ttl_s=60) for _ in range(1000)]
@@ -192,6 +196,7 @@ def test_jti_is_unique_across_1000_mints(tmp_path: Path) -> None:
 def test_exp_never_after_the_client_token_nor_the_ttl(
     tmp_path: Path, client_expires_at: float, ttl_s: float, expected_exp: int
 ) -> None:
+    """`exp` is the earlier of the client token's expiry and now plus the ttl, rounded down."""
     minter = TokenMinter(minting_config(tmp_path, ("k1", "ES256")), clock=fixed_clock())
 
     claims = verify(
@@ -212,10 +217,12 @@ def test_a_client_token_at_its_end_gets_no_downstream_token(tmp_path: Path, clie
     minter = TokenMinter(minting_config(tmp_path, ("k1", "ES256")), clock=fixed_clock())
     with pytest.raises(InvalidToken) as caught:
         minter.mint(principal(expires_at=client_expires_at), audience=AUDIENCE, scopes=None, ttl_s=300)
-    assert caught.value.reason == "expired"
+    reason: str = caught.value.reason
+    assert reason == "expired"
 
 
 def test_the_clock_is_read_on_every_mint(tmp_path: Path) -> None:
+    """The clock is read at every mint, so `iat` moves with it."""
     now = [NOW]
     minter = TokenMinter(minting_config(tmp_path, ("k1", "ES256")), clock=lambda: now[0])
     first = minter.mint(principal(), audience=AUDIENCE, scopes=None, ttl_s=60)
@@ -239,6 +246,7 @@ def test_a_caller_without_a_client_gets_no_token(tmp_path: Path, client_id: str 
 
 @pytest.mark.parametrize("act", ["agent-7", ["agent-7"], 7])
 def test_a_malformed_incoming_act_is_refused(act: object) -> None:
+    """An incoming `act` that is not an object is refused with a minting error."""
     with pytest.raises(MintingError, match="act"):
         minted_claims(
             principal(act=act), issuer=ISSUER, audience=AUDIENCE, scopes=None, ttl_s=60, now=NOW, jti="j"
@@ -246,6 +254,7 @@ def test_a_malformed_incoming_act_is_refused(act: object) -> None:
 
 
 def test_minted_claims_is_pure() -> None:
+    """`minted_claims` returns fresh claims: changing them never changes the principal's."""
     caller = principal(act={"sub": "agent"}, amr=["pwd"])
     args: dict[str, Any] = {"issuer": ISSUER, "audience": AUDIENCE, "scopes": ("a",), "ttl_s": 60, "now": NOW}
     first = minted_claims(caller, jti="j", **args)
@@ -269,6 +278,7 @@ def test_minted_claims_is_pure() -> None:
 
 
 def test_rotation_active_key_signs_and_every_key_is_published(tmp_path: Path) -> None:
+    """The active kid signs, and every configured key is published, so older tokens still verify."""
     before = minting_config(tmp_path, ("k1", "ES256"), ("k2", "RS256"), active="k1")
     old_minter = TokenMinter(before, clock=fixed_clock())
     old_token = old_minter.mint(principal(), audience=AUDIENCE, scopes=None, ttl_s=300)
@@ -288,6 +298,7 @@ def test_rotation_active_key_signs_and_every_key_is_published(tmp_path: Path) ->
 
 
 def test_a_token_does_not_verify_under_another_kid(tmp_path: Path) -> None:
+    """A token's signature does not verify under another published key."""
     minter = TokenMinter(minting_config(tmp_path, ("k1", "ES256"), ("k2", "ES256")), clock=fixed_clock())
     token = minter.mint(principal(), audience=AUDIENCE, scopes=None, ttl_s=60)
     other = jwt.PyJWKSet.from_dict(minter.jwks())["k2"]
@@ -296,6 +307,7 @@ def test_a_token_does_not_verify_under_another_kid(tmp_path: Path) -> None:
 
 
 def test_jwks_has_public_members_only(tmp_path: Path) -> None:
+    """The JWKS carries only public members for EC, RSA and Ed25519, with full-size EC coordinates."""
     minter = TokenMinter(
         minting_config(tmp_path, ("ec", "ES256"), ("rsa", "RS256"), ("ed", "EdDSA")), clock=fixed_clock()
     )
@@ -316,6 +328,7 @@ def test_jwks_has_public_members_only(tmp_path: Path) -> None:
 
 
 def test_jwks_is_a_copy(tmp_path: Path) -> None:
+    """Changing a returned JWKS leaves the minter's own unchanged."""
     minter = TokenMinter(minting_config(tmp_path, ("k1", "ES256")), clock=fixed_clock())
     minter.jwks()["keys"].clear()
     assert len(minter.jwks()["keys"]) == 1
@@ -338,6 +351,7 @@ def test_jwks_is_a_copy(tmp_path: Path) -> None:
     ],
 )
 def test_metadata_and_paths(tmp_path: Path, issuer: str, metadata_path: str, jwks_path: str) -> None:
+    """Metadata and JWKS paths follow the issuer's path, and jwks_uri is absolute under the issuer."""
     config = replace(minting_config(tmp_path, ("k1", "ES256")), issuer=issuer)
     minter = TokenMinter(config, clock=fixed_clock())
     assert minter.metadata_path == metadata_path
@@ -356,6 +370,7 @@ def test_metadata_and_paths(tmp_path: Path, issuer: str, metadata_path: str, jwk
     ],
 )
 def test_a_key_of_the_wrong_type_is_refused(tmp_path: Path, alg: str, wrong_alg: str, message: str) -> None:
+    """A key whose type does not fit its alg is refused at construction, naming the type needed."""
     path = write_key(tmp_path, alg, "k1")
     config = MintingConfig(issuer=ISSUER, keys=(SigningKeyConfig("k1", wrong_alg, path),), active_kid="k1")
     with pytest.raises(SigningKeyError, match=message):
@@ -385,6 +400,7 @@ def test_check_config_and_the_minter_refuse_a_key_for_the_same_reason(
 
 
 def test_other_key_problems_are_refused_at_construction(tmp_path: Path) -> None:
+    """An unknown active kid, no keys, a shared kid, a missing file or a short RSA key is refused."""
     key = SigningKeyConfig("k1", "ES256", write_key(tmp_path, "ES256", "k1"))
     missing = SigningKeyConfig("k2", "ES256", tmp_path / "missing.pem")
     small = tmp_path / "small.pem"
@@ -409,6 +425,7 @@ def test_other_key_problems_are_refused_at_construction(tmp_path: Path) -> None:
 
 
 def test_repr_names_keys_never_material(tmp_path: Path) -> None:
+    """The minter's repr names its issuer and kids, never key material."""
     config = minting_config(tmp_path, ("k1", "ES256"), ("k2", "EdDSA"), active="k2")
     minter = TokenMinter(config)
     assert repr(minter) == f"TokenMinter(issuer={ISSUER!r}, active_kid='k2', kids=[k1, k2])"

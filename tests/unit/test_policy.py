@@ -285,10 +285,41 @@ def test_compile_glob_agrees_with_fnmatch(case: tuple[str, list[str]]) -> None:
         assert (regex.fullmatch(name) is not None) == fnmatchcase(name, pattern), (pattern, name)
 
 
-@pytest.mark.parametrize("pattern", ["", "a[", "a]", "[]", "a\x00b"])
+@pytest.mark.parametrize("pattern", ["", "a[", "a]", "[]", "a\x00b", "[c-a]", "x[z-a]y", "[!9-0]"])
 def test_invalid_globs(pattern: str) -> None:
+    """Malformed patterns, reversed ranges included, are a GlobError (a config problem), never re.error."""
     with pytest.raises(GlobError):
         compile_glob(pattern)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matching", "other"),
+    [
+        ("a[&&]b", "a&b", "ab"),
+        ("[~~x]", "~", "y"),
+        ("[a||b]", "|", "c"),
+        ("[\\]", "\\", "a"),
+        ("[x^]", "^", "y"),
+    ],
+)
+def test_class_characters_that_re_reserves_are_literal(pattern: str, matching: str, other: str) -> None:
+    """Set operators, backslash and ^ inside a glob class are plain characters (no FutureWarning)."""
+    regex = compile_glob(pattern)  # filterwarnings=error: a FutureWarning from re fails here
+    assert regex.fullmatch(matching) is not None
+    assert regex.fullmatch(other) is None
+
+
+def test_config_reports_a_reversed_range_with_file_and_line(tmp_path: Path) -> None:
+    """A reversed class range in a rule is a config problem with file, line and key, not a crash."""
+    from gateway.config import ConfigError
+
+    text = RULES.replace('"summarise": [repo:read]', '"sum[z-a]": [repo:read]')
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(text, tmp_path / "r.yaml", {})
+    messages = [str(problem) for problem in caught.value.problems]
+    assert any(
+        ":16: routes[0].prompts.sum[z-a]: invalid pattern: reversed range 'z-a'" in m for m in messages
+    )
 
 
 def test_config_reports_shadowed_and_invalid_patterns(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.mcp.sse import SseEventRewriter, SseEventTooLarge, parse_sse_events
+from gateway.mcp.sse import SseEventRewriter, SseEventTooLarge
+from tests.support.sse import parse_sse_events
 
 BOM = "\ufeff"
 ENDINGS = ("\r\n", "\n", "\r")

@@ -191,4 +191,5 @@ def test_split_jws_refuses_malformed(token: str) -> None:
     """Compact JWS is decoded strictly: three unpadded segments, JSON objects, no duplicate keys."""
     with pytest.raises(InvalidToken) as caught:
         split_jws(token)
-    assert caught.value.reason == "malformed"
+    reason: str = caught.value.reason
+    assert reason == "malformed"

@@ -63,6 +63,7 @@ async def refused_reason(authenticator: JwtAuthenticator, token: PresentedToken,
 async def test_a_verified_token_is_cached_and_its_claims_still_checked_per_route(
     issuer: TestIssuer, keys: IssuerKeys
 ) -> None:
+    """A verified token is served from the cache, but its audience is still checked per route."""
     authenticator = JwtAuthenticator({ISSUER: keys})
     token = PresentedToken(issuer.mint(audience=RESOURCE, scope="mcp:access tools:echo", subject="alice"))
     assert authenticator.cached(token, RESOURCE) is None
@@ -74,11 +75,13 @@ async def test_a_verified_token_is_cached_and_its_claims_still_checked_per_route
     # The audience is checked against the route asking, on a hit as on a miss.
     with pytest.raises(InvalidToken) as refused:
         authenticator.cached(token, OTHER_RESOURCE)
-    assert refused.value.reason == "bad_audience"
+    reason: str = refused.value.reason
+    assert reason == "bad_audience"
     assert await refused_reason(authenticator, token, OTHER_RESOURCE) == "bad_audience"
 
 
 async def test_a_cached_token_is_refused_once_expired(issuer: TestIssuer, keys: IssuerKeys) -> None:
+    """A cached token is served until `exp` plus the leeway, then refused as expired."""
     clock = Clock()
     authenticator = JwtAuthenticator({ISSUER: keys}, clock=clock)
     token = PresentedToken(issuer.mint(audience=RESOURCE, lifetime_s=60))
@@ -91,6 +94,7 @@ async def test_a_cached_token_is_refused_once_expired(issuer: TestIssuer, keys: 
 
 
 async def test_a_refused_token_is_not_cached(issuer: TestIssuer, keys: IssuerKeys) -> None:
+    """A refused token is never cached, not even for the resource it was minted for."""
     authenticator = JwtAuthenticator({ISSUER: keys})
     token = PresentedToken(issuer.mint(audience=OTHER_RESOURCE))
     assert await refused_reason(authenticator, token, RESOURCE) == "bad_audience"
@@ -117,6 +121,7 @@ async def test_a_removed_key_stops_its_cached_tokens_at_the_next_key_load(
 
 
 async def test_the_cache_is_bounded(issuer: TestIssuer, keys: IssuerKeys) -> None:
+    """The cache keeps at most `cache_size` tokens, dropping the least recently used."""
     authenticator = JwtAuthenticator({ISSUER: keys}, cache_size=2)
     tokens = [PresentedToken(issuer.mint(audience=RESOURCE, subject=f"user-{n}")) for n in range(3)]
     for token in tokens:
