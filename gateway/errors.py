@@ -178,6 +178,8 @@ class AuthError(GatewayError):
 class TokenRejected(AuthError):
     """The request's token (or its absence) is not acceptable: counted per reason."""
 
+    reason: TokenReason
+
     def __init__(
         self, reason: TokenReason | None = None, detail: str = "", scopes: Sequence[str] = ()
     ) -> None:
@@ -188,7 +190,7 @@ class MissingToken(TokenRejected):
     """No credentials at all: 401 without an ``error`` parameter (RFC 6750 §3.1)."""
 
     status = 401
-    reason = "missing_token"
+    reason: TokenReason = "missing_token"
 
 
 class InvalidToken(TokenRejected):
@@ -196,7 +198,7 @@ class InvalidToken(TokenRejected):
 
     status = 401
     oauth_error = "invalid_token"
-    reason = "invalid_token"
+    reason: TokenReason = "invalid_token"
 
 
 class InvalidAuthRequest(TokenRejected):
@@ -204,7 +206,7 @@ class InvalidAuthRequest(TokenRejected):
 
     status = 400
     oauth_error = "invalid_request"
-    reason = "invalid_request"
+    reason: TokenReason = "invalid_request"
 
 
 class InsufficientScope(AuthError):

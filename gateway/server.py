@@ -178,7 +178,8 @@ async def reload_from_file(live: LiveGateway[Any], started: GatewayConfig) -> bo
     source = str(started.source)
     log.info("config_reload_requested", source=source)
     try:
-        config = load_config(started.source)
+        # In a thread: the file, its secret and key files are read while the loop serves requests.
+        config = await asyncio.to_thread(load_config, started.source)
     except ConfigError as exc:
         problems = [str(problem) for problem in exc.problems]
         log.error("config_reload_refused", source=source, problems=problems)

@@ -218,7 +218,7 @@ async def start_gateway_with(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
                     async with http.get(url + "/readyz") as response:
                         if response.status == 200:
                             break
-                    await _sleep(0.02)
+                    await asyncio.sleep(0.02)
                 else:
                     raise RuntimeError("gateway never became ready")
         admin = runner.app.get(ADMIN)
@@ -228,12 +228,6 @@ async def start_gateway_with(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     yield start
     for runner in runners:
         await runner.cleanup()
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
 
 
 def single_route_config(issuer: TestIssuer, upstream_url: str, **route_extra: Any) -> str:
