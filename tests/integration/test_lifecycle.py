@@ -27,7 +27,7 @@ from blockbuster import BlockBuster
 from mcp.shared.exceptions import MCPError
 
 from gateway.config import MintingConfig, load_config
-from gateway.server import start_gateway
+from gateway.server import reload_from_file, start_gateway
 from gateway.upstream.minting import SigningKeyError
 from gateway.web.live import LIVE
 from tests.conftest import LogSink, Upstream, single_route_config
@@ -513,3 +513,29 @@ async def test_serves_on_uvloop_when_installed_or_on_the_loop_asked_for(
         # Start-up objects are out of the garbage collector's sight (gateway.server).
         assert listening["gc_frozen_objects"] > 10_000
         assert await add(gateway, issuer) == "3"
+
+
+async def test_sighup_reload_reads_the_config_file_without_blocking_the_loop(
+    issuer: TestIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    """reload_from_file (what SIGHUP runs) reads the file off the loop and swaps the gateway in;
+    the autouse blockbuster fixture fails this test if the file is read on the serving loop."""
+    config_path = tmp_path / "gateway.yaml"
+    await asyncio.to_thread(write_config, config_path, single_route_config(issuer, upstream.mcp_url), 0)
+    config = await asyncio.to_thread(load_config, config_path)
+    runner, port = await start_gateway(config, host="127.0.0.1", port=0)
+    try:
+        live = runner.app[LIVE]
+        first = live.current
+        text = await asyncio.to_thread(config_path.read_text)
+        await asyncio.to_thread(
+            config_path.write_text,
+            text.replace("public_url: http://127.0.0.1:8080", "public_url: http://127.0.0.1:9999"),
+        )
+        assert await reload_from_file(live, config) is True
+        assert live.current is not first
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource") as response:
+                assert (await response.json())["resource"] == "http://127.0.0.1:9999/mcp"
+    finally:
+        await runner.cleanup()
