@@ -170,4 +170,21 @@ def check_config(path: str) -> int:
     for route in config.routes:
         scopes = " ".join(route.scopes) or "(none)"
         print(f"route {route.path} -> {route.upstream}  resource={route.resource}  scopes={scopes}")
+    print(state_keys_summary(config))
     return 0
+
+
+def state_keys_summary(config: GatewayConfig) -> str:
+    """What the sealing of sessions and task ids will hold across (``gateway.sealing``)."""
+    if config.state_keys is not None:
+        ids = ", ".join(key.id for key in config.state_keys.keys)
+        return (
+            f"state_keys: active {config.state_keys.active!r} of {ids}; sessions and task ids "
+            "hold across workers, replicas with the same keys, and restarts"
+        )
+    return (
+        "state_keys: none configured, so a random key per start seals sessions and task ids: they "
+        "hold across the workers of one `serve --workers N`, but not across a restart or other "
+        "replicas behind a load balancer (clients get 404 and must initialize again); configure "
+        "state_keys to share them"
+    )

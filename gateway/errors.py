@@ -22,6 +22,8 @@ set (``Reason``), since they are metric labels.
     │   ├── PolicyDenied             403  no rule allows it and no scope would
     │   ├── BodyTooLarge             413
     │   ├── MethodNotAllowed         405  (Allow)
+    │   ├── SessionNotFound          404  a session id that does not open for this caller
+    │   ├── TaskNotFound             400  a task id that does not open for this caller
     │   └── McpRejected              400  a body the strict MCP reading refuses
     ├── CredentialFailure                 no downstream credential for this request
     │   ├── ExchangeUnavailable      503  the AS gave no usable answer (Retry-After)
@@ -81,10 +83,12 @@ McpReason: TypeAlias = Literal[
     "duplicate_id",
     "invalid_message",
     "method_case_variant",
+    "method_not_printable_ascii",
     "response_not_allowed",
     "invalid_params",
     "invalid_name",
     "invalid_uri",
+    "ambiguous_uri",
     "invalid_ref",
     "header_mismatch",
 ]
@@ -97,6 +101,12 @@ UpstreamReason: TypeAlias = Literal[
     "upstream_refused",
     "upstream_stream_broken",
     "upstream_response_too_large",
+    # an answer the client must not see (gateway.mcp.answers.answer_kind)
+    "upstream_auth_refused",
+    "upstream_redirect",
+    "upstream_content_type",
+    "upstream_content_encoding",
+    "upstream_unreadable_answer",
 ]
 """Why the upstream gave no (complete) answer."""
 
@@ -113,6 +123,8 @@ Reason: TypeAlias = (
         "policy_denied",
         "body_too_large",
         "method_not_allowed",
+        "unknown_session",
+        "unknown_task",
         "exchange_unavailable",
         "exchange_refused",
         "minting_failed",
@@ -285,6 +297,25 @@ class MethodNotAllowed(RequestRejected):
         return {**super().headers(challenge), "Allow": ", ".join(self.allowed)}
 
 
+class SessionNotFound(RequestRejected):
+    """An ``Mcp-Session-Id`` that does not open for this caller: forged, from another gateway's
+    key, or another user's. One answer for all, the one an SDK server gives for an unknown
+    session (404, -32600 "Session not found"), so nobody learns that a session exists."""
+
+    status = 404
+    reason = "unknown_session"
+    message = "Session not found"
+
+
+class TaskNotFound(RequestRejected):
+    """A ``taskId`` that does not open for this caller; answered as MCP 2025-11-25 tasks answer
+    an unknown task (-32602 Invalid params), whoever's task it may be."""
+
+    reason = "unknown_task"
+    jsonrpc_code = -32602
+    message = "Invalid params: unknown task"
+
+
 PARSE_ERROR: Final = -32700  # JSON-RPC 2.0 §5.1
 INVALID_REQUEST: Final = -32600  # JSON-RPC 2.0 §5.1
 INVALID_PARAMS: Final = -32602  # JSON-RPC 2.0 §5.1
@@ -310,10 +341,12 @@ REASON_CODES: Final[Mapping[McpReason, int]] = MappingProxyType(
         "duplicate_id": INVALID_REQUEST,
         "invalid_message": INVALID_REQUEST,
         "method_case_variant": INVALID_REQUEST,
+        "method_not_printable_ascii": INVALID_REQUEST,
         "response_not_allowed": INVALID_REQUEST,
         "invalid_params": INVALID_PARAMS,
         "invalid_name": INVALID_PARAMS,
         "invalid_uri": INVALID_PARAMS,
+        "ambiguous_uri": INVALID_PARAMS,  # a URI whose meaning depends on the decoder (mcp.uris)
         "invalid_ref": INVALID_PARAMS,
         "header_mismatch": HEADER_MISMATCH,
     }
@@ -445,6 +478,8 @@ ERROR_CLASSES: Final[tuple[type[GatewayError], ...]] = (
     PolicyDenied,
     BodyTooLarge,
     MethodNotAllowed,
+    SessionNotFound,
+    TaskNotFound,
     McpRejected,
     CredentialFailure,
     ExchangeUnavailable,

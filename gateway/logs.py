@@ -3,18 +3,28 @@
 Redaction is the last line of defence, not the first: code never logs tokens on purpose. This
 step still masks anything shaped like a JWT or a ``Bearer`` credential, and the value of any key
 whose name says it holds a secret, so one careless ``log.info(headers=...)`` cannot leak one.
+
+The standard library's loggers (aiohttp's, asyncio's, any other library's) go through the same
+pipeline: ``configure_logging`` puts one handler on the root logger that turns each record into
+a structlog event (``library_event``). A request aiohttp's HTTP parser refused becomes one
+``bad_http_request`` event that names the exception's class and nothing else: the parser's
+message quotes the raw bytes it refused (a header line, token included).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
+from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 _JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*")
@@ -99,8 +109,9 @@ def redact_secrets(
 def configure_logging(
     *, json: bool = True, level: str = "info", stream: TextIO | None = None, include_subject: bool = True
 ) -> None:
-    """Configure structlog once for the process; ``include_subject=False`` drops subject and
-    client id from every event (a gateway can also ask for that per request, see HIDE_SUBJECT)."""
+    """Configure structlog once for the process, and send the standard library's loggers
+    through it (``library_event``); ``include_subject=False`` drops subject and client id from
+    every event (a gateway can also ask for that per request, see HIDE_SUBJECT)."""
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
@@ -120,3 +131,125 @@ def configure_logging(
         logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+    _route_standard_logging(logging.getLevelNamesMapping()[level.upper()])
+
+
+# --- the standard library's loggers ------------------------------------------------------------
+
+# aiohttp's HTTP protocol logger: it reports each request its parser refused (`handle_error`).
+PROTOCOL_LOGGER = "aiohttp.server"
+# Exceptions whose text quotes what the client sent: the parser's (`BadHttpMessage`,
+# `LineTooLong`, `InvalidHeader`, ...: the refused header line, token included) and the body
+# reader's, which wraps a parser message (`RequestPayloadError(str(parser_error))`).
+_INPUT_QUOTING = (HttpProcessingError, RequestPayloadError)
+
+
+def _linked(exc: BaseException | None) -> list[BaseException]:
+    """``exc`` and every exception a traceback of it would print: those it was raised from or
+    during, and the members of an exception group; each once."""
+    found: list[BaseException] = []
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or any(current is known for known in found):
+            continue
+        found.append(current)
+        pending += [current.__cause__, current.__context__]
+        if isinstance(current, BaseExceptionGroup):
+            pending += current.exceptions
+    return found
+
+
+def quotes_input(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception linked to it, has text that quotes the client's bytes."""
+    return any(isinstance(link, _INPUT_QUOTING) for link in _linked(exc))
+
+
+def parser_refusal(exc: BaseException | None) -> HttpProcessingError | None:
+    """``exc`` if it is aiohttp's parser refusing a request before any application code saw it.
+
+    An error raised through the application (a body's parse error surfacing in a handler that
+    reads it) has frames outside aiohttp, and the request has the application's own log line.
+    """
+    if not isinstance(exc, HttpProcessingError):
+        return None
+    frame: TracebackType | None = exc.__traceback__
+    while frame is not None:
+        if not str(frame.tb_frame.f_globals.get("__name__", "")).startswith("aiohttp"):
+            return None
+        frame = frame.tb_next
+    return exc
+
+
+_LEVEL_NAMES = (
+    (logging.CRITICAL, "critical"),
+    (logging.ERROR, "error"),
+    (logging.WARNING, "warning"),
+    (logging.INFO, "info"),
+)
+
+
+def _level_name(levelno: int) -> str:
+    return next((name for threshold, name in _LEVEL_NAMES if levelno >= threshold), "debug")
+
+
+def library_event(record: logging.LogRecord) -> tuple[str, str, dict[str, Any]]:
+    """``(level, event, fields)`` for one standard-library log record.
+
+    A request aiohttp's parser refused is one ``bad_http_request`` with the status aiohttp
+    answered and the exception's class: no message, header or traceback, which would quote
+    the refused bytes. Any other record keeps its message and its logger's name; its traceback
+    too, unless an exception in it quotes client input (then only the class is named). The
+    event then goes through the same processors as the gateway's own, redaction included.
+    """
+    exc = record.exc_info[1] if record.exc_info else None
+    refusal = parser_refusal(exc) if record.name == PROTOCOL_LOGGER else None
+    if refusal is not None:
+        # aiohttp answers every parser error with 400 (`_ErrInfo(status=400)`), each parser
+        # exception's own code; a code outside 4xx/5xx would not be what it answered.
+        status = refusal.code if 400 <= refusal.code < 600 else 400
+        # Info whatever level aiohttp chose (it logs a bad method at debug, the rest as errors):
+        # one line per refused request, as the gateway's `request` line is for the others.
+        return "info", "bad_http_request", {"status": status, "error": type(refusal).__name__}
+    try:
+        message = record.getMessage()
+    except Exception:  # a library's format string that does not match its arguments
+        message = str(record.msg)
+    fields: dict[str, Any] = {"logger": record.name}
+    if exc is not None:
+        fields["error"] = type(exc).__name__
+        if not quotes_input(exc):
+            fields["exc_info"] = record.exc_info
+    return _level_name(record.levelno), message, fields
+
+
+class _StructlogBridge(logging.Handler):
+    """The root logger's handler: every record becomes an event of the gateway's log pipeline."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level, event, fields = library_event(record)
+            getattr(structlog.get_logger(), level)(event, **fields)
+        except Exception as exc:
+            # Not `handleError`, which prints the record's message and arguments: one fixed line.
+            with contextlib.suppress(Exception):
+                sys.stderr.write(f'{{"event": "log_record_lost", "error": "{type(exc).__name__}"}}\n')
+
+
+def _route_standard_logging(level: int) -> None:
+    """Send every standard-library record, at ``level`` or above, through the structlog pipeline.
+
+    One handler on the root logger, which every library logger propagates to (aiohttp.server,
+    aiohttp.access, aiohttp.client, aiohttp.web, aiohttp.internal, asyncio, ...). With a
+    handler in place, Python's last-resort handler, which printed aiohttp's tracebacks (the
+    refused header line, token included) straight to stderr, is no longer used.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _StructlogBridge):  # configured again (a test, a reload of settings)
+            root.removeHandler(handler)
+    root.addHandler(_StructlogBridge())
+    root.setLevel(level)
+    # aiohttp logs a bad method at debug: its record must reach the bridge to become the request's
+    # one `bad_http_request`; the pipeline's own level filter drops its other debug records.
+    logging.getLogger(PROTOCOL_LOGGER).setLevel(logging.DEBUG)

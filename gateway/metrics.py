@@ -47,6 +47,7 @@ METRIC_FAMILIES: Final[tuple[str, ...]] = (
     "mcp_gateway_upstream_errors_total",
     "mcp_gateway_sse_streams_open",
     "mcp_gateway_jwks_fetches_total",
+    "mcp_gateway_jwks_keys_skipped_total",
     "mcp_gateway_token_exchanges_total",
     "mcp_gateway_token_exchange_cache_hits_total",
     "mcp_gateway_introspections_total",
@@ -140,6 +141,12 @@ class GatewayMetrics:
             ("issuer", "result"),
             registry=registry,
         )
+        self.jwks_keys_skipped = Counter(
+            "mcp_gateway_jwks_keys_skipped",
+            "JWKS keys left unused per load, by issuer and reason (rsa_key_too_small, alg_mismatch, ...).",
+            ("issuer", "reason"),
+            registry=registry,
+        )
         self.token_exchanges = Counter(
             "mcp_gateway_token_exchanges",
             "RFC 8693 exchanges sent to the authorization server (ok, refused, unavailable).",
@@ -195,6 +202,9 @@ class GatewayMetrics:
 
     def jwks_fetched(self, issuer: str, result: str) -> None:
         self.jwks_fetches.labels(issuer, result).inc()
+
+    def jwks_key_skipped(self, issuer: str, reason: str) -> None:
+        self.jwks_keys_skipped.labels(issuer, reason).inc()
 
     def token_exchanged(self, route: str, result: str) -> None:
         self.token_exchanges.labels(route, result).inc()

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import gc
 import os
+import secrets
 import signal
 import sys
 import time
@@ -29,6 +30,7 @@ import structlog
 from aiohttp import web
 
 from .config import ConfigError, GatewayConfig, load_config
+from .sealing import MIN_SECRET_BYTES, PROCESS_KEY_ENV
 from .web.admin import start_admin
 from .web.app import build_app
 from .web.live import LIVE, LiveGateway
@@ -260,6 +262,7 @@ async def supervise_workers(config: GatewayConfig, workers: int, worker_args: Se
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, forward, sig)
+    ephemeral_key = secrets.token_hex(MIN_SECRET_BYTES)
     try:
         for index in range(workers):
             processes.append(
@@ -275,6 +278,9 @@ async def supervise_workers(config: GatewayConfig, workers: int, worker_args: Se
                     *worker_args,
                     # Its own session: a terminal's Ctrl-C reaches the parent only, which forwards it once.
                     start_new_session=True,
+                    # One random key for all workers: without state_keys they still open each
+                    # other's sealed sessions, wherever the kernel sends a connection.
+                    env={**os.environ, PROCESS_KEY_ENV: ephemeral_key},
                 )
             )
         log.info("workers_started", workers=workers, pids=[process.pid for process in processes])

@@ -1,14 +1,22 @@
 """Strict JSON for untrusted input.
 
 Two parsers must never read one document two ways: duplicate object keys are refused (one parser
-keeps the first value, another the last), and so are invalid UTF-8, a byte-order mark, and the
-non-standard constants NaN/Infinity that Python's json accepts by default.
+keeps the first value, another the last), and so are invalid UTF-8, a byte-order mark, the
+non-standard constants NaN/Infinity that Python's json accepts by default, and numbers no IEEE 754
+double can hold: ``1e400`` parses as infinity here and in JavaScript, and an integer of 400 digits
+is exact for Python but infinity for every double-based parser (RFC 8259 §6 interoperability).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 from typing import Any
+
+# No integer literal shorter than this can exceed the largest double (about 1.8e308, 309 digits),
+# so only longer ones pay for the range check.
+_LONGEST_SAFE_INT_LITERAL = len(str(int(sys.float_info.max))) - 1
 
 
 class StrictJSONError(ValueError):
@@ -28,8 +36,22 @@ def _refuse_constant(name: str) -> Any:
     raise StrictJSONError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400, -1e400: overflowed to ±infinity
+        raise StrictJSONError("number out of range")
+    return value
+
+
+def _finite_int(text: str) -> int:
+    value = int(text)
+    if len(text) > _LONGEST_SAFE_INT_LITERAL and abs(value) > sys.float_info.max:
+        raise StrictJSONError("number out of range")
+    return value
+
+
 def loads_strict(data: bytes | str) -> Any:
-    """Parse JSON, refusing duplicate keys, NaN/Infinity, invalid UTF-8 and a BOM."""
+    """Parse JSON, refusing duplicate keys, NaN/Infinity, numbers beyond a double, invalid UTF-8, a BOM."""
     if isinstance(data, bytes):
         if data.startswith(b"\xef\xbb\xbf"):
             raise StrictJSONError("byte-order mark before JSON")
@@ -40,7 +62,13 @@ def loads_strict(data: bytes | str) -> Any:
     else:
         text = data
     try:
-        return json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
+        return json.loads(
+            text,
+            object_pairs_hook=_refuse_duplicates,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            parse_int=_finite_int,
+        )
     except StrictJSONError:
         raise
     except (ValueError, RecursionError) as exc:

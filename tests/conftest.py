@@ -1,8 +1,9 @@
 """Shared fixtures: an in-process issuer, the SDK upstream fixture, and the gateway in front of it.
 
 Every server binds 127.0.0.1 on a free port and is stopped by the fixture that started it.
-Every log line the gateway writes during the run is kept, so tests can prove that no token
-ever reaches a log.
+Every log line the gateway writes during the run is kept, in-process and from the gateway
+processes tests start (tests/support/processes.py), so tests can prove that no token ever
+reaches a log.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from gateway.server import start_gateway
 from gateway.web.admin import ADMIN
 from tests.support.fake_as import FakeAuthorizationServer
 from tests.support.issuer import MINTED_TOKENS, TestIssuer, serving
-from tests.support.processes import REPO_ROOT
+from tests.support.processes import GATEWAY_LOGS, REPO_ROOT
 
 
 class LogSink(io.StringIO):
@@ -59,13 +60,21 @@ def _leaked_secrets(logs: str) -> list[str]:
     ]
 
 
+def _gateway_process_output() -> str:
+    """What every gateway subprocess of the session wrote (stdout and stderr)."""
+    return "".join(
+        path.read_text(encoding="utf-8", errors="replace") for path in GATEWAY_LOGS if path.exists()
+    )
+
+
 @pytest.fixture(autouse=True, scope="session")
 def gateway_logs() -> Iterator[LogSink]:
-    """JSON logs at DEBUG for the whole session; at the end, no token minted by any test and no
-    canary client secret is in them."""
+    """JSON logs at DEBUG for the whole session (the gateway's own events and every library's
+    records, which go through the same pipeline); at the end, no token minted by any test and no
+    canary client secret is in them, nor in anything a gateway subprocess wrote."""
     configure_logging(json=True, level="debug", stream=_SESSION_LOGS)
     yield _SESSION_LOGS
-    logs = _SESSION_LOGS.getvalue()
+    logs = _SESSION_LOGS.getvalue() + _gateway_process_output()
     # The signature segment is unique to each token and survives any truncation of the rest.
     leaked = [token[:16] for token in MINTED_TOKENS if token.rsplit(".", 1)[-1] in logs]
     assert not leaked, f"{len(leaked)} test tokens appear in gateway logs"

@@ -41,7 +41,7 @@ from .oauth_client import (
     post_form,
     time_to_use,
 )
-from .tokens import check_claims
+from .tokens import check_claims, finite_number
 
 __all__ = [
     "IntrospectionResult",
@@ -143,8 +143,10 @@ def answer_cache_until(result: IntrospectionResult, now: float, config: Introspe
     """
     if not result.active:
         return cache_until(now, min(config.cache_max_s, NEGATIVE_CACHE_MAX_S))
-    exp = result.claims.get("exp")
-    expires_at = float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else math.inf
+    # A missing or unusable `exp` does not bound the cache; check_claims refuses the token anyway.
+    expires_at = finite_number(result.claims.get("exp"))
+    if expires_at is None:
+        expires_at = math.inf
     return cache_until(now, config.cache_max_s, not_after=expires_at)
 
 

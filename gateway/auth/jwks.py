@@ -5,7 +5,11 @@ Behaviour (RFC 8725 §3.8/§3.10, spec-notes C4):
   the issuer's own RFC 8414 / OIDC metadata whose ``issuer`` must match exactly);
 - an unknown ``kid`` triggers at most one refetch per cooldown, shared by all waiting requests;
 - the last good key set is kept while the JWKS endpoint is down;
-- keys are refreshed in the background after ``jwks_max_age_s``.
+- keys are refreshed in the background after ``jwks_max_age_s``;
+- a key that may not be used is skipped, with a fixed reason (``SkipReason``) that is logged
+  (``jwks_key_skipped``) and counted; the other keys of the set still work. RSA keys need 2048
+  bits (RFC 7518 §3.3); an EC key serves only the algorithm of its curve (RFC 7518 §3.4), and a
+  JWK whose ``alg`` names another curve's algorithm is not used at all.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import jwt
 import structlog
-from jwt.exceptions import PyJWKError
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.exceptions import PyJWTError
 
 from ..config import IssuerConfig, JwksFile, JwksUrl
 from ..singleflight import SingleFlight
@@ -41,6 +47,33 @@ _ALGORITHMS_FOR_KEY: Mapping[tuple[str, str | None], frozenset[str]] = {
     ("OKP", "Ed25519"): frozenset({"EdDSA"}),
     ("OKP", "Ed448"): frozenset({"EdDSA"}),
 }
+# RFC 7518 §3.3: "A key of size 2048 bits or larger MUST be used with these algorithms."
+MIN_RSA_BITS: Final = 2048
+_CURVE_NAMES: Final[Mapping[str, str]] = {"P-256": "secp256r1", "P-384": "secp384r1", "P-521": "secp521r1"}
+_KID_LOG_CHARS: Final = 128
+
+SkipReason: TypeAlias = Literal[
+    "not_an_object",
+    "private_key_material",
+    "bad_kid",
+    "bad_alg",
+    "unsupported_key_type",  # a kty/crv pair no allowed algorithm is defined for
+    "alg_mismatch",  # the JWK's `alg` does not fit its kty/crv (ES384 on a P-256 key, ES256 on RSA)
+    "alg_not_allowed",  # fits, but the issuer is not configured for that algorithm
+    "unreadable_key",
+    "rsa_key_too_small",
+]
+"""Why a JWK is not used: a closed set, since it is a metrics label."""
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedKey:
+    """One JWK left out of a key set, and why (``detail`` is for the log line only)."""
+
+    index: int
+    kid: str | None
+    reason: SkipReason
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,46 +103,71 @@ class KeysUnavailable(Exception):
     """No key set has ever been loaded for this issuer."""
 
 
-def parse_jwks(document: Mapping[str, Any], allowed_algorithms: frozenset[str]) -> tuple[KeySet, list[str]]:
-    """Turn a JWKS document into verification keys; returns the set and why any key was skipped."""
+def parse_jwks(
+    document: Mapping[str, Any], allowed_algorithms: frozenset[str]
+) -> tuple[KeySet, list[SkippedKey]]:
+    """Turn a JWKS document into verification keys; returns the set and every key skipped, with why."""
     raw_keys = document.get("keys")
     if not isinstance(raw_keys, list):
         raise ValueError("JWKS has no 'keys' list")
     keys: list[VerificationKey] = []
-    skipped: list[str] = []
+    skipped: list[SkippedKey] = []
     for index, jwk in enumerate(raw_keys):
-        if not isinstance(jwk, dict):
-            skipped.append(f"keys[{index}]: not an object")
-            continue
-        if jwk.get("use", "sig") != "sig":
+        if isinstance(jwk, dict) and jwk.get("use", "sig") != "sig":
             continue  # encryption keys are not ours to use
-        if any(private in jwk for private in ("d", "p", "q", "k")):
-            # A JWKS endpoint that publishes private or symmetric key material is broken; trusting
-            # it would also make HMAC confusion possible. Skip the key loudly.
-            skipped.append(f"keys[{index}]: contains private or symmetric key material")
-            continue
-        kty, crv = jwk.get("kty"), jwk.get("crv")
-        shape = (kty if isinstance(kty, str) else "", crv if isinstance(crv, str) and kty != "RSA" else None)
-        fits = _ALGORITHMS_FOR_KEY.get(shape, frozenset())
-        declared = jwk.get("alg")
-        if declared is not None:
-            fits = fits & {declared}
-        usable = fits & allowed_algorithms
-        if not usable:
-            skipped.append(f"keys[{index}]: no allowed algorithm fits kty={kty!r} alg={declared!r}")
-            continue
-        kid = jwk.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            skipped.append(f"keys[{index}]: kid is not a string")
-            continue
-        try:
-            # Pass an algorithm that fits so PyJWK does not guess one; we never use its choice.
-            key_object = jwt.PyJWK(jwk, algorithm=sorted(usable)[0]).key
-        except (PyJWKError, ValueError, TypeError) as exc:
-            skipped.append(f"keys[{index}]: {type(exc).__name__}")
-            continue
-        keys.append(VerificationKey(kid=kid, algorithms=frozenset(usable), key=key_object))
+        verdict = verification_key(jwk, allowed_algorithms)
+        if isinstance(verdict, VerificationKey):
+            keys.append(verdict)
+        else:
+            reason, detail = verdict
+            kid = jwk.get("kid") if isinstance(jwk, dict) else None
+            kid = kid[:_KID_LOG_CHARS] if isinstance(kid, str) else None
+            skipped.append(SkippedKey(index, kid, reason, detail))
     return KeySet(tuple(keys)), skipped
+
+
+def verification_key(
+    jwk: object, allowed_algorithms: frozenset[str]
+) -> VerificationKey | tuple[SkipReason, str]:
+    """One JWK as a key to verify with, or why it may not be used."""
+    if not isinstance(jwk, dict):
+        return "not_an_object", ""
+    if any(private in jwk for private in ("d", "p", "q", "k")):
+        # A JWKS endpoint that publishes private or symmetric key material is broken; trusting
+        # it would also make HMAC confusion possible. Skip the key loudly.
+        return "private_key_material", ""
+    kid = jwk.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        return "bad_kid", "kid is not a string"
+    kty, crv, declared = jwk.get("kty"), jwk.get("crv"), jwk.get("alg")
+    if declared is not None and not isinstance(declared, str):
+        return "bad_alg", "alg is not a string"
+    shape = (kty if isinstance(kty, str) else "", crv if isinstance(crv, str) and kty != "RSA" else None)
+    fits = _ALGORITHMS_FOR_KEY.get(shape)
+    if fits is None:
+        return "unsupported_key_type", f"kty={str(kty)[:16]!r} crv={str(crv)[:16]!r}"
+    if declared is not None:
+        # One algorithm per key (RFC 8725 §3.1); and a curve serves one algorithm (RFC 7518 §3.4),
+        # so `crv: P-256` with `alg: ES384` is a contradiction, not a choice: the key is unused.
+        if declared not in fits:
+            return "alg_mismatch", f"alg={declared[:16]!r} on kty={kty!r} crv={crv!r}"
+        fits = frozenset({declared})
+    usable = fits & allowed_algorithms
+    if not usable:
+        return "alg_not_allowed", f"kty={kty!r} alg={declared!r}"
+    try:
+        # Pass an algorithm that fits so PyJWK does not guess one; we never use its choice.
+        key_object = jwt.PyJWK(jwk, algorithm=sorted(usable)[0]).key
+    except (PyJWTError, UnsupportedAlgorithm, ValueError, TypeError) as exc:
+        # PyJWTError, not just PyJWKError: from_jwk raises InvalidKeyError itself (an RSA JWK
+        # without `e`), which would otherwise end the whole load.
+        return "unreadable_key", type(exc).__name__
+    if isinstance(key_object, rsa.RSAPublicKey) and key_object.key_size < MIN_RSA_BITS:
+        return "rsa_key_too_small", f"{key_object.key_size} bits"
+    if isinstance(key_object, ec.EllipticCurvePublicKey):
+        if key_object.curve.name != _CURVE_NAMES.get(str(crv)):  # not expected: PyJWK builds from crv
+            return "alg_mismatch", f"curve {key_object.curve.name}"
+    return VerificationKey(kid=kid, algorithms=frozenset(usable), key=key_object)
 
 
 def authorization_server_metadata_urls(issuer: str) -> list[str]:
@@ -143,12 +201,15 @@ class IssuerKeys:
         clock: Callable[[], float] = time.monotonic,
         *,
         on_fetch: Callable[[str], None] | None = None,
+        on_key_skipped: Callable[[str], None] | None = None,
     ) -> None:
         self.issuer = issuer
         self._session = session
         self._clock = clock
         # Told the result of every load: "ok", "failed" or "no_usable_keys" (metrics).
         self._on_fetch = on_fetch or noop
+        # Told the reason of every key a load leaves out (metrics), once per load.
+        self._on_key_skipped = on_key_skipped or noop
         self._allowed = frozenset(issuer.algorithms)
         self._keyset: KeySet | None = None
         self._loaded = asyncio.Event()  # set once, by the first key set that loads
@@ -223,8 +284,16 @@ class IssuerKeys:
             self._jwks_uri = None  # rediscover next time: the metadata may have moved the JWKS
             self._on_fetch("failed")
             return
-        for reason in skipped:
-            log.warning("jwks_key_skipped", issuer=self.issuer.issuer, reason=reason)
+        for key in skipped:
+            log.warning(
+                "jwks_key_skipped",
+                issuer=self.issuer.issuer,
+                kid=key.kid,
+                index=key.index,
+                reason=key.reason,
+                detail=key.detail,
+            )
+            self._on_key_skipped(key.reason)
         if not keyset.keys:
             log.warning(
                 "jwks_has_no_usable_keys",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +35,13 @@ from .jwks import IssuerKeys, KeySet, KeysUnavailable
 # not a bearer token; anything else an AS issues (token exchange) is refused, so that it can
 # never inject header syntax (CR, LF, commas) upstream.
 B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# One JWS segment: the base64url alphabet only, unpadded (RFC 7515 §2, RFC 4648 §5). Python's
+# decoder (and PyJWT's base64url_decode) also takes `+`, `/`, whitespace and stray characters, and
+# ignores non-zero unused bits; each of those would give one token many spellings, each its own
+# SHA-256 (the verified-token cache key, and what a deny list or a log search would match).
+_B64URL_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ), tokens separated by one SP.
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _MAX_TOKEN_BYTES = 16 * 1024
 _MAX_KID_CHARS = 256
 _ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
@@ -95,12 +104,34 @@ def split_jws(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]
 
 
 def _b64url_decode(segment: str) -> bytes:
+    """The bytes of a canonical unpadded base64url segment; any other spelling is refused."""
     if "=" in segment:  # JWS uses unpadded base64url (RFC 7515 §2)
         raise ValueError("padded base64url")
+    if not _B64URL_SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
+        raise ValueError("bad base64url")
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    # RFC 4648 §3.5: the last character's unused bits must be zero. Re-encoding is the exact test.
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise ValueError("non-canonical base64url")
+    return raw
+
+
+def jws_issuer_hint(token: str) -> str | None:
+    """The ``iss`` a token would name if read as a JWS leniently (any base64, plain JSON); else None.
+
+    Used only to pick the path a token takes, never to accept it: a token that names one of our
+    JWKS issuers this way is checked (strictly) as a JWT, even if strict decoding fails, so a
+    respelling of a JWS can never take the introspection path instead.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("bad base64url") from exc
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError, RecursionError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
 
 
 def check_header(header: Mapping[str, Any], issuer: IssuerConfig) -> tuple[str, str | None]:
@@ -138,21 +169,48 @@ def audience_matches(audience: str, resource: str) -> bool:
     )
 
 
+def split_scope(scope: str) -> frozenset[str]:
+    """A ``scope`` string read the one way RFC 6749 §3.3 allows: scope-tokens separated by single SPs.
+
+    ``str.split()`` would also split on tab, LF, CR, NBSP, U+2028… and skip empty tokens, so
+    ``"a\tb"`` would grant ``a`` and ``b`` here while another reader sees one scope. Anything but
+    the grammar is refused, including an empty token (leading, trailing or double SP). The empty
+    string is no scopes (it grants nothing, and some servers send it for a token without scopes).
+    """
+    if not scope:
+        return frozenset()
+    tokens = scope.split(" ")
+    if not all(_SCOPE_TOKEN.fullmatch(token) for token in tokens):
+        raise InvalidToken("bad_claim", "scope is not space-separated scope-tokens")
+    return frozenset(tokens)
+
+
 def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
     """Scopes from ``scope`` (space-delimited string, RFC 9068 §2.2.3) or ``scp`` (list of strings)."""
     scope = claims.get("scope")
     if scope is not None:
         if not isinstance(scope, str):
             raise InvalidToken("bad_claim", "scope is not a string")
-        return frozenset(scope.split())
+        return split_scope(scope)
     scp = claims.get("scp")
     if scp is None:
         return frozenset()
     if isinstance(scp, str):
-        return frozenset(scp.split())
-    if isinstance(scp, list) and all(isinstance(item, str) for item in scp):
+        return split_scope(scp)
+    if isinstance(scp, list) and all(isinstance(item, str) and _SCOPE_TOKEN.fullmatch(item) for item in scp):
         return frozenset(scp)
-    raise InvalidToken("bad_claim", "scp is not a list of strings")
+    raise InvalidToken("bad_claim", "scp is not a list of scope-tokens")
+
+
+def finite_number(value: object) -> float | None:
+    """``value`` as a float if it is a JSON number that is finite as a double; else None (bools too)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any double
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
@@ -161,9 +219,10 @@ def _numeric_date(claims: Mapping[str, Any], name: str, *, required: bool) -> fl
         if required:
             raise InvalidToken("missing_claim", name)
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidToken("bad_claim", f"{name} is not a number")
-    return float(value)
+    number = finite_number(value)
+    if number is None:  # RFC 7519 §2 NumericDate: a number; ±infinity would never expire
+        raise InvalidToken("bad_claim", f"{name} is not a finite number")
+    return number
 
 
 def check_claims(claims: Mapping[str, Any], *, issuer: IssuerConfig, resource: str, now: float) -> Identity:
@@ -293,10 +352,16 @@ class JwtAuthenticator:
         return DecodedJws(token, issuer_keys, header, claims, signing_input, signature)
 
     def known_jws(self, token: PresentedToken) -> DecodedJws | None:
-        """``token`` decoded, if it is a JWS whose (unverified) ``iss`` is one of our issuers."""
+        """``token`` decoded, if it is a JWS whose (unverified) ``iss`` is one of our issuers.
+
+        None for anything else (an opaque token, another issuer's JWT). A token that names one
+        of our issuers but fails strict decoding is refused here, not handed to introspection.
+        """
         try:
             return self.decode(token)
         except InvalidToken:
+            if jws_issuer_hint(token.reveal()) in self._issuers:
+                raise
             return None
 
     async def verify(self, jws: DecodedJws, resource: str) -> Principal:

@@ -48,6 +48,8 @@ from .model import (
     RouteConfig,
     ScopeMode,
     SigningKeyConfig,
+    StateKeyConfig,
+    StateKeysConfig,
     StaticCredential,
     TokenExchangeCredential,
 )
@@ -75,6 +77,8 @@ __all__ = [
     "RouteConfig",
     "ScopeMode",
     "SigningKeyConfig",
+    "StateKeyConfig",
+    "StateKeysConfig",
     "StaticCredential",
     "TokenExchangeCredential",
     "load_config",

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Final, NamedTuple, TypeVar
 
 from ..mcp.policy import RoutePolicy
+from ..mcp.uris import pattern_problem
+from ..sealing import KEY_ID, MIN_SECRET_BYTES
 from .fields import (
     ISSUER_FIELDS,
     POLICY_KEYS,
@@ -23,6 +25,7 @@ from .fields import (
     RULE_SECTIONS,
     parse_origin,
     parse_public_url,
+    parse_secret,
 )
 from .model import (
     LOG_LEVELS,
@@ -37,6 +40,8 @@ from .model import (
     MintingConfig,
     RouteConfig,
     SigningKeyConfig,
+    StateKeyConfig,
+    StateKeysConfig,
 )
 from .reader import (
     INVALID,
@@ -46,6 +51,7 @@ from .reader import (
     Problems,
     Section,
     UniqueCheck,
+    accepts,
     boolean,
     build_from,
     integer_in,
@@ -55,10 +61,11 @@ from .reader import (
     one_of,
     read_section,
     section_of,
+    section_schema,
     shown_as,
 )
 from .signing import kid_problem, parse_signing_key
-from .yamlsource import YamlMapping, YamlRejected, YamlScalar, load_strict_yaml
+from .yamlsource import YamlMapping, YamlNode, YamlRejected, YamlScalar, load_strict_yaml
 
 __all__ = ["DEFAULT_MINTING_PATH", "TOP_FIELDS", "load_config", "parse_config_text"]
 
@@ -74,6 +81,41 @@ _MINTING_FIELDS: Final = (
         "keys", list_of(parse_signing_key, non_empty="at least one signing key is required"), required=True
     ),
     FieldSpec("active_kid", non_empty_text),
+)
+
+
+_STATE_KEY_FIELDS: Final = (
+    FieldSpec("id", non_empty_text, required=True),
+    FieldSpec("secret", parse_secret, required=True),
+)
+
+
+@accepts(section_schema(_STATE_KEY_FIELDS))
+def parse_state_key(node: YamlNode, at: Cursor) -> Parsed[StateKeyConfig]:
+    """One ``state_keys.keys`` entry: an id written into every handle, and a long enough secret."""
+    section = read_section(node, at, _STATE_KEY_FIELDS)
+    if section is INVALID or not section.complete:
+        return INVALID
+    key_id: str = section.values["id"]
+    if not KEY_ID.fullmatch(key_id):
+        return at.key("id").problem(
+            section.nodes["id"].line,
+            "a state key id is 1 to 32 of A-Z a-z 0-9 _ - (it is written into handles)",
+        )
+    secret = section.values["secret"]
+    if len(secret.reveal().encode("utf-8")) < MIN_SECRET_BYTES:
+        return at.key("secret").problem(
+            section.nodes["secret"].line,
+            f"a state key secret needs at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -base64 48`)",
+        )
+    return StateKeyConfig(id=key_id, secret=secret)
+
+
+_STATE_KEYS_FIELDS: Final = (
+    FieldSpec(
+        "keys", list_of(parse_state_key, non_empty="at least one state key is required"), required=True
+    ),
+    FieldSpec("active", non_empty_text),
 )
 
 
@@ -117,6 +159,7 @@ TOP_FIELDS: Final = (
     FieldSpec("shutdown_grace_s", non_negative_seconds),
     FieldSpec("admin", section_of(LISTENER_FIELDS)),
     FieldSpec("logging", section_of(_LOGGING_FIELDS)),
+    FieldSpec("state_keys", section_of(_STATE_KEYS_FIELDS)),
 )
 
 
@@ -259,6 +302,7 @@ def _routes(
             resources.check(
                 resource.value, resource.shown, resource.line, route_at.key("resource"), resource.note
             )
+        _check_resource_patterns(section, route_at.key("resources"))
         values = {key: value for key, value in section.values.items() if key not in POLICY_KEYS}
         values["resource"] = resource.value
         values["policy"] = RoutePolicy(
@@ -277,6 +321,16 @@ def _routes(
                 line, "a minted credential needs a top-level `minting` section with signing keys"
             )
     return built
+
+
+def _check_resource_patterns(section: Section, at: Cursor) -> None:
+    """Resource rules match URIs in normal form (gateway.mcp.uris): a pattern written otherwise
+    would never match what it says, so it is refused with the spelling to write, not rewritten
+    (the pattern in the file, the log and ``explain`` is then exactly the one matched)."""
+    for rule in section.values.get("resources", ()):
+        problem = pattern_problem(rule.pattern)
+        if problem is not None:
+            at.key(rule.pattern).problem(rule.line, problem)
 
 
 def _all_or_invalid(items: list[Parsed[T]]) -> Parsed[tuple[T, ...]]:
@@ -304,6 +358,7 @@ def _build_gateway(top: Parsed[Section], at: Cursor, source: Path) -> Parsed[Gat
         port_node = values["admin"].nodes.get("port")
         admin = port_at.problem(port_node.line if port_node else values["admin"].line, message)
     logging = build_from(LoggingConfig, values["logging"]) if "logging" in values else LoggingConfig()
+    state_keys = _state_keys(values.get("state_keys"), at.key("state_keys"))
     if (
         not top.complete
         or public_url is INVALID
@@ -313,6 +368,7 @@ def _build_gateway(top: Parsed[Section], at: Cursor, source: Path) -> Parsed[Gat
         or minting is INVALID
         or admin is INVALID
         or logging is INVALID
+        or state_keys is INVALID
     ):
         return INVALID
     return GatewayConfig(
@@ -325,6 +381,7 @@ def _build_gateway(top: Parsed[Section], at: Cursor, source: Path) -> Parsed[Gat
         minting=minting,
         admin=admin,
         logging=logging,
+        state_keys=state_keys,
         **{key: values[key] for key in _PLAIN_TOP_KEYS if key in values},
     )
 
@@ -346,12 +403,37 @@ def _minting(
     if section is INVALID or not section.complete or public_url is INVALID:
         return INVALID
     keys: tuple[SigningKeyConfig, ...] = section.values["keys"]
-    kids = [key.kid for key in keys]
-    active = section.values.get("active_kid", kids[0])
-    problem = kid_problem(kids, active)
-    if problem == "shared_kid":
-        return at.key("keys").problem(section.nodes["keys"].line, "two keys share a kid")
-    if problem == "unknown_active_kid":
-        return at.key("active_kid").problem(section.nodes["active_kid"].line, f"no key has kid {active!r}")
+    active = _active_key(
+        section, [key.kid for key in keys], at, "active_kid", ("two keys share a kid", "no key has kid")
+    )
+    if active is INVALID:
+        return INVALID
     issuer = section.values.get("issuer", public_url + DEFAULT_MINTING_PATH)
     return MintingConfig(issuer=issuer, keys=keys, active_kid=active)
+
+
+def _state_keys(section: Parsed[Section] | None, at: Cursor) -> Parsed[StateKeysConfig] | None:
+    if section is None:
+        return None
+    if section is INVALID or not section.complete:
+        return INVALID
+    keys: tuple[StateKeyConfig, ...] = section.values["keys"]
+    wording = ("two state keys share an id", "no state key has id")
+    active = _active_key(section, [key.id for key in keys], at, "active", wording)
+    if active is INVALID:
+        return INVALID
+    return StateKeysConfig(keys=keys, active=active)
+
+
+def _active_key(
+    section: Section, ids: list[str], at: Cursor, active_key: str, wording: tuple[str, str]
+) -> Parsed[str]:
+    """The id of a key set's active key (the first unless ``active_key`` names one); the ids
+    must differ and name it. ``wording``: the two problems, as this key set words them."""
+    active: str = section.values.get(active_key, ids[0])
+    problem = kid_problem(ids, active)
+    if problem == "shared_kid":
+        return at.key("keys").problem(section.nodes["keys"].line, wording[0])
+    if problem == "unknown_active_kid":
+        return at.key(active_key).problem(section.nodes[active_key].line, f"{wording[1]} {active!r}")
+    return active

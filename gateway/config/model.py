@@ -201,6 +201,22 @@ class MintingConfig:
     active_kid: str  # signs new tokens; the others stay published for verification (rotation)
 
 
+@dataclass(frozen=True, slots=True)
+class StateKeyConfig:
+    """One secret that seals state handles (``Mcp-Session-Id``, task ids) to their caller."""
+
+    id: str  # written into every handle it seals, so it picks the key that opens one
+    secret: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class StateKeysConfig:
+    """``state_keys``: the keys shared by every process and replica that serves the same clients."""
+
+    keys: tuple[StateKeyConfig, ...]
+    active: str  # seals new handles; the others still open handles sealed before a rotation
+
+
 # kw_only: ``resource`` has no dataclass default (it is derived from public_url + path), yet
 # follows fields that do; keyword-only construction also keeps call sites readable.
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -235,6 +251,8 @@ class GatewayConfig:
     minting: MintingConfig | None = None
     admin: AdminConfig | None = None  # no admin listener unless configured
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # None: a random key per process, so sealed handles hold in one process only (check-config says so).
+    state_keys: StateKeysConfig | None = None
     # On SIGTERM/SIGINT: how long in-flight requests and streams may run before they are cut.
     shutdown_grace_s: float = 30.0
 

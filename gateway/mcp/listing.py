@@ -1,46 +1,77 @@
-"""Hiding from ``*/list`` results what the caller may not use, in JSON and in SSE responses.
+"""Hiding from ``*/list`` results what the caller may not use, wherever such a result reaches the client.
 
-Only the JSON-RPC responses to the list requests of this POST are touched; every other byte
-(notifications on the same stream, other responses, cursors and other result keys) passes
-unchanged. A list response that cannot be read is replaced by an error: showing an unfiltered
-list would be failing open.
+``ListFilter`` is a ``MessageRewriter`` (``gateway.mcp.answers``): it sees every JSON-RPC message
+of every upstream answer (JSON bodies, batches, SSE events of a POST or of a GET stream, replays
+after ``Last-Event-ID``). The gateway is stateless and cannot know which request an id on a GET
+stream belonged to, and SDK clients match ids loosely (``"7"`` answers request 7; the Python SDK
+even takes any response on a POST's stream as the answer to that POST), so the filter goes by the
+shape, not by the id: any message whose ``result`` is an object carrying a list key (``tools``,
+``prompts``, ``resources``, ``resourceTemplates``) has that list filtered by the kind the key
+names. Notifications, errors, cursors and other result keys pass unchanged.
+
+The ids of this POST's own list requests add two things: a non-object result to one of them is
+replaced by an error (showing it would be failing open), and in MCP 2026-07-28 a list result is
+marked ``cacheScope: private`` (it varies by caller).
 """
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from ..errors import RpcId
-from ..strictjson import StrictJSONError, loads_strict
 from .messages import HANDSHAKE_VERSIONS, McpPost
-from .methods import LIST_METHODS
+from .methods import LIST_METHODS, Listing
 from .policy import RoutePolicy, is_visible
 
-_UNREADABLE = {"code": -32603, "message": "Upstream list result could not be filtered"}
+_UNREADABLE: Final = {"code": -32603, "message": "Upstream list result could not be filtered"}
+
+LIST_KEYS: Final[Mapping[str, Listing]] = MappingProxyType(
+    {
+        **{listing.result_key: listing for listing in LIST_METHODS.values()},
+        # The Python SDK's result models (mcp_types) also accept field names where a client
+        # validates without by_name=False: the snake_case spelling lists templates just the same.
+        "resource_templates": LIST_METHODS["resources/templates/list"],
+    }
+)
+"""Every key under which a result lists items, and the listing (kind, naming field) it holds."""
+
+# A list key as it stands in JSON bytes; a key spelled with escapes is caught by ``\u``.
+LIST_KEY_MARKERS: Final = tuple(json_key.encode("ascii") for json_key in (f'"{key}"' for key in LIST_KEYS))
+_RESULT_MARKER: Final = b'"result"'
 
 
 class ListFilter:
-    """Rewrites the responses to the list requests of one POST for one caller."""
+    """A ``MessageRewriter`` that filters every list-shaped result for one caller."""
+
+    __slots__ = ("_granted", "_list_ids", "_mark_private", "_policy", "markers")
 
     def __init__(
         self,
-        list_requests: Mapping[RpcId, str],
         policy: RoutePolicy,
         granted: frozenset[str],
         *,
-        mark_private: bool,
+        list_requests: Mapping[RpcId, str] | None = None,
+        mark_private: bool = False,
     ) -> None:
-        self._methods = dict(list_requests)
         self._policy = policy
         self._granted = granted
+        self._list_ids = frozenset(
+            key for key in (sdk_id(rpc_id) for rpc_id in (list_requests or {})) if key is not None
+        )
         # MCP 2026-07-28 caching: a result that varies by caller must not sit in shared caches.
         self._mark_private = mark_private
+        # The answer to a list request is looked at even without a list key (a non-object result,
+        # a 2026 result to mark private); any other answer only when it holds one.
+        self.markers: tuple[bytes, ...] = (
+            (*LIST_KEY_MARKERS, _RESULT_MARKER) if self._list_ids else LIST_KEY_MARKERS
+        )
 
     @classmethod
-    def for_post(cls, post: McpPost, policy: RoutePolicy, granted: frozenset[str]) -> ListFilter | None:
-        """A filter when the POST holds list requests, else None (the response passes as is)."""
+    def for_post(cls, post: McpPost, policy: RoutePolicy, granted: frozenset[str]) -> ListFilter:
+        """The filter for the answer to one POST, which knows that POST's list requests."""
         requests: dict[RpcId, str] = {}
         for message in post.messages:
             method = message.method
@@ -51,52 +82,71 @@ class ListFilter:
                 and method in LIST_METHODS
             ):
                 requests[message.id] = method
-        if not requests:
-            return None
-        return cls(requests, policy, granted, mark_private=post.protocol_version not in HANDSHAKE_VERSIONS)
-
-    def rewrite_json(self, body: bytes | str) -> bytes | None:
-        """The filtered body, or None when nothing had to change."""
-        try:
-            document = loads_strict(body)
-        except StrictJSONError:
-            return json.dumps({"jsonrpc": "2.0", "id": None, "error": _UNREADABLE}).encode()
-        if isinstance(document, list):  # a 2025-03-26 batch response
-            changed = [self._rewrite_message(item) for item in document]
-            if all(item is None for item in changed):
-                return None
-            merged = [new if new is not None else old for old, new in zip(document, changed, strict=True)]
-            return json.dumps(merged, separators=(",", ":")).encode()
-        rewritten = self._rewrite_message(document)
-        return None if rewritten is None else json.dumps(rewritten, separators=(",", ":")).encode()
-
-    def rewrite_event_data(self, data: str) -> str | None:
-        """For SSE: the same rewrite on one event's data."""
-        rewritten = self.rewrite_json(data)
-        return None if rewritten is None else rewritten.decode()
-
-    def _rewrite_message(self, message: Any) -> dict[str, Any] | None:
-        if not isinstance(message, dict) or "method" in message:
-            return None  # a notification or request from the server, not our response
-        rpc_id = message.get("id")
-        # bool is an int in Python (True == 1): an id `true` must not match request id 1.
-        if not isinstance(rpc_id, str | int) or isinstance(rpc_id, bool):
-            return None
-        method = self._methods.get(rpc_id)
-        if method is None or "result" not in message:
-            return None  # not a list response of this POST, or an error: nothing to hide
-        result = message["result"]
-        if not isinstance(result, dict):
-            return {"jsonrpc": "2.0", "id": rpc_id, "error": _UNREADABLE}
-        target = LIST_METHODS[method].target
-        filtered = filter_list_result(
-            method, result, lambda name: is_visible(self._policy, target(name), self._granted)
+        return cls(
+            policy,
+            granted,
+            list_requests=requests,
+            mark_private=post.protocol_version not in HANDSHAKE_VERSIONS,
         )
-        if self._mark_private and (filtered or result).get("cacheScope") != "private":
-            filtered = {**(filtered or result), "cacheScope": "private"}
-        if filtered is None:
+
+    def rewrite(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        """The message with its list result filtered, or None when nothing had to change.
+
+        A message counts whatever else it holds (``method``, ``error``): an SDK that reads it as
+        a response reads its ``result``.
+        """
+        if "result" not in message:
+            return None  # a notification, a request, an error: no list to hide
+        result = message["result"]
+        answers_list_request = bool(self._list_ids) and sdk_id(message.get("id")) in self._list_ids
+        if not isinstance(result, dict):
+            if answers_list_request:
+                return {"jsonrpc": "2.0", "id": message.get("id"), "error": _UNREADABLE}
             return None
-        return {**message, "result": filtered}
+        filtered: dict[str, Any] | None = None
+        listed = answers_list_request
+        for key, listing in LIST_KEYS.items():
+            if key in result:
+                listed = True
+                narrowed = _filter_listing(listing, key, filtered or result, self._visible(listing))
+                filtered = narrowed or filtered
+        if self._mark_private and listed and (filtered or result).get("cacheScope") != "private":
+            filtered = {**(filtered or result), "cacheScope": "private"}
+        return None if filtered is None else {**message, "result": filtered}
+
+    def _visible(self, listing: Listing) -> Callable[[str], bool]:
+        target, policy, granted = listing.target, self._policy, self._granted
+        return lambda name: is_visible(policy, target(name), granted)
+
+
+def sdk_id(value: object) -> int | str | None:
+    """A JSON-RPC id as SDK clients match it, for comparing ids; None: no SDK reads it as an id.
+
+    The Python SDK turns a string that ``int()`` reads into that int; the TypeScript SDK takes
+    ``Number(id)`` (so also ``" 7 "``, ``"7.0"``, ``"0x7"``, and a JSON ``7.0``). Matching the union
+    of both only ever treats more responses as answers to a list request, which fails closed.
+    Booleans are no ids for either SDK (``true`` is not request 1).
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    text = value.strip()
+    try:
+        number = int(text, 0) if text[:2].lower() in ("0x", "0o", "0b") else float(text) if text else 0.0
+    except ValueError:
+        return value
+    if isinstance(number, float):
+        return int(number) if math.isfinite(number) and number.is_integer() else value
+    return number
 
 
 def filter_list_result(
@@ -110,7 +160,12 @@ def filter_list_result(
     is a caller bug: KeyError.
     """
     listing = LIST_METHODS[method]
-    list_key = listing.result_key
+    return _filter_listing(listing, listing.result_key, result, is_visible)
+
+
+def _filter_listing(
+    listing: Listing, list_key: str, result: Mapping[str, Any], is_visible: Callable[[str], bool]
+) -> dict[str, Any] | None:
     if list_key not in result:
         return None
     items = result[list_key]

@@ -19,11 +19,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from types import MappingProxyType
-from typing import Any, Final, Literal, TypeAlias, TypeGuard
+from typing import Any, Final, Literal, TypeAlias, TypeGuard, TypeVar
 
 from ..errors import McpReason, McpRejected, RpcId
 from ..strictjson import StrictJSONError, loads_strict
 from .methods import COMPLETION_REFS, KNOWN_METHODS, METHODS, REMOVED_IN_MODERN, Resource, Target
+from .uris import AmbiguousUri, normal_form
 
 __all__ = [
     "HANDSHAKE_VERSIONS",
@@ -76,8 +77,9 @@ class McpMessage:
     kind: Kind
     method: str | None
     id: RpcId | None
-    target: Target | None  # what the call acts on, exactly as the body spells it
+    target: Target | None  # what the call acts on, as the body spells it (rules: its rule_key)
     params: Mapping[str, Any] | None
+    watched: tuple[Resource, ...] = ()  # subscriptions/listen: the resources whose updates it asks for
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +111,10 @@ def parse_post(body: bytes, headers: HeaderValues) -> McpPost:
 
     version = protocol_version(header, _readable_id(document))
     raw_messages, is_batch = split_batch(document, version)
-    # MCP 2026-07-28 removed resources/subscribe and /unsubscribe: they name nothing to guard and
-    # must reach the upstream unchanged, which answers -32601 (SEP-2575), not fail our checks.
+    # MCP 2026-07-28 removed resources/subscribe and /unsubscribe: the upstream answers -32601
+    # (SEP-2575), so one without a uri passes unchecked. One WITH a uri is decided on like any
+    # other: the version header is the client's claim, and an upstream that still serves
+    # subscribe would act on the uri.
     removed = REMOVED_IN_MODERN if version not in HANDSHAKE_VERSIONS else frozenset()
     messages = tuple(parse_message(raw, removed) for raw in raw_messages)
     _refuse_duplicate_ids(messages)
@@ -276,6 +280,8 @@ def parse_message(raw: dict[str, Any], removed: frozenset[str] = frozenset()) ->
 
 
 _KNOWN_METHODS_LOWER: Final = frozenset(method.lower() for method in KNOWN_METHODS)
+# Every MCP method name is printable ASCII without spaces (U+0021-U+007E).
+_PRINTABLE_ASCII: Final = re.compile(r"[!-~]+")
 
 
 def _parse_call(raw: dict[str, Any], rpc_id: RpcId | None, removed: frozenset[str]) -> McpMessage:
@@ -283,6 +289,15 @@ def _parse_call(raw: dict[str, Any], rpc_id: RpcId | None, removed: frozenset[st
     method = raw["method"]
     if not is_clean_text(method) or method == "":
         raise McpRejected("invalid_message", rpc_id, detail="method is not a clean non-empty string")
+    if not _PRINTABLE_ASCII.fullmatch(method):
+        # "tools/call " or "tools/call\u200b" (stripped), "t\u043e\u043els/call" (Cyrillic o) or
+        # "\uff54ools/call" (fullwidth t; NFKC-folded or confusable-mapped) may be run as tools/call by
+        # an upstream that cleans names up, past the tool rules. No MCP method has a space or a
+        # non-ASCII character, so one that has any is refused whatever it looks like: no
+        # look-alike table to keep complete. ASCII look-alikes ("tools/caII") stay unknown methods.
+        raise McpRejected(
+            "method_not_printable_ascii", rpc_id, detail="method has a space or a non-ASCII character"
+        )
     if method not in KNOWN_METHODS and method.lower() in _KNOWN_METHODS_LOWER:
         # "Tools/Call" is no MCP method, but an upstream that folds case would run it as
         # tools/call, past the tool rules. Refuse instead of passing it on as "unknown".
@@ -295,12 +310,15 @@ def _parse_call(raw: dict[str, Any], rpc_id: RpcId | None, removed: frozenset[st
     if "id" in raw and not is_valid_id(raw["id"]):
         raise McpRejected("invalid_message", None, detail="id is not a string or an integer")
     params = _params(raw, rpc_id)
+    optional = method in removed and (params is None or "uri" not in params)
+    spec = METHODS.get(method)
     return McpMessage(
         kind="request" if "id" in raw else "notification",
         method=method,
         id=rpc_id,
-        target=None if method in removed else find_target(method, params, rpc_id),
+        target=None if optional else find_target(method, params, rpc_id),
         params=None if params is None else MappingProxyType(params),
+        watched=watched_resources(params, rpc_id) if spec is not None and spec.watches else (),
     )
 
 
@@ -347,16 +365,48 @@ def find_target(method: str, params: Mapping[str, Any] | None, rpc_id: RpcId | N
 
     Method names are case-sensitive (JSON-RPC 2.0 §4): "Tools/Call" is an unknown method with no
     target, left to the policy. MRTR retries (2026-07-28 ``params.inputResponses``) are ordinary
-    tools/call bodies and get the same target.
+    tools/call bodies and get the same target. A resource URI must have one reading
+    (``uris.normal_form``), else the call is refused here, before any decision.
     """
     spec = METHODS.get(method)
     fields: Mapping[str, Any] = params if params is not None else {}
     if spec is not None and spec.target is not None:
         reason: McpReason = "invalid_uri" if spec.target is Resource else "invalid_name"
-        return spec.target(_clean_field(fields, spec.target.param, reason, rpc_id))
+        return _readable(spec.target(_clean_field(fields, spec.target.param, reason, rpc_id)), rpc_id)
     if spec is not None and spec.completes:
-        return _completion_target(fields.get("ref"), rpc_id)
+        return _readable(_completion_target(fields.get("ref"), rpc_id), rpc_id)
     return None
+
+
+def watched_resources(params: Mapping[str, Any] | None, rpc_id: RpcId | None = None) -> tuple[Resource, ...]:
+    """subscriptions/listen (MCP 2026-07-28): the URIs in ``params.notifications.resourceSubscriptions``.
+
+    Each is read as strictly as a ``resources/read`` uri: the stream would carry that resource's
+    updates, so the rules decide on every one. Without the key (or null) it names none; a
+    ``notifications`` that is not an object is the upstream's to refuse (-32602), it names nothing.
+    """
+    notifications = params.get("notifications") if params is not None else None
+    uris = notifications.get("resourceSubscriptions") if isinstance(notifications, dict) else None
+    if uris is None:
+        return ()
+    if not isinstance(uris, list) or not all(is_clean_text(uri) for uri in uris):
+        raise McpRejected(
+            "invalid_uri", rpc_id, detail="resourceSubscriptions is not a list of clean strings"
+        )
+    return tuple(_readable(Resource(uri), rpc_id) for uri in uris)
+
+
+_T = TypeVar("_T", bound=Target)
+
+
+def _readable(target: _T, rpc_id: RpcId | None) -> _T:
+    """The target, unless it is a URI whose meaning depends on who decodes it (400, -32602)."""
+    if isinstance(target, Resource) and target.rule_key is None:
+        try:
+            normal_form(target.uri)  # once more, for the reason: it names the construct, not the URI
+        except AmbiguousUri as exc:
+            raise McpRejected("ambiguous_uri", rpc_id, detail=f"uri has {exc}") from None
+    return target
 
 
 def _clean_field(fields: Mapping[str, Any], key: str, reason: McpReason, rpc_id: RpcId | None) -> str:

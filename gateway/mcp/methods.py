@@ -1,18 +1,22 @@
 """What the gateway knows about each MCP method, in one table, and the targets a method acts on.
 
 A target is one of a closed set: ``Tool(name)``, ``Prompt(name)`` or ``Resource(uri)``, spelled
-exactly as the body spells it. ``METHODS`` says for every client-to-server method of MCP
-2025-03-26 … 2026-07-28 what it acts on, whether it lists targets, whether it is the method that
-*uses* a kind of target (what a list item's visibility and a completion's scopes are judged by)
-and whether it is session plumbing; every other table in ``gateway.mcp`` is derived from it.
+exactly as the body spells it (its ``identifier``: what the log shows and ``Mcp-Name`` must equal);
+the rules match its ``rule_key``, for a resource the URI's normal form (``uris``). ``METHODS``
+says for every client-to-server method of MCP 2025-03-26 … 2026-07-28 what it acts on, whether it
+lists targets, whether it is the method that *uses* a kind of target (what a list item's
+visibility and a completion's scopes are judged by) and whether it is session plumbing; every
+other table in ``gateway.mcp`` is derived from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar, Final, Literal, TypeAlias
+
+from .uris import normal_form_or_none
 
 __all__ = [
     "COMPLETION_REFS",
@@ -46,7 +50,12 @@ class Tool:
 
     @property
     def identifier(self) -> str:
-        """The name the rules match, the log shows and ``Mcp-Name`` must equal."""
+        """The name as the body spells it: what the log shows and ``Mcp-Name`` must equal."""
+        return self.name
+
+    @property
+    def rule_key(self) -> str:
+        """What the rules match: the name exactly (no strip, no Unicode normalisation)."""
         return self.name
 
 
@@ -60,7 +69,12 @@ class Prompt:
 
     @property
     def identifier(self) -> str:
-        """The name the rules match, the log shows and ``Mcp-Name`` must equal."""
+        """The name as the body spells it: what the log shows and ``Mcp-Name`` must equal."""
+        return self.name
+
+    @property
+    def rule_key(self) -> str:
+        """What the rules match: the name exactly (no strip, no Unicode normalisation)."""
         return self.name
 
 
@@ -69,13 +83,25 @@ class Resource:
     """A resource (or a resource template), by the URI in ``params.uri`` (a completion: ``ref.uri``)."""
 
     uri: str
+    # The normal form, once: a list filter judges every item by it. None: the URI has none.
+    normal: str | None = field(init=False, repr=False, compare=False)
     kind: ClassVar[TargetKind] = "resource"
     param: ClassVar[str] = "uri"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "normal", normal_form_or_none(self.uri))  # frozen: derived once
+
     @property
     def identifier(self) -> str:
-        """The URI the rules match, the log shows and ``Mcp-Name`` must equal."""
+        """The URI as the body spells it: what the log shows and ``Mcp-Name`` must equal."""
         return self.uri
+
+    @property
+    def rule_key(self) -> str | None:
+        """What the rules match: the URI's normal form, so that ``docs://files/%70rivate`` meets
+        the rule on ``docs://files/private`` as the upstream's template does; None when the URI
+        reads differently to different readers (no rule may match it: fail closed)."""
+        return self.normal
 
 
 Target: TypeAlias = Tool | Prompt | Resource
@@ -104,7 +130,15 @@ class Method:
     # rule can still refuse it).
     lifecycle: bool = False
     name_header: bool = False  # MCP 2026-07-28: ``Mcp-Name`` is required and equals the target
-    removed_in_modern: bool = False  # MCP 2026-07-28 removed it: no target to guard (SEP-2575)
+    # subscriptions/listen (MCP 2026-07-28): ``params.notifications.resourceSubscriptions`` names
+    # the resources whose updates the stream carries, the successor of resources/subscribe.
+    watches: bool = False
+    # MCP 2026-07-28 removed it (SEP-2575): the upstream answers -32601, so its target is optional;
+    # one it names is still decided on (a client may claim 2026-07-28 to a server that serves it).
+    removed_in_modern: bool = False
+    # It lists state handles of every user (tasks/list): the gateway cannot tell whose, so only
+    # a `methods` rule naming it literally allows it, never a default or a glob.
+    needs_literal_rule: bool = False
 
 
 METHODS: Final[Mapping[str, Method]] = MappingProxyType(
@@ -112,7 +146,7 @@ METHODS: Final[Mapping[str, Method]] = MappingProxyType(
         "initialize": Method(lifecycle=True),
         "ping": Method(lifecycle=True),
         "server/discover": Method(lifecycle=True),
-        "subscriptions/listen": Method(),
+        "subscriptions/listen": Method(watches=True),
         "tools/list": Method(lists=Listing("tools", "name", Tool)),
         "tools/call": Method(target=Tool, uses=True, name_header=True),
         "prompts/list": Method(lists=Listing("prompts", "name", Prompt)),
@@ -127,7 +161,7 @@ METHODS: Final[Mapping[str, Method]] = MappingProxyType(
         "tasks/get": Method(),
         "tasks/result": Method(),
         "tasks/cancel": Method(),
-        "tasks/list": Method(),
+        "tasks/list": Method(needs_literal_rule=True),
         "notifications/initialized": Method(lifecycle=True),
         "notifications/cancelled": Method(lifecycle=True),
         "notifications/progress": Method(),

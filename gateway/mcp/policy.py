@@ -2,10 +2,14 @@
 
 A route's rules are ordered maps from a glob to the scopes it needs, one map per kind of target:
 ``tools`` (``tools/call`` by tool name), ``resources`` (``resources/read``, ``resources/subscribe``,
-``resources/unsubscribe`` by URI; templates by their URI template), ``prompts`` (``prompts/get``
-by name), and ``methods`` (every other JSON-RPC method). The first matching pattern decides; the
-route's own ``scopes`` always apply as well. The same rules decide what a ``*/list`` result
-shows, so a caller never sees what it may not use (and never uses what it cannot see).
+``resources/unsubscribe`` by URI, in every protocol era; templates by their URI template),
+``prompts`` (``prompts/get`` by name), and ``methods`` (every other JSON-RPC method). The first
+matching pattern decides; the route's own ``scopes`` always apply as well. A completion, and a
+2026-07-28 ``subscriptions/listen`` for the resources it watches, also need what using their
+targets needs. Resource patterns match a URI's normal form (``gateway.mcp.uris``), the way the
+upstream's template hands it to its handler; a URI without one matches no rule and is never
+allowed. The same rules decide what a ``*/list`` result shows, so a caller never sees what it may
+not use (and never uses what it cannot see).
 
 Nothing here does I/O: the decision takes frozen values and returns a frozen value.
 """
@@ -75,6 +79,17 @@ class DefaultRule:
 
 
 @dataclass(frozen=True, slots=True)
+class Unreadable:
+    """The target has no normal form (a URI that reads differently to different readers): no
+    rule may match it and no default allows it."""
+
+    @property
+    def label(self) -> str:
+        """How logs and ``explain`` name it."""
+        return "ambiguous uri"
+
+
+@dataclass(frozen=True, slots=True)
 class RoutePolicy:
     """A route's rules; the scopes every request on the route needs are kept here, and only here."""
 
@@ -114,9 +129,23 @@ class Operation:
 
     method: str
     target: Target | None = None
+    watched: tuple[Target, ...] = ()  # subscriptions/listen: the resources whose updates it asks for
 
 
-DecidingRule: TypeAlias = Rule | DefaultRule
+@dataclass(frozen=True, slots=True)
+class LiteralRuleRequired:
+    """A method that lists every user's handles (``tasks/list``): only a ``methods`` rule that
+    names it literally allows it, since the gateway cannot tell whose items the upstream lists."""
+
+    method: str
+
+    @property
+    def label(self) -> str:
+        """How logs and ``explain`` name it."""
+        return f"methods[{self.method!r}] must be written out to allow it"
+
+
+DecidingRule: TypeAlias = Rule | DefaultRule | Unreadable | LiteralRuleRequired
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +276,7 @@ def first_match(rules: tuple[Rule, ...], name: str) -> Rule | None:
 
 def _target_decides(operation: Operation) -> bool:
     """Whether the target's rules decide (a call on it), rather than the method rules."""
-    # A 2026-07-28 resources/subscribe names no target: that method was removed, nothing to guard.
+    # A 2026-07-28 resources/subscribe without a uri names no target (that version removed it).
     return operation.target is not None and target_type(operation.method) is not None
 
 
@@ -264,18 +293,29 @@ def requirement(
     """(scopes needed, the rules that say so, whether no scope can help)."""
     target = operation.target
     if target is not None and _target_decides(operation):
-        rule = first_match(policy.rules_for(target), target.identifier)
+        key = target.rule_key
+        if key is None:  # fail closed, whatever the default: parse_post refuses these first
+            return policy.route_scopes, (Unreadable(),), True
+        rule = first_match(policy.rules_for(target), key)
     else:
         rule = first_match(policy.methods, operation.method)
+        spec = METHODS.get(operation.method)
+        written_out = rule is not None and rule.pattern == operation.method
+        if spec is not None and spec.needs_literal_rule and not written_out:
+            return policy.route_scopes, (LiteralRuleRequired(operation.method),), True
     if rule is None and _unmatched_default(policy, operation) is Default.DENY:
         return policy.route_scopes, (DefaultRule(Default.DENY),), True
     scopes = _union(policy.route_scopes, rule.scopes if rule is not None else ())
     rules: tuple[DecidingRule, ...] = (rule if rule is not None else DefaultRule(Default.ALLOW),)
+    revealed = operation.watched
     spec = METHODS.get(operation.method)
     if spec is not None and spec.completes and target is not None:
-        # Completions reveal data of the prompt or resource they name (spec-notes E5): they
-        # need whatever using that target needs, on top of their own method rule.
-        use = Operation(USE_METHOD[type(target)], target)
+        revealed = (target, *revealed)
+    for shown in revealed:
+        # Completions reveal data of the prompt or resource they name (spec-notes E5), a
+        # subscriptions/listen stream the updates of the resources it names: each needs
+        # whatever using that target needs, on top of the method's own rule.
+        use = Operation(USE_METHOD[type(shown)], shown)
         target_scopes, target_rules, target_denied = requirement(policy, use)
         rules += target_rules
         if target_denied:
@@ -288,7 +328,7 @@ def operation_of(message: McpMessage) -> Operation:
     """The operation a strictly parsed message asks for; a client's response is ``RESPONSE_METHOD``."""
     if message.kind == "response":
         return Operation(RESPONSE_METHOD)
-    return Operation(message.method or "", message.target)
+    return Operation(message.method or "", message.target, message.watched)
 
 
 def decide(policy: RoutePolicy, operation: Operation, granted: frozenset[str]) -> Decision:
@@ -361,7 +401,11 @@ def challenge_scopes(policy: RoutePolicy, method: str | None, name: str | None) 
 
 
 def is_visible(policy: RoutePolicy, target: Target, granted: frozenset[str]) -> bool:
-    """Whether a list item may be shown: exactly when using it would be allowed."""
+    """Whether a list item may be shown: exactly when using it would be allowed.
+
+    A resource or template is judged by its normal form, so ``DOCS://x`` is shown or hidden as
+    ``docs://x`` is; one without a normal form (``docs://a%2Fb``) is hidden: fail closed.
+    """
     return decide(policy, Operation(USE_METHOD[type(target)], target), granted).allowed
 
 

@@ -1,14 +1,17 @@
 """Incremental relay of a Server-Sent Events stream that can rewrite individual events.
 
 The gateway forwards an upstream ``text/event-stream`` body (MCP Streamable HTTP) to the client as
-it arrives. For a few requests it must replace the ``data`` of one event (the JSON-RPC response of
-a ``*/list`` call); every other byte passes through unchanged and without waiting for later input.
+it arrives. It may have to replace the ``data`` of an event (a JSON-RPC response carrying a
+``*/list`` result, see ``gateway.mcp.answers``); every other byte passes through unchanged and
+without waiting for later input.
 
 :class:`SseEventRewriter` works on whole events: it buffers the bytes of the event being received
-and hands them on the moment the blank line that ends the event has arrived. Events whose data
-does not start with ``{`` are never decoded; when the rewrite callback declines an event (returns
-``None``) its original bytes are emitted, so a stream that is not rewritten comes out identical
-to the stream that went in, whatever the chunk boundaries.
+and hands them on the moment the blank line that ends the event has arrived. With ``markers``,
+only an event in whose bytes one of them occurs is decoded and offered to the rewrite callback;
+when the callback declines an event (returns ``None``) its original bytes are emitted, so a
+stream that is not rewritten comes out identical to the stream that went in, whatever the chunk
+boundaries. A chunk that starts and ends at an event boundary and holds no marker at all is
+passed on as it is, without splitting it into lines.
 
 Framing follows the WHATWG HTML Standard, section 9.2 "Server-sent events", subsections
 "Parsing an event stream" (the ABNF) and "Interpreting an event stream" (field processing and
@@ -18,7 +21,7 @@ event dispatch). Those rules are cited below as [parsing] and [interpreting].
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 __all__ = ["SseEventRewriter", "SseEventTooLarge"]
@@ -32,13 +35,15 @@ _SPACE: Final = 0x20
 _COLON: Final = 0x3A
 # [parsing]: "stream = [ bom ] *event" -- one U+FEFF, in UTF-8 these three bytes, may open the stream.
 _BOM: Final = b"\xef\xbb\xbf"
-# The JSON whitespace (RFC 8259 section 2) a JSON text may start with.
-_NOT_JSON_WS: Final = re.compile(rb"[^ \t\r\n]")
+# What str.splitlines() breaks at beyond CR and LF, in UTF-8: an SSE reader that splits lines that
+# way (httpx-sse up to 0.4.0 reads through httpx's aiter_lines, and so did the Python MCP SDK's
+# client) sees more lines, and so other fields, than WHATWG does. (C2 and E2 are lead bytes: these
+# sequences are those characters wherever they occur.)
+_AMBIGUOUS_BREAK: Final = re.compile(rb"[\x0b\x0c\x1c-\x1e]|\xc2\x85|\xe2\x80[\xa8\xa9]")
 # A replacement's line breaks. Not str.splitlines(): that also breaks at U+2028, VT, FF and the like,
 # which are ordinary characters inside an SSE line.
 _TEXT_LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 _DATA: Final = b"data"
-_OPEN_BRACE: Final = ord("{")
 
 
 class SseEventTooLarge(ValueError):
@@ -52,10 +57,18 @@ class SseEventTooLarge(ValueError):
 class SseEventRewriter:
     """Feed upstream bytes; get bytes to send downstream, event by event.
 
-    ``rewrite(data)`` is called at most once per event, only for events that have data whose first
-    non-whitespace character is ``{``. It receives the event's data as a client would see it: the
-    values of the ``data`` lines joined with "\\n" ([interpreting]). It returns the replacement data,
-    or ``None`` to keep the event's original bytes exactly.
+    ``rewrite(data)`` is called at most once per event, only for events that have a data line and,
+    when ``markers`` is given, in whose bytes (in any of its lines) one of the markers
+    occurs. It receives the event's data as a client would see it: the values of the
+    ``data`` lines joined with "\\n" ([interpreting]). It returns the replacement data, or ``None``
+    to keep the event's original bytes exactly.
+
+    ``ambiguous``: when given, an event that would be offered (a marker occurs in it, with or
+    without a data line) and holds, in a line other than a data line, a character some SSE readers
+    break lines at and WHATWG does not (U+2028, U+0085, VT, FF…) is replaced as a whole by one
+    event whose data is ``ambiguous``: such a reader would find fields in that line, a data line
+    included, that this parser never sees. Inside data lines those characters are the callback's
+    concern (it sees them in the data).
 
     A rewritten event keeps its other lines (``event``, ``id``, ``retry``, unknown fields, comments)
     byte for byte and in order; its data lines are replaced, at the place of the last one, by one
@@ -66,22 +79,30 @@ class SseEventRewriter:
     """
 
     def __init__(
-        self, rewrite: Callable[[str], str | None], *, max_event_bytes: int = 8 * 1024 * 1024
+        self,
+        rewrite: Callable[[str], str | None],
+        *,
+        markers: Sequence[bytes] | None = None,
+        ambiguous: str | None = None,
+        max_event_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         if max_event_bytes < 1:
             raise ValueError("max_event_bytes must be positive")
+        if markers is not None and not all(markers):
+            raise ValueError("an empty marker would match everything: pass markers=None")
         self._rewrite = rewrite
+        self._markers = tuple(markers) if markers is not None else None
+        self._ambiguous = ambiguous
         self._max_event_bytes = max_event_bytes
         # Bytes of the event being received. Between calls it starts at an event boundary.
         self._buf = bytearray()
         # Where the search for the next line terminator resumes, and where the current line starts.
         self._scan = 0
         self._line_start = 0
-        # What is known of the event being received: whether its data starts with "{" (None while it
-        # has no data line with a non-whitespace character), and the length of the BOM before its
-        # first line (only the first event of a stream can have one). Nothing is kept per line, so
-        # memory is the event's bytes, however many lines it has.
-        self._looks_like_json: bool | None = None
+        # What is known of the event being received: whether it has a data line, and the length of
+        # the BOM before its first line (only the first event of a stream can have one). Nothing is
+        # kept per line, so memory is the event's bytes, however many lines it has.
+        self._has_data = False
         self._bom_length = 0
         # True until the first line of the stream is complete (it may start with a BOM).
         self._first_line = True
@@ -95,6 +116,9 @@ class SseEventRewriter:
         self._check_open()
         if not chunk:
             return b""
+        if self._passes_whole(chunk):
+            self._first_line = False
+            return chunk
         try:
             return self._feed(chunk)
         except BaseException:
@@ -102,16 +126,40 @@ class SseEventRewriter:
             raise
 
     def finish(self) -> bytes:
-        """End of stream: return what is left (an unterminated last event, unchanged)."""
+        """End of stream: return what is left (an unterminated last event, unchanged).
+
+        With markers, a tail holding one is dropped instead: WHATWG never dispatches an event the
+        stream ends in, but a reader may (httpx2, the Python SDK's, dispatches ``data: …\\r`` at
+        the end), and the tail was never offered to the rewrite callback.
+        """
         self._check_open()
         self._closed = True
         rest = bytes(self._buf)
         self._buf = bytearray()
+        if self._markers is not None and any(marker in rest for marker in self._markers):
+            return b""
         return rest
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("SseEventRewriter is finished or failed")
+
+    def _passes_whole(self, chunk: bytes) -> bool:
+        """Whether ``chunk`` is whole events none of which can be offered: emitted as it is.
+
+        It must start at an event boundary (nothing buffered, no CR waiting for its LF), end with
+        a blank line (LF LF, or CR LF after CR or LF: a CR LF alone is one line ending, and a CR
+        at the end could still become CR LF), fit the event limit, and hold no marker.
+        """
+        markers = self._markers
+        if markers is None or self._buf or self._cr_ended_event or len(chunk) > self._max_event_bytes:
+            return False
+        if not (chunk.endswith(b"\n\n") or chunk.endswith(b"\n\r\n") or chunk.endswith(b"\r\r\n")):
+            return False
+        for marker in markers:
+            if marker in chunk:
+                return False
+        return True
 
     def _feed(self, chunk: bytes) -> bytes:
         out: list[bytes | bytearray] = []
@@ -161,23 +209,16 @@ class SseEventRewriter:
                 # [interpreting]: "If the line is empty (a blank line): Dispatch the event".
                 if end - event_start > limit:
                     raise SseEventTooLarge(limit)
-                if self._looks_like_json:
-                    replacement = self._rewritten(buf, event_start, self._bom_length, line_start, end)
-                    if replacement is not None:
-                        out.append(buf[emitted:event_start])
-                        out.append(replacement)
-                        emitted = end
-                self._looks_like_json = None
+                replacement = self._replacement(buf, event_start, line_start, end)
+                if replacement is not None:
+                    out.append(buf[emitted:event_start])
+                    out.append(replacement)
+                    emitted = end
+                self._has_data = False
                 self._bom_length = 0
                 event_start = end
-            elif self._looks_like_json is None:
-                value = _data_value(buf, content_start, eol)
-                if value is not None:
-                    # The data is the data lines' values joined with LF (whitespace), so its first
-                    # non-whitespace character is that of the first value that has one.
-                    first = _NOT_JSON_WS.search(buf, value, eol)
-                    if first is not None:
-                        self._looks_like_json = buf[first.start()] == _OPEN_BRACE
+            elif not self._has_data:
+                self._has_data = _data_value(buf, content_start, eol) is not None
             line_start = pos = end
         else:
             pos = size
@@ -189,6 +230,30 @@ class SseEventRewriter:
         if len(buf) > limit:
             raise SseEventTooLarge(limit)
         return b"".join(out)
+
+    def _replacement(self, buf: bytearray, start: int, blank: int, end: int) -> bytearray | None:
+        """What replaces the complete event buf[start:end] (blank line at ``blank``), or None."""
+        markers = self._markers
+        if markers is not None and not any(buf.find(marker, start, end) >= 0 for marker in markers):
+            return None
+        if self._ambiguous is not None and self._ambiguous_outside_data(buf, start + self._bom_length, blank):
+            result = bytearray(buf[start : start + self._bom_length])
+            for part in _TEXT_LINE_BREAK.split(self._ambiguous):
+                result += b"data: " + part.encode("utf-8") + b"\n"
+            return result + b"\n"
+        if not self._has_data:
+            return None
+        return self._rewritten(buf, start, self._bom_length, blank, end)
+
+    @staticmethod
+    def _ambiguous_outside_data(buf: bytearray, start: int, blank: int) -> bool:
+        if _AMBIGUOUS_BREAK.search(buf, start, blank) is None:
+            return False  # the common case: one search over the event, no line walk
+        return any(
+            _data_value(buf, line, content_end) is None
+            and _AMBIGUOUS_BREAK.search(buf, line, content_end) is not None
+            for line, content_end, _ in _lines(buf, start, blank)
+        )
 
     def _rewritten(self, buf: bytearray, start: int, bom: int, blank: int, end: int) -> bytearray | None:
         """The new bytes of the complete event buf[start:end], or None to keep them.

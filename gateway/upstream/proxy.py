@@ -3,6 +3,14 @@
 - Request headers go upstream by allowlist only: the client's ``Authorization``, ``Cookie`` and
   hop-by-hop headers can never leak (MCP "Token Passthrough"). ``Host`` is the upstream's own,
   set by the HTTP client from the upstream URL (upstream SDKs check it against DNS rebinding).
+- Response headers come back by allowlist too (``RELAYED_RESPONSE_HEADERS``): nothing of the
+  upstream's own HTTP surface (cookies, challenges, CORS, redirects, server banners) reaches the
+  client, and the upstream's ``Mcp-Session-Id`` only as the caller passes it through
+  ``seal_session_id``. The client's query string is never sent upstream: MCP endpoints take none.
+- Which answers are relayed and how they are read is decided in ``gateway.mcp.answers``
+  (``answer_kind``): redirects, 401/403 from the upstream, content codings, unexpected media types
+  and charsets become 502. Every JSON and SSE body passes the response rewriter (list filtering),
+  message by message, whatever the HTTP method: a GET stream and a replay too.
 - SSE is relayed chunk by chunk as it arrives: the first event reaches the client while the
   upstream is still sending, and a long-lived stream has no read timeout.
 - Connections are pooled and kept alive per upstream.
@@ -17,8 +25,8 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -28,6 +36,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ..auth.oauth_client import FetchError, read_bounded
 from ..config import RouteConfig
 from ..errors import UpstreamError, UpstreamTimeout
+from ..mcp.answers import AnswerInspector, AnswerKind, MessageRewriter, answer_kind
 from ..mcp.sse import SseEventRewriter, SseEventTooLarge
 
 if TYPE_CHECKING:
@@ -41,13 +50,14 @@ UPSTREAM_MS = web.RequestKey("upstream_ms", float)  # time to the upstream's res
 STREAMED_STATUS = web.RequestKey("streamed_status", int)
 
 # Content negotiation, the Streamable HTTP headers of every revision, and trace context.
+# Not Mcp-Session-Id: the client holds a sealed one; the pipeline opens it for its caller and
+# passes the upstream's own among the extra headers (gateway.web.pipeline.SessionHandles).
 FORWARDED_REQUEST_HEADERS = frozenset(
     {
         "accept",
         "accept-language",
         "content-type",
         "user-agent",
-        "mcp-session-id",
         "mcp-protocol-version",
         "last-event-id",
         "mcp-method",
@@ -60,32 +70,30 @@ FORWARDED_REQUEST_HEADERS = frozenset(
 # MCP 2026-07-28: intermediaries MUST forward Mcp-Param-* headers they do not recognise.
 FORWARDED_REQUEST_PREFIXES = ("mcp-param-",)
 
-# RFC 9110 §7.6.1 connection-specific fields, plus framing we recompute ourselves.
-_HOP_BY_HOP = frozenset(
+# What of the upstream's answer headers reaches the client: how to read the body (Content-Type, the
+# one answer_kind judged), caching advice (see relayed_cache_control), the Streamable HTTP headers
+# (Mcp-Session-Id through seal_session_id), Retry-After on 429/503, Allow (a 405 MUST list the
+# methods, RFC 9110 §15.5.6: stateless upstreams answer GET and DELETE so) and W3C trace context.
+# Never Set-Cookie, WWW-Authenticate, Access-Control-* (the gateway's own CORS headers are added
+# by the pipeline), Location, Server, X-Powered-By, Content-Encoding, nor anything unknown;
+# framing (Content-Length, Transfer-Encoding) is aiohttp's own.
+RELAYED_RESPONSE_HEADERS = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
+        "content-type",
+        "cache-control",
+        "mcp-protocol-version",
+        "retry-after",
+        "allow",
+        "traceparent",
+        "tracestate",
     }
 )
+SESSION_HEADER = "Mcp-Session-Id"
+# RFC 9111 §3.5: with one of these a shared cache may serve a response to a request that carried
+# Authorization to another caller; the gateway's answers are per caller (filtered lists).
+_SHARED_CACHE_DIRECTIVES = frozenset({"public", "s-maxage", "must-revalidate"})
 
-
-class ResponseFilter(Protocol):
-    """Rewrites an upstream answer (list filtering); None means "forward the bytes unchanged"."""
-
-    def rewrite_json(self, body: bytes) -> bytes | None: ...
-
-    def rewrite_event_data(self, data: str) -> str | None: ...
-
-
-# A JSON answer that must be filtered is read whole, up to this size (else 502).
+# A JSON answer is read whole to be inspected, up to this size (else 502).
 _FILTERED_RESPONSE_LIMIT = 16 * 1024 * 1024
 
 # Bodies up to this size are read whole and answered with a Content-Length; larger or
@@ -105,12 +113,30 @@ def upstream_request_headers(incoming: CIMultiDictProxy[str], extra: Mapping[str
     return headers
 
 
-def client_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def client_response_headers(
+    upstream: CIMultiDictProxy[str], seal_session_id: Callable[[str], str] | None = None
+) -> CIMultiDict[str]:
+    """The allowlisted upstream answer headers, with the session id as ``seal_session_id`` makes it."""
     headers: CIMultiDict[str] = CIMultiDict()
+    cache_control: list[str] = []
     for name, value in upstream.items():
-        if name.lower() not in _HOP_BY_HOP:
+        lowered = name.lower()
+        if lowered == "cache-control":
+            cache_control.append(value)
+        elif lowered in RELAYED_RESPONSE_HEADERS:
             headers.add(name, value)
+        elif lowered == "mcp-session-id":
+            headers.add(SESSION_HEADER, seal_session_id(value) if seal_session_id is not None else value)
+    if cache_control:
+        headers["Cache-Control"] = relayed_cache_control(cache_control)
     return headers
+
+
+def relayed_cache_control(values: Sequence[str]) -> str:
+    """The upstream's Cache-Control, unless it would let a shared cache share a per-caller answer."""
+    joined = ", ".join(values)
+    directives = {part.partition("=")[0].strip().lower() for part in joined.split(",")}
+    return "private" if directives & _SHARED_CACHE_DIRECTIVES else joined
 
 
 # Linux only; elsewhere acknowledging promptly is left to the kernel.
@@ -149,10 +175,6 @@ class PromptAcks:
                 self._socket = None
 
 
-def is_event_stream(headers: CIMultiDictProxy[str]) -> bool:
-    return headers.get("Content-Type", "").split(";", 1)[0].strip().lower() == "text/event-stream"
-
-
 class Upstream:
     """One upstream MCP server: its URL and a pooled, kept-alive client session."""
 
@@ -170,7 +192,7 @@ class Upstream:
                 sock_read=None,
             ),
             # Bytes pass through untouched; we never forward Accept-Encoding, so upstreams answer
-            # uncompressed, but if one compresses anyway the client gets it as sent.
+            # uncompressed, and one that compresses anyway is answered 502 (answer_kind).
             auto_decompress=False,
             skip_auto_headers=("Accept-Encoding", "User-Agent"),
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -185,11 +207,19 @@ class Upstream:
         body: bytes | None,
         credential_headers: Mapping[str, str],
         response_headers: Mapping[str, str],
-        response_filter: ResponseFilter | None = None,
+        response_filter: MessageRewriter | None = None,
+        *,
+        seal_session_id: Callable[[str], str] | None = None,
     ) -> web.StreamResponse:
-        """Send the request upstream and relay the answer; errors become 502/504."""
+        """Send the request upstream and relay the answer; errors become 502/504.
+
+        ``response_filter`` sees every JSON-RPC message of a JSON or SSE answer (None: relayed
+        unread); ``seal_session_id`` turns the upstream's ``Mcp-Session-Id`` into the client's.
+        """
         try:
-            return await self._forward(request, body, credential_headers, response_headers, response_filter)
+            return await self._forward(
+                request, body, credential_headers, response_headers, response_filter, seal_session_id
+            )
         except UpstreamError as exc:
             if self._metrics is not None:
                 self._metrics.upstream_failed(self.route.path, exc.reason)
@@ -201,10 +231,11 @@ class Upstream:
         body: bytes | None,
         credential_headers: Mapping[str, str],
         response_headers: Mapping[str, str],
-        response_filter: ResponseFilter | None,
+        response_filter: MessageRewriter | None,
+        seal_session_id: Callable[[str], str] | None,
     ) -> web.StreamResponse:
         route = self.route
-        url = route.upstream if not request.query_string else f"{route.upstream}?{request.query_string}"
+        url = route.upstream  # never the client's query string: MCP endpoints take none
         outgoing = upstream_request_headers(request.headers, credential_headers)
         sent_at = time.perf_counter()
         try:
@@ -225,10 +256,12 @@ class Upstream:
         async with upstream:
             acks = PromptAcks(upstream)
             acks.now()  # the headers' acknowledgement releases a body the upstream holds back
-            headers = client_response_headers(upstream.headers)
+            kind = judge_answer(upstream)
+            headers = client_response_headers(upstream.headers, seal_session_id)
             headers.update(response_headers)
-            if is_event_stream(upstream.headers):
-                rewriter = SseEventRewriter(response_filter.rewrite_event_data) if response_filter else None
+            inspector = AnswerInspector(response_filter) if response_filter is not None else None
+            if kind == "sse":
+                rewriter = inspector.sse() if inspector is not None else None
                 open_streams = (
                     self._metrics.sse_stream(route.path)
                     if self._metrics is not None
@@ -236,9 +269,11 @@ class Upstream:
                 )
                 with open_streams:  # counted while relayed, released however it ends
                     return await _relay_stream(request, upstream, headers, acks, sse=True, rewriter=rewriter)
+            if kind == "json" and inspector is not None:
+                return await self._filtered_json(upstream, headers, inspector)
+            if kind == "bodiless":
+                return await self._bodiless(upstream, headers)
             length = upstream.content_length
-            if response_filter is not None and is_json(upstream.headers):
-                return await self._filtered_json(upstream, headers, response_filter)
             if length is not None and length <= _BUFFERED_RESPONSE_LIMIT:
                 try:
                     async with asyncio.timeout(route.response_timeout_s):
@@ -250,10 +285,28 @@ class Upstream:
                 return web.Response(status=upstream.status, body=content, headers=headers)
             return await _relay_stream(request, upstream, headers, acks, sse=False)
 
+    async def _bodiless(self, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> web.Response:
+        """A 2xx answer of no JSON or SSE type: relayed only if it has no body (else 502).
+
+        Both SDK clients read a 2xx body of a look-alike type (``application/json-rpc``) as JSON,
+        so one the gateway would not inspect is never relayed.
+        """
+        try:
+            async with asyncio.timeout(self.route.response_timeout_s):
+                first = await upstream.content.read(1)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(detail="response body timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
+        if first:
+            content_type = upstream.headers.get("Content-Type", "none")[:64]
+            raise UpstreamError("upstream_content_type", detail=f"2xx body of type {content_type!r}")
+        return web.Response(status=upstream.status, headers=headers)
+
     async def _filtered_json(
-        self, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], response_filter: ResponseFilter
+        self, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], inspector: AnswerInspector
     ) -> web.Response:
-        """A JSON answer that must be filtered: read it whole (bounded), rewrite only if needed."""
+        """A JSON answer: read it whole (bounded), rewrite only if needed."""
         try:
             async with asyncio.timeout(self.route.response_timeout_s):
                 content = await read_bounded(upstream, _FILTERED_RESPONSE_LIMIT)
@@ -263,14 +316,23 @@ class Upstream:
             raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
         except FetchError as exc:
             raise UpstreamError("upstream_response_too_large", detail=str(exc)) from exc
-        rewritten = response_filter.rewrite_json(content)
+        rewritten = inspector.json_body(content)
         return web.Response(
             status=upstream.status, body=content if rewritten is None else rewritten, headers=headers
         )
 
 
-def is_json(headers: CIMultiDictProxy[str]) -> bool:
-    return headers.get("Content-Type", "").split(";", 1)[0].strip().lower() == "application/json"
+def judge_answer(upstream: aiohttp.ClientResponse) -> AnswerKind:
+    """``answer_kind`` for this answer's status and headers (502 when it must not be relayed)."""
+    headers = upstream.headers
+    status = upstream.status
+    return answer_kind(
+        status,
+        headers.getall("Content-Type", []),
+        headers.getall("Content-Encoding", []),
+        empty=status in (204, 304) or upstream.content_length == 0,
+        transfer_encodings=headers.getall("Transfer-Encoding", []),
+    )
 
 
 async def _relay_stream(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from ..config import GatewayConfig
 from ..metrics import METRICS, GatewayMetrics
@@ -18,9 +18,31 @@ from .middleware import LOGGING, error_responses, request_context
 from .pipeline import dispatch
 from .resources import Gateway, open_gateway
 
+# The `Server` header of every answer the process writes: the product, never a version.
+SERVER_HEADER = "mcp-auth-gateway"
+
+
+def hide_server_version() -> None:
+    """Make every response of this process say ``Server: mcp-auth-gateway``, not aiohttp's
+    ``Python/3.x aiohttp/3.x``.
+
+    aiohttp has no setting for it (aio-libs/aiohttp#3140): ``StreamResponse._prepare_headers``
+    does ``headers.setdefault("Server", SERVER_SOFTWARE)`` with this module constant for every
+    response, including those its protocol layer writes itself (the 400 for a request its
+    parser refused, the 500 for an unhandled error), which no middleware or
+    ``on_response_prepare`` hook reaches; and that hook runs before the ``setdefault``, so it
+    could replace the value but not remove the header. Replacing the constant, here and only
+    here, covers the gateway's and the admin listener's answers alike (tests/integration/
+    test_malformed_http.py checks every kind). It names the gateway without a version, so an
+    operator can still tell which hop answered.
+    """
+    # Assigned by name: aiohttp imports the constant into web_response without re-exporting it.
+    setattr(web_response, "SERVER_SOFTWARE", SERVER_HEADER)  # noqa: B010
+
 
 def build_app(config: GatewayConfig) -> web.Application:
     """The aiohttp application for one config; ``app[LIVE].reload(config)`` swaps in another."""
+    hide_server_version()
     # One registry for the app's life: counters continue across reloads.
     metrics = GatewayMetrics()
     live: LiveGateway[Gateway] = LiveGateway(

@@ -7,18 +7,24 @@ the MCP pipeline, in the order the spec needs:
                       token, so a hostile page learns nothing from 401 vs 403;
 2. ``check_method``   GET, POST, DELETE (and a CORS preflight);
 3. ``authenticate``   the bearer token → ``Principal``, or 401 with the route's challenge;
+   ``open_session``   a sealed ``Mcp-Session-Id`` opened for this caller (``gateway.sealing``):
+                      another user's session is answered as an unknown one, 404;
 4. ``read_body``      only once the caller is known, bounded by the route's ``max_body_bytes``;
    ``parse_strictly`` the strict MCP reading of the body (``gateway.mcp.messages``);
 5. ``authorize``      every message against the route's rules, audited; 403 on a denial;
+   ``open_task_ids``  every task id the body names opened for this caller, or 400;
 6. credential         the route's downstream credential, narrowed to this operation;
 7. forward            ``Upstream.forward``: a new request built from a header allowlist (the
-                      client's token stops there), the answer streamed back, ``*/list``
-                      results filtered to what the caller may use.
+                      client's token stops there), the answer streamed back and inspected
+                      (``gateway.mcp.answers``): ``*/list`` results filtered to what the caller
+                      may use, session and task ids sealed to the caller.
 
 Everything a step refuses is raised as a ``GatewayError``; ``error_responses`` renders it.
 """
 
 from __future__ import annotations
+
+from urllib.parse import parse_qs, unquote_plus
 
 from aiohttp import web
 
@@ -31,12 +37,15 @@ from ..errors import (
     MethodNotAllowed,
     OriginForbidden,
 )
+from ..mcp.answers import chain
+from ..mcp.handles import TaskIdSealer
 from ..mcp.listing import ListFilter
 from ..mcp.messages import HANDSHAKE_VERSIONS, McpPost, McpRejected, decode_header_value, parse_post
 from ..mcp.policy import challenge_scopes, combine, decide, operation_of, refusal
 from ..metrics import GatewayMetrics
 from ..principal import Principal
 from .audit import audit_decision
+from .handles import CallerHandles
 from .metadata import WELL_KNOWN_PRM, prm_document
 from .middleware import MCP_METHOD, PRINCIPAL, REQUEST_ID, ROUTE, RPC_ID, TARGET, jsonrpc_error_response
 from .resources import Gateway, ServedRoute
@@ -70,16 +79,21 @@ async def handle_mcp(gateway: Gateway, served: ServedRoute, request: web.Request
         return cors_preflight(request, origin)
     check_method(request)
     principal = await authenticate(gateway, route, request)
+    handles = CallerHandles(gateway.sealer, route, principal)
+    upstream_session = handles.open_session(request)
 
     body: bytes | None = None
-    response_filter: ListFilter | None = None
+    # Every answer is filtered, a GET stream (and its Last-Event-ID replay) too: by the shape of
+    # its results, since a stateless gateway cannot know which request an id there answers.
+    list_filter = ListFilter(route.policy, principal.scopes)
     required = route.scopes
     if request.method == "POST":
         # Decide on the body, never on headers.
         body = await read_body(request, route.max_body_bytes)
         post = parse_strictly(request, body)
         required = authorize(route, principal, post, gateway.metrics)
-        response_filter = ListFilter.for_post(post, route.policy, principal.scopes)
+        body = handles.open_task_ids(body)
+        list_filter = ListFilter.for_post(post, route.policy, principal.scopes)
     elif not principal.has_scopes(route.scopes):  # GET stream, DELETE session
         raise InsufficientScope(scopes=route.scopes)
 
@@ -88,8 +102,18 @@ async def handle_mcp(gateway: Gateway, served: ServedRoute, request: web.Request
     # Until then it rides in principal.token, for a token exchange only. The route's own
     # credential takes its place, narrowed to what this operation needs.
     credential = await served.credential.headers(principal, required)
+    # Then every task id the upstream hands out is sealed to this caller (gateway.mcp.handles).
+    response_filter = chain(list_filter, TaskIdSealer(handles.seal_task_id))
+    upstream_headers = {**credential, **upstream_session}
     response_headers = {"X-Request-Id": request[REQUEST_ID], **(cors_headers(origin) if origin else {})}
-    return await served.upstream.forward(request, body, credential, response_headers, response_filter)
+    return await served.upstream.forward(
+        request,
+        body,
+        upstream_headers,
+        response_headers,
+        response_filter,
+        seal_session_id=handles.seal_session,
+    )
 
 
 # --- the steps, in order ----------------------------------------------------------------------
@@ -111,16 +135,38 @@ def check_method(request: web.Request) -> None:
 
 async def authenticate(gateway: Gateway, route: RouteConfig, request: web.Request) -> Principal:
     """The caller, from ``Authorization: Bearer`` only; a refusal names the scopes to ask for."""
+    authorization = request.headers.getall("Authorization", [])
     try:
-        token = bearer_token_from(
-            request.headers.getall("Authorization", []), "access_token" in request.query
-        )
+        token = bearer_token_from(authorization, query_carries_token(request.query_string, authorization))
         principal = await gateway.authenticator.authenticate(token, route.resource)
     except AuthError as exc:
         exc.scopes = exc.scopes or challenge_hint(route, request)
         raise
     request[PRINCIPAL] = principal
     return principal
+
+
+def query_carries_token(query: str, authorization: list[str]) -> bool:
+    """An ``access_token`` parameter, or the header's token anywhere in the query, raw or decoded.
+
+    MCP endpoints take no query, and a token in a URL ends up in access logs and browser history
+    (OAuth 2.1 §5.1.1): such a request is refused, never forwarded with the query stripped.
+    """
+    if not query:
+        return False
+    decoded = unquote_plus(query)
+    names = {name.lower() for name in parse_qs(query, keep_blank_values=True)}
+    if "access_token" in names:
+        return True
+    for value in authorization:
+        token = value.strip().partition(" ")[2].strip()
+        if len(token) >= _SHORTEST_TOKEN_IN_QUERY and (token in query or token in decoded):
+            return True
+    return False
+
+
+# A shorter "token" is no bearer token anyone issues; matching it would refuse innocent queries.
+_SHORTEST_TOKEN_IN_QUERY = 16
 
 
 def challenge_hint(route: RouteConfig, request: web.Request) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from ..auth.jwks import IssuerKeys
 from ..auth.tokens import JwtAuthenticator
 from ..config import GatewayConfig, RouteConfig, TokenExchangeCredential
 from ..metrics import GatewayMetrics
+from ..sealing import StateSealer, process_sealer
 from ..upstream.credentials import CredentialStrategy, ExchangerFactory, build_strategy
 from ..upstream.exchange import TokenExchanger
 from ..upstream.minting import TokenMinter
@@ -55,6 +56,7 @@ class Gateway:
     base_path: str  # public_url's path, without a trailing slash
     minter: TokenMinter | None
     issuer_keys: tuple[IssuerKeys, ...]
+    sealer: StateSealer  # seals Mcp-Session-Id (and task ids) to their caller
 
     @property
     def ready(self) -> bool:
@@ -91,13 +93,21 @@ async def open_gateway(
     # they are files, and a reload opens its gateway while the loop serves requests.
     minter = None if config.minting is None else await asyncio.to_thread(TokenMinter, config.minting)
     async with contextlib.AsyncExitStack() as stack:
-        session = await stack.enter_async_context(aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()))
+        session = await stack.enter_async_context(
+            # To the authorization servers: no cookies, and no library versions to fingerprint.
+            aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(), headers={"User-Agent": "mcp-auth-gateway"}
+            )
+        )
         issuer_keys: dict[str, IssuerKeys] = {}
         for issuer in config.issuers:
             if issuer.jwks is None:
                 continue  # an introspection issuer (RFC 7662) has no keys to load
             keys = IssuerKeys(
-                issuer, session, on_fetch=functools.partial(metrics.jwks_fetched, issuer.issuer)
+                issuer,
+                session,
+                on_fetch=functools.partial(metrics.jwks_fetched, issuer.issuer),
+                on_key_skipped=functools.partial(metrics.jwks_key_skipped, issuer.issuer),
             )
             stack.push_async_callback(keys.aclose)
             refresh = asyncio.create_task(keys.run(), name=f"jwks:{issuer.issuer}")
@@ -123,7 +133,16 @@ async def open_gateway(
             base_path=urlsplit(config.public_url).path.rstrip("/"),
             minter=minter,
             issuer_keys=tuple(issuer_keys.values()),
+            sealer=state_sealer(config),
         )
+
+
+def state_sealer(config: GatewayConfig) -> StateSealer:
+    """The configured ``state_keys``, or the process's random key."""
+    if config.state_keys is None:
+        return process_sealer()
+    keys = [(key.id, key.secret.reveal().encode("utf-8")) for key in config.state_keys.keys]
+    return StateSealer(keys, config.state_keys.active)
 
 
 def _introspector(

@@ -33,7 +33,7 @@ from gateway.web.live import LIVE
 from tests.conftest import LogSink, Upstream, single_route_config
 from tests.support.issuer import TestIssuer
 from tests.support.mcp_client import ProgressLog, session_client
-from tests.support.processes import REPO_ROOT
+from tests.support.processes import REPO_ROOT, register_gateway_log
 
 RESOURCE = "http://127.0.0.1:8080/mcp"
 MCP = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -135,6 +135,7 @@ async def gateway_process(
     config_path: Path, port: int, log_path: Path, *args: str, workers: int = 1
 ) -> AsyncIterator[GatewayProcess]:
     """``python -m gateway serve --config config_path *args``, ready (every worker listening)."""
+    register_gateway_log(log_path)  # checked for tokens at the end of the session
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -539,3 +540,47 @@ async def test_sighup_reload_reads_the_config_file_without_blocking_the_loop(
                 assert (await response.json())["resource"] == "http://127.0.0.1:9999/mcp"
     finally:
         await runner.cleanup()
+
+
+async def test_workers_without_state_keys_open_each_others_sessions(
+    issuer: TestIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    """--workers 2 and no state_keys: the supervisor hands both workers one random key, so a
+    session opened at one worker is served by the other (the kernel picks a worker per
+    connection); no call gets the 404 of an unknown session."""
+    port = free_port()
+    config_path = tmp_path / "gateway.yaml"
+    write_config(config_path, single_route_config(issuer, upstream.mcp_url), port)
+    auth = bearer(issuer)
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"},
+        },
+    }
+    async with gateway_process(
+        config_path, port, tmp_path / "gateway.log", "--workers", "2", workers=2
+    ) as gateway:
+        worker_pids = set(gateway.named("workers_started")[0]["pids"])
+        async with aiohttp.ClientSession() as http:
+            async with http.post(gateway.mcp_url, json=initialize, headers={**MCP, **auth}) as response:
+                assert response.status == 200
+                session_id = response.headers["Mcp-Session-Id"]
+        session = {**MCP, **auth, "Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"}
+        statuses = []
+        for index in range(30):
+            call = {"jsonrpc": "2.0", "id": index + 2, "method": "ping"}
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+                async with http.post(gateway.mcp_url, json=call, headers=session) as response:
+                    statuses.append(response.status)
+        assert statuses == [200] * 30
+
+        def pings() -> list[dict[str, Any]]:
+            return [event for event in gateway.named("request") if event.get("mcp_method") == "ping"]
+
+        await eventually(lambda: len(pings()) >= 30, "30 ping request lines")
+        assert {event["pid"] for event in pings()} == worker_pids

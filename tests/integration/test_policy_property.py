@@ -6,7 +6,11 @@ of a tiny recording upstream, against an oracle written here from the documented
 from ``gateway.mcp.policy``:
 
 * ``tools`` / ``prompts`` / ``resources`` rules decide ``tools/call`` / ``prompts/get`` /
-  ``resources/read`` by name or URI; ``methods`` rules decide every other method by its name;
+  ``resources/read`` and ``resources/subscribe`` (in every era) by name or URI; ``methods``
+  rules decide every other method by its name;
+* a URI is matched in its one reading (``READINGS``, written out by hand: scheme and host in
+  lowercase, escapes of unreserved characters decoded); a URI that decoders or resolvers read
+  differently (an escaped ``/``, a dot segment, ``%25``, a fragment…) is refused with 400;
 * the first pattern (in file order) that matches wins; its scopes plus the route's scopes must
   all be held; globs are case-sensitive, ``*`` spans anything (``/`` too), ``?`` one character;
 * no rule matches: the route's ``default`` (allowed with the route's scopes alone, or denied);
@@ -94,12 +98,38 @@ NEAR_MISSES = {
     "prompts/get": ("summary ", " summary", "SUMMARY", "get_b"),
     "resources/read": ("file:///pub/../secret/key", "file:///PUB/a.txt", "demo://c", *TEMPLATES),
 }
+# How the gateway reads a URI whose spelling is not its normal form; None: it has no one reading,
+# refused with 400. Every other URI reads as it is spelled.
+READINGS: dict[str, str | None] = {
+    "Demo://a": "demo://a",
+    "DEMO://A": "demo://a",
+    "demo://%61": "demo://a",
+    "FILE:///secret/key": "file:///secret/key",
+    "file:///%73ecret/key": "file:///secret/key",
+    "file:///secret/%6B%65%79": "file:///secret/key",
+    "file:///pub/%61.txt": "file:///pub/a.txt",
+    "file:///pub/../secret/key": None,
+    "file:///pub/%2e%2e/secret/key": None,
+    "file:///pub%2F..%2Fsecret/key": None,
+    "file:///secret%2Fkey": None,
+    "file:///%2573ecret/key": None,
+    "file:///pub/a.txt#x": None,
+    "file:///pub//a.txt": None,
+    "file:///pub/a%zz.txt": None,
+}
+NEAR_MISSES["resources/read"] += tuple(uri for uri in READINGS if uri not in RESOURCES)
 TARGETS = {
     "tools/call": TOOLS + NEAR_MISSES["tools/call"],
     "prompts/get": PROMPTS + NEAR_MISSES["prompts/get"],
     "resources/read": RESOURCES + NEAR_MISSES["resources/read"],
+    "resources/subscribe": RESOURCES + NEAR_MISSES["resources/read"],
 }
-USE_SECTION = {"tools/call": "tools", "prompts/get": "prompts", "resources/read": "resources"}
+USE_SECTION = {
+    "tools/call": "tools",
+    "prompts/get": "prompts",
+    "resources/read": "resources",
+    "resources/subscribe": "resources",
+}
 LISTS = {
     "tools/list": ("tools", "name", "tools/call", TOOLS),
     "prompts/list": ("prompts", "name", "prompts/get", PROMPTS),
@@ -122,9 +152,21 @@ class Rules:
     route_scopes: tuple[str, ...]
 
 
+def reading(method: str, target: str | None) -> str | None:
+    """What the rules match: a URI in its one reading, a name as spelled."""
+    if USE_SECTION.get(method) == "resources" and target is not None:
+        return READINGS.get(target, target)
+    return target
+
+
+def refused(message: Message) -> bool:
+    """A URI without one reading: 400 before any decision."""
+    return USE_SECTION.get(message.method) == "resources" and reading(message.method, message.target) is None
+
+
 def allows(rules: Rules, method: str, target: str | None, granted: frozenset[str]) -> bool:
     section = USE_SECTION.get(method)
-    name = target if section is not None else method
+    name = reading(method, target) if section is not None else method
     for pattern, scopes in getattr(rules, section or "methods"):
         if fnmatchcase(name or "", pattern):
             return set(rules.route_scopes) | set(scopes) <= granted
@@ -134,6 +176,7 @@ def allows(rules: Rules, method: str, target: str | None, granted: frozenset[str
 
 def visible(rules: Rules, list_method: str, granted: frozenset[str]) -> list[str]:
     _, _, use_method, catalogue = LISTS[list_method]
+    # Items are shown as they are spelled, and judged by their reading (Demo://a as demo://a).
     return [name for name in catalogue if allows(rules, use_method, name, granted)]
 
 
@@ -255,7 +298,7 @@ def message_json(message: Message, era: str) -> dict[str, Any]:
         params = {"name": message.target}
         if message.method == "tools/call":
             params["arguments"] = {}
-    elif message.method == "resources/read":
+    elif message.method in ("resources/read", "resources/subscribe"):
         params = {"uri": message.target}
     elif message.method == "logging/setLevel":
         params = {"level": "info"}
@@ -290,7 +333,7 @@ def request_for(exchange: Exchange, token: str) -> tuple[bytes, dict[str, str]]:
     if exchange.era == MODERN:
         (message,) = exchange.messages
         headers["Mcp-Method"] = message.method
-        if message.target is not None:
+        if message.target is not None and message.method != "resources/subscribe":
             headers["Mcp-Name"] = header_value(message.target)
     return body, headers
 
@@ -442,6 +485,11 @@ async def run_example(harness: Harness, rules: Rules, sse: bool, cases: list[Exc
         decisions = [allows(rules, m.method, m.target, exchange.granted) for m in exchange.messages]
         note(f"{exchange} -> oracle {decisions}, gateway {status} {raw[:400]!r}")
         kind = "batch" if exchange.batch else exchange.messages[0].method
+        if any(refused(message) for message in exchange.messages):
+            event(f"refused: {kind}")
+            assert status == 400, f"a URI without one reading, yet {status}"
+            assert upstream.records == [], "the upstream received a URI it may read differently"
+            continue
         event(f"{'allowed' if all(decisions) else 'denied'}: {kind}")
         if not all(decisions):
             assert status == 403, f"denied by the rules, yet {status}"

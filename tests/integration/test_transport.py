@@ -365,3 +365,19 @@ async def test_upstream_breaking_mid_stream_breaks_the_client_stream(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_client_query_string_never_reaches_the_sdk_upstream(
+    gateway: Gateway, upstream: Upstream, auth: dict[str, str]
+) -> None:
+    """MCP endpoints take no query: the SDK upstream records none, whatever the client appended."""
+    status, _, _ = await post(gateway, auth, query="?session=other&debug=1")
+    assert status == 200
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(gateway.route_url() + "?x=1", headers={**auth, "Accept": "text/event-stream"}) as response,
+    ):
+        await response.read()
+    records = await upstream.requests()
+    assert [r["method"] for r in records] == ["POST", "GET"]
+    assert [r["query_string"] for r in records] == ["", ""]

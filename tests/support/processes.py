@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +81,94 @@ def record_header(record: Mapping[str, Any], name: str) -> str | None:
 def record_json(record: Mapping[str, Any]) -> Any:
     """A request record's body decoded as JSON."""
     return json.loads(record["body"].encode("latin-1"))
+
+
+GATEWAY_LOGS: list[Path] = []
+"""The output file (stdout and stderr) of every gateway process a test started; at the end of the
+session, tests/conftest.py proves that no test token and no canary secret is in any of them."""
+
+
+def register_gateway_log(path: Path) -> Path:
+    """Add a gateway subprocess's output file to the session's leak check; returns ``path``."""
+    GATEWAY_LOGS.append(path)
+    return path
+
+
+@dataclass
+class GatewayProcess:
+    """A ``python -m gateway serve`` process: where it listens and what it wrote."""
+
+    proc: asyncio.subprocess.Process
+    log_path: Path
+    url: str
+
+    async def log_text(self) -> str:
+        """Everything the process wrote so far (stdout and stderr), read off the event loop."""
+        return await asyncio.to_thread(self.log_path.read_text, encoding="utf-8", errors="replace")
+
+    async def events(self) -> list[dict[str, Any]]:
+        """Its JSON log events; any other line (a traceback, a warning) is left out."""
+        return _json_events(await self.log_text())
+
+
+def _json_events(text: str) -> list[dict[str, Any]]:
+    events = []
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+@asynccontextmanager
+async def start_gateway_process(
+    config_path: Path,
+    log_path: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    startup_timeout: float = 20.0,
+) -> AsyncIterator[GatewayProcess]:
+    """Run ``python -m gateway serve --config config_path *args`` with stdout and stderr written
+    to ``log_path`` (registered for the session's leak check); yield it once it logged
+    ``listening`` with its bound port (``listen.port: 0`` works; the log format must be JSON,
+    the default). Stopped with SIGTERM on exit (killed if it does not stop within 15 s)."""
+    register_gateway_log(log_path)
+    log_file = await asyncio.to_thread(log_path.open, "wb")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config_path),
+            *args,
+            cwd=REPO_ROOT,
+            env=None if env is None else dict(env),
+            stdout=log_file,
+            stderr=log_file,
+        )
+    finally:
+        await asyncio.to_thread(log_file.close)
+    try:
+        gateway = GatewayProcess(proc, log_path, "")
+        deadline = time.monotonic() + startup_timeout
+        while not (listening := [e for e in await gateway.events() if e.get("event") == "listening"]):
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"gateway did not start (exit {proc.returncode}):\n{(await gateway.log_text())[-4000:]}"
+                )
+            await asyncio.sleep(0.05)
+        gateway.url = f"http://{listening[0]['host']}:{listening[0]['port']}"
+        yield gateway
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()

@@ -3,6 +3,7 @@
 Run from the repository root::
 
     python -m tests.support.upstream_server --port 0 [--json-response] [--stateless] [--no-host-check]
+        [--tasks]
 
 Prints exactly one line, ``LISTENING <port>``, to stdout once the socket accepts connections.
 One endpoint, ``/mcp``, serves both protocol eras: the SDK routes a request to the
@@ -13,6 +14,9 @@ Server-initiated notifications: the ``notify(kind, uri)`` tool pushes
 ``notifications/tools/list_changed`` or ``notifications/resources/updated`` to 2026-07-28
 ``subscriptions/listen`` streams and to the calling 2025 session's standalone GET stream;
 ``demo://counter`` is the resource it updates.
+
+``--tasks`` adds MCP 2025-11-25 tasks (task-augmented ``tools/call``, ``tasks/get``, ``tasks/result``,
+``tasks/cancel``, ``tasks/list``, ``notifications/tasks/status``): see ``tests/support/upstream_tasks.py``.
 
 The recorder (``Recorder``) is plain ASGI around the SDK's Starlette app. It appends one record
 per HTTP request as soon as the request arrives and fills in the body, response status and
@@ -38,15 +42,25 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tests.support.upstream_tasks import TaskAugmentation, TasksExtension, TaskStore
+
 MCP_PATH = "/mcp"
 RECORDS_PATH = "/__records"
 CLEAR_PATH = "/__records/clear"
 COUNTER_URI = "demo://counter"
+FILES_TEMPLATE = "docs://files/{name}"  # a resource template: docs://files/<name> reads "contents of <name>"
 
 
-def build_server() -> MCPServer:
-    """The demo server: the same tools, resource and prompt in both eras."""
-    server = MCPServer("upstream-fixture", version="1.0.0", log_level="WARNING")
+def build_server(*, tasks: bool = False) -> MCPServer:
+    """The demo server: the same tools, resource and prompt in both eras (``tasks``: and 2025-11-25 tasks)."""
+    store = TaskStore()
+    server = MCPServer(
+        "upstream-fixture",
+        version="1.0.0",
+        log_level="WARNING",
+        extensions=[TasksExtension(store)] if tasks else None,
+        middleware=[TaskAugmentation(store)] if tasks else None,
+    )
 
     @server.tool()
     def echo(text: str) -> str:
@@ -113,6 +127,11 @@ def build_server() -> MCPServer:
     def counter_value() -> str:
         """How many times `notify(kind="resource")` touched this resource."""
         return str(counter.get(COUNTER_URI, 0))
+
+    @server.resource(FILES_TEMPLATE, mime_type="text/plain")
+    def docs_file(name: str) -> str:
+        """A resource template: the SDK percent-decodes what `{name}` captures before this runs."""
+        return f"contents of {name}"
 
     @server.prompt()
     def greet(name: str) -> str:
@@ -209,10 +228,10 @@ async def _send_json(send: Send, payload: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def build_app(*, json_response: bool, stateless: bool, host_check: bool) -> Recorder:
+def build_app(*, json_response: bool, stateless: bool, host_check: bool, tasks: bool = False) -> Recorder:
     """The SDK's own Streamable HTTP app at /mcp, wrapped in the recorder."""
     security = None if host_check else TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    sdk_app = build_server().streamable_http_app(
+    sdk_app = build_server(tasks=tasks).streamable_http_app(
         streamable_http_path=MCP_PATH,
         json_response=json_response,
         stateless_http=stateless,
@@ -248,9 +267,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-host-check", action="store_true", help="disable the SDK's Host/Origin (DNS-rebinding) check"
     )
+    parser.add_argument("--tasks", action="store_true", help="serve MCP 2025-11-25 tasks (upstream_tasks.py)")
     args = parser.parse_args(argv)
     app = build_app(
-        json_response=args.json_response, stateless=args.stateless, host_check=not args.no_host_check
+        json_response=args.json_response,
+        stateless=args.stateless,
+        host_check=not args.no_host_check,
+        tasks=args.tasks,
     )
     try:
         asyncio.run(serve(args.port, app))

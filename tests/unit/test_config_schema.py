@@ -61,8 +61,9 @@ def secret_env(data: Any) -> Iterator[str]:
 
 
 def parses(text: str, source: Path) -> GatewayConfig:
-    """Parse as the gateway would, with a made-up value for every ``{env: NAME}`` secret."""
-    env = {name: "example-secret" for name in secret_env(yaml.safe_load(text))}
+    """Parse as the gateway would, with a made-up value for every ``{env: NAME}`` secret (long
+    enough for a state key)."""
+    env = {name: "example-secret-" + "x" * 32 for name in secret_env(yaml.safe_load(text))}
     return parse_config_text(text, source, env)
 
 

@@ -17,6 +17,7 @@ from gateway.auth.introspection import (
     Introspector,
     answer_cache_until,
     claims_from,
+    identity_from,
     interpret_introspection,
 )
 from gateway.auth.oauth_client import FormResponse
@@ -391,3 +392,58 @@ def test_answer_cache_until(document: dict[str, Any], cache_max_s: float, expect
     config = IntrospectionConfig("https://as/introspect", "gw", Secret("s"), cache_max_s=cache_max_s)
     result = interpret_introspection(FormResponse(200, json.dumps(document).encode()), "https://as")
     assert answer_cache_until(result, NOW, config) == expected
+
+
+# --- the one strict reading of scope and NumericDate members -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"scope": "mcp:access\trepo:admin"},
+        {"scope": "mcp:access\nrepo:admin"},
+        {"scope": "mcp:access\u00a0repo:admin"},
+        {"scope": "mcp:access\u2028repo:admin"},
+        {"scope": "mcp:access  repo:admin"},
+        {"exp": "1900000000"},
+        {"exp": True},
+        {"nbf": False},
+        {"iat": "0"},
+    ],
+    ids=repr,
+)
+async def test_scope_and_dates_outside_their_grammar_are_refused(
+    fake: FakeAuthorizationServer, session: aiohttp.ClientSession, answer: dict[str, Any]
+) -> None:
+    """An active answer whose scope has a tab, LF, NBSP, U+2028 or double space, or a non-number date: 401."""
+    fake.introspection[TOKEN] = active(fake, **answer)
+    introspector = Introspector(issuer_for(fake), session, Clock())
+    with pytest.raises(InvalidToken) as caught:
+        await introspector.authenticate(PRESENTED, ROUTE_A)
+    assert (caught.value.reason, caught.value.status) == ("bad_claim", 401)
+
+
+@pytest.mark.parametrize("literal", ["1e400", "-1e400", "1" + "0" * 400])
+async def test_an_answer_with_a_number_beyond_a_double_is_not_read(
+    fake: FakeAuthorizationServer, session: aiohttp.ClientSession, literal: str
+) -> None:
+    """exp 1e400 (infinity as a double) is no strict JSON: like any unreadable answer, 503, nothing cached."""
+    document = json.dumps(active(fake, exp=...))[:-1] + f', "exp": {literal}}}'
+    fake.introspection_response = (200, document.encode())
+    introspector = Introspector(issuer_for(fake), session, Clock())
+    with pytest.raises(IntrospectionUnavailable):
+        await introspector.authenticate(PRESENTED, ROUTE_A)
+    assert len(introspector._cache) == 0
+
+
+@pytest.mark.parametrize("exp", [10**400, float("inf"), float("nan"), "soon", True])
+def test_unusable_exp_never_breaks_the_cache_and_is_refused(exp: object) -> None:
+    """An exp no double holds (or not a number) leaves caching to cache_max_s; the claims check refuses it."""
+    config = IntrospectionConfig("https://as/introspect", "gw", Secret("s"), cache_max_s=60.0)
+    result = claims_from({"active": True, "sub": "a", "aud": ROUTE_A, "exp": exp}, "https://as")
+    assert answer_cache_until(result, NOW, config) == NOW + 60
+    issuer = IssuerConfig(issuer="https://as", algorithms=(), jwks=None, leeway_s=30, introspection=config)
+    with pytest.raises(InvalidToken) as caught:
+        identity_from(result, issuer=issuer, resource=ROUTE_A, now=NOW)
+    reason: str = caught.value.reason
+    assert reason == "bad_claim"

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from prometheus_client import CollectorRegistry
 
 from gateway.auth.jwks import IssuerKeys, authorization_server_metadata_urls, parse_jwks
 from gateway.config import IssuerConfig, JwksUrl
+from gateway.metrics import GatewayMetrics
+from tests.conftest import LogSink
 from tests.support.issuer import SigningKey, TestIssuer
 
 ALL = frozenset({"RS256", "PS256", "ES256", "EdDSA"})
@@ -22,7 +27,7 @@ def test_keys_bound_to_declared_algorithm_and_allowlist() -> None:
     rsa, ec = SigningKey.generate("RS256", kid="r"), SigningKey.generate("ES256", kid="e")
     keyset, skipped = parse_jwks({"keys": [rsa.public_jwk(), ec.public_jwk()]}, frozenset({"RS256"}))
     assert [(key.kid, key.algorithms) for key in keyset.keys] == [("r", frozenset({"RS256"}))]
-    assert len(skipped) == 1 and "no allowed algorithm" in skipped[0]
+    assert [(key.kid, key.reason) for key in skipped] == [("e", "alg_not_allowed")]
     assert keyset.candidates("r", "RS256") and not keyset.candidates("r", "PS256")
 
 
@@ -41,7 +46,10 @@ def test_encryption_private_and_symmetric_keys_are_skipped() -> None:
     symmetric = {"kty": "oct", "k": "c2VjcmV0", "kid": "s"}
     keyset, skipped = parse_jwks({"keys": [enc, private, symmetric]}, ALL)
     assert keyset.keys == ()
-    assert len(skipped) == 2
+    assert [(key.kid, key.reason) for key in skipped] == [
+        ("p", "private_key_material"),
+        ("s", "private_key_material"),
+    ]
 
 
 def test_metadata_urls_for_issuers_with_and_without_path() -> None:
@@ -146,3 +154,130 @@ async def test_aclose_cancels_a_running_load(issuer: TestIssuer, session: aiohtt
     assert not keys.ready
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
+
+
+# --- keys that may not be used: skipped with a fixed reason, the rest still work ------------------
+
+
+def rsa_key(bits: int, kid: str, alg: str = "RS256") -> SigningKey:
+    return SigningKey(
+        kid=kid, alg=alg, private=rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    )
+
+
+def ec_key(curve: ec.EllipticCurve, kid: str, alg: str) -> SigningKey:
+    return SigningKey(kid=kid, alg=alg, private=ec.generate_private_key(curve))
+
+
+@pytest.mark.parametrize(("bits", "used"), [(1024, False), (2047, False), (2048, True), (3072, True)])
+def test_rsa_keys_under_2048_bits_are_skipped(bits: int, used: bool) -> None:
+    """RFC 7518 §3.3: RSA keys need 2048 bits; a smaller one is skipped as rsa_key_too_small."""
+    small = rsa_key(bits, kid="k", alg="PS256").public_jwk()
+    for jwk in (small, {key: value for key, value in small.items() if key != "alg"}):
+        keyset, skipped = parse_jwks({"keys": [jwk]}, ALL)
+        assert bool(keyset.keys) is used
+        assert [(key.kid, key.reason) for key in skipped] == ([] if used else [("k", "rsa_key_too_small")])
+
+
+def test_a_skipped_key_leaves_the_other_keys_of_the_set_usable() -> None:
+    """A 1024-bit key next to a 2048-bit one: only the big one is a candidate, with or without kid."""
+    small, big = rsa_key(1024, kid="small"), SigningKey.generate("RS256", kid="big")
+    keyset, skipped = parse_jwks({"keys": [small.public_jwk(), big.public_jwk()]}, ALL)
+    assert [key.kid for key in keyset.keys] == ["big"]
+    assert [(key.index, key.kid, key.reason, key.detail) for key in skipped] == [
+        (0, "small", "rsa_key_too_small", "1024 bits")
+    ]
+    assert keyset.candidates("small", "RS256") == [] and not keyset.has_kid("small")
+    assert [key.kid for key in keyset.candidates(None, "RS256")] == ["big"]
+
+
+@pytest.mark.parametrize(
+    ("curve", "crv_alg", "jwk_alg", "reason"),
+    [
+        (ec.SECP256R1(), "ES256", "ES384", "alg_mismatch"),
+        (ec.SECP256R1(), "ES256", "ES512", "alg_mismatch"),
+        (ec.SECP384R1(), "ES384", "ES256", "alg_mismatch"),
+        (ec.SECP521R1(), "ES512", "ES384", "alg_mismatch"),
+        (ec.SECP256R1(), "ES256", "RS256", "alg_mismatch"),
+        (ec.SECP256R1(), "ES256", "EdDSA", "alg_mismatch"),
+        (ec.SECP256K1(), "ES256K", "ES256K", "unsupported_key_type"),
+    ],
+    ids=lambda item: getattr(item, "name", item),
+)
+def test_ec_key_whose_alg_names_another_curve_is_not_used(
+    curve: ec.EllipticCurve, crv_alg: str, jwk_alg: str, reason: str
+) -> None:
+    """An EC JWK is used only with the algorithm of its crv (RFC 7518 §3.4); `alg` for another: skipped."""
+    jwk = ec_key(curve, kid="e", alg=crv_alg).public_jwk() | {"alg": jwk_alg}
+    keyset, skipped = parse_jwks({"keys": [jwk]}, ALL | {"ES256", "ES384", "ES512", "RS256", "ES256K"})
+    assert keyset.keys == ()
+    assert [(key.kid, key.reason) for key in skipped] == [("e", reason)]
+
+
+@pytest.mark.parametrize(
+    ("curve", "alg"), [(ec.SECP256R1(), "ES256"), (ec.SECP384R1(), "ES384"), (ec.SECP521R1(), "ES512")]
+)
+def test_ec_key_without_alg_serves_only_its_curves_algorithm(curve: ec.EllipticCurve, alg: str) -> None:
+    """No `alg`: a P-256 key verifies ES256 only, P-384 ES384 only, P-521 ES512 only."""
+    jwk = ec_key(curve, kid="e", alg=alg).public_jwk()
+    del jwk["alg"]
+    keyset, skipped = parse_jwks({"keys": [jwk]}, frozenset({"ES256", "ES384", "ES512"}))
+    assert skipped == [] and keyset.keys[0].algorithms == {alg}
+    for other in {"ES256", "ES384", "ES512"} - {alg}:
+        assert keyset.candidates("e", other) == []
+
+
+def test_ec_crv_that_lies_about_the_key_is_unreadable() -> None:
+    """A P-384 key's coordinates labelled crv P-256: the key cannot be built, so it is skipped."""
+    jwk = ec_key(ec.SECP384R1(), kid="e", alg="ES384").public_jwk() | {"crv": "P-256", "alg": "ES256"}
+    keyset, skipped = parse_jwks({"keys": [jwk]}, ALL)
+    assert keyset.keys == () and [key.reason for key in skipped] == ["unreadable_key"]
+
+
+@pytest.mark.parametrize(
+    ("jwk", "reason"),
+    [
+        ("not a key", "not_an_object"),
+        ({"kty": "RSA", "kid": 7}, "bad_kid"),
+        ({"kty": "RSA", "alg": ["RS256"]}, "bad_alg"),
+        ({"kty": "RSA", "alg": {"RS256": 1}}, "bad_alg"),
+        ({"kty": "oct"}, "unsupported_key_type"),
+        ({"kty": ["EC"], "crv": "P-256"}, "unsupported_key_type"),
+        ({"kty": "EC", "crv": ["P-256"]}, "unsupported_key_type"),
+        ({"kty": "RSA", "n": "AQAB"}, "unreadable_key"),
+    ],
+    ids=repr,
+)
+def test_malformed_jwks_entries_are_skipped_with_their_reason(jwk: object, reason: str) -> None:
+    """A non-object, a non-string kid or alg (even unhashable), an unknown key type: skipped, no crash."""
+    keyset, skipped = parse_jwks({"keys": [jwk, SigningKey.generate("ES256", kid="ok").public_jwk()]}, ALL)
+    assert [key.kid for key in keyset.keys] == ["ok"]
+    assert [key.reason for key in skipped] == [reason]
+
+
+async def test_skipped_keys_are_logged_and_counted_once_per_load(
+    issuer: TestIssuer, session: aiohttp.ClientSession, gateway_logs: LogSink
+) -> None:
+    """Each load logs jwks_key_skipped (kid, reason) and counts it by issuer and reason; good keys load."""
+    issuer.keys.append(rsa_key(1024, kid="small-kid"))
+    metrics = GatewayMetrics(CollectorRegistry())
+    config = IssuerConfig(
+        issuer=issuer.issuer, algorithms=("RS256",), jwks=JwksUrl(f"{issuer.base_url}/jwks")
+    )
+    keys = IssuerKeys(
+        config,
+        session,
+        Clock(),
+        on_key_skipped=functools.partial(metrics.jwks_key_skipped, issuer.issuer),
+    )
+    before = len(gateway_logs.lines())
+    await keys._refresh_once()
+    await keys._refresh_once()
+    assert keys.keyset is not None and [key.kid for key in keys.keyset.keys] == [issuer.active.kid]
+    events = [event for event in gateway_logs.events()[before:] if event["event"] == "jwks_key_skipped"]
+    assert [(event["issuer"], event["kid"], event["reason"]) for event in events] == [
+        (issuer.issuer, "small-kid", "rsa_key_too_small")
+    ] * 2
+    labels = {"issuer": issuer.issuer, "reason": "rsa_key_too_small"}
+    assert metrics.registry.get_sample_value("mcp_gateway_jwks_keys_skipped_total", labels) == 2
+    await keys.aclose()

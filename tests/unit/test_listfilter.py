@@ -1,4 +1,4 @@
-"""The list filter: only this POST's list responses change; unreadable ones fail closed."""
+"""The list filter: every list-shaped result is filtered by its key's kind; unreadable ones fail closed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_config_text
-from gateway.mcp.listing import ListFilter, filter_list_result
+from gateway.errors import UpstreamError
+from gateway.mcp.answers import AnswerInspector
+from gateway.mcp.listing import LIST_KEYS, ListFilter, filter_list_result, sdk_id
 from gateway.mcp.messages import parse_post
 from gateway.mcp.methods import LIST_METHODS
 
@@ -20,12 +22,15 @@ routes:
   - path: /mcp
     upstream: http://127.0.0.1:9000/mcp
     tools: {"get_*": [read], "set_*": [write]}
+    prompts: {"greet": [read], "*": [admin]}
+    resources: {"demo://pub/*": [read], "*": [admin]}
 """
 POLICY = parse_config_text(CONFIG, Path("/tmp/c.yaml"), {}).routes[0].policy
 TOOLS = [{"name": "get_a"}, {"name": "set_a"}, {"name": 5}, {"title": "no name"}]
+VISIBLE_TOOLS = [{"name": "get_a"}]
 
 
-def filter_for(body: Any, version: str | None = None, granted: str = "read") -> ListFilter | None:
+def list_filter(body: Any, version: str | None = None, granted: str = "read") -> ListFilter:
     headers = {} if version is None else {"MCP-Protocol-Version": version}
     if version == "2026-07-28":
         headers["Mcp-Method"] = "tools/list"
@@ -35,10 +40,13 @@ def filter_for(body: Any, version: str | None = None, granted: str = "read") -> 
     return ListFilter.for_post(post, POLICY, frozenset(granted.split()))
 
 
-def list_filter(body: Any, version: str | None = None, granted: str = "read") -> ListFilter:
-    flt = filter_for(body, version, granted)
-    assert flt is not None
-    return flt
+def stream_filter(granted: str = "read") -> ListFilter:
+    """The filter of a GET stream: no request of its own to know."""
+    return ListFilter(POLICY, frozenset(granted.split()))
+
+
+def rewrite_json(flt: ListFilter, body: bytes) -> bytes | None:
+    return AnswerInspector(flt).json_body(body)
 
 
 def loads(rewritten: bytes | str | None) -> Any:
@@ -54,79 +62,188 @@ def response(rpc_id: Any, result: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": rpc_id, "result": result}
 
 
-def test_no_filter_without_list_requests() -> None:
-    """A POST with no list request gets no filter: its answer is relayed as is."""
-    assert filter_for(request(method="tools/call", name="get_a")) is None
+def dumps(message: Any) -> bytes:
+    return json.dumps(message).encode()
 
 
 def test_hidden_and_malformed_items_removed_other_keys_kept() -> None:
     """Items the caller may not use, or without a string name, are dropped; the cursor stays."""
-    rewritten = list_filter(request()).rewrite_json(
-        json.dumps(response(1, {"tools": TOOLS, "nextCursor": "c2"})).encode()
-    )
-    assert loads(rewritten) == response(1, {"tools": [{"name": "get_a"}], "nextCursor": "c2"})
+    rewritten = rewrite_json(list_filter(request()), dumps(response(1, {"tools": TOOLS, "nextCursor": "c2"})))
+    assert loads(rewritten) == response(1, {"tools": VISIBLE_TOOLS, "nextCursor": "c2"})
 
 
 def test_unchanged_when_everything_is_visible() -> None:
     """Nothing to hide: None, so the original bytes go out untouched."""
-    body = json.dumps(response(1, {"tools": [{"name": "get_a"}]})).encode()
-    assert list_filter(request()).rewrite_json(body) is None
+    assert rewrite_json(list_filter(request()), dumps(response(1, {"tools": VISIBLE_TOOLS}))) is None
+
+
+def test_answers_to_other_requests_are_filtered_by_their_shape() -> None:
+    """A POST without a list request, or a GET stream: a list-shaped response is still filtered."""
+    body = dumps(response(9, {"tools": TOOLS}))
+    for flt in (list_filter(request(method="tools/call", name="get_a")), stream_filter()):
+        assert loads(rewrite_json(flt, body)) == response(9, {"tools": VISIBLE_TOOLS})
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        response(2, {"tools": TOOLS}),
+        response("1", {"tools": TOOLS}),
+        response(True, {"tools": TOOLS}),
+        response(None, {"tools": TOOLS}),
+        {"jsonrpc": "2.0", "result": {"tools": TOOLS}},
+        {**response(1, {"tools": TOOLS}), "method": "tools/list"},
+        {**response(1, {"tools": TOOLS}), "error": {"code": 1, "message": "x"}},
+        {"result": {"tools": TOOLS}},
+    ],
+    ids=["other-id", "string-id", "true-id", "null-id", "no-id", "with-method", "with-error", "no-jsonrpc"],
+)
+def test_list_shaped_result_is_filtered_whatever_else_the_message_says(message: dict[str, Any]) -> None:
+    """Whatever its id, and with a method or an error beside it, a listed hidden item goes."""
+    rewritten = loads(rewrite_json(list_filter(request()), dumps(message)))
+    assert rewritten["result"]["tools"] == VISIBLE_TOOLS
+    assert {k: v for k, v in rewritten.items() if k != "result"} == {
+        k: v for k, v in message.items() if k != "result"
+    }
+
+
+def test_every_list_key_is_filtered_by_the_kind_it_names() -> None:
+    """One result holding every list key: each list goes by its own kind and naming field."""
+    result = {
+        "tools": [{"name": "get_a"}, {"name": "set_a"}],
+        "prompts": [{"name": "greet"}, {"name": "secret"}],
+        "resources": [{"uri": "demo://pub/a", "name": "a"}, {"uri": "demo://priv/b", "name": "b"}],
+        "resourceTemplates": [{"uriTemplate": "demo://pub/{x}"}, {"uriTemplate": "demo://priv/{x}"}],
+        "resource_templates": [{"uriTemplate": "demo://pub/{y}"}, {"uri_template": "demo://pub/{y}"}],
+        "nextCursor": "n",
+    }
+    assert set(LIST_KEYS) == set(result) - {"nextCursor"}
+    rewritten = loads(rewrite_json(stream_filter(), dumps(response(3, result))))
+    assert rewritten["result"] == {
+        "tools": [{"name": "get_a"}],
+        "prompts": [{"name": "greet"}],
+        "resources": [{"uri": "demo://pub/a", "name": "a"}],
+        "resourceTemplates": [{"uriTemplate": "demo://pub/{x}"}],
+        "resource_templates": [{"uriTemplate": "demo://pub/{y}"}],
+        "nextCursor": "n",
+    }
+
+
+def test_list_key_spelled_with_escapes_is_filtered() -> None:
+    """A key written as JSON escapes has no literal marker: the \\u pre-check still parses it."""
+    body = b'{"jsonrpc":"2.0","id":1,"result":{"\\u0074ools":[{"name":"set_a"},{"name":"get_a"}]}}'
+    assert b'"tools"' not in body
+    assert loads(rewrite_json(stream_filter(), body))["result"] == {"tools": VISIBLE_TOOLS}
 
 
 def test_2026_results_are_marked_private() -> None:
-    """MCP 2026-07-28: a filtered result varies by caller, so cacheScope becomes private."""
+    """MCP 2026-07-28: a list result varies by caller, so cacheScope becomes private, any id."""
     meta = {
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {},
     }
     flt = list_filter(request(_meta=meta), "2026-07-28")
-    public = response(1, {"tools": [{"name": "get_a"}], "cacheScope": "public", "ttlMs": 60000})
-    assert loads(flt.rewrite_json(json.dumps(public).encode()))["result"] == {
-        "tools": [{"name": "get_a"}],
-        "cacheScope": "private",
-        "ttlMs": 60000,
-    }
+    for rpc_id in (1, 7):
+        public = response(rpc_id, {"tools": VISIBLE_TOOLS, "cacheScope": "public", "ttlMs": 60000})
+        assert loads(rewrite_json(flt, dumps(public)))["result"] == {
+            "tools": VISIBLE_TOOLS,
+            "cacheScope": "private",
+            "ttlMs": 60000,
+        }
+    # The answer to the list request itself, even one without items.
+    assert loads(rewrite_json(flt, dumps(response(1, {}))))["result"] == {"cacheScope": "private"}
+    assert rewrite_json(flt, dumps(response(7, {"content": []}))) is None
 
 
 def test_other_messages_pass_untouched() -> None:
-    """Notifications, other ids, errors, and an id `true` (not 1) are not rewritten."""
+    """Notifications and requests (list keys in params), errors, results without a list key."""
     flt = list_filter(request())
     for message in (
         {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"tools": TOOLS}},
-        response(2, {"tools": TOOLS}),
-        response(True, {"tools": TOOLS}),
-        {"jsonrpc": "2.0", "id": 1, "error": {"code": -1, "message": "x"}},
+        {"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage", "params": {"tools": TOOLS}},
+        {"jsonrpc": "2.0", "id": 1, "error": {"code": -1, "message": "x", "data": {"tools": TOOLS}}},
+        response(2, {"content": [{"type": "text", "text": '"tools"'}], "structuredContent": {"tools": []}}),
+        response(2, ["tools"]),
     ):
-        assert flt.rewrite_json(json.dumps(message).encode()) is None
+        assert rewrite_json(flt, dumps(message)) is None
 
 
-def test_batch_response_filters_only_list_elements() -> None:
-    """2025-03-26 batch: the list response is filtered, the other element is untouched."""
+def test_batch_response_filters_every_list_shaped_element() -> None:
+    """2025-03-26 batch: list-shaped elements are filtered, any other element is untouched."""
     flt = list_filter([request(1), request(2, "tools/call", name="get_a")], "2025-03-26")
-    batch = [response(1, {"tools": TOOLS}), response(2, {"tools": TOOLS})]
-    assert loads(flt.rewrite_json(json.dumps(batch).encode())) == [
-        response(1, {"tools": [{"name": "get_a"}]}),
-        response(2, {"tools": TOOLS}),
+    batch = [response(1, {"tools": TOOLS}), response(2, {"content": []}), response(3, {"tools": TOOLS}), 4]
+    assert loads(rewrite_json(flt, dumps(batch))) == [
+        response(1, {"tools": VISIBLE_TOOLS}),
+        response(2, {"content": []}),
+        response(3, {"tools": VISIBLE_TOOLS}),
+        4,
     ]
 
 
-def test_unreadable_list_response_fails_closed() -> None:
-    """A list response that cannot be parsed is replaced by an error, never relayed unfiltered."""
+def test_unreadable_answer_fails_closed() -> None:
+    """A body that could hold a list but is not strict JSON is a 502; a non-object list result an error."""
     flt = list_filter(request())
-    for body in (b'{"jsonrpc":"2.0","id":1,"result":{"tools":[', b'{"id":1,"id":1}'):
-        assert loads(flt.rewrite_json(body))["error"]["code"] == -32603
-    assert (
-        loads(flt.rewrite_json(json.dumps(response(1, ["not", "an", "object"])).encode()))["error"]["code"]
-        == -32603
-    )
+    for body in (
+        b'{"jsonrpc":"2.0","id":1,"result":{"tools":[',
+        b'{"jsonrpc":"2.0","id":1,"result":{"tools":[],"tools":[{"name":"set_a"}]}}',
+        b'{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"set_a"}]},"x":NaN}',
+        b'\xef\xbb\xbf{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"set_a"}]}}',
+    ):
+        with pytest.raises(UpstreamError) as caught:
+            rewrite_json(flt, body)
+        assert caught.value.reason == "upstream_unreadable_answer" and caught.value.status == 502
+    assert loads(rewrite_json(flt, dumps(response(1, ["not", "an", "object"]))))["error"]["code"] == -32603
+
+
+def test_body_without_a_marker_is_not_parsed() -> None:
+    """No list key and no escape in the bytes: relayed as is, without being parsed at all."""
+    assert rewrite_json(stream_filter(), b'{"jsonrpc":"2.0","id":1,"result":{"content":[') is None
+
+
+@pytest.mark.parametrize("rpc_id", [1, "1", " 1 ", "+1", "1.0", 1.0, "0x1", "1e0"])
+def test_ids_echoed_as_sdks_read_them_answer_the_list_request(rpc_id: Any) -> None:
+    """An id an SDK client coerces to the list request's id counts as its answer (error on garbage)."""
+    flt = list_filter(request(1))
+    assert loads(rewrite_json(flt, dumps(response(rpc_id, "garbage"))))["error"]["code"] == -32603
+
+
+@pytest.mark.parametrize("rpc_id", [2, "2", "one", True, None, 1.5, "1.5", "Infinity"])
+def test_other_ids_with_a_non_object_result_pass(rpc_id: Any) -> None:
+    """A non-object result that answers no list request cannot list anything: untouched."""
+    assert rewrite_json(list_filter(request(1)), dumps(response(rpc_id, "garbage"))) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (7, 7),
+        ("7", 7),
+        ("07", 7),
+        (" 7 ", 7),
+        ("7.0", 7),
+        (7.0, 7),
+        ("0x7", 7),
+        ("", 0),
+        ("abc", "abc"),
+        ("7.5", "7.5"),
+        (7.5, None),
+        (True, None),
+        (None, None),
+        ([7], None),
+    ],
+)
+def test_sdk_id(value: Any, expected: Any) -> None:
+    """Table: ids as the Python (int()) and TypeScript (Number()) SDK clients compare them."""
+    assert sdk_id(value) == expected
 
 
 def test_sse_event_data_is_rewritten_the_same_way() -> None:
-    """The SSE path gets the same answer as the JSON path."""
+    """The SSE path gets the same answer as the JSON path, an array of messages too."""
+    inspector = AnswerInspector(stream_filter())
     data = json.dumps(response(1, {"tools": TOOLS}))
-    assert loads(list_filter(request()).rewrite_event_data(data)) == response(
-        1, {"tools": [{"name": "get_a"}]}
-    )
+    assert loads(inspector.event_data(data)) == response(1, {"tools": VISIBLE_TOOLS})
+    batch = json.dumps([response(1, {"tools": TOOLS})])
+    assert loads(inspector.event_data(batch)) == [response(1, {"tools": VISIBLE_TOOLS})]
 
 
 # --- filter_list_result ------------------------------------------------------------------------

@@ -1,14 +1,23 @@
-"""The log redaction step: the last line of defence against a token in a log line."""
+"""The log redaction step: the last line of defence against a token in a log line; and the
+standard library's loggers (aiohttp, asyncio, any library) sent through the same pipeline."""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.logs import REDACTED, redact_secrets
+from gateway.logs import REDACTED, configure_logging, redact_secrets
+from tests.conftest import _SESSION_LOGS
 
 JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
 
@@ -93,3 +102,203 @@ def test_the_fast_path_never_skips_what_the_full_patterns_would_mask(text: str) 
     """A quick pre-check lets most strings through untouched; it must never let a match through."""
     expected = _FULL_BEARER.sub(r"\1 " + REDACTED, _FULL_JWT.sub(REDACTED, text))
     assert redacted(field=text)["field"] == expected
+
+
+# --- the standard library's loggers ------------------------------------------------------------
+
+# A token as a client would send it; its pieces must not reach a log line in any form.
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNlZ21lbnQ"
+SIGNATURE = TOKEN.rsplit(".", 1)[1]
+LIBRARY_LOGGERS = (
+    "aiohttp.server",
+    "aiohttp.access",
+    "aiohttp.client",
+    "aiohttp.web",
+    "aiohttp.internal",
+    "asyncio",
+    "some.other.library",
+    "",  # the root logger itself
+)
+
+Capture = Callable[..., io.StringIO]
+
+
+@pytest.fixture
+def capture_logs() -> Iterator[Capture]:
+    """``capture_logs(level=...)``: the gateway's logging, configured into a fresh stream; the
+    session's configuration is back afterwards."""
+
+    def configure(level: str = "debug") -> io.StringIO:
+        stream = io.StringIO()
+        configure_logging(json=True, level=level, stream=stream)
+        return stream
+
+    yield configure
+    configure_logging(json=True, level="debug", stream=_SESSION_LOGS)
+
+
+def events_in(stream: io.StringIO) -> list[dict[str, Any]]:
+    """Every line of the stream, each of which must be one JSON event."""
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def parser_error(parser: type[Any], raw: bytes) -> HttpProcessingError:
+    """What aiohttp's parser raises for ``raw``, with only the parser's frames in its traceback,
+    as aiohttp's protocol hands it to its logger (it catches it in its own ``data_received``)."""
+    try:
+        parser(None, None, 2**16).feed_data(raw)
+    except HttpProcessingError as exc:
+        assert exc.__traceback__ is not None
+        exc.__traceback__ = exc.__traceback__.tb_next  # without this test's own frame
+        return exc
+    raise AssertionError(f"{parser.__name__} accepted {raw!r}")
+
+
+PARSERS = pytest.mark.parametrize("parser", [HttpRequestParser, HttpRequestParserPy], ids=["c", "python"])
+BAD_HEADER = b"POST /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\x01\r\n\r\n"
+
+
+@PARSERS
+def test_a_request_the_parser_refused_is_one_event_naming_only_the_exception_class(
+    capture_logs: Capture, parser: type[Any]
+) -> None:
+    """aiohttp's report of a refused request (a token, then a control byte) is one
+    `bad_http_request` event with the status and the exception's class: no header line, no
+    message, no traceback."""
+    stream = capture_logs()
+    exc = parser_error(parser, BAD_HEADER)
+    assert SIGNATURE in str(exc)  # what aiohttp would have printed
+    logging.getLogger("aiohttp.server").exception("Error handling request from %s", "127.0.0.1", exc_info=exc)
+    [event] = events_in(stream)
+    assert {key: event[key] for key in ("event", "status", "level")} == {
+        "event": "bad_http_request",
+        "status": 400,
+        "level": "info",
+    }
+    assert event["error"] == type(exc).__name__ and event.keys() == {
+        "event",
+        "status",
+        "level",
+        "error",
+        "timestamp",
+    }
+    assert "eyJ" not in stream.getvalue() and "Traceback" not in stream.getvalue()
+
+
+@PARSERS
+def test_a_bad_method_logged_at_debug_is_still_one_event_at_info(
+    capture_logs: Capture, parser: type[Any]
+) -> None:
+    """aiohttp logs a bad method on a connection's first request at debug (scanners, TLS on a
+    plain port); with the gateway at `info` it is still the request's one `bad_http_request`."""
+    stream = capture_logs(level="info")
+    exc = parser_error(parser, b"G(T /mcp?access_token=" + TOKEN.encode() + b" HTTP/1.1\r\n\r\n")
+    logging.getLogger("aiohttp.server").debug("Error handling request from %s", "127.0.0.1", exc_info=exc)
+    [event] = events_in(stream)
+    assert (event["event"], event["error"], event["level"]) == ("bad_http_request", "BadHttpMethod", "info")
+    assert "eyJ" not in stream.getvalue()
+
+
+def test_a_parser_error_raised_through_application_code_is_not_a_bad_request_and_has_no_traceback(
+    capture_logs: Capture,
+) -> None:
+    """A body's parse error that reached a handler (the application logged that request itself)
+    keeps aiohttp's message and the class, never the exception's text or traceback; so does an
+    error raised from one."""
+    stream = capture_logs()
+    exc = parser_error(HttpRequestParserPy, BAD_HEADER)
+    try:
+        raise exc  # through this test's frame: application code
+    except HttpProcessingError as raised:
+        logging.getLogger("aiohttp.server").exception(
+            "Error handling request from %s", "127.0.0.1", exc_info=raised
+        )
+    try:
+        raise RuntimeError("wrapped") from exc
+    except RuntimeError as wrapped:
+        logging.getLogger("aiohttp.server").exception("Unhandled exception", exc_info=wrapped)
+    first, second = events_in(stream)
+    assert (first["event"], first["error"], first["level"]) == (
+        "Error handling request from 127.0.0.1",
+        "InvalidHeader",
+        "error",
+    )
+    assert (second["event"], second["error"]) == ("Unhandled exception", "RuntimeError")
+    assert "exception" not in first and "exception" not in second
+    assert "eyJ" not in stream.getvalue() and "Traceback" not in stream.getvalue()
+
+
+@pytest.mark.parametrize("name", LIBRARY_LOGGERS)
+def test_every_library_logger_goes_through_the_gateway_pipeline_and_its_redaction(
+    capture_logs: Capture, name: str
+) -> None:
+    """A record of aiohttp's loggers, asyncio's, any other library's or the root logger's is one
+    JSON event with its logger's name, and a token or Bearer credential in it is masked."""
+    stream = capture_logs()
+    logging.getLogger(name).warning("GET /mcp?access_token=%s Authorization: Bearer opaque-123", TOKEN)
+    [event] = events_in(stream)
+    assert event["logger"] == (name or "root") and event["level"] == "warning"
+    assert event["event"] == f"GET /mcp?access_token={REDACTED} Authorization: Bearer {REDACTED}"
+
+
+def test_an_ordinary_library_error_keeps_its_traceback_with_tokens_masked(capture_logs: Capture) -> None:
+    """An error that quotes no client input keeps its traceback, inside the one JSON line and
+    redacted like every other field."""
+    stream = capture_logs()
+    try:
+        raise ValueError(f"callback failed with {TOKEN}")
+    except ValueError:
+        logging.getLogger("asyncio").exception("Exception in callback %s", "handle")
+    [event] = events_in(stream)
+    assert (event["event"], event["error"], event["level"]) == (
+        "Exception in callback handle",
+        "ValueError",
+        "error",
+    )
+    assert (
+        event["exception"].startswith("Traceback")
+        and f"ValueError: callback failed with {REDACTED}" in event["exception"]
+    )
+    assert "eyJ" not in stream.getvalue()
+
+
+def test_library_records_follow_the_configured_level_and_one_handler_serves_them(
+    capture_logs: Capture,
+) -> None:
+    """Configured twice, the pipeline writes each record once; below the configured level, a
+    library's record is dropped."""
+    capture_logs(level="debug")
+    stream = capture_logs(level="warning")
+    logging.getLogger("aiohttp.client").info("connection pooled")
+    logging.getLogger("aiohttp.client").warning("connection reset")
+    assert [event["event"] for event in events_in(stream)] == ["connection reset"]
+
+
+def test_an_exception_group_holding_a_parser_error_is_logged_without_its_traceback(
+    capture_logs: Capture,
+) -> None:
+    """A group (a task group's failure) with a parser error among its members prints no
+    traceback, which would quote that member's message."""
+    stream = capture_logs()
+    group = ExceptionGroup(
+        "tasks failed", [ValueError("other"), parser_error(HttpRequestParserPy, BAD_HEADER)]
+    )
+    logging.getLogger("asyncio").error("Task exception was never retrieved", exc_info=group)
+    [event] = events_in(stream)
+    assert (event["event"], event["error"]) == ("Task exception was never retrieved", "ExceptionGroup")
+    assert "exception" not in event and "eyJ" not in stream.getvalue()
+
+
+class BrokenStream(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError("stream gone")
+
+
+def test_a_record_that_cannot_be_written_leaves_one_fixed_line_and_none_of_its_text(
+    capture_logs: Capture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """When the log stream fails, the record is reported lost in one line without its message or
+    arguments (the standard library's fallback would print both)."""
+    configure_logging(json=True, level="debug", stream=BrokenStream())
+    logging.getLogger("aiohttp.client").warning("request with %s failed", f"Bearer {TOKEN}")
+    assert capsys.readouterr().err == '{"event": "log_record_lost", "error": "OSError"}\n'

@@ -557,6 +557,19 @@ SMUGGLING = [
     pytest.param(legacy("tools/list", rpc_id=None), h_legacy(), "invalid_message", id="id-null"),
     pytest.param(legacy("tools/list", rpc_id={"a": 1}), h_legacy(), "invalid_message", id="id-object"),
     pytest.param(legacy("", rpc_id=1), h_legacy(), "invalid_message", id="method-empty"),
+    pytest.param(legacy("Tools/Call", {"name": "x"}), h_legacy(), "method_case_variant", id="method-case"),
+    pytest.param(
+        legacy("tools/call ", {"name": "x"}),
+        h_legacy(),
+        "method_not_printable_ascii",
+        id="method-trailing-space",
+    ),
+    pytest.param(
+        legacy("t\u043e\u043els/call", {"name": "x"}),
+        h_legacy(),
+        "method_not_printable_ascii",
+        id="method-cyrillic-o",
+    ),
     pytest.param(dump({**call("x"), "method": 7}), h_legacy(), "invalid_message", id="method-number"),
     pytest.param(
         legacy("tools/call\u0000", {"name": "x"}), h_legacy(), "invalid_message", id="method-with-nul"
@@ -612,6 +625,37 @@ SMUGGLING = [
         id="uri-nul",
     ),
     pytest.param(legacy("resources/subscribe", {}), h_legacy(), "invalid_uri", id="subscribe-no-uri"),
+    # -- one reading of a URI (gateway.mcp.uris): the SDK's template would decode these
+    pytest.param(
+        legacy("resources/read", {"uri": "docs://files/pub%2F..%2Fprivate"}),
+        h_legacy(),
+        "ambiguous_uri",
+        id="uri-escaped-slash",
+    ),
+    pytest.param(
+        legacy("resources/read", {"uri": "docs://files/%2e%2e/private"}),
+        h_legacy(),
+        "ambiguous_uri",
+        id="uri-escaped-dot-segment",
+    ),
+    pytest.param(
+        legacy("resources/unsubscribe", {"uri": "docs://files/%2570rivate"}),
+        h_legacy(),
+        "ambiguous_uri",
+        id="uri-double-encoded",
+    ),
+    pytest.param(
+        modern("resources/subscribe", {"uri": "docs://files/%FF"}),
+        h_modern("resources/subscribe"),
+        "ambiguous_uri",
+        id="2026-subscribe-uri-not-utf8",
+    ),
+    pytest.param(
+        legacy("completion/complete", {"ref": {"type": "ref/resource", "uri": "docs://files/{a/../b}"}}),
+        h_legacy(),
+        "ambiguous_uri",
+        id="ref-resource-not-a-template",
+    ),
     pytest.param(
         legacy("completion/complete", {"ref": {"type": "ref/tool", "name": "x"}}),
         h_legacy(),
@@ -751,6 +795,7 @@ def test_smuggling_corpus(body: bytes, headers: dict[str, str], reason: str) -> 
         "invalid_params": -32602,
         "invalid_name": -32602,
         "invalid_uri": -32602,
+        "ambiguous_uri": -32602,
         "invalid_ref": -32602,
     }.get(reason, -32600)
 
@@ -771,9 +816,12 @@ def test_corpus_is_big_enough() -> None:
         "invalid_params",
         "invalid_name",
         "invalid_uri",
+        "ambiguous_uri",
         "invalid_ref",
         "header_mismatch",
         "response_not_allowed",
+        "method_case_variant",
+        "method_not_printable_ascii",
     }
 
 
@@ -936,3 +984,85 @@ def test_methods_removed_in_2026_pass_without_a_target(method: str) -> None:
     post = parse_post(body, lookup(h_modern(method)))
     assert (post.messages[0].method, post.messages[0].target) == (method, None)
     assert rejection(legacy(method, {}), h_legacy()).reason == "invalid_uri"
+
+
+@pytest.mark.parametrize("method", ["resources/subscribe", "resources/unsubscribe"])
+def test_methods_removed_in_2026_are_decided_on_the_uri_they_name(method: str) -> None:
+    """The version header is the client's claim: a 2026-07-28 (un)subscribe that names a uri gets
+    that target (the rules decide on it), checked as strictly as in a 2025 revision."""
+    post = parse_post(modern(method, {"uri": "demo://secret"}), lookup(h_modern(method)))
+    assert post.messages[0].target == Resource("demo://secret")
+    for uri, reason in (
+        (7, "invalid_uri"),
+        ("demo://x\u0000", "invalid_uri"),
+        ("demo://%2e%2e", "ambiguous_uri"),
+    ):
+        assert rejection(modern(method, {"uri": uri}), h_modern(method)).reason == reason
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param("tools/call ", id="trailing-space"),
+        pytest.param(" tools/call", id="leading-space"),
+        pytest.param("tools /call", id="inner-space"),
+        pytest.param("tools/call\u00a0", id="no-break-space"),
+        pytest.param("tools/call\u200b", id="zero-width-space"),
+        pytest.param("tools/call\ufeff", id="byte-order-mark"),
+        pytest.param("t\u043e\u043els/call", id="cyrillic-o"),
+        pytest.param("\uff54ools/call", id="fullwidth-t"),
+        pytest.param("tools\u2215call", id="division-slash"),
+        pytest.param("tools/cal\u0142", id="l-with-stroke"),
+        pytest.param("vendor/\u00fcber", id="non-ascii-unknown-method"),
+    ],
+)
+def test_methods_with_a_space_or_a_non_ascii_character_are_refused(method: str) -> None:
+    """No MCP method has a space or a non-ASCII character: a name that has one is refused (an
+    upstream that strips or folds names could run it as tools/call), in both eras."""
+    assert rejection(legacy(method, {"name": "echo"}), h_legacy()).reason == "method_not_printable_ascii"
+    refused = rejection(modern(method, {"name": "echo"}), h_modern(method, "echo"))
+    assert (refused.reason, refused.status, refused.jsonrpc_code) == (
+        "method_not_printable_ascii",
+        400,
+        -32600,
+    )
+
+
+@pytest.mark.parametrize("method", ["tools/caII", "tools/cal1", "tools//call", "tools/call/", "tools.call"])
+def test_ascii_look_alikes_stay_unknown_methods(method: str) -> None:
+    """An ASCII near-miss is no MCP method in any case: passed on as an unknown method, no target."""
+    post = parse_post(legacy(method, {"name": "echo"}), lookup(h_legacy()))
+    assert shape(post.messages[0]) == ("request", method, 1, None, None)
+
+
+def test_resource_target_keeps_the_raw_spelling_and_matches_its_normal_form() -> None:
+    """The body's spelling is the target's identifier (the log, Mcp-Name); rules see the normal form."""
+    uri = "DOCS://files/%70rivate"
+    post = parse_post(modern("resources/read", {"uri": uri}), lookup(h_modern("resources/read", uri)))
+    target = post.messages[0].target
+    assert isinstance(target, Resource)
+    assert (target.identifier, target.rule_key) == (uri, "docs://files/private")
+    # Mcp-Name must equal the body's raw value, not its normal form.
+    normal_header = h_modern("resources/read", "docs://files/private")
+    assert rejection(modern("resources/read", {"uri": uri}), normal_header).reason == "header_mismatch"
+
+
+def test_listen_names_the_resources_whose_updates_it_asks_for() -> None:
+    """2026-07-28 subscriptions/listen: each uri in resourceSubscriptions is read as strictly as a
+    resources/read uri (the stream would carry its updates); without the key it names none."""
+    method = "subscriptions/listen"
+
+    def listen(notifications: Any) -> bytes:
+        return modern(method, {"notifications": notifications})
+
+    post = parse_post(listen({"resourceSubscriptions": ["demo://a", "DEMO://%62"]}), lookup(h_modern(method)))
+    assert post.messages[0].watched == (Resource("demo://a"), Resource("DEMO://%62"))
+    assert post.messages[0].target is None
+    for notifications in ({"toolsListChanged": True}, {"resourceSubscriptions": None}, "x"):
+        assert parse_post(listen(notifications), lookup(h_modern(method))).messages[0].watched == ()
+    for uris, reason in (
+        ("demo://a", "invalid_uri"),
+        ([1], "invalid_uri"),
+        (["demo://%2F"], "ambiguous_uri"),
+    ):
+        assert rejection(listen({"resourceSubscriptions": uris}), h_modern(method)).reason == reason

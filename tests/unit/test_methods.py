@@ -77,3 +77,26 @@ def test_session_plumbing_and_removed_methods() -> None:
 def test_a_target_names_its_kind_and_identifier(target: Target, kind: str, identifier: str) -> None:
     """Each target says what kind it is and the name or URI the rules match."""
     assert (target.kind, target.identifier) == (kind, identifier)
+
+
+@pytest.mark.parametrize(
+    ("target", "rule_key"),
+    [
+        (Tool("Echo "), "Echo "),
+        (Prompt("gr\u0435et"), "gr\u0435et"),
+        (Resource("DOCS://Files/%70rivate"), "docs://files/private"),
+        (Resource("docs://files/{name}"), "docs://files/{name}"),
+        (Resource("docs://files/a%2Fb"), None),
+    ],
+)
+def test_rules_match_the_rule_key_the_log_shows_the_identifier(target: Target, rule_key: str | None) -> None:
+    """Names are matched exactly; a URI by its normal form (None: it has none), its spelling kept."""
+    assert target.rule_key == rule_key
+    assert target.identifier in (getattr(target, "name", None), getattr(target, "uri", None))
+
+
+def test_resources_are_equal_by_spelling() -> None:
+    """Two spellings of one resource are two targets (the log keeps each), one key for the rules."""
+    assert Resource("docs://a/%70") != Resource("docs://a/p")
+    assert Resource("docs://a/%70").rule_key == Resource("docs://a/p").rule_key
+    assert Resource("docs://a/p") == Resource("docs://a/p") and hash(Resource("x")) == hash(Resource("x"))

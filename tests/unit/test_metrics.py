@@ -42,11 +42,11 @@ def route_with_tools(*patterns: str) -> RouteConfig:
 
 
 def test_metric_families_lists_exactly_what_is_registered() -> None:
-    """`METRIC_FAMILIES` names exactly the 13 families a `GatewayMetrics` registers."""
+    """`METRIC_FAMILIES` names exactly the 14 families a `GatewayMetrics` registers."""
     metrics = GatewayMetrics(CollectorRegistry())
     registered = {family.name for family in metrics.registry.collect()}
     assert {name.removesuffix("_total") for name in METRIC_FAMILIES} == registered
-    assert len(set(METRIC_FAMILIES)) == len(METRIC_FAMILIES) == 13
+    assert len(set(METRIC_FAMILIES)) == len(METRIC_FAMILIES) == 14
 
 
 def test_each_gateway_metrics_has_its_own_registry() -> None:
@@ -108,6 +108,19 @@ def test_exposition_parses() -> None:
         "mcp_method": "tools/call",
         "outcome": "ok",
     }
+
+
+def test_jwks_keys_skipped_counts_by_issuer_and_reason() -> None:
+    """Each skipped JWKS key counts once under its issuer and reason, as a *_total counter."""
+    metrics = GatewayMetrics(CollectorRegistry())
+    for reason in ("rsa_key_too_small", "rsa_key_too_small", "alg_mismatch"):
+        metrics.jwks_key_skipped("https://as.example", reason)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
+    assert families["mcp_gateway_jwks_keys_skipped"].type == "counter"
+    sample = metrics.registry.get_sample_value
+    labels = {"issuer": "https://as.example"}
+    assert sample("mcp_gateway_jwks_keys_skipped_total", labels | {"reason": "rsa_key_too_small"}) == 2
+    assert sample("mcp_gateway_jwks_keys_skipped_total", labels | {"reason": "alg_mismatch"}) == 1
 
 
 # --- config ---------------------------------------------------------------------------------

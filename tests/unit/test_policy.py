@@ -336,3 +336,126 @@ def test_config_reports_shadowed_and_invalid_patterns(tmp_path: Path) -> None:
         ":12: routes[0].tools.get_x: pattern is shadowed by 'get_*' at line 9" in m for m in messages
     ), messages
     assert any(":17: routes[0].prompts.sum[: invalid pattern" in m for m in messages), messages
+
+
+# --- Resources are matched by their normal form (gateway.mcp.uris) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "allowed", "label"),
+    [
+        ("repo://a/readme", True, "resources['repo://*/readme']"),
+        ("repo://a/%72eadme", True, "resources['repo://*/readme']"),
+        ("REPO://A/readme", True, "resources['repo://*/readme']"),
+        ("repo://a/README", False, "default: deny"),  # the path keeps its case, as the handler sees it
+        ("repo://a%2Fb/readme", False, "ambiguous uri"),
+        ("repo://a/x/../readme", False, "ambiguous uri"),
+    ],
+)
+def test_resource_rules_match_the_normal_form(uri: str, allowed: bool, label: str) -> None:
+    """A rule on a URI meets every spelling of it; a URI without one reading meets no rule."""
+    decision = decide(policy_of("/mcp"), op("resources/read", uri), frozenset({"mcp", "repo:read"}))
+    assert (decision.allowed, decision.label) == (allowed, label)
+
+
+def test_an_ambiguous_uri_is_denied_even_where_the_default_allows() -> None:
+    """Fail closed: no default, no scope and no completion allows a URI that has no normal form."""
+    from gateway.mcp.policy import Unreadable
+
+    for route in ("/open", "/mcp"):
+        decision = decide(policy_of(route), op("resources/read", "x://a%2F"), frozenset({"mcp", "admin"}))
+        assert (decision.allowed, decision.unconditional, decision.rules) == (False, True, (Unreadable(),))
+    completion = decide(
+        policy_of("/mcp"),
+        op("completion/complete", "test://template/%2F{id}", "resource"),
+        frozenset({"mcp"}),
+    )
+    assert not completion.allowed and completion.rules[-1] == Unreadable()
+
+
+@pytest.mark.parametrize(
+    ("item", "visible"),
+    [
+        ("repo://a/readme", True),
+        ("Repo://a/%72eadme", True),
+        ("repo://a%2Fb/readme", False),
+        ("TEST://template/{id}/data", True),
+        ("test://template/{id%2F}/data", False),
+        ("test://template/{id}/../data", False),
+    ],
+)
+def test_list_items_are_judged_by_their_normal_form(item: str, visible: bool) -> None:
+    """resources/list and templates/list items show as their normal form would; one without is hidden."""
+    assert is_visible(policy_of("/mcp"), Resource(item), frozenset({"mcp", "repo:read", "tmpl"})) is visible
+
+
+def test_challenge_hint_reads_a_resource_name_as_the_rules_do() -> None:
+    """The 401 hint from a 2026-07-28 Mcp-Name: a respelled URI asks for its rule's scopes, an
+    ambiguous one for the route scopes only."""
+    from gateway.mcp.policy import challenge_scopes
+
+    policy = policy_of("/mcp")
+    assert challenge_scopes(policy, "resources/read", "repo://a/%72eadme") == ("mcp", "repo:read")
+    assert challenge_scopes(policy, "resources/read", "repo://a%2F/readme") == ("mcp",)
+
+
+def test_config_refuses_resource_patterns_not_in_normal_form(tmp_path: Path) -> None:
+    """A resource pattern that is not in normal form would never match as written: a config problem
+    with file, line and the spelling to write."""
+    from gateway.config import ConfigError
+
+    text = RULES.replace(
+        '"test://template/*": [tmpl]',
+        '"TEST://%74emplate/*": [tmpl]\n      "x://a/../b": []\n      "x://%2F": []',
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(text, tmp_path / "r.yaml", {})
+    messages = [str(problem).partition(":")[2] for problem in caught.value.problems]
+    assert messages == [
+        "14: routes[0].resources.TEST://%74emplate/*: not in normal form (how the gateway reads URIs): "
+        "write 'test://template/*'",
+        "15: routes[0].resources.x://a/../b: can never match: the gateway refuses every URI with a dot "
+        "segment in the path",
+        "16: routes[0].resources.x://%2F: can never match: the gateway refuses every URI with a "
+        "percent-encoded '/'",
+    ]
+
+
+def test_listen_needs_what_reading_each_watched_resource_needs() -> None:
+    """A subscriptions/listen stream carries the updates of the resources it names: each needs its
+    resources rule, every scope is in one challenge, and one no rule allows refuses the stream."""
+    policy = policy_of("/mcp")
+
+    def listen(*uris: str) -> Operation:
+        return Operation("subscriptions/listen", None, tuple(Resource(uri) for uri in uris))
+
+    allowed = decide(policy, listen("repo://a/readme", "REPO://b/readme"), frozenset({"mcp", "repo:read"}))
+    assert (allowed.allowed, allowed.label) == (
+        True,
+        "default: allow + resources['repo://*/readme'] + resources['repo://*/readme']",
+    )
+    both = decide(policy, listen("repo://a/readme", "test://template/1"), frozenset({"mcp"}))
+    assert (both.allowed, both.required, both.unconditional) == (False, ("mcp", "repo:read", "tmpl"), False)
+    hidden = decide(policy, listen("repo://a/readme", "repo://a/secrets"), frozenset({"mcp", "repo:read"}))
+    assert (hidden.allowed, hidden.unconditional) == (False, True)
+    assert decide(policy, listen(), frozenset({"mcp"})).allowed
+
+
+def test_tasks_list_needs_a_rule_that_names_it() -> None:
+    """tasks/list shows every user's tasks to whoever asks: no default and no glob allows it,
+    only a `methods` rule written out for it; tasks/get and friends follow the usual rules."""
+    granted = frozenset({"mcp", "tasks", "admin"})
+    for route in ("/mcp", "/open"):  # a `notifications/*` glob, a `default: allow`
+        denied = decide(policy_of(route), op("tasks/list"), granted)
+        assert not denied.allowed and denied.unconditional
+        assert denied.label == "methods['tasks/list'] must be written out to allow it"
+    assert decide(policy_of("/open"), op("tasks/get"), granted).allowed
+    written = RULES.replace('"notifications/*": []', '"notifications/*": []\n      "tasks/list": [tasks]')
+    globbed = RULES.replace('"notifications/*": []', '"notifications/*": []\n      "tasks/*": []')
+    for text, allowed in ((written, True), (globbed, False)):
+        config = parse_config_text(text, Path("/tmp/rules.yaml"), {})
+        policy = next(r.policy for r in config.routes if r.path == "/mcp")
+        assert decide(policy, op("tasks/list"), granted).allowed is allowed
+    config = parse_config_text(written, Path("/tmp/rules.yaml"), {})
+    policy = next(r.policy for r in config.routes if r.path == "/mcp")
+    assert decide(policy, op("tasks/list"), frozenset({"mcp"})).missing == ("tasks",)

@@ -1,4 +1,5 @@
-"""The Server-Sent Events relay: byte-exact pass-through, prompt emission, single-event rewriting."""
+"""The Server-Sent Events relay: byte-exact pass-through, prompt emission, single-event rewriting,
+events offered by marker, and events some readers would split differently."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def data_of(lines: Iterable[str]) -> str | None:
 def expected_lines(lines: list[str], rewrite: Rewrite) -> list[str]:
     """The lines a correct rewriter emits for an event: data lines replaced where the last one was."""
     data = data_of(lines)
-    if data is None or not data.lstrip(" \t\r\n").startswith("{"):
+    if data is None:
         return lines
     new_data = rewrite(data)
     if new_data is None:
@@ -221,7 +222,8 @@ def cut_points(data: st.DataObject, size: int) -> list[int]:
 @settings(max_examples=300, deadline=None)
 @given(stream=streams(), data=st.data())
 def test_any_chunking_passes_the_input_through_unchanged(stream: Stream, data: st.DataObject) -> None:
-    """Declining every event, output == input at any cuts, and each event leaves as soon as it ends."""
+    """Declining every event, output == input at any cuts, and each event leaves as soon as it ends
+    (with markers, but for an unterminated tail holding one)."""
     calls: list[str] = []
 
     def record(text: str) -> str | None:
@@ -229,7 +231,8 @@ def test_any_chunking_passes_the_input_through_unchanged(stream: Stream, data: s
         return None
 
     chunks = split_at(stream.raw, cut_points(data, len(stream.raw)))
-    rewriter = SseEventRewriter(record)
+    markers = data.draw(st.sampled_from([None, (b"a",), (b"x", b"\\u")]))
+    rewriter = SseEventRewriter(record, markers=markers)
     sent = bytearray()
     received = 0
     for chunk in chunks:
@@ -238,9 +241,14 @@ def test_any_chunking_passes_the_input_through_unchanged(stream: Stream, data: s
         complete = max(b for b in stream.boundaries if b <= received)
         assert bytes(sent) == stream.raw[:complete]
     sent += rewriter.finish()
-    assert bytes(sent) == stream.raw
-    datas = [text for text in map(data_of, stream.events) if text is not None]
-    assert calls == [text for text in datas if text.lstrip(" \t\n").startswith("{")]
+    dropped = markers is not None and any(marker in stream.tail for marker in markers)
+    assert bytes(sent) == (stream.raw[: max(stream.boundaries)] if dropped else stream.raw)
+    offered = [
+        data_of(lines)
+        for lines in stream.events
+        if markers is None or any(marker.decode() in "\n".join(lines) for marker in markers)
+    ]
+    assert calls == [text for text in offered if text is not None]
 
 
 # --- (2) rewriting replaces the data and nothing else ---------------------------------------------
@@ -316,19 +324,19 @@ def test_rewritten_event_layout(raw: bytes, new_data: str, expected: bytes) -> N
         (b"data:\ndata: {\ndata: }\n\n", "\n{\n}"),
         (b"data: {\xff}\n\n", "{\ufffd}"),  # invalid UTF-8 decodes to U+FFFD, as a browser does
         (b"\xef\xbb\xbfdata:{}\n\n", "{}"),
-        (b"data: [1]\n\n", None),
-        (b"data: x{\n\n", None),
-        (b"data\n\n", None),
-        (b"data:\n\n", None),
-        (b"data: \xc2\xa0{}\n\n", None),  # NO-BREAK SPACE is not JSON whitespace
+        (b"data: [1]\n\n", "[1]"),  # a batch: not only objects are offered
+        (b"data: x{\n\n", "x{"),
+        (b"data\n\n", ""),
+        (b"data:\n\n", ""),
+        (b"data: \xc2\xa0{}\n\n", "\xa0{}"),
         (b"Data: {}\n\n", None),  # field names are case-sensitive
         (b"database: {}\n\n", None),
         (b"event: {}\nid: {}\n: {}\n\n", None),
         (b"\n", None),
     ],
 )
-def test_rewrite_is_called_only_for_json_looking_data(raw: bytes, data: str | None) -> None:
-    """Table: rewrite sees the joined data exactly once, and only when it starts with "{"."""
+def test_rewrite_is_called_for_every_event_with_data(raw: bytes, data: str | None) -> None:
+    """Table: without markers rewrite sees the joined data of every event that has a data line, once."""
     calls: list[str] = []
     outputs, _ = relay([raw], lambda text: calls.append(text))
     assert calls == ([] if data is None else [data])
@@ -486,7 +494,7 @@ def test_exception_from_rewrite_propagates_and_closes() -> None:
         raise KeyError(data)
 
     rewriter = SseEventRewriter(fail)
-    assert rewriter.feed(b"data: [1]\n\n") == b"data: [1]\n\n"
+    assert rewriter.feed(b"id: 1\n\n") == b"id: 1\n\n"
     with pytest.raises(KeyError):
         rewriter.feed(b"data: {}\n\n")
     with pytest.raises(RuntimeError):
@@ -556,7 +564,7 @@ def test_finish_after_complete_events_and_closing() -> None:
     ],
 )
 def test_priming_and_retry_events_pass_unchanged(event: bytes) -> None:
-    """Table: priming, retry-only and other non-JSON events pass unchanged around a rewritten one."""
+    """Table: priming, retry-only and other events without a marker pass unchanged around a rewritten one."""
     calls: list[str] = []
 
     def record(data: str) -> str:
@@ -564,7 +572,7 @@ def test_priming_and_retry_events_pass_unchanged(event: bytes) -> None:
         return '{"result": {"tools": []}}'
 
     stream = event + b'id: 2\ndata: {"result": {"tools": [1]}}\n\n' + event
-    outputs, rest = relay([stream], record)
+    outputs, rest = relay([stream], record, markers=(b'"tools"',))
     assert outputs == [event + b'id: 2\ndata: {"result": {"tools": []}}\n\n' + event]
     assert calls == ['{"result": {"tools": [1]}}']
     assert rest == b""
@@ -597,7 +605,7 @@ def test_five_megabyte_stream_in_seven_byte_chunks() -> None:
     out += rewriter.finish()
     assert len(stream) > 5_000_000
     assert out == stream
-    assert calls == copies + 1
+    assert calls == 3 * copies + 1  # every event with a data line, the empty ones of priming included
 
 
 # --- parse_sse_events ----------------------------------------------------------------------------------
@@ -626,3 +634,135 @@ def test_reference_parser_agrees_with_parse_sse_events() -> None:
     assert events == [["id: 1", ": c", "data: a", "data: b"], ["event: x"]]
     assert rest == ""
     assert [data_of(lines) for lines in events] == [e.get("data") for e in parse_sse_events(raw)]
+
+
+# --- (9) markers: which events are offered ----------------------------------------------------------
+
+TOOLS_MARKERS = (b'"tools"', b"\\u")
+
+
+@pytest.mark.parametrize(
+    ("raw", "offered"),
+    [
+        (b'data: {"tools": []}\n\n', True),
+        (b'data: {"\\u0074ools": []}\n\n', True),  # an escape may spell the key
+        (b'data: ["tools"]\n\n', True),
+        (b'event: "tools"\ndata: {}\n\n', True),  # a marker in any line of the event
+        (b'data: {"content": []}\n\n', False),
+        (b'data: {"tool": []}\n\n', False),
+        (b'data: {"tools"\r\n\r\n', True),
+        (b': "tools"\n\n', False),  # no data line: nothing to offer
+        (b'\xef\xbb\xbfdata: {"tools": 1}\n\n', True),
+    ],
+)
+def test_markers_decide_which_events_are_offered(raw: bytes, offered: bool) -> None:
+    """Table: with markers, only events whose bytes hold one (and that have data) reach rewrite."""
+    calls: list[str] = []
+    outputs, _ = relay([raw], lambda text: calls.append(text), markers=TOOLS_MARKERS)
+    assert len(calls) == int(offered)
+    assert b"".join(outputs) == raw
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        b'data: {"a": 1}\n\n',
+        b'event: message\r\nid: 1\r\ndata: {"a": 1}\r\n\r\n',
+        b"data: 1\r\rdata: 2\n\r\n",
+        b"id: 1\n\ndata: 2\n\n",
+    ],
+)
+def test_chunk_of_whole_events_without_a_marker_is_passed_as_it_is(chunk: bytes) -> None:
+    """A chunk of whole events none of which holds a marker is emitted at once, the same object."""
+    rewriter = SseEventRewriter(seen_json, markers=TOOLS_MARKERS)
+    assert rewriter.feed(chunk) is chunk
+    # The stream goes on at an event boundary: the next event is still rewritten.
+    rewritten = b'data: {\ndata:  "seen": {\ndata:   "tools": 1\ndata:  }\ndata: }\n\n'
+    assert rewriter.feed(b'data: {"tools": 1}\n\n') == rewritten
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        # A chunk that ends in one CR LF ends a line, not an event: the event waits for its end.
+        ([b"data: 1\r\n", b'data: "tools"\r\n\r\n'], [b"", b"data: [1]\r\n\r\n"]),
+        # A chunk that ends in CR: perhaps CR LF; the event is emitted, the LF follows on its own.
+        ([b"data: 1\r\r", b'\ndata: "tools"\n\n'], [b"data: 1\r\r", b"\ndata: [1]\n\n"]),
+        # A marker split across two chunks is still found.
+        ([b'data: {"to', b'ols": 1}\n\n'], [b"", b"data: [1]\n\n"]),
+    ],
+)
+def test_chunks_that_do_not_end_an_event_go_through_the_framing(
+    chunks: list[bytes], expected: list[bytes]
+) -> None:
+    """Table: the whole-chunk shortcut never hides an event that holds a marker."""
+    outputs, rest = relay(chunks, lambda data: "[1]" if "tools" in data else None, markers=TOOLS_MARKERS)
+    assert (outputs, rest) == (expected, b"")
+
+
+def test_an_empty_marker_is_refused() -> None:
+    """An empty marker would be in every event: markers=None says that."""
+    with pytest.raises(ValueError, match="markers=None"):
+        SseEventRewriter(keep, markers=(b'"tools"', b""))
+
+
+# --- (10) events an SSE reader splitting at U+2028 and friends would read differently ---------------
+
+AMBIGUOUS = '{"error": "unreadable"}'
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        'id: 1\u2028data: {"tools": [1]}\n\n'.encode(),  # no data line here: an old reader sees one
+        'id: 1\u2028data: {"tools": [1]}\ndata:\n\n'.encode(),
+        ': c\u2029data: {"tools": [1]}\n\n'.encode(),
+        b'x\x0bdata: {"tools": [1]}\n\n',
+        b'event: m\x1e\x1edata: {"tools": [1]}\n\n',
+        'id: 1\u0085data: {"tools": [1]}\r\n\r\n'.encode(),
+    ],
+)
+def test_event_with_a_line_break_only_some_readers_see_is_replaced(raw: bytes) -> None:
+    """Table: outside data lines, such a character in an offered event replaces the whole event."""
+    calls: list[str] = []
+    outputs, rest = relay([raw], lambda text: calls.append(text), markers=TOOLS_MARKERS, ambiguous=AMBIGUOUS)
+    assert outputs == [b'data: {"error": "unreadable"}\n\n']
+    assert calls == [] and rest == b""
+
+
+def test_ambiguous_replacement_keeps_the_stream_bom_and_later_events() -> None:
+    """The BOM before the first event stays; the events around the replaced one are untouched."""
+    raw = '\ufeffid: 1\u2028data: {"tools": 1}\n\ndata: {"a": 1}\n\n'.encode()
+    outputs, _ = relay([raw], keep, markers=TOOLS_MARKERS, ambiguous=AMBIGUOUS)
+    assert b"".join(outputs) == b'\xef\xbb\xbfdata: {"error": "unreadable"}\n\ndata: {"a": 1}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("raw", "ambiguous"),
+    [
+        ('id: 1\u2028x\ndata: {"content": 1}\n\n'.encode(), AMBIGUOUS),  # no marker: not offered
+        ('data: {"tools": ["a\u2028b"]}\n\n'.encode(), AMBIGUOUS),  # inside data: the callback's
+        ('id: 1\u2028data: {"tools": [1]}\n\n'.encode(), None),  # the check is asked for
+    ],
+)
+def test_ambiguous_characters_elsewhere_leave_the_event_alone(raw: bytes, ambiguous: str | None) -> None:
+    """Table: no marker, a data line, or no ``ambiguous`` given: the event is not replaced."""
+    outputs, _ = relay([raw], keep, markers=TOOLS_MARKERS, ambiguous=ambiguous)
+    assert b"".join(outputs) == raw
+
+
+@pytest.mark.parametrize(
+    ("tail", "kept"),
+    [
+        (b'data: {"tools": [1]}\r', False),  # httpx2 dispatches this at the end of the stream
+        (b'data: {"tools": [1]}', False),
+        (b'id: 1\n: "tools"', False),
+        (b'data: {"content": [1]}\r', True),
+        (b"id: 1\r\nretry: 5", True),
+    ],
+)
+def test_unterminated_tail_with_a_marker_is_dropped(tail: bytes, kept: bool) -> None:
+    """Table: with markers, an unterminated last event that holds one never leaves; others do."""
+    rewriter = SseEventRewriter(keep, markers=TOOLS_MARKERS)
+    assert rewriter.feed(b"data: 1\n\n" + tail) == b"data: 1\n\n"
+    assert rewriter.finish() == (tail if kept else b"")

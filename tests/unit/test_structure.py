@@ -27,7 +27,14 @@ MAX_LINES = 600
 
 # Bottom to top. A module's layer is that of its longest listed prefix.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("gateway", "gateway.errors", "gateway.secret", "gateway.strictjson", "gateway.singleflight"),
+    (
+        "gateway",
+        "gateway.errors",
+        "gateway.secret",
+        "gateway.strictjson",
+        "gateway.singleflight",
+        "gateway.sealing",
+    ),
     ("gateway.logs", "gateway.eventloop"),
     ("gateway.principal",),
     ("gateway.mcp",),

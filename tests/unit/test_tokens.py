@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,6 +21,7 @@ from gateway.auth.tokens import (
 from gateway.config import IssuerConfig, JwksDiscover
 from gateway.errors import InvalidAuthRequest, InvalidToken, MissingToken
 from gateway.secret import PresentedToken
+from tests.support.jws import b64url, json_segment, padded, set_unused_bits, standard_alphabet, with_tildes
 
 ISSUER = IssuerConfig(
     issuer="https://as.example", algorithms=("RS256", "ES256"), jwks=JwksDiscover(), leeway_s=30
@@ -141,7 +145,7 @@ def test_audience_matching(audience: str, matches: bool) -> None:
 
 def test_scopes_from_scope_or_scp() -> None:
     """`scope` is space-delimited; `scp` may be a list or a string; neither means no scopes."""
-    assert scopes_of({"scope": "a  b"}) == {"a", "b"}
+    assert scopes_of({"scope": "a b"}) == {"a", "b"}
     assert scopes_of({"scp": ["a", "b"]}) == {"a", "b"}
     assert scopes_of({"scp": "a b"}) == {"a", "b"}
     assert scopes_of({}) == frozenset()
@@ -193,3 +197,154 @@ def test_split_jws_refuses_malformed(token: str) -> None:
         split_jws(token)
     reason: str = caught.value.reason
     assert reason == "malformed"
+
+
+# --- one token, one spelling (RFC 7515 §2, RFC 4648 §3.5) --------------------------------------
+
+# Each segment has unused bits and a `-` or `_`, so that every respelling below applies to it.
+HEADER = {"alg": "RS256", "x": ">?~"}
+PAYLOAD = {"iss": "https://as.example", "x": ">>>"}
+SIGNATURE = b"\xfb\xffsignature"
+CANONICAL = f"{json_segment(HEADER)}.{json_segment(PAYLOAD)}.{b64url(SIGNATURE)}"
+
+
+def respelled(position: int, spell: Callable[[str], str | None]) -> str:
+    parts = CANONICAL.split(".")
+    new = spell(parts[position])
+    assert new is not None and new != parts[position]
+    parts[position] = new
+    return ".".join(parts)
+
+
+def test_split_jws_reads_the_canonical_spelling() -> None:
+    """The canonical token of these tests decodes: the refusals below are about spelling only."""
+    header, claims, _, signature = split_jws(CANONICAL)
+    assert (header, claims, signature) == (HEADER, PAYLOAD, SIGNATURE)
+
+
+@pytest.mark.parametrize("position", [0, 1, 2], ids=["header", "payload", "signature"])
+@pytest.mark.parametrize(
+    "spell",
+    [
+        set_unused_bits,
+        standard_alphabet,
+        with_tildes,
+        padded,
+        lambda segment: segment[:3] + "\n" + segment[3:],
+        lambda segment: segment[:3] + " " + segment[3:],
+        lambda segment: segment + "A" * ((1 - len(segment)) % 4),  # a length no base64 has (4n + 1)
+    ],
+    ids=["unused_bits", "standard_alphabet", "tildes", "padding", "newline", "space", "length_4n_plus_1"],
+)
+def test_split_jws_refuses_every_other_spelling(position: int, spell: Callable[[str], str | None]) -> None:
+    """Another spelling of the same bytes (unused bits, +/, ~, =, whitespace) is malformed, in any segment."""
+    with pytest.raises(InvalidToken) as caught:
+        split_jws(respelled(position, spell))
+    reason: str = caught.value.reason
+    assert reason == "malformed"
+
+
+def test_python_decoder_alone_would_accept_those_spellings() -> None:
+    """Why the check exists: base64.urlsafe_b64decode reads the respelled signature as the same bytes."""
+    signature = CANONICAL.split(".")[2]
+    for spell in (set_unused_bits, with_tildes, standard_alphabet):
+        other = spell(signature)
+        assert other is not None
+        assert base64.urlsafe_b64decode(other + "=" * (-len(other) % 4)) == SIGNATURE
+
+
+# --- scope: split on SP only (RFC 6749 §3.3) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "mcp:access\tadmin",
+        "mcp:access\nadmin",
+        "mcp:access\radmin",
+        "mcp:access\x0badmin",
+        "mcp:access\x0cadmin",
+        "mcp:access\u00a0admin",
+        "mcp:access\u2028admin",
+        "mcp:access\u3000admin",
+        "mcp:access\x00admin",
+        "mcp:access\x7fadmin",
+        "mcp:access  admin",
+        " mcp:access",
+        "mcp:access ",
+        " ",
+        'mcp:"access"',
+        "mcp:\\access",
+        "mcp:accès",
+    ],
+    ids=repr,
+)
+def test_scope_outside_the_grammar_is_refused(scope: str) -> None:
+    """Any separator but one SP, an empty scope-token, a control, quote, backslash or non-ASCII: bad_claim."""
+    for name in ("scope", "scp"):
+        with pytest.raises(InvalidToken) as caught:
+            scopes_of({name: scope})
+        reason: str = caught.value.reason
+        assert reason == "bad_claim"
+    with pytest.raises(InvalidToken):
+        check_claims(claims(scope=scope), issuer=ISSUER, resource=RESOURCE, now=NOW)
+
+
+@pytest.mark.parametrize("item", ["mcp:access\tadmin", "", "a b", "\u00a0"], ids=repr)
+def test_scp_list_items_must_be_single_scope_tokens(item: str) -> None:
+    """Each `scp` element is one scope-token: no whitespace, not empty."""
+    with pytest.raises(InvalidToken) as caught:
+        scopes_of({"scp": ["mcp:access", item]})
+    reason: str = caught.value.reason
+    assert reason == "bad_claim"
+
+
+def test_scope_grammar_accepts_every_printable_scope_token_character() -> None:
+    """All of %x21 / %x23-5B / %x5D-7E is allowed; the empty string means no scopes."""
+    every = "".join(chr(c) for c in range(0x21, 0x7F) if c not in (0x22, 0x5C))
+    assert scopes_of({"scope": f"{every} mcp:access"}) == {every, "mcp:access"}
+    assert scopes_of({"scp": [every]}) == {every}
+    assert scopes_of({"scope": ""}) == frozenset() == scopes_of({"scp": []})
+
+
+# --- NumericDate claims are finite numbers (RFC 7519 §2) ------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize(
+    "value",
+    [math.inf, -math.inf, math.nan, 10**400, -(10**400), True, False, "1800000000", [1], {}],
+    ids=[
+        "inf",
+        "-inf",
+        "nan",
+        "int_beyond_double",
+        "-int_beyond_double",
+        "true",
+        "false",
+        "string",
+        "list",
+        "obj",
+    ],
+)
+def test_numeric_dates_must_be_finite_numbers(name: str, value: Any) -> None:
+    """exp/nbf/iat as ±infinity, NaN, an int no double holds, a bool, a string: bad_claim, never a crash."""
+    with pytest.raises(InvalidToken) as caught:
+        check_claims(claims(**{name: value}), issuer=ISSUER, resource=RESOURCE, now=NOW)
+    assert caught.value.reason == "bad_claim"
+
+
+def test_numeric_date_can_be_a_large_finite_number() -> None:
+    """A far-future exp that a double holds (1e300) is a number like any other, not refused."""
+    identity = check_claims(claims(exp=1e300, nbf=-1e300), issuer=ISSUER, resource=RESOURCE, now=NOW)
+    assert identity.expires_at == 1e300
+
+
+def test_token_with_exp_1e400_is_malformed_before_any_claim_check() -> None:
+    """`exp: 1e400` in the payload text is refused by the strict JSON read itself (it reads as infinity)."""
+    for literal in ("1e400", "-1e400", "1" + "0" * 400):
+        payload = json_segment('{"iss":"https://as.example","exp":' + literal + "}")
+        with pytest.raises(InvalidToken) as caught:
+            split_jws(f"eyJhbGciOiJSUzI1NiJ9.{payload}.c2ln")
+        reason: str = caught.value.reason
+        assert reason == "malformed"

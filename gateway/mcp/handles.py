@@ -1,0 +1,138 @@
+"""Task ids in MCP messages: found where the protocol puts them, so that each can be sealed.
+
+MCP 2025-11-25 tasks (and the tasks extension of 2026-07-28) give the client a ``taskId`` to come
+back with. It sits, in ``params`` or ``result`` of any message, in one of these places:
+
+- ``taskId`` itself: ``tasks/get``, ``tasks/result``, ``tasks/cancel`` requests,
+  ``notifications/tasks/status``, and the ``Task`` results of ``tasks/get`` and ``tasks/cancel``;
+- ``task.taskId``: ``CreateTaskResult``, the answer to a task-augmented request;
+- ``tasks[].taskId``: ``ListTasksResult``;
+- ``_meta["io.modelcontextprotocol/related-task"].taskId``: any message tied to a task (a
+  server's elicitation during one, the client's answer to it, ``tasks/result``).
+
+Only those places: a tool argument or a tool result that happens to use the word (a Jira tool's
+``{"taskId": "JIRA-1"}``) is the tool's data, not a handle, and passes untouched.
+
+Pure: the sealing itself is a callable the caller passes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any, Final
+
+from ..strictjson import loads_strict
+
+__all__ = [
+    "RELATED_TASK_KEY",
+    "TASK_ID_KEY",
+    "NotAHandle",
+    "TaskIdSealer",
+    "mentions_task_id",
+    "rewrite_body_task_ids",
+    "rewrite_task_ids",
+]
+
+TASK_ID_KEY: Final = "taskId"
+_TASK_ID_BYTES: Final = TASK_ID_KEY.encode("ascii")
+
+
+class NotAHandle(ValueError):
+    """A ``taskId`` that is not a string: no SDK would read it as one of its ids."""
+
+
+def mentions_task_id(body: bytes | str) -> bool:
+    """Whether ``body`` could hold a ``taskId`` key: spelled out, or hidden in ``\\u`` escapes.
+
+    A cheap test on the bytes, so that a message without one is never parsed again.
+    """
+    if isinstance(body, str):
+        return TASK_ID_KEY in body or "\\u" in body
+    return _TASK_ID_BYTES in body or b"\\u" in body
+
+
+RELATED_TASK_KEY: Final = "io.modelcontextprotocol/related-task"
+
+
+def _task_slots(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The objects of ``message`` whose ``taskId`` key, when present, is a task handle."""
+    slots: list[dict[str, Any]] = []
+    for part in ("params", "result"):
+        body = message.get(part)
+        if not isinstance(body, dict):
+            continue
+        slots.append(body)
+        task = body.get("task")
+        if isinstance(task, dict):
+            slots.append(task)
+        tasks = body.get("tasks")
+        if isinstance(tasks, list):
+            slots.extend(item for item in tasks if isinstance(item, dict))
+        meta = body.get("_meta")
+        related = meta.get(RELATED_TASK_KEY) if isinstance(meta, dict) else None
+        if isinstance(related, dict):
+            slots.append(related)
+    return slots
+
+
+def rewrite_task_ids(document: Any, transform: Callable[[str], str]) -> bool:
+    """Replace, in place, every task handle of a message (or of each message of a batch) by
+    ``transform(value)``.
+
+    Returns whether anything was replaced. ``transform`` may raise to refuse a value; a
+    ``taskId`` there that is not a string raises ``NotAHandle``.
+    """
+    messages = document if isinstance(document, list) else [document]
+    changed = False
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        for slot in _task_slots(message):
+            if TASK_ID_KEY not in slot:
+                continue
+            value = slot[TASK_ID_KEY]
+            if not isinstance(value, str):
+                raise NotAHandle("taskId is not a string")
+            slot[TASK_ID_KEY] = transform(value)
+            changed = True
+    return changed
+
+
+def rewrite_body_task_ids(body: bytes, transform: Callable[[str], str]) -> bytes:
+    """``body`` (strict JSON already accepted) with every task id transformed; unchanged bytes
+    when it holds none."""
+    if not mentions_task_id(body):
+        return body
+    document = loads_strict(body)
+    if not rewrite_task_ids(document, transform):
+        return body
+    # ASCII escapes: a lone surrogate (valid in a JSON escape) survives, where UTF-8 would fail.
+    return json.dumps(document, separators=(",", ":")).encode("ascii")
+
+
+class TaskIdSealer:
+    """A message rewriter (``gateway.mcp.answers``): every task id the upstream sends, sealed.
+
+    A ``taskId`` that is not a string is sealed as nothing the client could send back: the
+    message is replaced by an error rather than relayed with an unbound handle.
+    """
+
+    __slots__ = ("_seal",)
+
+    markers: Final = (_TASK_ID_BYTES,)
+
+    def __init__(self, seal: Callable[[str], str]) -> None:
+        self._seal = seal
+
+    def rewrite(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        rewritten = copy.deepcopy(message)
+        try:
+            changed = rewrite_task_ids(rewritten, self._seal)
+        except NotAHandle:
+            return {"jsonrpc": "2.0", "id": message.get("id"), "error": _UNBOUND_TASK}
+        return rewritten if changed else None
+
+
+_UNBOUND_TASK: Final = {"code": -32603, "message": "Upstream sent a task id the gateway could not bind"}
