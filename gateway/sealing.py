@@ -1,7 +1,8 @@
 """State handles an upstream gives a client, sealed to the caller they were given to.
 
-An upstream hands a client handles to come back with: ``Mcp-Session-Id`` (MCP 2025-03-26 …
-2025-11-25) and task ids (2025-11-25 tasks). Whoever holds one can use it, and the upstreams
+An upstream hands a client handles to come back with: ``Mcp-Session-Id`` and the SSE event ids
+a client resumes from with ``Last-Event-ID`` (MCP 2025-03-26 … 2025-11-25), and task ids
+(2025-11-25 tasks). Whoever holds one can use it, and the upstreams
 behind the gateway cannot tell users apart, so the gateway binds each handle to its principal:
 the client only ever sees the handle *sealed*, and every handle a client sends back is opened
 and checked before the upstream sees it.
@@ -43,7 +44,7 @@ __all__ = [
     "process_sealer",
 ]
 
-HandleKind: TypeAlias = Literal["session", "task"]
+HandleKind: TypeAlias = Literal["session", "event", "task"]
 
 KEY_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
 """What a configured key id may be: it is written into every handle, before the dot."""

@@ -19,7 +19,7 @@ Pure: no aiohttp; the proxy passes header values and bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, Protocol, TypeAlias
 
 from ..errors import UpstreamError
@@ -245,13 +245,17 @@ class AnswerInspector:
             rewritten = document
         return _dump(rewritten).decode("ascii")
 
-    def sse(self, *, max_event_bytes: int | None = None) -> SseEventRewriter:
-        """An SSE relay that offers this inspector every event that concerns it."""
+    def sse(
+        self, *, max_event_bytes: int | None = None, rewrite_id: Callable[[str], str] | None = None
+    ) -> SseEventRewriter:
+        """An SSE relay that offers this inspector every event that concerns it; ``rewrite_id``
+        turns each upstream event id into the one the client resumes from."""
         limits = {} if max_event_bytes is None else {"max_event_bytes": max_event_bytes}
         return SseEventRewriter(
             self.event_data,
             markers=self._markers or None,
             ambiguous=UNREADABLE_MESSAGE,
+            rewrite_id=rewrite_id,
             **limits,
         )
 

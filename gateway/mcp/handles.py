@@ -36,7 +36,11 @@ __all__ = [
 ]
 
 TASK_ID_KEY: Final = "taskId"
-_TASK_ID_BYTES: Final = TASK_ID_KEY.encode("ascii")
+# The SDK's models also accept their fields by Python name (pydantic populate_by_name): an
+# upstream built on them reads ``task_id`` and ``meta`` as ``taskId`` and ``_meta``.
+TASK_ID_KEYS: Final = (TASK_ID_KEY, "task_id")
+META_KEYS: Final = ("_meta", "meta")
+_TASK_ID_BYTES: Final = tuple(key.encode("ascii") for key in TASK_ID_KEYS)
 
 
 class NotAHandle(ValueError):
@@ -49,8 +53,8 @@ def mentions_task_id(body: bytes | str) -> bool:
     A cheap test on the bytes, so that a message without one is never parsed again.
     """
     if isinstance(body, str):
-        return TASK_ID_KEY in body or "\\u" in body
-    return _TASK_ID_BYTES in body or b"\\u" in body
+        return any(key in body for key in TASK_ID_KEYS) or "\\u" in body
+    return any(key in body for key in _TASK_ID_BYTES) or b"\\u" in body
 
 
 RELATED_TASK_KEY: Final = "io.modelcontextprotocol/related-task"
@@ -70,10 +74,11 @@ def _task_slots(message: dict[str, Any]) -> list[dict[str, Any]]:
         tasks = body.get("tasks")
         if isinstance(tasks, list):
             slots.extend(item for item in tasks if isinstance(item, dict))
-        meta = body.get("_meta")
-        related = meta.get(RELATED_TASK_KEY) if isinstance(meta, dict) else None
-        if isinstance(related, dict):
-            slots.append(related)
+        for meta_key in META_KEYS:
+            meta = body.get(meta_key)
+            related = meta.get(RELATED_TASK_KEY) if isinstance(meta, dict) else None
+            if isinstance(related, dict):
+                slots.append(related)
     return slots
 
 
@@ -90,13 +95,14 @@ def rewrite_task_ids(document: Any, transform: Callable[[str], str]) -> bool:
         if not isinstance(message, dict):
             continue
         for slot in _task_slots(message):
-            if TASK_ID_KEY not in slot:
-                continue
-            value = slot[TASK_ID_KEY]
-            if not isinstance(value, str):
-                raise NotAHandle("taskId is not a string")
-            slot[TASK_ID_KEY] = transform(value)
-            changed = True
+            for key in TASK_ID_KEYS:
+                if key not in slot:
+                    continue
+                value = slot[key]
+                if not isinstance(value, str):
+                    raise NotAHandle(f"{key} is not a string")
+                slot[key] = transform(value)
+                changed = True
     return changed
 
 
@@ -121,7 +127,7 @@ class TaskIdSealer:
 
     __slots__ = ("_seal",)
 
-    markers: Final = (_TASK_ID_BYTES,)
+    markers: Final = _TASK_ID_BYTES
 
     def __init__(self, seal: Callable[[str], str]) -> None:
         self._seal = seal

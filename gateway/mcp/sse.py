@@ -44,6 +44,9 @@ _AMBIGUOUS_BREAK: Final = re.compile(rb"[\x0b\x0c\x1c-\x1e]|\xc2\x85|\xe2\x80[\x
 # which are ordinary characters inside an SSE line.
 _TEXT_LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 _DATA: Final = b"data"
+_ID: Final = b"id"
+# Where an id line may start in a chunk: at its beginning, or after a line break.
+_ID_LINE_STARTS: Final = (b"\nid", b"\rid")
 
 
 class SseEventTooLarge(ValueError):
@@ -74,6 +77,10 @@ class SseEventRewriter:
     byte for byte and in order; its data lines are replaced, at the place of the last one, by one
     ``data: `` line per line of the replacement, each ended like that last data line.
 
+    ``rewrite_id``: when given, the value of every ``id`` line (the event id a client resumes
+    from with ``Last-Event-ID``) is replaced by ``rewrite_id(value)``; an empty id (a reset) is
+    kept, and an id holding NUL, which clients ignore ([interpreting]), is dropped.
+
     Any exception (from the size limit or from ``rewrite``) leaves the object unusable; the caller is
     expected to abort the stream.
     """
@@ -84,6 +91,7 @@ class SseEventRewriter:
         *,
         markers: Sequence[bytes] | None = None,
         ambiguous: str | None = None,
+        rewrite_id: Callable[[str], str] | None = None,
         max_event_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         if max_event_bytes < 1:
@@ -93,6 +101,7 @@ class SseEventRewriter:
         self._rewrite = rewrite
         self._markers = tuple(markers) if markers is not None else None
         self._ambiguous = ambiguous
+        self._rewrite_id = rewrite_id
         self._max_event_bytes = max_event_bytes
         # Bytes of the event being received. Between calls it starts at an event boundary.
         self._buf = bytearray()
@@ -103,6 +112,7 @@ class SseEventRewriter:
         # the BOM before its first line (only the first event of a stream can have one). Nothing is
         # kept per line, so memory is the event's bytes, however many lines it has.
         self._has_data = False
+        self._has_id = False
         self._bom_length = 0
         # True until the first line of the stream is complete (it may start with a BOM).
         self._first_line = True
@@ -138,6 +148,8 @@ class SseEventRewriter:
         self._buf = bytearray()
         if self._markers is not None and any(marker in rest for marker in self._markers):
             return b""
+        if self._rewrite_id is not None and _has_id_line(rest):
+            return b""  # an unfinished event's id was never sealed: the client must not resume from it
         return rest
 
     def _check_open(self) -> None:
@@ -159,7 +171,7 @@ class SseEventRewriter:
         for marker in markers:
             if marker in chunk:
                 return False
-        return True
+        return self._rewrite_id is None or not _has_id_line(chunk)
 
     def _feed(self, chunk: bytes) -> bytes:
         out: list[bytes | bytearray] = []
@@ -210,15 +222,22 @@ class SseEventRewriter:
                 if end - event_start > limit:
                     raise SseEventTooLarge(limit)
                 replacement = self._replacement(buf, event_start, line_start, end)
+                if self._has_id and self._rewrite_id is not None:
+                    event = replacement if replacement is not None else buf[event_start:end]
+                    replacement = _with_ids_rewritten(event, self._bom_length, self._rewrite_id)
                 if replacement is not None:
                     out.append(buf[emitted:event_start])
                     out.append(replacement)
                     emitted = end
                 self._has_data = False
+                self._has_id = False
                 self._bom_length = 0
                 event_start = end
-            elif not self._has_data:
-                self._has_data = _data_value(buf, content_start, eol) is not None
+            else:
+                if not self._has_data:
+                    self._has_data = _data_value(buf, content_start, eol) is not None
+                if self._rewrite_id is not None and not self._has_id:
+                    self._has_id = _field_value(buf, content_start, eol, _ID) is not None
             line_start = pos = end
         else:
             pos = size
@@ -297,6 +316,27 @@ class SseEventRewriter:
         return result
 
 
+def _with_ids_rewritten(event: bytearray | bytes, bom: int, rewrite_id: Callable[[str], str]) -> bytearray:
+    """``event`` (whole, its blank line included) with every id line's value rewritten."""
+    buf = bytearray(event)
+    result = bytearray(buf[:bom])
+    for line, content_end, line_end in _lines(buf, bom, len(buf)):
+        value = _field_value(buf, line, content_end, _ID) if line != content_end else None
+        if value is None or value == content_end:
+            result += buf[line:line_end]  # not an id line, or an empty id: a reset, kept
+            continue
+        if b"\x00" in buf[value:content_end]:
+            continue  # [interpreting]: clients ignore an id holding NUL; so it goes
+        upstream_id = buf[value:content_end].decode("utf-8", errors="replace")
+        result += b"id: " + rewrite_id(upstream_id).encode("utf-8") + buf[content_end:line_end]
+    return result
+
+
+def _has_id_line(chunk: bytes | bytearray) -> bool:
+    """Whether an ``id`` field line may start in ``chunk`` (cheap; may say yes for ``idle:``)."""
+    return chunk.startswith(_ID) or _ID_LINE_STARTS[0] in chunk or _ID_LINE_STARTS[1] in chunk
+
+
 def _lines(buf: bytearray, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
     """(content start, content end, line end) of each line of buf[start:stop], which ends a line."""
     while start < stop:
@@ -311,11 +351,16 @@ def _lines(buf: bytearray, start: int, stop: int) -> Iterator[tuple[int, int, in
 
 def _data_value(buf: bytearray, start: int, end: int) -> int | None:
     """Where the value of the line buf[start:end] starts if it is a data line, else None."""
+    return _field_value(buf, start, end, _DATA)
+
+
+def _field_value(buf: bytearray, start: int, end: int, field: bytes) -> int | None:
+    """Where the value of the line buf[start:end] starts if it is a ``field`` line, else None."""
     # [interpreting]: a line that starts with ":" is a comment; otherwise the field name is
     # everything up to the first ":" (or the whole line) and is compared case-sensitively.
-    if not buf.startswith(_DATA, start, end):
+    if not buf.startswith(field, start, end):
         return None
-    value = start + len(_DATA)
+    value = start + len(field)
     if value == end:
         return value  # "data" without a colon: the value is empty
     if buf[value] != _COLON:

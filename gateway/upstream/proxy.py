@@ -50,8 +50,8 @@ UPSTREAM_MS = web.RequestKey("upstream_ms", float)  # time to the upstream's res
 STREAMED_STATUS = web.RequestKey("streamed_status", int)
 
 # Content negotiation, the Streamable HTTP headers of every revision, and trace context.
-# Not Mcp-Session-Id: the client holds a sealed one; the pipeline opens it for its caller and
-# passes the upstream's own among the extra headers (gateway.web.pipeline.SessionHandles).
+# Not Mcp-Session-Id nor Last-Event-ID: the client holds sealed ones; the pipeline opens them for
+# their caller and passes the upstream's own among the extra headers (gateway.web.handles).
 FORWARDED_REQUEST_HEADERS = frozenset(
     {
         "accept",
@@ -59,7 +59,6 @@ FORWARDED_REQUEST_HEADERS = frozenset(
         "content-type",
         "user-agent",
         "mcp-protocol-version",
-        "last-event-id",
         "mcp-method",
         "mcp-name",
         "traceparent",
@@ -210,15 +209,23 @@ class Upstream:
         response_filter: MessageRewriter | None = None,
         *,
         seal_session_id: Callable[[str], str] | None = None,
+        seal_event_id: Callable[[str], str] | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and relay the answer; errors become 502/504.
 
         ``response_filter`` sees every JSON-RPC message of a JSON or SSE answer (None: relayed
-        unread); ``seal_session_id`` turns the upstream's ``Mcp-Session-Id`` into the client's.
+        unread); ``seal_session_id`` turns the upstream's ``Mcp-Session-Id`` into the client's,
+        ``seal_event_id`` each SSE event id into the one the client resumes from.
         """
         try:
             return await self._forward(
-                request, body, credential_headers, response_headers, response_filter, seal_session_id
+                request,
+                body,
+                credential_headers,
+                response_headers,
+                response_filter,
+                seal_session_id,
+                seal_event_id,
             )
         except UpstreamError as exc:
             if self._metrics is not None:
@@ -233,6 +240,7 @@ class Upstream:
         response_headers: Mapping[str, str],
         response_filter: MessageRewriter | None,
         seal_session_id: Callable[[str], str] | None,
+        seal_event_id: Callable[[str], str] | None,
     ) -> web.StreamResponse:
         route = self.route
         url = route.upstream  # never the client's query string: MCP endpoints take none
@@ -261,7 +269,7 @@ class Upstream:
             headers.update(response_headers)
             inspector = AnswerInspector(response_filter) if response_filter is not None else None
             if kind == "sse":
-                rewriter = inspector.sse() if inspector is not None else None
+                rewriter = inspector.sse(rewrite_id=seal_event_id) if inspector is not None else None
                 open_streams = (
                     self._metrics.sse_stream(route.path)
                     if self._metrics is not None

@@ -15,9 +15,16 @@ from ..errors import McpRejected, SessionNotFound, TaskNotFound
 from ..mcp.handles import NotAHandle, rewrite_body_task_ids
 from ..mcp.messages import HANDSHAKE_VERSIONS
 from ..principal import Principal
-from ..sealing import StateSealer
+from ..sealing import HandleKind, StateSealer
 
 __all__ = ["CallerHandles", "in_session_era"]
+
+
+# The request headers that carry a sealed handle, and the kind each was sealed as.
+_RESUMABLE_HANDLES: tuple[tuple[str, HandleKind], ...] = (
+    ("Mcp-Session-Id", "session"),
+    ("Last-Event-ID", "event"),
+)
 
 
 def in_session_era(version: str | None) -> bool:
@@ -35,21 +42,28 @@ class CallerHandles:
         self._binding = (route.path, principal.issuer, principal.subject)
 
     def open_session(self, request: web.Request) -> dict[str, str]:
-        """The ``Mcp-Session-Id`` header to send upstream (none when the client sent none).
+        """The ``Mcp-Session-Id`` and ``Last-Event-ID`` headers to send upstream: the upstream's
+        own, for the sealed ones the client sent (none when it sent none).
 
-        In the session era every id a client sends must open for this caller, or 404. MCP
-        2026-07-28 has no sessions and a server ignores the header (spec-notes J5), so none is
-        sent upstream rather than forward a handle that was not checked.
+        In the session era every one a client sends must open for this caller, or 404 as for an
+        unknown session: a session, and the events of a stream it resumes, are its owner's. MCP
+        2026-07-28 has neither sessions nor resumption and a server ignores both headers
+        (spec-notes J5), so neither is sent upstream rather than forward a handle not checked.
         """
-        sent = request.headers.getall("Mcp-Session-Id", [])
-        if not sent or not in_session_era(request.headers.get("MCP-Protocol-Version")):
+        if not in_session_era(request.headers.get("MCP-Protocol-Version")):
             return {}
-        if len(sent) > 1:
-            raise McpRejected("header_mismatch", detail="Mcp-Session-Id sent more than once")
-        upstream_id = self._sealer.open("session", sent[0], self._binding)
-        if upstream_id is None:
-            raise SessionNotFound()
-        return {"Mcp-Session-Id": upstream_id}
+        upstream: dict[str, str] = {}
+        for header, kind in _RESUMABLE_HANDLES:
+            sent = request.headers.getall(header, [])
+            if not sent:
+                continue
+            if len(sent) > 1:
+                raise McpRejected("header_mismatch", detail=f"{header} sent more than once")
+            upstream_id = self._sealer.open(kind, sent[0], self._binding)
+            if upstream_id is None:
+                raise SessionNotFound(detail=f"{header} does not open for this caller")
+            upstream[header] = upstream_id
+        return upstream
 
     def seal_session(self, upstream_id: str) -> str:
         """What the client sees in place of the upstream's ``Mcp-Session-Id``."""
@@ -67,6 +81,10 @@ class CallerHandles:
         if upstream_id is None:
             raise TaskNotFound()
         return upstream_id
+
+    def seal_event_id(self, upstream_id: str) -> str:
+        """What the client sees in place of an SSE event id (and sends back as Last-Event-ID)."""
+        return self._sealer.seal("event", upstream_id, self._binding)
 
     def seal_task_id(self, upstream_id: str) -> str:
         """What the client sees in place of a task id the upstream gave."""

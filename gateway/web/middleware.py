@@ -88,13 +88,24 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         structlog.contextvars.clear_contextvars()
 
 
+UNKNOWN_PATH = "(unknown path)"
+
+
+def loggable_path(request: web.Request, routed: bool, status: int) -> str:
+    """The path as the request line shows it: only a path the gateway served or routed.
+
+    Never the query string, and never a path nobody configured: a client can put anything
+    there, a token spelled so that no redaction recognises it (``%2E`` for its dots) included.
+    """
+    return request.path if routed or status < 400 else UNKNOWN_PATH
+
+
 def _log_request(request: web.Request, status: int, outcome: str, duration_s: float) -> None:
     principal = request.get(PRINCIPAL)
     route = request.get(ROUTE)
     fields: dict[str, Any] = {
         "http_method": request.method,
-        # The path only: the query string may carry a refused token.
-        "path": request.path,
+        "path": loggable_path(request, route is not None, status),
         "status": status,
         "outcome": outcome,
         "duration_ms": round(duration_s * 1000, 3),

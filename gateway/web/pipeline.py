@@ -24,7 +24,7 @@ Everything a step refuses is raised as a ``GatewayError``; ``error_responses`` r
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, unquote_plus
+from urllib.parse import unquote_plus
 
 from aiohttp import web
 
@@ -113,6 +113,7 @@ async def handle_mcp(gateway: Gateway, served: ServedRoute, request: web.Request
         response_headers,
         response_filter,
         seal_session_id=handles.seal_session,
+        seal_event_id=handles.seal_event_id,
     )
 
 
@@ -155,8 +156,9 @@ def query_carries_token(query: str, authorization: list[str]) -> bool:
     if not query:
         return False
     decoded = unquote_plus(query)
-    names = {name.lower() for name in parse_qs(query, keep_blank_values=True)}
-    if "access_token" in names:
+    # Anywhere, not only as a name parse_qs finds: `a=1;access_token=…`, `access_token[]=…` and
+    # `access%5Ftoken` are all read as the parameter by some server framework.
+    if "access_token" in decoded.lower():
         return True
     for value in authorization:
         token = value.strip().partition(" ")[2].strip()

@@ -37,11 +37,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.eventloop import uvloop_installed
+from gateway.sealing import StateSealer
 from tests.support.issuer import SigningKey, TestIssuer
 from tests.support.processes import REPO_ROOT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ISSUER = "https://issuer.bench.example"
+BENCH_SUBJECT = "user-1"  # TestIssuer.mint's default subject
+STATE_SECRET = "bench-state-key-" + "0" * 32  # the bench's own gateway only
 VERSION_2026 = "2026-07-28"
 VERSION_2025 = "2025-11-25"
 META = {
@@ -147,6 +150,7 @@ class Gateway:
                   minted: {{audience: https://upstream.bench.example, ttl_s: 300, scope: operation}}
             """
         )
+        (workdir / "state.key").write_text(STATE_SECRET)
         self.config = workdir / "gateway.yaml"
         self.config.write_text(
             f"listen: {{host: 127.0.0.1, port: {self.port}}}\n"
@@ -159,12 +163,18 @@ class Gateway:
             "  keys: [{kid: bench-mint, alg: ES256, file: mint.pem}]\n"
             "logging: {format: json, level: info}\n"
             "shutdown_grace_s: 1\n"
+            "state_keys: {keys: [{id: bench, secret: {file: state.key}}]}\n"
             "routes:\n"
             + route.format(path="/sdk/mcp", port=sdk_port)
             + route.format(path="/free/mcp", port=free_port_)
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "gateway.log"
+
+    def session_id(self, route: str, upstream_id: str) -> str:
+        """``upstream_id`` as the gateway's client sees it: sealed to the bench token's subject."""
+        sealer = StateSealer([("bench", STATE_SECRET.encode())], "bench")
+        return sealer.seal("session", upstream_id, (route, ISSUER, BENCH_SUBJECT))
 
     def token(self, route: str) -> str:
         return self.issuer.mint(
@@ -472,7 +482,8 @@ async def idle_streams(gw: Gateway, streams: int) -> dict[str, Any]:
         headers = {
             "Accept": "text/event-stream",
             "Authorization": f"Bearer {token}",
-            "Mcp-Session-Id": f"bench-{i}",
+            # The free upstream takes any session id; the gateway only one sealed to the caller.
+            "Mcp-Session-Id": gw.session_id("/free/mcp", f"bench-{i}"),
             "MCP-Protocol-Version": VERSION_2025,
         }
         async with gate:

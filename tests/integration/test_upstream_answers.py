@@ -152,12 +152,14 @@ async def test_get_stream_list_shaped_events_are_filtered(
     async with canned_upstream(Canned(200, [SSE_TYPE], stream)) as upstream:
         gateway, auth = await start(start_gateway_with, issuer, upstream)
         status, headers, raw = await call(
-            gateway, auth, method="GET", headers={"Accept": "text/event-stream", "Last-Event-ID": "1"}
+            gateway, auth, method="GET", headers={"Accept": "text/event-stream"}
         )
     assert status == 200 and headers["Content-Type"] == "text/event-stream"
     assert_hidden_gone(raw)
     events = parse_sse_events(raw)
-    assert [e.get("id") for e in events] == ["1", "2", None]  # event ids untouched
+    ids = [e.get("id") for e in events]
+    assert ids[2] is None and ids[0] != ids[1]  # event ids sealed to the caller, one per upstream id
+    assert all(event_id and event_id.startswith("ephemeral.") for event_id in ids[:2])
     assert upstream.requests[0].method == "GET"
 
 
@@ -481,3 +483,62 @@ async def test_tools_list_replayed_after_last_event_id_is_filtered(
     names = {tool["name"] for tool in message["result"]["tools"]}
     assert "test_simple_text" in names  # the replay did carry the list
     assert GATED_TOOL not in names
+
+
+async def test_another_user_cannot_resume_from_an_event_id(
+    resumable_upstream: str, issuer: TestIssuer, start_gateway_with: GatewayFactory
+) -> None:
+    """Event ids reach the client sealed to it: Bob, on his own valid session, sending Alice's
+    event ids (as she saw them, or the upstream's raw counters) gets 404 and none of her events;
+    Alice resumes from hers."""
+    gateway = await start_gateway_with(single_route_config(issuer, resumable_upstream + "/mcp"))
+    version = {"MCP-Protocol-Version": "2025-11-25"}
+
+    async def session_of(http: aiohttp.ClientSession, subject: str) -> dict[str, str]:
+        auth = {"Authorization": f"Bearer {issuer.mint(audience=RESOURCE, subject=subject)}"}
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": CLIENT_INFO},
+        }
+        async with http.post(
+            gateway.route_url(), json=initialize, headers={**MCP_HEADERS, **auth}
+        ) as response:
+            session = {**auth, **version, "Mcp-Session-Id": response.headers["Mcp-Session-Id"]}
+            await response.read()
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        async with http.post(
+            gateway.route_url(), json=initialized, headers={**MCP_HEADERS, **session}
+        ) as response:
+            assert response.status == 202
+        return session
+
+    secret_call = {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "method": "prompts/get",
+        "params": {"name": "test_prompt_with_arguments", "arguments": {"arg1": "ALICE-SECRET", "arg2": "x"}},
+    }
+    async with aiohttp.ClientSession() as http:
+        alice = await session_of(http, "alice")
+        async with http.post(
+            gateway.route_url(), json=secret_call, headers={**MCP_HEADERS, **alice}
+        ) as response:
+            events = parse_sse_events(await response.read())
+        sealed_ids = [event["id"] for event in events if event.get("id")]
+        assert sealed_ids and all(event_id.startswith("ephemeral.") for event_id in sealed_ids)
+        bob = await session_of(http, "bob")
+        for event_id in [*sealed_ids, *map(str, range(0, 8))]:
+            headers = {**bob, "Accept": "text/event-stream", "Last-Event-ID": event_id}
+            async with http.get(gateway.route_url(), headers=headers) as response:
+                body = await response.read()
+                assert response.status == 404, event_id
+                assert b"ALICE-SECRET" not in body and b"Session not found" in body
+        headers = {**alice, "Accept": "text/event-stream", "Last-Event-ID": sealed_ids[0]}
+        async with http.get(gateway.route_url(), headers=headers) as response:
+            assert response.status == 200
+            replayed = b""
+            async with asyncio.timeout(10):
+                while b"ALICE-SECRET" not in replayed:
+                    replayed += await response.content.readany()

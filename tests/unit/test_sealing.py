@@ -150,6 +150,14 @@ def test_task_ids_are_found_where_the_protocol_puts_them_and_nowhere_else() -> N
     assert not rewrite_task_ids({"params": {"name": "x", "arguments": {"taskId": "JIRA-3"}}}, str.upper)
     with pytest.raises(NotAHandle):
         rewrite_task_ids({"params": {"taskId": 5}}, str.upper)
+    # The SDK's models accept Python field names too: those spellings are handles as well.
+    aliased = {
+        "params": {"task_id": "t5", "meta": {"io.modelcontextprotocol/related-task": {"task_id": "t6"}}}
+    }
+    assert rewrite_task_ids(aliased, str.upper)
+    assert aliased == {
+        "params": {"task_id": "T5", "meta": {"io.modelcontextprotocol/related-task": {"task_id": "T6"}}}
+    }
 
 
 def test_bodies_without_task_ids_are_left_byte_for_byte() -> None:
