@@ -209,6 +209,7 @@ async def drain_and_stop(runner: web.AppRunner, live: LiveGateway[Any]) -> None:
     cut what is left and close the application (and with it every gateway)."""
     grace_s = live.config.shutdown_grace_s
     started = time.monotonic()
+    live.draining = True  # /readyz answers 503 from now on
     for site in list(runner.sites):
         await site.stop()  # the listening socket closes: new connections are refused
     log.info("stopping", grace_s=grace_s, in_flight=live.in_flight)

@@ -1,5 +1,8 @@
 """The admin listener (``admin: {host, port}``): ``/metrics``, ``/healthz`` and ``/readyz``.
 
+``/metrics`` holds the gateway's families and the process's own (open and maximum file
+descriptors, resident memory, CPU); ``/readyz`` is 503 once shutdown has begun.
+
 A second aiohttp listener, separate from the one MCP clients reach, so metrics are never served
 to them and the admin port can stay on loopback or an internal network. It runs inside the
 gateway application's lifecycle: it starts once the gateway has started and stops before the
@@ -8,11 +11,14 @@ gateway closes, so ``/readyz`` always reflects a live gateway.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Final
 
 import structlog
 from aiohttp import web
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 
 from ..config import AdminConfig, GatewayConfig
 from ..metrics import CONTENT_TYPE_LATEST, METRICS
@@ -33,11 +39,27 @@ class AdminListener:
 ADMIN = web.AppKey("admin", AdminListener)
 
 
+def process_registry() -> CollectorRegistry:
+    """This process's own figures (``process_open_fds``, ``process_max_fds``, resident memory,
+    CPU seconds, start time; the Python version), kept apart from the gateway's families."""
+    registry = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+# Built at import: registering reads /proc (blocking), which must not happen on the event loop.
+PROCESS_REGISTRY: Final = process_registry()
+
+
 def admin_app(gateway_app: web.Application) -> web.Application:
     """The admin application; it reads the gateway application's metrics and readiness per request."""
 
+    process = PROCESS_REGISTRY
+
     async def metrics(_request: web.Request) -> web.Response:
-        body = gateway_app[METRICS].exposition()
+        # The process figures are read from /proc: files, so off the loop.
+        body = gateway_app[METRICS].exposition() + await asyncio.to_thread(generate_latest, process)
         # CONTENT_TYPE_LATEST carries a charset, which aiohttp wants as a header, not content_type.
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -93,6 +93,8 @@ class LiveGateway(Generic[G]):
         self._idle = asyncio.Event()
         self._idle.set()
         self._reload_lock = asyncio.Lock()
+        # Set once shutdown begins: the MCP port is closing, so /readyz must say so.
+        self.draining = False
 
     @property
     def current(self) -> G:
@@ -240,12 +242,17 @@ LIVE = web.AppKey("live_gateway", LiveGateway)
 
 
 def add_health_routes(router: web.UrlDispatcher, live: LiveGateway[Any]) -> None:
-    """``/healthz`` (the process answers) and ``/readyz`` (the serving gateway has its keys)."""
+    """``/healthz`` (the process answers) and ``/readyz`` (the serving gateway has its keys and
+    is not shutting down)."""
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
+        # Draining: the MCP listener no longer accepts connections; a load balancer must stop
+        # sending any, even though this admin listener still answers.
+        if live.draining:
+            return web.json_response({"ready": False, "draining": True}, status=503)
         ready = live.current.ready
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 

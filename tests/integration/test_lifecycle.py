@@ -266,12 +266,22 @@ async def test_sighup_reload_applies_a_valid_config_refuses_an_invalid_one_and_k
 async def test_sigterm_lets_requests_in_flight_finish_refuses_new_connections_and_exits_0(
     issuer: TestIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    """On SIGTERM the listener closes, in-flight calls finish, and the exit is 0 within the grace period."""
+    """On SIGTERM the listener closes, in-flight calls finish, and the exit is 0 within the grace period;
+    meanwhile the admin /readyz says 503 (draining), so a load balancer stops sending traffic."""
     grace_s = 6.0
     port = free_port()
+    admin = f"http://127.0.0.1:{(admin_port := free_port())}"
     config_path = tmp_path / "gateway.yaml"
-    write_config(config_path, single_route_config(issuer, upstream.mcp_url), port, shutdown_grace_s=grace_s)
+    write_config(
+        config_path,
+        single_route_config(issuer, upstream.mcp_url),
+        port,
+        shutdown_grace_s=grace_s,
+        admin={"host": "127.0.0.1", "port": admin_port},
+    )
     async with gateway_process(config_path, port, tmp_path / "gateway.log") as gateway:
+        async with aiohttp.ClientSession() as http, http.get(admin + "/readyz") as response:
+            assert response.status == 200
 
         async def sleep_call() -> str:
             # One raw request (the SDK client may send a follow-up request of its own, which a
@@ -296,6 +306,9 @@ async def test_sigterm_lets_requests_in_flight_finish_refuses_new_connections_an
         await gateway.wait_for("stopping")  # logged once the listening socket is closed
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
+        async with aiohttp.ClientSession() as http, http.get(admin + "/readyz") as response:
+            assert response.status == 503
+            assert await response.json() == {"ready": False, "draining": True}
 
         assert await asyncio.gather(*calls) == ["slept 1.5", "slept 1.5"]
         assert await asyncio.wait_for(gateway.proc.wait(), grace_s) == 0

@@ -214,6 +214,27 @@ async def test_metrics_is_not_served_on_the_client_listener(
             assert response.status == 200 and (await response.json()) == {"ready": True}
 
 
+async def test_the_admin_port_exports_the_process_figures(
+    issuer: TestIssuer, upstream: Upstream, start_gateway_with: GatewayFactory
+) -> None:
+    """process_open_fds, process_max_fds, resident memory and CPU sit beside the gateway's families,
+    with values an alert can use (this process's own open descriptors, below its limit)."""
+    gateway = await start_gateway_with(metrics_config(issuer, upstream, free_port()))
+    assert gateway.admin_url is not None
+    _, families, samples = await scrape(gateway.admin_url)
+    for family in (
+        "process_open_fds",
+        "process_max_fds",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds",
+    ):
+        assert family in families, family
+    open_fds, max_fds = value(samples, "process_open_fds"), value(samples, "process_max_fds")
+    assert 0 < open_fds < max_fds
+    assert value(samples, "process_resident_memory_bytes") > 10 * 1024 * 1024
+    assert "mcp_gateway_requests" in families
+
+
 async def test_without_admin_config_there_is_no_admin_listener(
     issuer: TestIssuer, upstream: Upstream, start_gateway_with: GatewayFactory
 ) -> None:
