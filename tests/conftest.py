@@ -137,11 +137,12 @@ class Upstream:
             response.raise_for_status()
 
 
-def _spawn_upstream(*args: str) -> Iterator[str]:
-    """Run the SDK fixture server in a subprocess; yields its base URL; stops it afterwards."""
+def spawn_upstream(*args: str, module: str = "tests.support.upstream_server") -> Iterator[str]:
+    """Run an SDK fixture server (``module``, which prints ``LISTENING <port>``) in a subprocess;
+    yields its base URL; stops it afterwards."""
     # As a context manager, Popen also closes the stdout pipe at the end (else a ResourceWarning).
     with subprocess.Popen(
-        [sys.executable, "-m", "tests.support.upstream_server", "--port", "0", *args],
+        [sys.executable, "-m", module, "--port", "0", *args],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -164,16 +165,16 @@ def _spawn_upstream(*args: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def upstream_process() -> Iterator[str]:
     """One SDK upstream for the session (starting one costs about a second)."""
-    yield from _spawn_upstream()
+    yield from spawn_upstream()
 
 
 @pytest.fixture(scope="session")
 def json_upstream_process() -> Iterator[str]:
     """An SDK upstream that answers POSTs with application/json instead of SSE."""
-    yield from _spawn_upstream("--json-response")
+    yield from spawn_upstream("--json-response")
 
 
-async def _fresh_upstream(base_url: str) -> AsyncIterator[Upstream]:
+async def fresh_upstream(base_url: str) -> AsyncIterator[Upstream]:
     async with aiohttp.ClientSession() as http:
         upstream = Upstream(base_url, http)
         await upstream.clear()
@@ -183,13 +184,13 @@ async def _fresh_upstream(base_url: str) -> AsyncIterator[Upstream]:
 @pytest.fixture
 async def upstream(upstream_process: str) -> AsyncIterator[Upstream]:
     """The session's SDK upstream, with its records cleared for this test."""
-    async for fresh in _fresh_upstream(upstream_process):
+    async for fresh in fresh_upstream(upstream_process):
         yield fresh
 
 
 @pytest.fixture
 async def json_upstream(json_upstream_process: str) -> AsyncIterator[Upstream]:
-    async for fresh in _fresh_upstream(json_upstream_process):
+    async for fresh in fresh_upstream(json_upstream_process):
         yield fresh
 
 

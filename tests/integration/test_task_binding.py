@@ -29,9 +29,9 @@ from tests.conftest import (
     Gateway,
     GatewayFactory,
     Upstream,
-    _fresh_upstream,
-    _spawn_upstream,
+    fresh_upstream,
     single_route_config,
+    spawn_upstream,
 )
 from tests.integration.test_authentication import INITIALIZE, MCP_HEADERS
 from tests.support.issuer import TestIssuer
@@ -48,12 +48,12 @@ LIST_RULE: Final = {"tasks/list": ["mcp:access"]}
 
 @pytest.fixture(scope="session")
 def tasks_upstream_process() -> Iterator[str]:
-    yield from _spawn_upstream("--tasks")
+    yield from spawn_upstream("--tasks")
 
 
 @pytest.fixture(scope="session")
 def tasks_json_upstream_process() -> Iterator[str]:
-    yield from _spawn_upstream("--tasks", "--json-response")
+    yield from spawn_upstream("--tasks", "--json-response")
 
 
 @pytest.fixture(params=["sse", "json"])
@@ -68,7 +68,7 @@ def tasks_upstream_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def tasks_upstream(tasks_upstream_url: str) -> AsyncIterator[Upstream]:
     """That upstream, with its records cleared for this test."""
-    async for fresh in _fresh_upstream(tasks_upstream_url):
+    async for fresh in fresh_upstream(tasks_upstream_url):
         yield fresh
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -22,11 +20,10 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-from tests.conftest import Gateway, GatewayFactory, LogSink, single_route_config
+from tests.conftest import Gateway, GatewayFactory, LogSink, single_route_config, spawn_upstream
 from tests.integration.test_authentication import MCP_HEADERS
 from tests.support.canned_upstream import Canned, CannedUpstream, canned_upstream
 from tests.support.issuer import TestIssuer
-from tests.support.processes import REPO_ROOT
 from tests.support.sse import parse_sse_events
 
 RESOURCE = "http://127.0.0.1:8080/mcp"
@@ -414,21 +411,7 @@ CLIENT_INFO = {"name": "t", "version": "0"}
 @pytest.fixture(scope="module")
 def resumable_upstream() -> Iterator[str]:
     """The conformance fixture server (official SDK, in-memory event store): its base URL."""
-    with subprocess.Popen(
-        [sys.executable, "-m", "tests.conformance.fixture_server", "--port", "0"],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as proc:
-        try:
-            assert proc.stdout is not None
-            word, _, port = proc.stdout.readline().strip().partition(" ")
-            if word != "LISTENING":
-                raise RuntimeError(f"fixture server failed to start (exit {proc.poll()})")
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(5)
+    yield from spawn_upstream(module="tests.conformance.fixture_server")
 
 
 @pytest.fixture
