@@ -48,10 +48,12 @@ METRIC_FAMILIES: Final[tuple[str, ...]] = (
     "mcp_gateway_sse_streams_open",
     "mcp_gateway_jwks_fetches_total",
     "mcp_gateway_jwks_keys_skipped_total",
+    "mcp_gateway_jwks_last_success_timestamp_seconds",
     "mcp_gateway_token_exchanges_total",
     "mcp_gateway_token_exchange_cache_hits_total",
     "mcp_gateway_introspections_total",
     "mcp_gateway_introspection_cache_hits_total",
+    "mcp_gateway_workers_alive",
 )
 
 NO_ROUTE: Final = "none"
@@ -147,6 +149,14 @@ class GatewayMetrics:
             ("issuer", "reason"),
             registry=registry,
         )
+        # A timestamp, not an age: an alert computes `time() - x` at query time, and an issuer
+        # that never loaded shows 0 (the series exists from the start), so it alerts too.
+        self.jwks_last_success = Gauge(
+            "mcp_gateway_jwks_last_success_timestamp_seconds",
+            "Unix time of each issuer's last successful key load (0: never loaded).",
+            ("issuer",),
+            registry=registry,
+        )
         self.token_exchanges = Counter(
             "mcp_gateway_token_exchanges",
             "RFC 8693 exchanges sent to the authorization server (ok, refused, unavailable).",
@@ -171,6 +181,14 @@ class GatewayMetrics:
             ("issuer",),
             registry=registry,
         )
+        # Every worker of `serve --workers N` reports the pool's count, which the parent publishes
+        # (gateway.server); a process serving alone is a pool of one.
+        self.workers_alive = Gauge(
+            "mcp_gateway_workers_alive",
+            "Worker processes of this gateway running now (1 without --workers).",
+            registry=registry,
+        )
+        self.workers_alive.set(1)
 
     # --- recording ------------------------------------------------------------------------------
 
@@ -200,8 +218,14 @@ class GatewayMetrics:
         finally:
             gauge.dec()
 
+    def jwks_issuer_watched(self, issuer: str) -> None:
+        """Export the issuer's last-success series (0 until a load succeeds; kept across reloads)."""
+        self.jwks_last_success.labels(issuer)
+
     def jwks_fetched(self, issuer: str, result: str) -> None:
         self.jwks_fetches.labels(issuer, result).inc()
+        if result == "ok":
+            self.jwks_last_success.labels(issuer).set_to_current_time()
 
     def jwks_key_skipped(self, issuer: str, reason: str) -> None:
         self.jwks_keys_skipped.labels(issuer, reason).inc()

@@ -9,7 +9,10 @@
 - ``serve --workers N``: a parent process starts N workers (``python -m gateway serve
   --worker-index i``), which all bind the listen port with SO_REUSEPORT so that the kernel
   spreads connections over them. The parent forwards SIGTERM, SIGINT and SIGHUP to the workers
-  and exits once they have all stopped. A worker whose parent disappears stops by itself.
+  and exits once they have all stopped. A worker that dies is replaced at once (same index, so
+  the same admin port) within a restart budget; a crash loop stops the others and exits 1. The
+  parent publishes how many run (``mcp_gateway_workers_alive`` on every worker's /metrics). A
+  worker whose parent disappears stops by itself.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
+import math
 import os
 import secrets
 import signal
+import struct
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,6 +37,7 @@ import structlog
 from aiohttp import web
 
 from .config import ConfigError, GatewayConfig, load_config
+from .metrics import METRICS, GatewayMetrics
 from .sealing import MIN_SECRET_BYTES, PROCESS_KEY_ENV
 from .web.admin import start_admin
 from .web.app import build_app
@@ -127,6 +135,8 @@ async def serve(config: GatewayConfig, *, worker: int | None = None, loop_name: 
         log.error("start_failed", error=str(exc))
         return 1
     live = runner.app[LIVE]
+    if worker is not None:
+        _export_workers_alive(runner.app[METRICS])
     frozen = tune_garbage_collector()
     log.info(
         "listening",
@@ -238,17 +248,136 @@ async def _stop_when_orphaned(stop: asyncio.Event) -> None:
 
 # --- serve --workers N ------------------------------------------------------------------------------
 
+# A crash loop ends the gateway: more restarts than the budget within the window mean a fault that
+# restarting does not fix (a port taken, a config file broken since start). The budget is at least
+# one per worker, so a pool can lose every worker once a minute and keep serving.
+RESTART_BUDGET = 3
+RESTART_WINDOW_S = 60.0
+# The first restart is immediate; each further one within the window waits this much longer.
+_RESTART_DELAY_STEP_S = 0.25
+_RESTART_DELAY_MAX_S = 1.0
+# The parent writes how many workers run into a memory file that every worker inherits (this env
+# var names its descriptor); each worker's /metrics reads it as mcp_gateway_workers_alive, so the
+# parent needs no listener of its own.
+WORKERS_ALIVE_FD_ENV = "MCP_GATEWAY_WORKERS_ALIVE_FD"
+_COUNT = struct.Struct("<q")
+
+
+def recent_restarts(restarts: Sequence[float], now: float) -> int:
+    """How many of the restarts (monotonic times) fall within the budget's window."""
+    return sum(1 for at in restarts if now - at < RESTART_WINDOW_S)
+
+
+def restart_allowed(restarts: Sequence[float], now: float, workers: int) -> bool:
+    """Whether one more restart fits the budget: ``max(RESTART_BUDGET, workers)`` per window."""
+    return recent_restarts(restarts, now) < max(RESTART_BUDGET, workers)
+
+
+def restart_delay(restarts: Sequence[float], now: float) -> float:
+    """The wait before the next restart: none for the first within the window, then growing."""
+    return min(_RESTART_DELAY_MAX_S, _RESTART_DELAY_STEP_S * recent_restarts(restarts, now))
+
+
+def read_workers_alive(fd: int) -> float:
+    """The count the parent last published in the shared file (NaN if it cannot be read)."""
+    try:
+        data = os.pread(fd, _COUNT.size, 0)
+    except OSError:
+        return math.nan
+    return float(_COUNT.unpack(data)[0]) if len(data) == _COUNT.size else math.nan
+
+
+def _export_workers_alive(metrics: GatewayMetrics) -> None:
+    """In a worker: report the parent's count of running workers instead of the default 1."""
+    handed = os.environ.get(WORKERS_ALIVE_FD_ENV, "")
+    if handed.isdigit():
+        metrics.workers_alive.set_function(functools.partial(read_workers_alive, int(handed)))
+
+
+def _shared_count_file() -> int:
+    """A descriptor of an anonymous file in memory (Linux), else of an unlinked temporary file."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("mcp-gateway-workers-alive")
+    fd, path = tempfile.mkstemp(prefix="mcp-gateway-workers-alive-")
+    os.unlink(path)
+    return fd
+
+
+class _Pool:
+    """The worker processes by index, how to start one, and the published count of running ones."""
+
+    def __init__(self, config: GatewayConfig, worker_args: Sequence[str], stopping: asyncio.Event) -> None:
+        self.config = config
+        self.worker_args = worker_args
+        self.stopping = stopping
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self.restarts: list[float] = []  # monotonic times of the restarts within the window
+        self.count_fd = _shared_count_file()
+        self.env = {
+            **os.environ,
+            # One random key for all workers, replacements included: without state_keys they
+            # still open each other's sealed sessions, wherever the kernel sends a connection.
+            PROCESS_KEY_ENV: secrets.token_hex(MIN_SECRET_BYTES),
+            WORKERS_ALIVE_FD_ENV: str(self.count_fd),
+        }
+
+    def running(self) -> list[asyncio.subprocess.Process]:
+        return [process for process in self.processes.values() if process.returncode is None]
+
+    def publish(self) -> None:
+        os.pwrite(self.count_fd, _COUNT.pack(len(self.running())), 0)
+
+    def send(self, sig: signal.Signals) -> None:
+        for process in self.running():
+            process.send_signal(sig)
+
+    async def start(self, index: int) -> asyncio.subprocess.Process:
+        """Start worker ``index`` (its admin port is ``admin.port + index``, whoever it replaces)."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(self.config.source),
+            "--worker-index",
+            str(index),
+            *self.worker_args,
+            # Its own session: a terminal's Ctrl-C reaches the parent only, which forwards it once.
+            start_new_session=True,
+            env=self.env,
+            pass_fds=(self.count_fd,),
+        )
+        self.processes[index] = process
+        self.publish()
+        if self.stopping.is_set():  # the stop signal came while it was starting: it missed it
+            process.send_signal(signal.SIGTERM)
+        return process
+
+    async def restart(self, index: int, delay_s: float) -> asyncio.subprocess.Process | None:
+        """Start a replacement for worker ``index`` after ``delay_s``, unless a stop comes first."""
+        if delay_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay_s)
+        if self.stopping.is_set():
+            return None
+        return await self.start(index)
+
+    def close(self) -> None:
+        os.close(self.count_fd)
+
 
 async def supervise_workers(config: GatewayConfig, workers: int, worker_args: Sequence[str]) -> int:
     """Run ``workers`` worker processes; forward stop and reload signals; exit when all stopped.
 
     ``worker_args`` are extra ``serve`` arguments for every worker (the log flags). A worker that
-    exits while no stop was asked for stops the others too (exit status 1): restarting is left to
-    the process supervisor (systemd, Kubernetes), which sees the whole gateway fail.
+    exits while no stop was asked for is replaced (same index, same state key) while the others
+    keep serving; beyond the restart budget (a crash loop) the others are stopped and the exit
+    status is 1, for the process supervisor (systemd, Kubernetes) to see.
     """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    processes: list[asyncio.subprocess.Process] = []
+    pool = _Pool(config, worker_args, stopping)
     latest = [config]  # the workers reload it too: their grace period is the newest valid one
 
     def forward(sig: signal.Signals) -> None:
@@ -257,79 +386,87 @@ async def supervise_workers(config: GatewayConfig, workers: int, worker_args: Se
         else:
             with contextlib.suppress(ConfigError):
                 latest[0] = load_config(config.source)  # each worker logs what it thinks of it
-        for process in processes:
-            if process.returncode is None:
-                process.send_signal(sig)
+        pool.send(sig)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, forward, sig)
-    ephemeral_key = secrets.token_hex(MIN_SECRET_BYTES)
     try:
         for index in range(workers):
-            processes.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "gateway",
-                    "serve",
-                    "--config",
-                    str(config.source),
-                    "--worker-index",
-                    str(index),
-                    *worker_args,
-                    # Its own session: a terminal's Ctrl-C reaches the parent only, which forwards it once.
-                    start_new_session=True,
-                    # One random key for all workers: without state_keys they still open each
-                    # other's sealed sessions, wherever the kernel sends a connection.
-                    env={**os.environ, PROCESS_KEY_ENV: ephemeral_key},
-                )
-            )
-        log.info("workers_started", workers=workers, pids=[process.pid for process in processes])
-        return await _wait_for_workers(processes, stopping, lambda: latest[0].shutdown_grace_s)
+            await pool.start(index)
+        log.info(
+            "workers_started", workers=workers, pids=[process.pid for process in pool.processes.values()]
+        )
+        return await _supervise(pool, workers, lambda: latest[0].shutdown_grace_s)
     finally:
-        for process in processes:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        for process in pool.running():
+            process.kill()
+            await process.wait()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        pool.close()
 
 
-async def _wait_for_workers(
-    processes: list[asyncio.subprocess.Process], stopping: asyncio.Event, grace_s: Callable[[], float]
-) -> int:
+async def _supervise(pool: _Pool, workers: int, grace_s: Callable[[], float]) -> int:
+    """Reap workers and replace those that die until a stop is asked; then wait for all of them."""
+    stopping = pool.stopping
     status = 0
-    waits = {asyncio.create_task(process.wait()): process for process in processes}
-    pending: set[asyncio.Task[Any]] = set(waits)
+    waits = {asyncio.create_task(process.wait()): index for index, process in pool.processes.items()}
+    starts: dict[asyncio.Task[asyncio.subprocess.Process | None], tuple[int, int | None]] = {}
     stop_asked = asyncio.create_task(stopping.wait())
     deadline: float | None = None  # once stopping: workers get their grace period, and then some
+
+    def replace(index: int, pid: int | None) -> None:
+        nonlocal status
+        now = time.monotonic()
+        if not restart_allowed(pool.restarts, now, workers):
+            log.error(
+                "worker_restarts_exhausted",
+                restarts=recent_restarts(pool.restarts, now),
+                window_s=RESTART_WINDOW_S,
+            )
+            status = 1
+            stopping.set()
+            pool.send(signal.SIGTERM)
+            return
+        delay_s = restart_delay(pool.restarts, now)
+        pool.restarts = [at for at in pool.restarts if now - at < RESTART_WINDOW_S] + [now]
+        starts[asyncio.create_task(pool.restart(index, delay_s))] = (index, pid)
+
     try:
-        while pending:
+        while waits or starts:
             if stopping.is_set() and deadline is None:
                 deadline = time.monotonic() + grace_s() + _CUT_WAIT_S + 10.0
-            watch = pending if stop_asked.done() else {*pending, stop_asked}
+            watch = {*waits, *starts} if stop_asked.done() else {*waits, *starts, stop_asked}
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, _ = await asyncio.wait(watch, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:
-                log.error("workers_killed", pids=[waits[task].pid for task in pending])
-                for task in pending:
-                    waits[task].kill()
+                log.error("workers_killed", pids=[process.pid for process in pool.running()])
+                for process in pool.running():
+                    process.kill()
                 status = 1
                 deadline = time.monotonic() + 3600.0  # killed: only reaping is left
                 continue
-            for task in done & pending:
-                pending.discard(task)
-                process = waits[task]
+            for task in [task for task in starts if task in done]:
+                index, replaced = starts.pop(task)
+                try:
+                    started = task.result()
+                except OSError as exc:  # no process at all (fds or memory exhausted): try again
+                    log.error("worker_start_failed", worker=index, error=str(exc))
+                    replace(index, replaced)
+                    continue
+                if started is not None:  # None: a stop came first
+                    log.info("worker_replaced", worker=index, pid=started.pid, replaced_pid=replaced)
+                    waits[asyncio.create_task(started.wait())] = index
+            for exited in [task for task in waits if task in done]:
+                index = waits.pop(exited)
+                process = pool.processes[index]
+                pool.publish()
                 if stopping.is_set():
-                    log.info("worker_stopped", pid=process.pid, status=process.returncode)
+                    log.info("worker_stopped", worker=index, pid=process.pid, status=process.returncode)
                     status = status or (0 if process.returncode == 0 else 1)
                     continue
-                log.error("worker_exited", pid=process.pid, status=process.returncode)
-                status = 1
-                stopping.set()
-                for other in processes:
-                    if other.returncode is None:
-                        other.send_signal(signal.SIGTERM)
+                log.error("worker_exited", worker=index, pid=process.pid, status=process.returncode)
+                replace(index, process.pid)
     finally:
         stop_asked.cancel()
     log.info("workers_stopped", status=status)

@@ -6,6 +6,10 @@ Behaviour (RFC 8725 §3.8/§3.10, spec-notes C4):
 - an unknown ``kid`` triggers at most one refetch per cooldown, shared by all waiting requests;
 - the last good key set is kept while the JWKS endpoint is down;
 - keys are refreshed in the background after ``jwks_max_age_s``;
+- after a failed load (endpoint down, no usable key, anything unexpected) the next one waits an
+  exponential backoff with jitter (``retry_delay_s``: from ``min(1 s, cooldown)`` doubling up to
+  ``jwks_refresh_cooldown_s``), whatever the request rate: a keyless issuer or stale keys during
+  the authorization server's outage cost it one fetch per backoff step, not one per request;
 - a key that may not be used is skipped, with a fixed reason (``SkipReason``) that is logged
   (``jwks_key_skipped``) and counted; the other keys of the set still work. RSA keys need 2048
   bits (RFC 7518 §3.3); an EC key serves only the algorithm of its curve (RFC 7518 §3.4), and a
@@ -15,6 +19,7 @@ Behaviour (RFC 8725 §3.8/§3.10, spec-notes C4):
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -191,8 +196,21 @@ def authorization_server_metadata_urls(issuer: str) -> list[str]:
     ]
 
 
+def retry_delay_s(failures: int, base_s: float, cap_s: float, jitter: float) -> float:
+    """Seconds before the next load after ``failures`` failed loads in a row (0 after a success).
+
+    Exponential from ``base_s``, capped at ``cap_s``, with "equal jitter": half of the step is
+    fixed and half is ``jitter`` (0..1) of it, so gateways that failed together do not retry in
+    step, and none retries sooner than half a step.
+    """
+    if failures <= 0:
+        return 0.0
+    step = min(cap_s, base_s * 2.0 ** min(failures - 1, 32))
+    return step / 2 + step / 2 * jitter
+
+
 class IssuerKeys:
-    """The cached key set of one issuer, with single-flight refresh."""
+    """The cached key set of one issuer, with single-flight refresh and backoff after failures."""
 
     def __init__(
         self,
@@ -202,6 +220,7 @@ class IssuerKeys:
         *,
         on_fetch: Callable[[str], None] | None = None,
         on_key_skipped: Callable[[str], None] | None = None,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.issuer = issuer
         self._session = session
@@ -215,6 +234,10 @@ class IssuerKeys:
         self._loaded = asyncio.Event()  # set once, by the first key set that loads
         self._loaded_at = float("-inf")
         self._last_attempt = float("-inf")
+        self._jitter = jitter
+        self._failures = 0  # failed loads in a row
+        self._retry_at = float("-inf")  # no load starts before this after a failure (backoff)
+        self._retry_base_s = min(1.0, issuer.jwks_refresh_cooldown_s)
         # One flight, keyed None: the issuer has one key set. Every caller that needs a load while
         # one runs awaits that one; one caller's cancellation (client went away) never cancels it.
         self._loads: SingleFlight[None, None] = SingleFlight()
@@ -237,7 +260,10 @@ class IssuerKeys:
         """Keys for this token header; refetches once (per cooldown) for an unknown ``kid``."""
         keyset = self._keyset
         if keyset is None:
-            await self._refresh_once()
+            # Keyless: join a running load, or start one unless still backing off from a failure
+            # (then fail closed at once: the caller answers 503 with Retry-After).
+            if self._loading or self._clock() >= self._retry_at:
+                await self._refresh_once()
             keyset = self._keyset
             if keyset is None:
                 raise KeysUnavailable(self.issuer.issuer)
@@ -247,30 +273,67 @@ class IssuerKeys:
             return found
         # Unknown kid: the issuer may have rotated. Refetch at most once per cooldown, so a flood
         # of made-up kids costs the issuer one request per cooldown, not one per token.
-        if self._clock() - self._last_attempt >= self.issuer.jwks_refresh_cooldown_s:
+        now = self._clock()
+        if now - self._last_attempt >= self.issuer.jwks_refresh_cooldown_s and now >= self._retry_at:
             await self._refresh_once()
         return (self._keyset or keyset).candidates(kid, alg)
 
+    def next_load_in_s(self) -> float:
+        """Seconds until the background task should load: keys due for refresh, or backoff over."""
+        due = max(self._retry_at, self._loaded_at + self.issuer.jwks_max_age_s)
+        return max(0.0, due - self._clock())
+
     async def run(self) -> None:
-        """Background task: load keys, retry until loaded, then keep them fresh."""
-        retry_s = min(1.0, self.issuer.jwks_refresh_cooldown_s)
+        """Background task: load keys, retry with backoff until loaded, then keep them fresh.
+
+        Sleeps until the next load is due and checks again, so a load a request started meanwhile
+        moves the next one; ``_load`` never raises, so the task only ends when cancelled.
+        """
         while True:
+            wait_s = self.next_load_in_s()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+                continue
             await self._refresh_once()
-            if self._keyset is None:
-                await asyncio.sleep(retry_s)
-                retry_s = min(retry_s * 2, self.issuer.jwks_refresh_cooldown_s)
-            else:
-                await asyncio.sleep(self.issuer.jwks_max_age_s)
+
+    @property
+    def _loading(self) -> bool:
+        return len(self._loads) > 0
 
     def _refresh_in_background_if_stale(self) -> None:
-        if self._clock() - self._loaded_at >= self.issuer.jwks_max_age_s:
+        now = self._clock()
+        if now - self._loaded_at >= self.issuer.jwks_max_age_s and now >= self._retry_at:
             self._loads.start(None, self._load)  # joins a load already running; not awaited
 
     async def _refresh_once(self) -> None:
         await self._loads.run(None, self._load)
 
+    def _failed(self, result: str) -> None:
+        self._failures += 1
+        delay_s = retry_delay_s(
+            self._failures,
+            self._retry_base_s,
+            max(self._retry_base_s, self.issuer.jwks_refresh_cooldown_s),
+            self._jitter(),
+        )
+        self._retry_at = self._clock() + delay_s
+        self._on_fetch(result)
+
     async def _load(self) -> None:
         self._last_attempt = self._clock()
+        try:
+            await self._load_once()
+        except Exception:
+            # A surprise from a library must not end the refresh task (nor answer a request with a
+            # traceback): it is one failed load, logged with its traceback, counted and backed
+            # off; the cached keys stay, and a keyless issuer still fails closed with 503.
+            log.exception(
+                "jwks_load_crashed", issuer=self.issuer.issuer, kept_cached_keys=self._keyset is not None
+            )
+            self._jwks_uri = None
+            self._failed("failed")
+
+    async def _load_once(self) -> None:
         try:
             document = await self._fetch_document()
             keyset, skipped = parse_jwks(document, self._allowed)
@@ -282,7 +345,7 @@ class IssuerKeys:
                 kept_cached_keys=self._keyset is not None,
             )
             self._jwks_uri = None  # rediscover next time: the metadata may have moved the JWKS
-            self._on_fetch("failed")
+            self._failed("failed")
             return
         for key in skipped:
             log.warning(
@@ -300,8 +363,9 @@ class IssuerKeys:
                 issuer=self.issuer.issuer,
                 kept_cached_keys=self._keyset is not None,
             )
-            self._on_fetch("no_usable_keys")
+            self._failed("no_usable_keys")
             return
+        self._failures, self._retry_at = 0, float("-inf")
         self._keyset = keyset
         self._loaded.set()
         self._loaded_at = self._clock()

@@ -109,6 +109,7 @@ async def open_gateway(
                 on_fetch=functools.partial(metrics.jwks_fetched, issuer.issuer),
                 on_key_skipped=functools.partial(metrics.jwks_key_skipped, issuer.issuer),
             )
+            metrics.jwks_issuer_watched(issuer.issuer)
             stack.push_async_callback(keys.aclose)
             refresh = asyncio.create_task(keys.run(), name=f"jwks:{issuer.issuer}")
             stack.push_async_callback(_cancel, refresh)  # runs before keys.aclose (LIFO)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import signal
 import socket
 import sys
@@ -27,7 +28,14 @@ from blockbuster import BlockBuster
 from mcp.shared.exceptions import MCPError
 
 from gateway.config import MintingConfig, load_config
-from gateway.server import reload_from_file, start_gateway
+from gateway.server import (
+    RESTART_BUDGET,
+    RESTART_WINDOW_S,
+    reload_from_file,
+    restart_allowed,
+    restart_delay,
+    start_gateway,
+)
 from gateway.upstream.minting import SigningKeyError
 from gateway.web.live import LIVE
 from tests.conftest import LogSink, Upstream, single_route_config
@@ -597,3 +605,188 @@ async def test_workers_without_state_keys_open_each_others_sessions(
 
         await eventually(lambda: len(pings()) >= 30, "30 ping request lines")
         assert {event["pid"] for event in pings()} == worker_pids
+
+
+async def workers_alive(http: aiohttp.ClientSession, admin_port: int) -> float | None:
+    """`mcp_gateway_workers_alive` on one worker's admin listener (None if it does not answer)."""
+    try:
+        async with http.get(f"http://127.0.0.1:{admin_port}/metrics") as response:
+            text = await response.text()
+    except aiohttp.ClientError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("mcp_gateway_workers_alive "):
+            return float(line.split()[1])
+    return None
+
+
+async def test_a_killed_worker_is_replaced_while_the_others_keep_serving(
+    issuer: TestIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    """--workers 2 under load: kill -9 of one worker costs at most a handful of requests (those on its
+    own connections); the parent logs it, starts a new worker on the same index within about a
+    second (its own `listening`, the same admin port, the same state key: sessions opened before
+    still work), `mcp_gateway_workers_alive` says 2 again, and SIGTERM still ends everything with 0."""
+    port = free_port()
+    admin_port = free_port_pair()
+    config_path = tmp_path / "gateway.yaml"
+    write_config(
+        config_path,
+        single_route_config(issuer, upstream.mcp_url),
+        port,
+        shutdown_grace_s=2,
+        admin={"host": "127.0.0.1", "port": admin_port},
+    )
+    auth = bearer(issuer)
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"},
+        },
+    }
+    async with gateway_process(
+        config_path, port, tmp_path / "gateway.log", "--workers", "2", workers=2
+    ) as gateway:
+        by_index = {event["worker"]: event["pid"] for event in gateway.named("listening")}
+        async with aiohttp.ClientSession() as http:
+            assert [await workers_alive(http, admin_port + index) for index in (0, 1)] == [2.0, 2.0]
+            async with http.post(gateway.mcp_url, json=initialize, headers={**MCP, **auth}) as response:
+                assert response.status == 200
+                session_id = response.headers["Mcp-Session-Id"]
+
+        metadata = gateway.url + "/.well-known/oauth-protected-resource/mcp"
+        outcomes: list[bool] = []
+        load_on = True
+
+        async def client() -> None:
+            # A fresh connection each time: the kernel picks a worker per connection.
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+                while load_on:
+                    try:
+                        async with http.get(metadata) as response:
+                            outcomes.append(response.status == 200)
+                    except aiohttp.ClientError:
+                        outcomes.append(False)
+
+        clients = [asyncio.create_task(client()) for _ in range(4)]
+        try:
+            await eventually(lambda: len(outcomes) >= 50, "50 requests before the kill")
+            killed_at = time.monotonic()
+            killed = by_index[1]
+            os.kill(killed, signal.SIGKILL)
+            [replaced] = await gateway.wait_for("worker_replaced", within=5)
+            started_within = time.monotonic() - killed_at
+            new_pid = replaced["pid"]
+            await gateway.wait_for("listening", where=lambda event: event["pid"] == new_pid, within=10)
+            served = len(outcomes)
+            await eventually(lambda: len(outcomes) >= served + 50, "50 requests after the new worker")
+        finally:
+            load_on = False
+            await asyncio.gather(*clients)
+
+        [exited] = gateway.named("worker_exited")
+        assert (exited["worker"], exited["pid"], exited["status"]) == (1, killed, -signal.SIGKILL)
+        assert replaced["worker"] == 1 and replaced["replaced_pid"] == killed and new_pid != killed
+        assert started_within < 1.5
+        failures = outcomes.count(False)
+        assert failures <= 5, f"{failures} of {len(outcomes)} requests failed"
+        [admin] = gateway.named("admin_listening")[2:]
+        assert (admin["pid"], admin["port"]) == (new_pid, admin_port + 1)
+        session = {**MCP, **auth, "Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"}
+        async with aiohttp.ClientSession() as http:
+            assert [await workers_alive(http, admin_port + index) for index in (0, 1)] == [2.0, 2.0]
+            statuses = []
+            for index in range(20):
+                ping = {"jsonrpc": "2.0", "id": index + 2, "method": "ping"}
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+                    async with fresh.post(gateway.mcp_url, json=ping, headers=session) as response:
+                        statuses.append(response.status)
+        assert statuses == [200] * 20
+
+        def pings_by_new_worker() -> list[dict[str, Any]]:
+            pings = [event for event in gateway.named("request") if event.get("mcp_method") == "ping"]
+            return [event for event in pings if event["pid"] == new_pid]
+
+        await eventually(pings_by_new_worker, "a ping answered by the new worker")
+        gateway.signal(signal.SIGTERM)
+        assert await asyncio.wait_for(gateway.proc.wait(), 10) == 0
+    assert gateway.named("workers_stopped")[0]["status"] == 0
+
+
+async def test_a_worker_that_keeps_failing_ends_the_gateway_after_the_restart_budget(
+    issuer: TestIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    """--workers 2 with worker 1's admin port (admin.port + 1) taken by another program: worker 1
+    fails at every start; the parent replaces it RESTART_BUDGET times, then logs
+    `worker_restarts_exhausted`, stops worker 0 gracefully and exits 1."""
+    port = free_port()
+    admin_port = free_port_pair()
+    config_path = tmp_path / "gateway.yaml"
+    write_config(
+        config_path,
+        single_route_config(issuer, upstream.mcp_url),
+        port,
+        shutdown_grace_s=1,
+        admin={"host": "127.0.0.1", "port": admin_port},
+    )
+    log_path = tmp_path / "gateway.log"
+    register_gateway_log(log_path)
+    with socket.socket() as squatter, log_path.open("wb") as log_file:
+        squatter.bind(("127.0.0.1", admin_port + 1))
+        squatter.listen()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config_path),
+            "--workers",
+            "2",
+            cwd=REPO_ROOT,
+            stdout=log_file,
+            stderr=log_file,
+        )
+        gateway = GatewayProcess(proc, log_path, f"http://127.0.0.1:{port}")
+        try:
+            assert await asyncio.wait_for(proc.wait(), 20) == 1
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    failures = [event for event in gateway.named("start_failed") if event["worker"] == 1]
+    assert len(failures) == RESTART_BUDGET + 1
+    assert [event["worker"] for event in gateway.named("worker_exited")] == [1] * (RESTART_BUDGET + 1)
+    assert len(gateway.named("worker_replaced")) == RESTART_BUDGET
+    [exhausted] = gateway.named("worker_restarts_exhausted")
+    assert exhausted["restarts"] == RESTART_BUDGET
+    [stopped] = gateway.named("worker_stopped")
+    assert stopped["worker"] == 0
+    assert gateway.named("workers_stopped")[0]["status"] == 1
+
+
+@pytest.mark.parametrize(
+    ("ago", "workers", "allowed", "delay"),
+    [
+        ((), 2, True, 0.0),
+        ((1.0,), 2, True, 0.25),
+        ((2.0, 1.0), 2, True, 0.5),
+        ((3.0, 2.0, 1.0), 2, False, 0.75),
+        ((3.0, 2.0, 1.0), 4, True, 0.75),
+        ((61.0, 60.5, 1.0), 2, True, 0.25),  # restarts older than the window no longer count
+        ((9.0,) * 7, 8, True, 1.0),  # the delay stops growing at a second
+        ((9.0,) * 8, 8, False, 1.0),
+    ],
+)
+def test_restart_budget_and_delay(ago: tuple[float, ...], workers: int, allowed: bool, delay: float) -> None:
+    """The parent allows max(RESTART_BUDGET, workers) restarts per RESTART_WINDOW_S, the first at once
+    and each further one a quarter second later than the one before, never more than a second."""
+    now = 1000.0
+    restarts = [now - seconds for seconds in ago]
+    assert RESTART_BUDGET == 3 and RESTART_WINDOW_S == 60.0
+    assert restart_allowed(restarts, now, workers) is allowed
+    assert restart_delay(restarts, now) == delay

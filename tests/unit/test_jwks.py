@@ -13,7 +13,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from prometheus_client import CollectorRegistry
 
-from gateway.auth.jwks import IssuerKeys, authorization_server_metadata_urls, parse_jwks
+from gateway.auth.jwks import (
+    IssuerKeys,
+    KeysUnavailable,
+    authorization_server_metadata_urls,
+    parse_jwks,
+    retry_delay_s,
+)
 from gateway.config import IssuerConfig, JwksUrl
 from gateway.metrics import GatewayMetrics
 from tests.conftest import LogSink
@@ -280,4 +286,111 @@ async def test_skipped_keys_are_logged_and_counted_once_per_load(
     ] * 2
     labels = {"issuer": issuer.issuer, "reason": "rsa_key_too_small"}
     assert metrics.registry.get_sample_value("mcp_gateway_jwks_keys_skipped_total", labels) == 2
+    await keys.aclose()
+
+
+# --- after a failed load: backoff with jitter, whatever the request rate --------------------------
+
+
+@pytest.mark.parametrize(
+    ("failures", "jitter", "delay"),
+    [
+        (0, 1.0, 0.0),
+        (1, 0.0, 0.5),
+        (1, 1.0, 1.0),
+        (2, 1.0, 2.0),
+        (3, 0.5, 3.0),
+        (6, 1.0, 30.0),
+        (500, 0.0, 15.0),
+    ],
+)
+def test_retry_delay_doubles_to_its_cap_with_jitter(failures: int, jitter: float, delay: float) -> None:
+    """Backoff after failed loads: 1 s, 2 s, 4 s … capped at 30 s, half fixed and half jittered."""
+    assert retry_delay_s(failures, 1.0, 30.0, jitter) == delay
+
+
+async def test_a_keyless_issuer_is_not_refetched_on_every_request(
+    issuer: TestIssuer, session: aiohttp.ClientSession
+) -> None:
+    """JWKS down from the start: 100 requests within the backoff cost one fetch; the next step one more."""
+    clock = Clock()
+    issuer.down = True
+    keys = IssuerKeys(keys_of(issuer, session, clock).issuer, session, clock, jitter=lambda: 1.0)
+    for _ in range(100):
+        with pytest.raises(KeysUnavailable):
+            await keys.candidates(issuer.active.kid, "RS256")
+    assert issuer.jwks_fetches == 1
+    clock.now += 1.0  # the first step: min(1 s, cooldown 30 s)
+    issuer.down = False
+    assert len(await keys.candidates(issuer.active.kid, "RS256")) == 1
+    assert issuer.jwks_fetches == 2
+    await keys.aclose()
+
+
+async def test_stale_keys_with_the_endpoint_down_are_refetched_once_per_backoff_step(
+    issuer: TestIssuer, session: aiohttp.ClientSession
+) -> None:
+    """Cached keys past max age, JWKS answering 503: served from cache, one refetch per backoff step."""
+    clock = Clock()
+    keys = IssuerKeys(
+        keys_of(issuer, session, clock, jwks_max_age_s=60).issuer, session, clock, jitter=lambda: 1.0
+    )
+    await keys.candidates(issuer.active.kid, "RS256")
+    issuer.down = True
+    clock.now += 61
+    for step in (1.0, 2.0, 4.0):
+        for _ in range(100):
+            assert len(await keys.candidates(issuer.active.kid, "RS256")) == 1
+            for load in list(keys._loads._running.values()):
+                await load
+        clock.now += step
+    assert issuer.jwks_fetches == 1 + 3
+    assert keys.next_load_in_s() == 0.0  # the third step is over: the background task loads now
+    await keys._refresh_once()
+    assert keys.next_load_in_s() == 8.0  # the fourth step
+    await keys.aclose()
+
+
+async def test_unknown_kid_refetches_keep_their_cooldown_and_the_backoff(
+    issuer: TestIssuer, session: aiohttp.ClientSession
+) -> None:
+    """Made-up kids refetch once per cooldown; after a failed refetch, not before the backoff is over."""
+    clock = Clock()
+    keys = IssuerKeys(keys_of(issuer, session, clock).issuer, session, clock, jitter=lambda: 1.0)
+    await keys.candidates(issuer.active.kid, "RS256")
+    issuer.down = True
+    for _ in range(50):
+        assert await keys.candidates("made-up", "RS256") == []
+    assert issuer.jwks_fetches == 1  # still inside the 30 s cooldown of the first load
+    clock.now += 30
+    for _ in range(50):
+        assert await keys.candidates("made-up", "RS256") == []
+    assert issuer.jwks_fetches == 2
+    assert len(await keys.candidates(issuer.active.kid, "RS256")) == 1  # the cached keys still serve
+    await keys.aclose()
+
+
+async def test_a_load_that_crashes_is_a_logged_failed_load_and_the_refresh_task_lives_on(
+    issuer: TestIssuer, session: aiohttp.ClientSession, gateway_logs: LogSink
+) -> None:
+    """An unexpected error inside a load is logged (jwks_load_crashed), counted failed; run() retries."""
+    issuer.keys.append(rsa_key(1024, kid="small-kid"))
+    results: list[str] = []
+    crashes = [RuntimeError("boom")]
+
+    def skipped(_reason: str) -> None:
+        if crashes:
+            raise crashes.pop()
+
+    config = keys_of(issuer, session, Clock(), jwks_refresh_cooldown_s=0.05).issuer
+    keys = IssuerKeys(config, session, on_fetch=results.append, on_key_skipped=skipped)
+    before = len(gateway_logs.lines())
+    task = asyncio.create_task(keys.run())
+    async with asyncio.timeout(5):
+        await keys.wait_ready()
+    assert not task.done() and results == ["failed", "ok"]
+    events = [event["event"] for event in gateway_logs.events()[before:]]
+    assert "jwks_load_crashed" in events
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     await keys.aclose()
