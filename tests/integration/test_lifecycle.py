@@ -39,6 +39,7 @@ from gateway.server import (
 from gateway.upstream.minting import SigningKeyError
 from gateway.web.live import LIVE
 from tests.conftest import LogSink, Upstream, single_route_config
+from tests.integration.test_authentication import INITIALIZE
 from tests.support.issuer import TestIssuer
 from tests.support.mcp_client import ProgressLog, session_client
 from tests.support.processes import REPO_ROOT, register_gateway_log
@@ -573,16 +574,7 @@ async def test_workers_without_state_keys_open_each_others_sessions(
     config_path = tmp_path / "gateway.yaml"
     write_config(config_path, single_route_config(issuer, upstream.mcp_url), port)
     auth = bearer(issuer)
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "0"},
-        },
-    }
+    initialize = INITIALIZE
     async with gateway_process(
         config_path, port, tmp_path / "gateway.log", "--workers", "2", workers=2
     ) as gateway:
@@ -638,16 +630,7 @@ async def test_a_killed_worker_is_replaced_while_the_others_keep_serving(
         admin={"host": "127.0.0.1", "port": admin_port},
     )
     auth = bearer(issuer)
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "0"},
-        },
-    }
+    initialize = INITIALIZE
     async with gateway_process(
         config_path, port, tmp_path / "gateway.log", "--workers", "2", workers=2
     ) as gateway:
