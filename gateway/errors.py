@@ -21,6 +21,8 @@ set (``Reason``), since they are metric labels.
     │   ├── OriginForbidden          403
     │   ├── PolicyDenied             403  no rule allows it and no scope would
     │   ├── BodyTooLarge             413
+    │   ├── BodyTimeout              408  the body did not arrive within limits.body_timeout_s
+    │   ├── MalformedBody            400  the body's framing (chunked, length) is broken
     │   ├── MethodNotAllowed         405  (Allow)
     │   ├── SessionNotFound          404  a session id that does not open for this caller
     │   ├── TaskNotFound             400  a task id that does not open for this caller
@@ -31,6 +33,10 @@ set (``Reason``), since they are metric labels.
     │   └── MintingError             500
     ├── UpstreamError                502  the upstream could not be reached or failed mid-request
     │   └── UpstreamTimeout          504
+    ├── UpstreamShed                 503  not sent, to spare a failing or full upstream (Retry-After)
+    │   ├── CircuitOpen                   its circuit is open (gateway.upstream.resilience)
+    │   └── UpstreamBusy                  its max_concurrent_requests are all in use
+    ├── Overloaded                   503  a process limit is reached (Retry-After)
     └── ShuttingDown                 503  the shutdown deadline passed (Retry-After)
 """
 
@@ -97,6 +103,7 @@ McpReason: TypeAlias = Literal[
 UpstreamReason: TypeAlias = Literal[
     "upstream_unavailable",
     "upstream_timeout",
+    "upstream_connect_timeout",
     "upstream_failed",
     "upstream_refused",
     "upstream_stream_broken",
@@ -110,10 +117,14 @@ UpstreamReason: TypeAlias = Literal[
 ]
 """Why the upstream gave no (complete) answer."""
 
+ShedReason: TypeAlias = Literal["upstream_circuit_open", "upstream_busy"]
+"""Why a request was not sent to its upstream at all (``UpstreamShed``)."""
+
 Reason: TypeAlias = (
     TokenReason
     | McpReason
     | UpstreamReason
+    | ShedReason
     | Literal[
         "internal_error",
         "insufficient_scope",
@@ -129,6 +140,10 @@ Reason: TypeAlias = (
         "exchange_refused",
         "minting_failed",
         "shutting_down",
+        "body_timeout",
+        "malformed_body",
+        "too_many_streams",
+        "body_budget_exhausted",
     ]
 )
 """Every ``reason`` an error can carry: a closed set, since it is a metric label."""
@@ -149,6 +164,8 @@ class GatewayError(Exception):
     message: str = "Internal error"
     # Seconds for a ``Retry-After`` header (RFC 9110 §10.2.3), or None for no header.
     retry_after_s: int | None = None
+    # The connection is closed after the answer: what is left of the request is not read.
+    closes_connection: bool = False
 
     def __init__(self, reason: Reason | None = None, detail: str = "") -> None:
         if reason is not None:
@@ -280,6 +297,24 @@ class BodyTooLarge(RequestRejected):
     status = 413
     reason = "body_too_large"
     message = "Request body too large"
+    closes_connection = True  # the rest of the body is never read
+
+
+class BodyTimeout(RequestRejected):
+    """The request body did not arrive within ``limits.body_timeout_s``: 408 (RFC 9110 §15.5.9)."""
+
+    status = 408
+    reason = "body_timeout"
+    message = "Request body timed out"
+    closes_connection = True
+
+
+class MalformedBody(RequestRejected):
+    """The body's framing is broken (a bad chunk, fewer bytes than Content-Length): 400."""
+
+    reason = "malformed_body"
+    message = "Malformed request body"
+    closes_connection = True
 
 
 class MethodNotAllowed(RequestRejected):
@@ -453,6 +488,49 @@ class UpstreamTimeout(UpstreamError):
     message = "Upstream MCP server timed out"
 
 
+class UpstreamShed(GatewayError):
+    """The request was not sent, to spare an upstream that is failing or full: 503, retry later.
+
+    ``retry_after_s``: when it may be worth trying again (RFC 9110 §10.2.3), at least 1.
+    """
+
+    status = 503
+    reason: ShedReason
+    jsonrpc_code = -32000  # implementation-defined server error (JSON-RPC 2.0 §5.1)
+    message = "Upstream MCP server unavailable"
+    retry_after_s: int
+
+    def __init__(self, detail: str = "", *, retry_after_s: int = 1) -> None:
+        super().__init__(None, detail)
+        self.retry_after_s = max(1, retry_after_s)
+
+
+class CircuitOpen(UpstreamShed):
+    """The upstream's connects kept failing (or its health check did): it is left alone for now."""
+
+    reason: ShedReason = "upstream_circuit_open"
+
+
+class UpstreamBusy(UpstreamShed):
+    """The route's ``max_concurrent_requests`` are all in use (bulkhead)."""
+
+    reason: ShedReason = "upstream_busy"
+    message = "Upstream MCP server busy"
+
+
+class Overloaded(GatewayError):
+    """A process limit is reached (streams, buffered bodies): 503 with Retry-After, at once.
+
+    ``reason``: ``too_many_streams`` or ``body_budget_exhausted``.
+    """
+
+    status = 503
+    reason = "too_many_streams"
+    jsonrpc_code = -32000  # implementation-defined server error (JSON-RPC 2.0 §5.1)
+    message = "Gateway overloaded, retry later"
+    retry_after_s = 1
+
+
 class ShuttingDown(GatewayError):
     """The shutdown deadline passed before the upstream answered this request."""
 
@@ -477,6 +555,8 @@ ERROR_CLASSES: Final[tuple[type[GatewayError], ...]] = (
     OriginForbidden,
     PolicyDenied,
     BodyTooLarge,
+    BodyTimeout,
+    MalformedBody,
     MethodNotAllowed,
     SessionNotFound,
     TaskNotFound,
@@ -487,6 +567,10 @@ ERROR_CLASSES: Final[tuple[type[GatewayError], ...]] = (
     MintingError,
     UpstreamError,
     UpstreamTimeout,
+    UpstreamShed,
+    CircuitOpen,
+    UpstreamBusy,
+    Overloaded,
     ShuttingDown,
 )
 """Every class in the tree, for the test that the docstring's drawing lists each one."""

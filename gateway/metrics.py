@@ -45,6 +45,12 @@ METRIC_FAMILIES: Final[tuple[str, ...]] = (
     "mcp_gateway_policy_decisions_total",
     "mcp_gateway_upstream_duration_seconds",
     "mcp_gateway_upstream_errors_total",
+    "mcp_gateway_upstream_retries_total",
+    "mcp_gateway_upstream_circuit_state",
+    "mcp_gateway_upstream_circuit_opened_total",
+    "mcp_gateway_upstream_rejected_total",
+    "mcp_gateway_upstream_requests_in_use",
+    "mcp_gateway_upstream_health_checks_total",
     "mcp_gateway_sse_streams_open",
     "mcp_gateway_jwks_fetches_total",
     "mcp_gateway_jwks_keys_skipped_total",
@@ -54,6 +60,11 @@ METRIC_FAMILIES: Final[tuple[str, ...]] = (
     "mcp_gateway_introspections_total",
     "mcp_gateway_introspection_cache_hits_total",
     "mcp_gateway_workers_alive",
+    "mcp_gateway_connections_open",
+    "mcp_gateway_connections_refused_total",
+    "mcp_gateway_connections_timed_out_total",
+    "mcp_gateway_requests_overloaded_total",
+    "mcp_gateway_buffered_body_bytes",
 )
 
 NO_ROUTE: Final = "none"
@@ -131,6 +142,43 @@ class GatewayMetrics:
             ("route", "reason"),
             registry=registry,
         )
+        # Upstream resilience (gateway.upstream.resilience).
+        self.upstream_retries = Counter(
+            "mcp_gateway_upstream_retries",
+            "Requests sent a second time because their connect failed (nothing had been sent).",
+            ("route",),
+            registry=registry,
+        )
+        self.upstream_circuit_state = Gauge(
+            "mcp_gateway_upstream_circuit_state",
+            "Each upstream's circuit: 0 closed, 1 half-open (one trial request), 2 open.",
+            ("route",),
+            registry=registry,
+        )
+        self.upstream_circuit_opened = Counter(
+            "mcp_gateway_upstream_circuit_opened",
+            "Times an upstream's circuit opened (connect failures in a row, or its health check).",
+            ("route",),
+            registry=registry,
+        )
+        self.upstream_rejected = Counter(
+            "mcp_gateway_upstream_rejected",
+            "Requests answered 503 without contacting the upstream (upstream_circuit_open, upstream_busy).",
+            ("route", "reason"),
+            registry=registry,
+        )
+        self.upstream_requests_in_use = Gauge(
+            "mcp_gateway_upstream_requests_in_use",
+            "Requests relayed to the upstream now, as max_concurrent_requests counts them (GETs are not).",
+            ("route",),
+            registry=registry,
+        )
+        self.upstream_health_checks = Counter(
+            "mcp_gateway_upstream_health_checks",
+            "Active health checks of the upstream (ok, failed).",
+            ("route", "result"),
+            registry=registry,
+        )
         self.sse_streams_open = Gauge(
             "mcp_gateway_sse_streams_open",
             "SSE responses being relayed now.",
@@ -189,6 +237,36 @@ class GatewayMetrics:
             registry=registry,
         )
         self.workers_alive.set(1)
+        # The listener's limits (gateway.web.listener) and the request admission (limits:).
+        self.connections_open = Gauge(
+            "mcp_gateway_connections_open",
+            "Client connections open on the MCP listener.",
+            registry=registry,
+        )
+        self.connections_refused = Counter(
+            "mcp_gateway_connections_refused",
+            "Client connections answered 503 and closed at once "
+            "(at_capacity: limits.max_connections; fd_exhausted: no file descriptor left).",
+            ("reason",),
+            registry=registry,
+        )
+        self.connections_timed_out = Counter(
+            "mcp_gateway_connections_timed_out",
+            "Client connections closed for sending request headers too slowly.",
+            registry=registry,
+        )
+        self.requests_overloaded = Counter(
+            "mcp_gateway_requests_overloaded",
+            "Requests answered 503 because a process limit was reached "
+            "(too_many_streams, body_budget_exhausted).",
+            ("reason",),
+            registry=registry,
+        )
+        self.buffered_body_bytes = Gauge(
+            "mcp_gateway_buffered_body_bytes",
+            "Bytes of request bodies held by requests in flight (limits.max_buffered_body_bytes).",
+            registry=registry,
+        )
 
     # --- recording ------------------------------------------------------------------------------
 
@@ -208,6 +286,29 @@ class GatewayMetrics:
 
     def upstream_failed(self, route: str, reason: str) -> None:
         self.upstream_errors.labels(route, reason).inc()
+
+    def upstream_watched(self, route: str) -> None:
+        """Export the route's circuit state (0: closed) and retry count from the start."""
+        self.upstream_circuit_state.labels(route).set(0)
+        self.upstream_retries.labels(route)
+
+    def upstream_retried(self, route: str) -> None:
+        self.upstream_retries.labels(route).inc()
+
+    def circuit_changed(self, route: str, value: int) -> None:
+        self.upstream_circuit_state.labels(route).set(value)
+
+    def circuit_opened(self, route: str) -> None:
+        self.upstream_circuit_opened.labels(route).inc()
+
+    def upstream_shed(self, route: str, reason: str) -> None:
+        self.upstream_rejected.labels(route, reason).inc()
+
+    def upstream_slots_in_use(self, route: str, in_use: int) -> None:
+        self.upstream_requests_in_use.labels(route).set(in_use)
+
+    def upstream_health_checked(self, route: str, ok: bool) -> None:
+        self.upstream_health_checks.labels(route, "ok" if ok else "failed").inc()
 
     @contextmanager
     def sse_stream(self, route: str) -> Iterator[None]:

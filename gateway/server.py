@@ -3,7 +3,7 @@
 - SIGHUP re-reads the config file. A valid config serves every request that arrives afterwards;
   requests and streams already running finish on the gateway they started with (``LiveGateway``).
   An invalid one is refused with its problems logged (``config_reload_refused``), and the running
-  config stays. The listener addresses (``listen``, ``admin``) and ``logging`` need a restart.
+  config stays. The listener addresses (``listen``, ``admin``), ``logging`` and ``limits`` need a restart.
 - SIGTERM or SIGINT: stop accepting connections, let requests in flight finish for up to
   ``shutdown_grace_s``, then end what is left (``LiveGateway.cut``), close everything, exit 0.
 - ``serve --workers N``: a parent process starts N workers (``python -m gateway serve
@@ -40,8 +40,10 @@ from .config import ConfigError, GatewayConfig, load_config
 from .metrics import METRICS, GatewayMetrics
 from .sealing import MIN_SECRET_BYTES, PROCESS_KEY_ENV
 from .web.admin import start_admin
-from .web.app import build_app
-from .web.live import LIVE, LiveGateway
+from .web.app import LIMITS, build_app
+from .web.limits import raise_open_file_limit
+from .web.listener import CONNECTIONS, GuardedSite
+from .web.live import LIVE, SWAP_WAIT_S, KeysNotLoaded, LiveGateway
 
 log = structlog.get_logger("gateway.server")
 
@@ -49,8 +51,10 @@ log = structlog.get_logger("gateway.server")
 # long aiohttp then waits for connections still closing.
 _CUT_WAIT_S = 2.0
 _CLOSE_WAIT_S = 1.0
+# How long the unread rest of a refused request's body is drained before the connection closes.
+_LINGER_S = 2.0
 # Settings that a reload cannot change in a running process.
-_RESTART_ONLY = ("listen", "admin", "logging")
+_RESTART_ONLY = ("listen", "admin", "logging", "limits")
 
 
 async def start_gateway(
@@ -66,22 +70,32 @@ async def start_gateway(
     ``runner.cleanup()`` alone waits up to ``shutdown_timeout`` (default ``shutdown_grace_s``)
     for running handlers, then cancels them; ``serve`` drains first (see ``drain_and_stop``).
     """
+    app = build_app(config)
+    limits = app[LIMITS]
     runner = web.AppRunner(
-        build_app(config),
+        app,
         # A client that goes away cancels its handler, which closes the upstream request
         # (MCP 2026-07-28: closing the stream is cancellation) and frees the connection.
         handler_cancellation=True,
         # Our own canonical log line replaces the access log, which would print query strings.
         access_log=None,
         shutdown_timeout=config.shutdown_grace_s if shutdown_timeout is None else shutdown_timeout,
+        # An idle kept-alive connection is closed after this (aiohttp's timer; its default is an hour).
+        keepalive_timeout=limits.keepalive_timeout_s,
+        # After an answer that left part of the body unread (a 401, 413, 408), the rest is read and
+        # dropped this long, so that the client reads the answer rather than a reset; then closed.
+        lingering_time=_LINGER_S,
     )
     start_admin(runner.app, config)  # the admin listener (/metrics), if configured, runs with the app
     await runner.setup()
-    site = web.TCPSite(
+    site = GuardedSite(
         runner,
         host or config.listen.host,
         config.listen.port if port is None else port,
-        reuse_port=reuse_port or None,
+        connections=app[CONNECTIONS],
+        max_connections=limits.max_connections,
+        reuse_port=reuse_port,
+        metrics=app[METRICS],
     )
     try:
         await site.start()
@@ -123,6 +137,7 @@ async def serve(config: GatewayConfig, *, worker: int | None = None, loop_name: 
     (SO_REUSEPORT) and the admin listener, if any, moves to ``admin.port + worker``.
     """
     loaded = config
+    raise_open_file_limit()  # before the listener sizes its connection cap from it
     if worker is not None and config.admin is not None and config.admin.port != 0:
         config = dataclasses.replace(
             config, admin=dataclasses.replace(config.admin, port=config.admin.port + worker)
@@ -138,6 +153,7 @@ async def serve(config: GatewayConfig, *, worker: int | None = None, loop_name: 
     if worker is not None:
         _export_workers_alive(runner.app[METRICS])
     frozen = tune_garbage_collector()
+    limits = runner.app[LIMITS]
     log.info(
         "listening",
         host=config.listen.host,
@@ -145,7 +161,18 @@ async def serve(config: GatewayConfig, *, worker: int | None = None, loop_name: 
         routes=[route.path for route in config.routes],
         event_loop=loop_name,
         gc_frozen_objects=frozen,
+        open_files=limits.open_files,
+        max_connections=limits.max_connections,
+        max_streams=limits.max_streams,
     )
+    if limits.capped_by_open_files:
+        log.warning(
+            "max_connections_lowered",
+            configured=config.limits.max_connections,
+            max_connections=limits.max_connections,
+            open_files=limits.open_files,
+            reason="the open-file limit cannot carry more (raise it with ulimit -n / LimitNOFILE)",
+        )
 
     stop = asyncio.Event()
     background: set[asyncio.Task[Any]] = set()
@@ -185,8 +212,11 @@ async def serve(config: GatewayConfig, *, worker: int | None = None, loop_name: 
     return 0
 
 
-async def reload_from_file(live: LiveGateway[Any], started: GatewayConfig) -> bool:
-    """Re-read the config file the process started with and swap it in if it is valid."""
+async def reload_from_file(
+    live: LiveGateway[Any], started: GatewayConfig, *, keys_wait_s: float = SWAP_WAIT_S
+) -> bool:
+    """Re-read the config file the process started with and swap it in if it is valid and the
+    issuers it adds or changes load their keys within ``keys_wait_s``."""
     source = str(started.source)
     log.info("config_reload_requested", source=source)
     try:
@@ -197,14 +227,23 @@ async def reload_from_file(live: LiveGateway[Any], started: GatewayConfig) -> bo
         log.error("config_reload_refused", source=source, problems=problems)
         return False
     try:
-        keys_ready = await live.reload(config)
+        keys_ready = await live.reload(config, ready_timeout_s=keys_wait_s)
+    except KeysNotLoaded as exc:  # a new or changed issuer without keys would answer only 503
+        log.error(
+            "config_reload_refused",
+            source=source,
+            reason="keys_not_loaded",
+            issuers=list(exc.issuers),
+            problems=[str(exc)],
+        )
+        return False
     except Exception as exc:  # building or starting the new gateway failed: keep the old one
         log.error("config_reload_refused", source=source, problems=[f"{type(exc).__name__}: {exc}"])
         return False
     for key in _RESTART_ONLY:
         if getattr(config, key) != getattr(started, key):
             log.warning("config_reload_not_applied", key=key, reason="needs a restart")
-    # Keys that did not load in time are fetched by the first request that needs them.
+    # keys_ready is False only for an issuer the reload kept that still has no keys (as before).
     (log.info if keys_ready else log.warning)(
         "config_reloaded",
         source=source,

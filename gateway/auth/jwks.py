@@ -296,6 +296,12 @@ class IssuerKeys:
                 continue
             await self._refresh_once()
 
+    def refresh_in_background(self) -> None:
+        """Start a load now (or join the running one), not awaited; the cached keys serve meanwhile
+        and stay if it fails (a reload that keeps a JWKS file issuer re-reads the file)."""
+        if self._clock() >= self._retry_at:
+            self._loads.start(None, self._load)
+
     @property
     def _loading(self) -> bool:
         return len(self._loads) > 0

@@ -55,6 +55,7 @@ from .reader import (
     text,
     wrong_type,
 )
+from .resilience_fields import parse_circuit_breaker, parse_health_check
 from .yamlsource import YamlMapping, YamlNode, YamlRejected, YamlScalar
 
 # =========================================================================== URLs
@@ -576,6 +577,12 @@ ROUTE_FIELDS: Final = (
     FieldSpec("max_body_bytes", integer_in(1, None)),
     FieldSpec("connect_timeout_s", positive_seconds),
     FieldSpec("response_timeout_s", positive_seconds),
+    FieldSpec("upstream_idle_timeout_s", positive_seconds),
+    FieldSpec("sse_heartbeat_s", positive_seconds),
+    FieldSpec("sse_max_lifetime_s", positive_seconds),
+    FieldSpec("max_concurrent_requests", integer_in(1, None)),
+    FieldSpec("circuit_breaker", parse_circuit_breaker),
+    FieldSpec("health_check", parse_health_check),
     *(FieldSpec(section, rule_map(section)) for section in RULE_SECTIONS),
     FieldSpec("default", parse_default),
     FieldSpec("scopes_supported", _SCOPES),

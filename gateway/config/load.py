@@ -34,6 +34,7 @@ from .model import (
     ConfigProblem,
     GatewayConfig,
     IssuerConfig,
+    LimitsConfig,
     ListenConfig,
     LoggingConfig,
     MintedCredential,
@@ -59,6 +60,7 @@ from .reader import (
     non_empty_text,
     non_negative_seconds,
     one_of,
+    positive_seconds,
     read_section,
     section_of,
     section_schema,
@@ -137,6 +139,15 @@ _ISSUER_RULES: Final = {
     "dependencies": {"jwks": ["algorithms"]},
 }
 
+_LIMITS_FIELDS: Final = (
+    FieldSpec("header_timeout_s", positive_seconds),
+    FieldSpec("body_timeout_s", positive_seconds),
+    FieldSpec("keepalive_timeout_s", positive_seconds),
+    FieldSpec("max_connections", integer_in(1, None)),
+    FieldSpec("max_streams", integer_in(1, None)),
+    FieldSpec("max_buffered_body_bytes", integer_in(1, None)),
+)
+
 TOP_FIELDS: Final = (
     FieldSpec("listen", section_of(LISTENER_FIELDS)),
     FieldSpec("public_url", parse_public_url, required=True),
@@ -160,6 +171,7 @@ TOP_FIELDS: Final = (
     FieldSpec("admin", section_of(LISTENER_FIELDS)),
     FieldSpec("logging", section_of(_LOGGING_FIELDS)),
     FieldSpec("state_keys", section_of(_STATE_KEYS_FIELDS)),
+    FieldSpec("limits", section_of(_LIMITS_FIELDS)),
 )
 
 
@@ -359,6 +371,7 @@ def _build_gateway(top: Parsed[Section], at: Cursor, source: Path) -> Parsed[Gat
         admin = port_at.problem(port_node.line if port_node else values["admin"].line, message)
     logging = build_from(LoggingConfig, values["logging"]) if "logging" in values else LoggingConfig()
     state_keys = _state_keys(values.get("state_keys"), at.key("state_keys"))
+    limits = build_from(LimitsConfig, values["limits"]) if "limits" in values else LimitsConfig()
     if (
         not top.complete
         or public_url is INVALID
@@ -369,6 +382,7 @@ def _build_gateway(top: Parsed[Section], at: Cursor, source: Path) -> Parsed[Gat
         or admin is INVALID
         or logging is INVALID
         or state_keys is INVALID
+        or limits is INVALID
     ):
         return INVALID
     return GatewayConfig(
@@ -382,6 +396,7 @@ def _build_gateway(top: Parsed[Section], at: Cursor, source: Path) -> Parsed[Gat
         admin=admin,
         logging=logging,
         state_keys=state_keys,
+        limits=limits,
         **{key: values[key] for key in _PLAIN_TOP_KEYS if key in values},
     )
 

@@ -17,11 +17,13 @@ from ..secret import Secret
 __all__ = [
     "LOG_LEVELS",
     "AdminConfig",
+    "CircuitBreakerConfig",
     "ClientAuthMethod",
     "ConfigError",
     "ConfigProblem",
     "Credential",
     "GatewayConfig",
+    "HealthCheckConfig",
     "IntrospectionConfig",
     "IssuerConfig",
     "JwksDiscover",
@@ -202,6 +204,26 @@ class MintingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """``limits``: what one client may hold of a gateway process, and for how long.
+
+    They bound what anyone can take without a token (connections, their header and body time)
+    and what callers together can park in memory (request bodies) or hold open (streams). They
+    apply at start; a reload keeps the running ones (they size the listener).
+    """
+
+    # From the connection (or a later request's first byte) to the request's last header.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0  # from the headers to the last byte of the request body
+    keepalive_timeout_s: float = 60.0  # an idle kept-alive connection is closed after this
+    # None: sized from the process's open-file limit (gateway.web.listener.connection_cap).
+    max_connections: int | None = None
+    # Requests relayed at once (POST answers, GET streams); None: as many as max_connections.
+    max_streams: int | None = None
+    max_buffered_body_bytes: int = 256 * 1024 * 1024  # request bodies held at once, all callers together
+
+
+@dataclass(frozen=True, slots=True)
 class StateKeyConfig:
     """One secret that seals state handles (``Mcp-Session-Id``, task ids) to their caller."""
 
@@ -217,6 +239,33 @@ class StateKeysConfig:
     active: str  # seals new handles; the others still open handles sealed before a rotation
 
 
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerConfig:
+    """``circuit_breaker``: stop sending to an upstream that cannot be connected to (resilience)."""
+
+    failures: int = 5  # consecutive requests whose connect failed or timed out open the circuit
+    open_s: float = 10.0  # requests fail at once (503) this long, then one trial request is let through
+
+
+HealthCheckMethod = Literal["GET", "POST"]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    """``health_check``: the gateway asks the upstream itself, every ``interval_s`` (off unless set).
+
+    ``path`` is resolved against the upstream URL's origin; any answer below 500 within
+    ``timeout_s`` is healthy. ``failures`` checks in a row that fail hold the circuit open (the
+    route is not ready) until one succeeds.
+    """
+
+    path: str
+    method: HealthCheckMethod = "GET"  # POST sends a JSON-RPC ping
+    interval_s: float = 10.0
+    timeout_s: float = 2.0
+    failures: int = 3
+
+
 # kw_only: ``resource`` has no dataclass default (it is derived from public_url + path), yet
 # follows fields that do; keyword-only construction also keeps call sites readable.
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -228,6 +277,13 @@ class RouteConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     connect_timeout_s: float = 5.0
     response_timeout_s: float = 300.0  # until the upstream's response headers arrive
+    upstream_idle_timeout_s: float = 60.0  # longest silence within a non-SSE upstream body
+    sse_heartbeat_s: float | None = None  # a comment line on an SSE stream silent this long
+    sse_max_lifetime_s: float | None = None  # an SSE stream is ended (cleanly) after this long
+    # Requests relayed to the upstream at once (bulkhead); GET streams hold none. None: no limit.
+    max_concurrent_requests: int | None = None
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    health_check: HealthCheckConfig | None = None  # no active checks unless configured
     credential: Credential = field(default_factory=lambda: NoCredential())
     # Built from the route keys scopes, tools, resources, prompts, methods and default.
     policy: RoutePolicy = field(default_factory=RoutePolicy)
@@ -255,6 +311,7 @@ class GatewayConfig:
     state_keys: StateKeysConfig | None = None
     # On SIGTERM/SIGINT: how long in-flight requests and streams may run before they are cut.
     shutdown_grace_s: float = 30.0
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def route_for_path(self, path: str) -> RouteConfig | None:
         """The route whose path is ``path`` (one trailing slash ignored), if any."""

@@ -13,7 +13,9 @@
   message by message, whatever the HTTP method: a GET stream and a replay too.
 - SSE is relayed chunk by chunk as it arrives: the first event reaches the client while the
   upstream is still sending, and a long-lived stream has no read timeout.
-- Connections are pooled and kept alive per upstream.
+- Connections are pooled and kept alive per upstream. What happens when the upstream fails
+  (one retry of a failed connect, the circuit breaker, the active health check, the bulkhead) is
+  decided in ``gateway.upstream.resilience``; ``Upstream._send`` and ``forward`` apply it.
 - A client that disconnects cancels the handler (``handler_cancellation``); leaving the
   ``async with`` on an unfinished upstream response closes that upstream connection, which the
   upstream sees as the client going away (MCP 2026-07-28: closing the stream is cancellation).
@@ -25,19 +27,33 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urljoin
 
 import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ..auth.oauth_client import FetchError, read_bounded
 from ..config import RouteConfig
-from ..errors import UpstreamError, UpstreamTimeout
+from ..config.model import HealthCheckConfig
+from ..errors import CircuitOpen, UpstreamBusy, UpstreamError, UpstreamTimeout
 from ..mcp.answers import AnswerInspector, AnswerKind, MessageRewriter, answer_kind
 from ..mcp.sse import SseEventRewriter, SseEventTooLarge
+from .resilience import (
+    CIRCUIT_STATE_VALUES,
+    RETRY_DELAY_S,
+    Bulkhead,
+    CircuitBreaker,
+    CircuitState,
+    HealthTracker,
+    Pass,
+    RouteReadiness,
+    connect_verdict,
+    retry_after_header_s,
+    retry_connect,
+)
 
 if TYPE_CHECKING:
     from ..metrics import GatewayMetrics
@@ -91,6 +107,9 @@ SESSION_HEADER = "Mcp-Session-Id"
 # RFC 9111 §3.5: with one of these a shared cache may serve a response to a request that carried
 # Authorization to another caller; the gateway's answers are per caller (filtered lists).
 _SHARED_CACHE_DIRECTIVES = frozenset({"public", "s-maxage", "must-revalidate"})
+
+# What an SSE stream silent for sse_heartbeat_s gets: a comment line, which every SSE reader skips.
+SSE_HEARTBEAT = b": keep-alive\n\n"
 
 # A JSON answer is read whole to be inspected, up to this size (else 502).
 _FILTERED_RESPONSE_LIMIT = 16 * 1024 * 1024
@@ -174,12 +193,29 @@ class PromptAcks:
                 self._socket = None
 
 
+# The body of a POST health check: a JSON-RPC ping (MCP basic/utilities/ping).
+_PING: Final = b'{"jsonrpc":"2.0","id":"gateway-health-check","method":"ping"}'
+_PING_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
 class Upstream:
-    """One upstream MCP server: its URL and a pooled, kept-alive client session."""
+    """One upstream MCP server: its URL, a pooled, kept-alive client session, its circuit and
+    bulkhead, and its health-check task (with ``health_check``; ended by ``aclose``).
+
+    Built inside a running loop (``open_gateway``): the health-check task starts at once.
+    """
 
     def __init__(self, route: RouteConfig, metrics: GatewayMetrics | None = None) -> None:
         self.route = route
         self._metrics = metrics
+        self._breaker = CircuitBreaker(
+            route.circuit_breaker, on_change=self._circuit_changed, on_open=self._circuit_opened
+        )
+        self._bulkhead = Bulkhead(route.max_concurrent_requests)
+        self._health: HealthTracker | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        if metrics is not None:
+            metrics.upstream_watched(route.path)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True),
             # Connect bounded; no read timeout: SSE streams are long-lived by design. The wait for
@@ -196,9 +232,63 @@ class Upstream:
             skip_auto_headers=("Accept-Encoding", "User-Agent"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        if route.health_check is not None:
+            self._health = HealthTracker(route.health_check.failures)
+            self._health_task = asyncio.create_task(
+                self._check_health(route.health_check, self._health), name=f"health-check:{route.path}"
+            )
 
     async def aclose(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
         await self._session.close()
+
+    def readiness(self) -> RouteReadiness:
+        """The circuit's state now and the health check's verdict (for ``/readyz``)."""
+        healthy = self._health.healthy if self._health is not None else None
+        return RouteReadiness(self._breaker.state, healthy)
+
+    def _circuit_changed(self, state: CircuitState) -> None:
+        log.warning("upstream_circuit", route=self.route.path, state=state)
+        if self._metrics is not None:
+            self._metrics.circuit_changed(self.route.path, CIRCUIT_STATE_VALUES[state])
+
+    def _circuit_opened(self) -> None:
+        if self._metrics is not None:
+            self._metrics.circuit_opened(self.route.path)
+
+    async def _check_health(self, check: HealthCheckConfig, health: HealthTracker) -> None:
+        """Every ``interval_s``: ask the upstream, and hold its circuit open while it is unhealthy."""
+        url = urljoin(self.route.upstream, check.path)
+        while True:
+            ok = await self._probe(check, url)
+            if self._metrics is not None:
+                self._metrics.upstream_health_checked(self.route.path, ok)
+            if health.observe(ok):
+                unhealthy = health.healthy is False
+                log.warning("upstream_health", route=self.route.path, healthy=not unhealthy)
+                self._breaker.hold_open(unhealthy, retry_after_s=check.interval_s)
+            await asyncio.sleep(check.interval_s)
+
+    async def _probe(self, check: HealthCheckConfig, url: str) -> bool:
+        """One check: any answer below 500 within ``timeout_s`` is healthy. No credential is sent."""
+        post = check.method == "POST"
+        try:
+            async with (
+                asyncio.timeout(check.timeout_s),
+                self._session.request(
+                    check.method,
+                    url,
+                    data=_PING if post else None,
+                    headers=_PING_HEADERS if post else None,
+                    allow_redirects=False,
+                ) as response,
+            ):
+                return response.status < 500  # the body is not read: the connection is just closed
+        except (TimeoutError, aiohttp.ClientError):
+            return False
 
     async def forward(
         self,
@@ -215,8 +305,13 @@ class Upstream:
 
         ``response_filter`` sees every JSON-RPC message of a JSON or SSE answer (None: relayed
         unread); ``seal_session_id`` turns the upstream's ``Mcp-Session-Id`` into the client's,
-        ``seal_event_id`` each SSE event id into the one the client resumes from.
+        ``seal_event_id`` each SSE event id into the one the client resumes from. Holds a slot of
+        the route's ``max_concurrent_requests`` until the answer is relayed (a GET holds none);
+        with none free, ``UpstreamBusy`` (503) and nothing is sent.
         """
+        holds_slot = request.method != "GET"  # the listening SSE stream: see resilience.Bulkhead
+        if holds_slot:
+            self._take_slot()
         try:
             return await self._forward(
                 request,
@@ -231,6 +326,19 @@ class Upstream:
             if self._metrics is not None:
                 self._metrics.upstream_failed(self.route.path, exc.reason)
             raise
+        finally:
+            if holds_slot:
+                self._bulkhead.release()
+                if self._metrics is not None:
+                    self._metrics.upstream_slots_in_use(self.route.path, self._bulkhead.in_use)
+
+    def _take_slot(self) -> None:
+        if not self._bulkhead.acquire():
+            if self._metrics is not None:
+                self._metrics.upstream_shed(self.route.path, UpstreamBusy.reason)
+            raise UpstreamBusy(detail=f"{self._bulkhead.limit} requests in flight")
+        if self._metrics is not None:
+            self._metrics.upstream_slots_in_use(self.route.path, self._bulkhead.in_use)
 
     async def _forward(
         self,
@@ -246,17 +354,7 @@ class Upstream:
         url = route.upstream  # never the client's query string: MCP endpoints take none
         outgoing = upstream_request_headers(request.headers, credential_headers)
         sent_at = time.perf_counter()
-        try:
-            async with asyncio.timeout(route.response_timeout_s):
-                upstream = await self._session.request(
-                    request.method, url, data=body, headers=outgoing, allow_redirects=False
-                )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(detail=f"no response headers within {route.response_timeout_s}s") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError("upstream_refused", detail=type(exc).__name__) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
+        upstream = await self._send(request.method, url, body, outgoing)
         waited_s = time.perf_counter() - sent_at
         request[UPSTREAM_MS] = round(waited_s * 1000, 3)
         if self._metrics is not None:
@@ -276,22 +374,77 @@ class Upstream:
                     else contextlib.nullcontext()
                 )
                 with open_streams:  # counted while relayed, released however it ends
-                    return await _relay_stream(request, upstream, headers, acks, sse=True, rewriter=rewriter)
+                    chunks = sse_chunks(upstream.content, route.sse_heartbeat_s, route.sse_max_lifetime_s)
+                    return await _relay_stream(request, upstream, headers, acks, chunks, rewriter=rewriter)
             if kind == "json" and inspector is not None:
                 return await self._filtered_json(upstream, headers, inspector)
             if kind == "bodiless":
                 return await self._bodiless(upstream, headers)
             length = upstream.content_length
             if length is not None and length <= _BUFFERED_RESPONSE_LIMIT:
-                try:
-                    async with asyncio.timeout(route.response_timeout_s):
-                        content = await upstream.read()
-                except TimeoutError as exc:
-                    raise UpstreamTimeout(detail="response body timed out") from exc
-                except aiohttp.ClientError as exc:
-                    raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
+                content = await read_whole_body(upstream, route, _BUFFERED_RESPONSE_LIMIT)
                 return web.Response(status=upstream.status, body=content, headers=headers)
-            return await _relay_stream(request, upstream, headers, acks, sse=False)
+            chunks = chunks_within(upstream.content, route.upstream_idle_timeout_s)
+            return await _relay_stream(request, upstream, headers, acks, chunks)
+
+    async def _send(
+        self, method: str, url: str, body: bytes | None, headers: CIMultiDict[str]
+    ) -> aiohttp.ClientResponse:
+        """Send the request if its circuit lets it, once more if the connect failed, and wait for
+        the response headers (``response_timeout_s``, the retry included); errors become 502/503/504."""
+        route = self.route
+        admitted = self._breaker.admit()
+        if not isinstance(admitted, Pass):
+            if self._metrics is not None:
+                self._metrics.upstream_shed(route.path, CircuitOpen.reason)
+            raise CircuitOpen(
+                detail=f"circuit {self._breaker.state}",
+                retry_after_s=retry_after_header_s(admitted.retry_after_s),
+            )
+        failure: BaseException | None = None
+        try:
+            async with asyncio.timeout(route.response_timeout_s):
+                attempt = 1
+                while True:
+                    try:
+                        return await self._session.request(
+                            method, url, data=body, headers=headers, allow_redirects=False
+                        )
+                    except aiohttp.ClientConnectorError as exc:
+                        if not retry_connect(exc, attempt):
+                            raise
+                        log.info("upstream_retry", route=route.path, error=type(exc).__name__)
+                    attempt += 1
+                    if self._metrics is not None:
+                        self._metrics.upstream_retried(route.path)
+                    await asyncio.sleep(RETRY_DELAY_S)
+        except Exception as exc:
+            failure = exc
+            error = self._send_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        except BaseException as exc:  # cancelled (the client went away): no verdict
+            failure = exc
+            raise
+        finally:
+            self._breaker.record(admitted, connect_verdict(failure))
+
+    def _send_error(self, exc: Exception) -> Exception:
+        """The gateway's error for a request that got no response headers (others unchanged)."""
+        route = self.route
+        # Before TimeoutError: aiohttp's connect timeout is one too.
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return UpstreamTimeout(
+                "upstream_connect_timeout", detail=f"no connection within {route.connect_timeout_s}s"
+            )
+        if isinstance(exc, TimeoutError):
+            return UpstreamTimeout(detail=f"no response headers within {route.response_timeout_s}s")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return UpstreamError("upstream_refused", detail=type(exc).__name__)
+        if isinstance(exc, aiohttp.ClientError):
+            return UpstreamError("upstream_failed", detail=type(exc).__name__)
+        return exc
 
     async def _bodiless(self, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> web.Response:
         """A 2xx answer of no JSON or SSE type: relayed only if it has no body (else 502).
@@ -299,8 +452,9 @@ class Upstream:
         Both SDK clients read a 2xx body of a look-alike type (``application/json-rpc``) as JSON,
         so one the gateway would not inspect is never relayed.
         """
+        route = self.route
         try:
-            async with asyncio.timeout(self.route.response_timeout_s):
+            async with asyncio.timeout(min(route.response_timeout_s, route.upstream_idle_timeout_s)):
                 first = await upstream.content.read(1)
         except TimeoutError as exc:
             raise UpstreamTimeout(detail="response body timed out") from exc
@@ -315,19 +469,73 @@ class Upstream:
         self, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], inspector: AnswerInspector
     ) -> web.Response:
         """A JSON answer: read it whole (bounded), rewrite only if needed."""
-        try:
-            async with asyncio.timeout(self.route.response_timeout_s):
-                content = await read_bounded(upstream, _FILTERED_RESPONSE_LIMIT)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(detail="response body timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
-        except FetchError as exc:
-            raise UpstreamError("upstream_response_too_large", detail=str(exc)) from exc
+        content = await read_whole_body(upstream, self.route, _FILTERED_RESPONSE_LIMIT)
         rewritten = inspector.json_body(content)
         return web.Response(
             status=upstream.status, body=content if rewritten is None else rewritten, headers=headers
         )
+
+
+async def read_whole_body(upstream: aiohttp.ClientResponse, route: RouteConfig, limit: int) -> bytes:
+    """The upstream's whole body: at most ``limit`` bytes (else 502), no silence longer than
+    ``upstream_idle_timeout_s`` and all of it within ``response_timeout_s`` (else 504)."""
+    if upstream.content_length is not None and upstream.content_length > limit:
+        raise UpstreamError("upstream_response_too_large", detail=f"Content-Length > {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(route.response_timeout_s):
+            async for chunk in chunks_within(upstream.content, route.upstream_idle_timeout_s):
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamError("upstream_response_too_large", detail=f"more than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise UpstreamTimeout(detail="response body timed out") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
+    return b"".join(chunks)
+
+
+async def chunks_within(reader: aiohttp.StreamReader, idle_s: float) -> AsyncIterator[bytes]:
+    """A body's chunks as they arrive; ``TimeoutError`` once it is silent for ``idle_s``."""
+    while True:
+        async with asyncio.timeout(idle_s):
+            chunk = await reader.readany()
+        if not chunk:
+            return
+        yield chunk
+
+
+async def sse_chunks(
+    reader: aiohttp.StreamReader, heartbeat_s: float | None, lifetime_s: float | None
+) -> AsyncIterator[bytes | None]:
+    """An SSE body's chunks as they arrive, with no read timeout: a stream may be silent for as
+    long as it likes. ``None`` each time it has been silent for ``heartbeat_s``; the iteration
+    ends when the upstream ends the stream or after ``lifetime_s``."""
+    if heartbeat_s is None and lifetime_s is None:
+        async for chunk in reader.iter_any():
+            yield chunk
+        return
+    loop = asyncio.get_running_loop()
+    ends_at = None if lifetime_s is None else loop.time() + lifetime_s
+    while True:
+        wait = heartbeat_s
+        if ends_at is not None:
+            left = ends_at - loop.time()
+            if left <= 0:
+                return
+            wait = left if wait is None else min(wait, left)
+        try:
+            async with asyncio.timeout(wait):
+                chunk = await reader.readany()
+        except TimeoutError:
+            if ends_at is None or loop.time() < ends_at:
+                yield None
+            continue
+        if not chunk:
+            return
+        yield chunk
 
 
 def judge_answer(upstream: aiohttp.ClientResponse) -> AnswerKind:
@@ -348,34 +556,42 @@ async def _relay_stream(
     upstream: aiohttp.ClientResponse,
     headers: CIMultiDict[str],
     acks: PromptAcks,
+    chunks: AsyncIterator[bytes | None],
     *,
-    sse: bool,
     rewriter: SseEventRewriter | None = None,
 ) -> web.StreamResponse:
-    if sse:
+    """Relay ``chunks`` as they come; an SSE answer has a ``rewriter`` (whole events out) and
+    gets a heartbeat comment where ``chunks`` yields None (``sse_chunks``)."""
+    if rewriter is not None:
         # MCP 2026-07-28 SHOULD: tell buffering reverse proxies in front of us not to buffer.
         headers["X-Accel-Buffering"] = "no"
     response = web.StreamResponse(status=upstream.status, headers=headers)
     await response.prepare(request)
     request[STREAMED_STATUS] = upstream.status
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in chunks:
+            if chunk is None:  # silence: the rewriter has sent whole events only, so a comment fits
+                await response.write(SSE_HEARTBEAT)
+                continue
             acks.now()
             out = rewriter.feed(chunk) if rewriter is not None else chunk
             if out:
                 await response.write(out)
-        if rewriter is not None and (tail := rewriter.finish()):
+        # At the stream's max lifetime an unfinished event stays unsent, as at any cut.
+        if rewriter is not None and upstream.content.at_eof() and (tail := rewriter.finish()):
             await response.write(tail)
     except ConnectionResetError:
         # The client went away (aiohttp's ClientConnectionResetError is one): nothing more can be
         # sent, and leaving `async with upstream` closes the upstream request. Not an error.
         return response
-    except (aiohttp.ClientError, SseEventTooLarge) as exc:
+    except (aiohttp.ClientError, SseEventTooLarge, TimeoutError) as exc:
         # Headers are already sent, so the status cannot change. Abort the client connection
-        # rather than end the chunked body cleanly: a truncated stream must not look complete.
+        # rather than end the chunked body cleanly: a truncated body must not look complete.
         log.warning("upstream_stream_broken", error=type(exc).__name__)
         if request.transport is not None:
             request.transport.abort()
+        if isinstance(exc, TimeoutError):
+            raise UpstreamTimeout(detail="upstream body went silent") from exc
         raise UpstreamError("upstream_stream_broken", detail=type(exc).__name__) from exc
     with contextlib.suppress(ConnectionResetError):  # the client may close right after the last event
         await response.write_eof()

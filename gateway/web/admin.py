@@ -1,7 +1,8 @@
 """The admin listener (``admin: {host, port}``): ``/metrics``, ``/healthz`` and ``/readyz``.
 
 ``/metrics`` holds the gateway's families and the process's own (open and maximum file
-descriptors, resident memory, CPU); ``/readyz`` is 503 once shutdown has begun.
+descriptors, resident memory, CPU); ``/readyz`` lists each route's circuit and health check and
+is 503 once shutdown has begun, or while every route's circuit is open (``gateway.upstream.resilience``).
 
 A second aiohttp listener, separate from the one MCP clients reach, so metrics are never served
 to them and the admin port can stay on loopback or an internal network. It runs inside the
@@ -65,7 +66,7 @@ def admin_app(gateway_app: web.Application) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/metrics", metrics, allow_head=True)
-    add_health_routes(app.router, gateway_app[LIVE])  # readiness of the gateway serving now
+    add_health_routes(app.router, gateway_app[LIVE], details=True)  # the gateway serving now
     return app
 
 

@@ -11,12 +11,18 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web, web_response
 
+from ..auth.key_registry import KeyRegistry
 from ..config import GatewayConfig
 from ..metrics import METRICS, GatewayMetrics
+from .limits import ADMISSION, Admission, ProcessLimits, open_file_limit, process_limits
+from .listener import CONNECTIONS, Connections
 from .live import LIVE, LiveGateway, add_health_routes, remember_prepared
 from .middleware import LOGGING, error_responses, request_context
 from .pipeline import dispatch
 from .resources import Gateway, open_gateway
+
+# The process's resolved limits, which the listener is started with.
+LIMITS = web.AppKey("limits", ProcessLimits)
 
 # The `Server` header of every answer the process writes: the product, never a version.
 SERVER_HEADER = "mcp-auth-gateway"
@@ -40,13 +46,21 @@ def hide_server_version() -> None:
     setattr(web_response, "SERVER_SOFTWARE", SERVER_HEADER)  # noqa: B010
 
 
-def build_app(config: GatewayConfig) -> web.Application:
-    """The aiohttp application for one config; ``app[LIVE].reload(config)`` swaps in another."""
+def build_app(config: GatewayConfig, limits: ProcessLimits | None = None) -> web.Application:
+    """The aiohttp application for one config; ``app[LIVE].reload(config)`` swaps in another.
+
+    ``limits``: the process's resolved ``limits:`` (default: from the config and this process's
+    open-file limit); they stay for the application's life, across reloads.
+    """
     hide_server_version()
+    limits = limits or process_limits(config.limits, open_file_limit())
     # One registry for the app's life: counters continue across reloads.
     metrics = GatewayMetrics()
+    # The issuers' keys too: each gateway generation borrows them, so a reload that keeps an
+    # issuer keeps its cached keys and refresh task (gateway.auth.key_registry).
+    keys = KeyRegistry(metrics)
     live: LiveGateway[Gateway] = LiveGateway(
-        config, lambda new_config: open_gateway(new_config, metrics), dispatch
+        config, lambda new_config: open_gateway(new_config, metrics, keys), dispatch
     )
     app = web.Application(
         middlewares=[
@@ -63,11 +77,15 @@ def build_app(config: GatewayConfig) -> web.Application:
     app[LIVE] = live
     app[METRICS] = metrics
     app[LOGGING] = config.logging
+    app[LIMITS] = limits
+    app[ADMISSION] = Admission(limits, metrics)
+    app[CONNECTIONS] = Connections(limits.header_timeout_s, metrics)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await live.start()
         yield
         await live.aclose()
+        await keys.aclose()  # after every generation returned its leases
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(remember_prepared)

@@ -6,8 +6,10 @@ closes it on exit) and ``handle`` (gateway, request → response).
 
 A request is served from start to end by the gateway that was current when it arrived, so a
 reload never changes the rules, keys or upstream connections under a request (or an SSE stream)
-that is already running. A replaced gateway is closed (upstream pools, JWKS refresh tasks, token
-exchangers) once its last request has ended, or when the process stops.
+that is already running. A replaced gateway is closed (upstream pools, token exchangers, its
+lease on each issuer's keys) once its last request has ended, or when the process stops. A
+reload whose new or changed issuers load no keys within the swap wait is refused
+(``KeysNotLoaded``): the old gateway serves on.
 
 At the shutdown deadline, requests still running are cut (``cut``): the handler is cancelled,
 which closes its upstream request (the upstream sees the client go away), and the client's
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -35,9 +37,13 @@ from aiohttp import web
 
 from ..config import GatewayConfig
 from ..errors import ShuttingDown
+from ..upstream.resilience import RouteReadiness, routes_ready
 from .middleware import SERVING_CONFIG
 
 log = structlog.get_logger("gateway.live")
+
+# How long a reload waits for the keys of the issuers it adds or changes before refusing.
+SWAP_WAIT_S = 5.0
 
 # Every response, once its headers are sent: what a cut request's client has already received.
 PREPARED = web.RequestKey("prepared_response", web.StreamResponse)
@@ -52,13 +58,27 @@ class Served(Protocol):
     @property
     def ready(self) -> bool: ...
 
-    async def wait_ready(self, timeout_s: float) -> bool: ...
+    @property
+    def route_readiness(self) -> Mapping[str, RouteReadiness]: ...
+
+    async def wait_new_keys(self, timeout_s: float) -> tuple[str, ...]:
+        """Wait up to ``timeout_s`` for the keys of issuers this gateway added or changed; the
+        issuers still without keys then."""
+        ...
 
 
 G = TypeVar("G", bound=Served)
 
 Opener = Callable[[GatewayConfig], AbstractAsyncContextManager[G]]
 RequestHandler = Callable[[G, web.Request], Awaitable[web.StreamResponse]]
+
+
+class KeysNotLoaded(Exception):
+    """A reload refused: issuers the new config adds or changes loaded no keys in the swap wait."""
+
+    def __init__(self, issuers: tuple[str, ...], wait_s: float) -> None:
+        super().__init__(f"no keys loaded within {wait_s}s for: {', '.join(issuers)}")
+        self.issuers = issuers
 
 
 async def remember_prepared(request: web.Request, response: web.StreamResponse) -> None:
@@ -127,18 +147,23 @@ class LiveGateway(Generic[G]):
         gateway = await resources.enter_async_context(self._opener(config))
         return _Generation(gateway, resources)
 
-    async def reload(self, config: GatewayConfig, *, ready_timeout_s: float = 5.0) -> bool:
+    async def reload(self, config: GatewayConfig, *, ready_timeout_s: float = SWAP_WAIT_S) -> bool:
         """Open a gateway for ``config`` and make it serve new requests; the old one drains.
 
         Raises whatever opening the new gateway raised; the old one then stays. Waits up to
-        ``ready_timeout_s`` for the new gateway's keys; returns whether they loaded (it is
-        swapped in either way: a request would wait for the keys itself).
+        ``ready_timeout_s`` for the keys of the issuers the new config adds or changes, and
+        raises ``KeysNotLoaded`` (the new gateway closed, the old one serving on) if any has
+        none by then: swapped in, such a config would answer 503 to all its issuer's tokens
+        until the next reload. Issuers it keeps keep their keys, loaded or not (that is not the
+        new config's doing). Returns whether every issuer of the new gateway has keys.
         """
         async with self._reload_lock:
             previous = self._serving()
             generation = await self._open_generation(config)
             try:
-                ready = await generation.gateway.wait_ready(ready_timeout_s)
+                missing = await generation.gateway.wait_new_keys(ready_timeout_s)
+                if missing:
+                    raise KeysNotLoaded(missing, ready_timeout_s)
             except BaseException:
                 await generation.resources.aclose()
                 raise
@@ -150,7 +175,7 @@ class LiveGateway(Generic[G]):
                 self._close_later(previous)
             else:
                 log.info("previous_config_draining", in_flight=len(previous.requests))
-            return ready
+            return generation.gateway.ready
 
     async def aclose(self) -> None:
         """Close every gateway still open (the app's cleanup, after requests ended or were cut)."""
@@ -241,9 +266,11 @@ class LiveGateway(Generic[G]):
 LIVE = web.AppKey("live_gateway", LiveGateway)
 
 
-def add_health_routes(router: web.UrlDispatcher, live: LiveGateway[Any]) -> None:
-    """``/healthz`` (the process answers) and ``/readyz`` (the serving gateway has its keys and
-    is not shutting down)."""
+def add_health_routes(router: web.UrlDispatcher, live: LiveGateway[Any], *, details: bool = False) -> None:
+    """``/healthz`` (the process answers) and ``/readyz`` (the serving gateway has its keys, at
+    least one route whose circuit is not open, and is not shutting down; each route's state is
+    listed with ``details``, see ``gateway.upstream.resilience``). The MCP port's answer has no
+    details: anyone may ask it, and which upstream is failing is the operator's business."""
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -253,8 +280,13 @@ def add_health_routes(router: web.UrlDispatcher, live: LiveGateway[Any]) -> None
         # sending any, even though this admin listener still answers.
         if live.draining:
             return web.json_response({"ready": False, "draining": True}, status=503)
-        ready = live.current.ready
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        gateway = live.current
+        routes = gateway.route_readiness
+        ready = gateway.ready and routes_ready(routes.values())
+        answer: dict[str, Any] = {"ready": ready}
+        if details:
+            answer["routes"] = {path: route.as_json() for path, route in routes.items()}
+        return web.json_response(answer, status=200 if ready else 503)
 
     router.add_get("/healthz", healthz, allow_head=True)
     router.add_get("/readyz", readyz, allow_head=True)

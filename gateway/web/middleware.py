@@ -18,6 +18,7 @@ from ..logs import HIDE_SUBJECT
 from ..metrics import METRICS, NO_ROUTE, mcp_method_label
 from ..principal import Principal
 from ..upstream.proxy import STREAMED_STATUS, UPSTREAM_MS
+from .listener import CONNECTIONS
 from .metadata import route_challenge
 
 log = structlog.get_logger("gateway.request")
@@ -55,6 +56,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     metrics = request.app.get(METRICS)
     if metrics is not None:
         metrics.in_flight.inc()
+    connections = request.app.get(CONNECTIONS)
+    if connections is not None:  # the headers are complete: the listener's header timer stops
+        connections.request_started(request.transport)
     status = 500
     try:
         response = await handler(request)
@@ -73,6 +77,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             request[OUTCOME] = "cancelled"
         raise
     finally:
+        if connections is not None:
+            connections.request_finished(request.transport)
         duration_s = time.perf_counter() - started
         outcome = request.get(OUTCOME, "ok" if status < 400 else "error")
         _log_request(request, status, outcome, duration_s)
@@ -140,7 +146,10 @@ async def error_responses(request: web.Request, handler: Handler) -> web.StreamR
                 metrics.token_rejected(exc.reason)
         if exc.detail:
             log.info("rejected", reason=exc.reason, detail=exc.detail)
-        return render_error(request, exc)
+        response = render_error(request, exc)
+        if exc.closes_connection:  # what is left of the request is never read
+            response.force_close()
+        return response
 
 
 def render_error(request: web.Request, exc: GatewayError) -> web.Response:

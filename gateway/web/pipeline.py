@@ -9,31 +9,37 @@ the MCP pipeline, in the order the spec needs:
 3. ``authenticate``   the bearer token → ``Principal``, or 401 with the route's challenge;
    ``open_session``   a sealed ``Mcp-Session-Id`` opened for this caller (``gateway.sealing``):
                       another user's session is answered as an unknown one, 404;
-4. ``read_body``      only once the caller is known, bounded by the route's ``max_body_bytes``;
+4. ``read_body``      only once the caller is known, bounded by the route's ``max_body_bytes``,
+                      ``limits.body_timeout_s`` and the process's body budget (``web.limits``);
    ``parse_strictly`` the strict MCP reading of the body (``gateway.mcp.messages``);
 5. ``authorize``      every message against the route's rules, audited; 403 on a denial;
    ``open_task_ids``  every task id the body names opened for this caller, or 400;
 6. credential         the route's downstream credential, narrowed to this operation;
-7. forward            ``Upstream.forward``: a new request built from a header allowlist (the
-                      client's token stops there), the answer streamed back and inspected
-                      (``gateway.mcp.answers``): ``*/list`` results filtered to what the caller
-                      may use, session and task ids sealed to the caller.
+7. forward            within the process's ``max_streams``, ``Upstream.forward``: a new
+                      request built from a header allowlist (the client's token stops there),
+                      the answer streamed back and inspected (``gateway.mcp.answers``):
+                      ``*/list`` results filtered to what the caller may use, session and task
+                      ids sealed to the caller.
 
 Everything a step refuses is raised as a ``GatewayError``; ``error_responses`` renders it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import unquote_plus
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..auth.tokens import bearer_token_from
 from ..config import RouteConfig
 from ..errors import (
     AuthError,
+    BodyTimeout,
     BodyTooLarge,
     InsufficientScope,
+    MalformedBody,
     MethodNotAllowed,
     OriginForbidden,
 )
@@ -46,6 +52,7 @@ from ..metrics import GatewayMetrics
 from ..principal import Principal
 from .audit import audit_decision
 from .handles import CallerHandles
+from .limits import ADMISSION, RequestHold
 from .metadata import WELL_KNOWN_PRM, prm_document
 from .middleware import MCP_METHOD, PRINCIPAL, REQUEST_ID, ROUTE, RPC_ID, TARGET, jsonrpc_error_response
 from .resources import Gateway, ServedRoute
@@ -68,10 +75,14 @@ async def dispatch(gateway: Gateway, request: web.Request) -> web.StreamResponse
     if served is None:
         return jsonrpc_error_response(404, None, -32601, "Not found")
     request[ROUTE] = served.config
-    return await handle_mcp(gateway, served, request)
+    # What the request holds of the process's budgets (a stream, body bytes) ends with it.
+    with request.app[ADMISSION].hold() as held:
+        return await handle_mcp(gateway, served, request, held)
 
 
-async def handle_mcp(gateway: Gateway, served: ServedRoute, request: web.Request) -> web.StreamResponse:
+async def handle_mcp(
+    gateway: Gateway, served: ServedRoute, request: web.Request, held: RequestHold
+) -> web.StreamResponse:
     """The MCP pipeline for one request on one route (see the module docstring)."""
     route = served.config
     origin = check_origin(gateway, request)
@@ -89,7 +100,9 @@ async def handle_mcp(gateway: Gateway, served: ServedRoute, request: web.Request
     required = route.scopes
     if request.method == "POST":
         # Decide on the body, never on headers.
-        body = await read_body(request, route.max_body_bytes)
+        body = await read_body(
+            request, route.max_body_bytes, held, request.app[ADMISSION].limits.body_timeout_s
+        )
         post = parse_strictly(request, body)
         required = authorize(route, principal, post, gateway.metrics)
         body = handles.open_task_ids(body)
@@ -106,6 +119,7 @@ async def handle_mcp(gateway: Gateway, served: ServedRoute, request: web.Request
     response_filter = chain(list_filter, TaskIdSealer(handles.seal_task_id))
     upstream_headers = {**credential, **upstream_session}
     response_headers = {"X-Request-Id": request[REQUEST_ID], **(cors_headers(origin) if origin else {})}
+    held.stream()  # one of the process's streams, or 503 before the upstream sees anything
     return await served.upstream.forward(
         request,
         body,
@@ -181,18 +195,33 @@ def challenge_hint(route: RouteConfig, request: web.Request) -> tuple[str, ...]:
     return challenge_scopes(route.policy, request.headers.get("Mcp-Method"), decoded)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes without reading the rest."""
+async def read_body(request: web.Request, limit: int, held: RequestHold, timeout_s: float) -> bytes:
+    """The request body within ``timeout_s``, refused with 413 past ``limit`` bytes without reading
+    the rest, and with 503 if the bodies all requests hold would pass the process's budget.
+
+    A declared length is held before the first byte is read (it is what the body will cost);
+    a chunked body is held as it arrives. A broken framing is a 400, a slow body a 408.
+    """
     declared = request.content_length
     if declared is not None and declared > limit:
         raise BodyTooLarge(detail=f"Content-Length {declared} > {limit}")
+    if declared:
+        held.body_bytes(declared)
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(detail=f"more than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(detail=f"more than {limit} bytes")
+                if declared is None:
+                    held.body_bytes(len(chunk))
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise BodyTimeout(detail=f"{size} bytes within {timeout_s}s") from exc
+    except HttpProcessingError as exc:
+        raise MalformedBody(detail=type(exc).__name__) from exc
     return b"".join(chunks)
 
 

@@ -1,10 +1,11 @@
 """What one config needs at run time, opened together and closed together.
 
 ``open_gateway(config)`` is an async context manager that yields a fully built, immutable
-``Gateway``: the HTTP session for the authorization servers, each issuer's key cache and its
-refresh task, the introspector, and per route the upstream pool and the downstream credential
-(with its token exchanger). One ``AsyncExitStack`` owns them all, so whatever was opened is
-closed exactly once, in reverse order, also when opening fails half way.
+``Gateway``: the HTTP session for the authorization servers, a lease on each issuer's key cache
+(``gateway.auth.key_registry``: an issuer a reload keeps keeps its keys and refresh task), the
+introspector, and per route the upstream pool and the downstream credential (with its token
+exchanger). One ``AsyncExitStack`` owns them all, so whatever was opened is closed (or, for the
+keys, returned) exactly once, in reverse order, also when opening fails half way.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import aiohttp
 from ..auth.authenticator import Authenticator
 from ..auth.introspection import Introspector
 from ..auth.jwks import IssuerKeys
+from ..auth.key_registry import KeyRegistry
 from ..auth.tokens import JwtAuthenticator
 from ..config import GatewayConfig, RouteConfig, TokenExchangeCredential
 from ..metrics import GatewayMetrics
@@ -29,6 +31,7 @@ from ..upstream.credentials import CredentialStrategy, ExchangerFactory, build_s
 from ..upstream.exchange import TokenExchanger
 from ..upstream.minting import TokenMinter
 from ..upstream.proxy import Upstream
+from ..upstream.resilience import RouteReadiness
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -56,6 +59,9 @@ class Gateway:
     base_path: str  # public_url's path, without a trailing slash
     minter: TokenMinter | None
     issuer_keys: tuple[IssuerKeys, ...]
+    # The keys this gateway started loading itself: its new issuers, and those whose config
+    # changed. The others were already serving (a reload kept them) with whatever they had.
+    new_issuer_keys: tuple[IssuerKeys, ...]
     sealer: StateSealer  # seals Mcp-Session-Id (and task ids) to their caller
 
     @property
@@ -63,14 +69,17 @@ class Gateway:
         """Every JWKS issuer has a key set (an introspection issuer needs none)."""
         return all(keys.ready for keys in self.issuer_keys)
 
-    async def wait_ready(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for ``ready``; whether it came."""
-        try:
+    @property
+    def route_readiness(self) -> dict[str, RouteReadiness]:
+        """Each route's circuit and health check, for ``/readyz`` (gateway.upstream.resilience)."""
+        return {path: served.upstream.readiness() for path, served in self.routes.items()}
+
+    async def wait_new_keys(self, timeout_s: float) -> tuple[str, ...]:
+        """Wait up to ``timeout_s`` for the keys of ``new_issuer_keys``; the issuers still without."""
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
-                await asyncio.gather(*(keys.wait_ready() for keys in self.issuer_keys))
-        except TimeoutError:
-            return False
-        return True
+                await asyncio.gather(*(keys.wait_ready() for keys in self.new_issuer_keys))
+        return tuple(keys.issuer.issuer for keys in self.new_issuer_keys if not keys.ready)
 
 
 def origin_of(url: str) -> str:
@@ -81,12 +90,14 @@ def origin_of(url: str) -> str:
 
 @contextlib.asynccontextmanager
 async def open_gateway(
-    config: GatewayConfig, metrics: GatewayMetrics | None = None
+    config: GatewayConfig, metrics: GatewayMetrics | None = None, keys: KeyRegistry | None = None
 ) -> AsyncIterator[Gateway]:
     """Open what ``config`` needs, yield the gateway, close it all on exit.
 
     ``metrics``: the registry to count in (a reload passes the previous gateway's, so counters
-    continue); a new one if not given (tests: one per gateway).
+    continue); a new one if not given (tests: one per gateway). ``keys``: where the issuers' keys
+    are borrowed from (the app's, shared by every generation; it counts in its own metrics); a
+    registry of this gateway's own if not given.
     """
     metrics = metrics if metrics is not None else GatewayMetrics()
     # Signing keys are loaded now: a broken key stops start-up, not the first request. In a thread:
@@ -99,21 +110,18 @@ async def open_gateway(
                 cookie_jar=aiohttp.DummyCookieJar(), headers={"User-Agent": "mcp-auth-gateway"}
             )
         )
+        if keys is None:
+            keys = KeyRegistry(metrics)
+            stack.push_async_callback(keys.aclose)  # after every lease below is returned (LIFO)
         issuer_keys: dict[str, IssuerKeys] = {}
+        new_issuer_keys: list[IssuerKeys] = []
         for issuer in config.issuers:
             if issuer.jwks is None:
                 continue  # an introspection issuer (RFC 7662) has no keys to load
-            keys = IssuerKeys(
-                issuer,
-                session,
-                on_fetch=functools.partial(metrics.jwks_fetched, issuer.issuer),
-                on_key_skipped=functools.partial(metrics.jwks_key_skipped, issuer.issuer),
-            )
-            metrics.jwks_issuer_watched(issuer.issuer)
-            stack.push_async_callback(keys.aclose)
-            refresh = asyncio.create_task(keys.run(), name=f"jwks:{issuer.issuer}")
-            stack.push_async_callback(_cancel, refresh)  # runs before keys.aclose (LIFO)
-            issuer_keys[issuer.issuer] = keys
+            lease = await stack.enter_async_context(keys.lease(issuer))
+            issuer_keys[issuer.issuer] = lease.keys
+            if not lease.reused:
+                new_issuer_keys.append(lease.keys)
         introspector = _introspector(config, session, metrics)
         if introspector is not None:
             stack.push_async_callback(introspector.aclose)
@@ -134,6 +142,7 @@ async def open_gateway(
             base_path=urlsplit(config.public_url).path.rstrip("/"),
             minter=minter,
             issuer_keys=tuple(issuer_keys.values()),
+            new_issuer_keys=tuple(new_issuer_keys),
             sealer=state_sealer(config),
         )
 
@@ -178,9 +187,3 @@ def _exchanger_factory(
         return exchanger
 
     return factory
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

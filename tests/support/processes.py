@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import resource
 import signal
 import sys
 import time
@@ -123,6 +125,11 @@ def _json_events(text: str) -> list[dict[str, Any]]:
     return events
 
 
+def _limit_open_files(limit: int) -> None:
+    """In the child, before exec: the open-file limit, soft and hard."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
 @asynccontextmanager
 async def start_gateway_process(
     config_path: Path,
@@ -130,11 +137,13 @@ async def start_gateway_process(
     *args: str,
     env: Mapping[str, str] | None = None,
     startup_timeout: float = 20.0,
+    open_files: int | None = None,
 ) -> AsyncIterator[GatewayProcess]:
     """Run ``python -m gateway serve --config config_path *args`` with stdout and stderr written
     to ``log_path`` (registered for the session's leak check); yield it once it logged
     ``listening`` with its bound port (``listen.port: 0`` works; the log format must be JSON,
-    the default). Stopped with SIGTERM on exit (killed if it does not stop within 15 s)."""
+    the default). Stopped with SIGTERM on exit (killed if it does not stop within 15 s).
+    ``open_files``: the process's RLIMIT_NOFILE, soft and hard (as ``ulimit -n`` would set it)."""
     register_gateway_log(log_path)
     log_file = await asyncio.to_thread(log_path.open, "wb")
     try:
@@ -150,6 +159,7 @@ async def start_gateway_process(
             env=None if env is None else dict(env),
             stdout=log_file,
             stderr=log_file,
+            preexec_fn=None if open_files is None else functools.partial(_limit_open_files, open_files),
         )
     finally:
         await asyncio.to_thread(log_file.close)

@@ -42,11 +42,11 @@ def route_with_tools(*patterns: str) -> RouteConfig:
 
 
 def test_metric_families_lists_exactly_what_is_registered() -> None:
-    """`METRIC_FAMILIES` names exactly the 16 families a `GatewayMetrics` registers."""
+    """`METRIC_FAMILIES` names exactly the 22 families a `GatewayMetrics` registers."""
     metrics = GatewayMetrics(CollectorRegistry())
     registered = {family.name for family in metrics.registry.collect()}
     assert {name.removesuffix("_total") for name in METRIC_FAMILIES} == registered
-    assert len(set(METRIC_FAMILIES)) == len(METRIC_FAMILIES) == 16
+    assert len(set(METRIC_FAMILIES)) == len(METRIC_FAMILIES) == 27
 
 
 def test_each_gateway_metrics_has_its_own_registry() -> None:
