@@ -20,6 +20,9 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS builder
 
 # Optional extras of the package, e.g. "demo" (the demo MCP server used by deploy/compose).
+# `fast` (uvloop) is always installed, so the image runs uvloop: the benchmark finds it at least
+# as fast as the standard loop (docs/performance.md, "Event loop"), and the gateway's own accept
+# loop (gateway/web/listener.py) behaves the same on both when descriptors run out.
 ARG EXTRAS=""
 
 # (pip byte-compiles what it installs: the final image, whose root filesystem is read-only in
@@ -38,7 +41,7 @@ COPY gateway ./gateway
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/venv \
     && wheel="$(ls /wheels/mcp_auth_gateway-*.whl)" \
-    && /opt/venv/bin/pip install "${wheel}${EXTRAS:+[${EXTRAS}]}" \
+    && /opt/venv/bin/pip install "${wheel}[fast${EXTRAS:+,${EXTRAS}}]" \
     && /opt/venv/bin/python -m pip uninstall --yes pip setuptools \
     && /opt/venv/bin/mcp-auth-gateway --help > /dev/null
 

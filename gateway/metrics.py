@@ -16,7 +16,7 @@ name (counters with their ``_total`` suffix, as in the text format's ``# TYPE`` 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
@@ -304,8 +304,10 @@ class GatewayMetrics:
     def upstream_shed(self, route: str, reason: str) -> None:
         self.upstream_rejected.labels(route, reason).inc()
 
-    def upstream_slots_in_use(self, route: str, in_use: int) -> None:
-        self.upstream_requests_in_use.labels(route).set(in_use)
+    def upstream_slots_in_use(self, route: str, in_use: Callable[[], float]) -> None:
+        """Report the route's slots in use as ``in_use()`` says at each scrape (no per-request cost;
+        a reload points it at the new upstream)."""
+        self.upstream_requests_in_use.labels(route).set_function(in_use)
 
     def upstream_health_checked(self, route: str, ok: bool) -> None:
         self.upstream_health_checks.labels(route, "ok" if ok else "failed").inc()

@@ -216,6 +216,8 @@ class Upstream:
         self._health_task: asyncio.Task[None] | None = None
         if metrics is not None:
             metrics.upstream_watched(route.path)
+            bulkhead = self._bulkhead
+            metrics.upstream_slots_in_use(route.path, lambda: bulkhead.in_use)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True),
             # Connect bounded; no read timeout: SSE streams are long-lived by design. The wait for
@@ -329,16 +331,12 @@ class Upstream:
         finally:
             if holds_slot:
                 self._bulkhead.release()
-                if self._metrics is not None:
-                    self._metrics.upstream_slots_in_use(self.route.path, self._bulkhead.in_use)
 
     def _take_slot(self) -> None:
         if not self._bulkhead.acquire():
             if self._metrics is not None:
                 self._metrics.upstream_shed(self.route.path, UpstreamBusy.reason)
             raise UpstreamBusy(detail=f"{self._bulkhead.limit} requests in flight")
-        if self._metrics is not None:
-            self._metrics.upstream_slots_in_use(self.route.path, self._bulkhead.in_use)
 
     async def _forward(
         self,
@@ -483,9 +481,10 @@ async def read_whole_body(upstream: aiohttp.ClientResponse, route: RouteConfig, 
         raise UpstreamError("upstream_response_too_large", detail=f"Content-Length > {limit}")
     chunks: list[bytes] = []
     size = 0
+    content = upstream.content
     try:
-        async with asyncio.timeout(route.response_timeout_s):
-            async for chunk in chunks_within(upstream.content, route.upstream_idle_timeout_s):
+        async with asyncio.timeout(None if content.is_eof() else route.response_timeout_s):
+            async for chunk in chunks_within(content, route.upstream_idle_timeout_s):
                 size += len(chunk)
                 if size > limit:
                     raise UpstreamError("upstream_response_too_large", detail=f"more than {limit} bytes")
@@ -500,7 +499,8 @@ async def read_whole_body(upstream: aiohttp.ClientResponse, route: RouteConfig, 
 async def chunks_within(reader: aiohttp.StreamReader, idle_s: float) -> AsyncIterator[bytes]:
     """A body's chunks as they arrive; ``TimeoutError`` once it is silent for ``idle_s``."""
     while True:
-        async with asyncio.timeout(idle_s):
+        # No timer for what has arrived already (a whole small answer, mostly).
+        async with asyncio.timeout(None if reader.is_eof() else idle_s):
             chunk = await reader.readany()
         if not chunk:
             return

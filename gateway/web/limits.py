@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import resource
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, NoReturn
 
@@ -89,7 +88,8 @@ def raise_open_file_limit() -> tuple[int, int]:
 
 
 class RequestHold:
-    """What one request holds of the process's budgets, released together when it ends."""
+    """What one request holds of the process's budgets, released together when it ends (a
+    context manager: ``with admission.hold() as held``)."""
 
     __slots__ = ("_admission", "_body_bytes", "_stream")
 
@@ -109,7 +109,10 @@ class RequestHold:
             self._admission.take_stream()
             self._stream = True
 
-    def release(self) -> None:
+    def __enter__(self) -> RequestHold:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
         self._admission.release(self._body_bytes, self._stream)
         self._body_bytes = 0
         self._stream = False
@@ -124,14 +127,9 @@ class Admission:
         self.body_bytes = 0
         self._metrics = metrics
 
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[RequestHold]:
+    def hold(self) -> RequestHold:
         """A request's hold on the budgets, released when the request ends, however it ends."""
-        held = RequestHold(self)
-        try:
-            yield held
-        finally:
-            held.release()
+        return RequestHold(self)
 
     def take_stream(self) -> None:
         if self.streams >= self.limits.max_streams:

@@ -117,37 +117,52 @@ class Connections:
 class GuardedConnection(asyncio.Protocol):
     """aiohttp's protocol for one connection, wrapped with the header timer.
 
-    Every protocol call goes to aiohttp's handler unchanged; this only adds a timer that closes
-    the connection unless a request's headers are complete within ``header_timeout_s``: armed
-    when the connection starts and again at the first byte after a request ended.
+    Every protocol call goes to aiohttp's handler unchanged; this only adds a deadline: the
+    connection is closed unless a request's headers are complete within ``header_timeout_s`` of
+    the connection's start, or of the first byte after a request ended. One timer at a time
+    serves every deadline (like aiohttp's keep-alive timer): it fires, finds the deadline met,
+    moved (then waits again) or gone, so a busy connection does not start a timer per request.
     """
 
-    __slots__ = ("_connections", "_counted", "_handler", "_in_request", "_timer", "_transport")
+    __slots__ = (
+        "_connections",
+        "_counted",
+        "_deadline",
+        "_handler",
+        "_in_request",
+        "_loop",
+        "_timer",
+        "_transport",
+    )
 
     def __init__(self, connections: Connections, handler: asyncio.Protocol) -> None:
         self._connections = connections
         self._handler = handler
+        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # when the headers being received are due
         self._in_request = False
         self._counted = True  # counted at accept, uncounted once
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         self._connections.made(transport, self)
-        self._arm()
+        self._headers_due()
         self._handler.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._timer is None and not self._in_request:
-            self._arm()  # the first byte of a later request: its headers are due in time too
+        if self._deadline is None and not self._in_request:
+            self._headers_due()  # the first byte of a later request: its headers are due in time too
         self._handler.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self._handler.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.forget()
         self._handler.connection_lost(exc)
 
@@ -159,7 +174,7 @@ class GuardedConnection(asyncio.Protocol):
 
     def request_started(self) -> None:
         self._in_request = True
-        self._disarm()
+        self._deadline = None
 
     def request_finished(self) -> None:
         self._in_request = False
@@ -170,18 +185,18 @@ class GuardedConnection(asyncio.Protocol):
             self._counted = False
             self._connections.closed(self._transport)
 
-    def _arm(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._connections.header_timeout_s, self._headers_timed_out)
+    def _headers_due(self) -> None:
+        self._deadline = self._loop.time() + self._connections.header_timeout_s
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._check_headers)
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _headers_timed_out(self) -> None:
+    def _check_headers(self) -> None:
         self._timer = None
-        if self._in_request or self._transport is None:
+        deadline = self._deadline
+        if deadline is None or self._in_request or self._transport is None:
+            return
+        if self._loop.time() < deadline:  # a later request's deadline: wait for it
+            self._timer = self._loop.call_at(deadline, self._check_headers)
             return
         self._connections.timed_out()
         self._transport.close()

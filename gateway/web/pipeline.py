@@ -209,9 +209,11 @@ async def read_body(request: web.Request, limit: int, held: RequestHold, timeout
         held.body_bytes(declared)
     chunks: list[bytes] = []
     size = 0
+    content = request.content
     try:
-        async with asyncio.timeout(timeout_s):
-            while chunk := await request.content.readany():
+        # No timer when the whole body came with the headers, as it mostly does.
+        async with asyncio.timeout(None if content.is_eof() else timeout_s):
+            while chunk := await content.readany():
                 size += len(chunk)
                 if size > limit:
                     raise BodyTooLarge(detail=f"more than {limit} bytes")

@@ -414,14 +414,16 @@ def test_dockerfile_is_multi_stage_and_the_final_stage_holds_only_the_venv() -> 
 
 
 def test_dockerfile_builder_installs_the_package_with_optional_extras() -> None:
-    """The builder installs the package with `EXTRAS` from sources that .dockerignore lets in."""
+    """The builder installs the package with uvloop (`fast`, so the image runs the faster loop)
+    and `EXTRAS`, from sources that .dockerignore lets in."""
     _, stages = dockerfile_stages()
     builder = stages[0]
     assert ("ARG", 'EXTRAS=""') in builder
     runs = " ".join(arguments for keyword, arguments in builder if keyword == "RUN")
-    assert "pip wheel" in runs and "${EXTRAS:+[${EXTRAS}]}" in runs and "/opt/venv" in runs
+    assert "pip wheel" in runs and "[fast${EXTRAS:+,${EXTRAS}}]" in runs and "/opt/venv" in runs
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert "demo" in project["optional-dependencies"]  # the extra compose.yaml asks for
+    assert any("uvloop" in dependency for dependency in project["optional-dependencies"]["fast"])
     # What the builder copies is in the build context (.dockerignore is an allowlist).
     sources = [arguments.split()[:-1] for keyword, arguments in builder if keyword == "COPY"]
     for source in (item for items in sources for item in items):
