@@ -12,10 +12,11 @@ from typing import Any
 
 import structlog
 
-from .config import LOG_LEVELS, ConfigError, GatewayConfig, load_config
+from .config import LOG_LEVELS, ConfigError, GatewayConfig, LimitsConfig, load_config
 from .eventloop import LOOP_CHOICES, LoopUnavailable, loop_factory
 from .eventloop import run as run_on_loop
 from .logs import configure_logging
+from .web.limits import open_file_limit, process_limits
 
 EXIT_CONFIG_ERROR = 2
 
@@ -171,7 +172,23 @@ def check_config(path: str) -> int:
         scopes = " ".join(route.scopes) or "(none)"
         print(f"route {route.path} -> {route.upstream}  resource={route.resource}  scopes={scopes}")
     print(state_keys_summary(config))
+    print(limits_summary(config.limits, open_file_limit(after_raise=True)))
     return 0
+
+
+def limits_summary(limits: LimitsConfig, open_files: int) -> str:
+    """The ``limits:`` a process started here would enforce (the caps sized from ``open_files``)."""
+    resolved = process_limits(limits, open_files)
+    connections = f"max_connections {resolved.max_connections}"
+    if limits.max_connections is None:
+        connections += f" (sized from the {open_files} open files serve will have here)"
+    elif resolved.capped_by_open_files:
+        connections += f" (lowered from {limits.max_connections}: {open_files} open files here)"
+    return (
+        f"limits: header {limits.header_timeout_s:g}s, body {limits.body_timeout_s:g}s, "
+        f"keep-alive {limits.keepalive_timeout_s:g}s; {connections}, max_streams "
+        f"{resolved.max_streams}, buffered bodies {limits.max_buffered_body_bytes} bytes"
+    )
 
 
 def state_keys_summary(config: GatewayConfig) -> str:

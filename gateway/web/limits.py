@@ -70,10 +70,12 @@ def process_limits(config: LimitsConfig, open_files: int) -> ProcessLimits:
     )
 
 
-def open_file_limit() -> int:
-    """The soft RLIMIT_NOFILE of this process (a very large number when unlimited)."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+def open_file_limit(*, after_raise: bool = False) -> int:
+    """The soft RLIMIT_NOFILE of this process, or with ``after_raise`` the hard one that
+    ``raise_open_file_limit`` would make it (a very large number when unlimited)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = hard if after_raise else soft
+    return limit if limit != resource.RLIM_INFINITY else 1 << 20
 
 
 def raise_open_file_limit() -> tuple[int, int]:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli import limits_summary, main
+from gateway.config import LimitsConfig
+from gateway.web.limits import connection_cap
 from tests.support.processes import REPO_ROOT
 
 VALID = """\
@@ -116,3 +118,15 @@ def test_serve_with_bad_config_exits_2_without_traceback(tmp_path: Path) -> None
 def test_demo_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     """The shipped demo config passes check-config."""
     assert main(["check-config", str(REPO_ROOT / "config" / "demo.yaml")]) == 0
+
+
+def test_check_config_states_the_limits_a_process_would_enforce() -> None:
+    """Automatic caps say what they are sized from; a configured cap the descriptors cannot carry
+    says it is lowered; the timeouts are shown as written."""
+    automatic = limits_summary(LimitsConfig(), 4096)
+    assert automatic.startswith("limits: header 10s, body 30s, keep-alive 60s; ")
+    assert f"max_connections {connection_cap(4096)} (sized from the 4096 open files" in automatic
+    assert f"max_streams {connection_cap(4096)}," in automatic
+    lowered = limits_summary(LimitsConfig(max_connections=50_000, header_timeout_s=2.5), 1024)
+    assert "header 2.5s" in lowered
+    assert f"max_connections {connection_cap(1024)} (lowered from 50000: 1024 open files here)" in lowered
