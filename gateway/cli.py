@@ -16,6 +16,7 @@ from .config import LOG_LEVELS, ConfigError, GatewayConfig, LimitsConfig, load_c
 from .eventloop import LOOP_CHOICES, LoopUnavailable, loop_factory
 from .eventloop import run as run_on_loop
 from .logs import configure_logging
+from .mcp.policy import Default, ListVisibility, RoutePolicy, Rule
 from .web.limits import open_file_limit, process_limits
 
 EXIT_CONFIG_ERROR = 2
@@ -171,9 +172,73 @@ def check_config(path: str) -> int:
     for route in config.routes:
         scopes = " ".join(route.scopes) or "(none)"
         print(f"route {route.path} -> {route.upstream}  resource={route.resource}  scopes={scopes}")
+        for line in policy_summary(route.policy):
+            print(f"  {line}")
+    for route in config.routes:
+        for warning in stranded_scopes_warnings(route.policy):
+            print(f"warning: route {route.path}: {warning}")
     print(state_keys_summary(config))
     print(limits_summary(config.limits, open_file_limit(after_raise=True)))
     return 0
+
+
+def _scopes_text(scopes: Sequence[str]) -> str:
+    return " ".join(scopes) if scopes else "no scope beyond the route's"
+
+
+def policy_summary(policy: RoutePolicy) -> list[str]:
+    """What a route's rules let through, section by section, with what happens to the rest."""
+    lines = []
+    for section in ("tools", "resources", "prompts"):
+        rules: tuple[Rule, ...] = getattr(policy, section)
+        shown = "; ".join(f"{rule.pattern!r}: {_scopes_text(rule.scopes)}" for rule in rules)
+        lines.append(f"{section}: {shown or '(no rules)'}; {_unmatched_text(policy, section)}")
+    methods = "; ".join(f"{rule.pattern!r}: {_scopes_text(rule.scopes)}" for rule in policy.methods)
+    lines.append(f"methods: {methods or '(no rules)'}; {_unmatched_text(policy, 'methods')}")
+    visibility = (
+        "lists show what a rule allows, also to callers without its scopes, who get a 403 step-up"
+        if policy.list_visibility is ListVisibility.STEP_UP
+        else "lists show only what the caller may use now"
+    )
+    lines.append(f"list_visibility: {policy.list_visibility.value}: {visibility}")
+    first = " ".join(policy.first_challenge) or "(no scope)"
+    lines.append(
+        f"a 401 names: {first}; a 403 step-up: what the call needs and the scopes held that the route uses"
+    )
+    return lines
+
+
+def _unmatched_text(policy: RoutePolicy, section: str) -> str:
+    """What happens to what no rule of ``section`` names (``decide``'s default, in words)."""
+    other = "every" if not getattr(policy, section) else "any other"
+    kind = section[:-1]
+    if policy.default is not None:
+        how = "allowed with the route scopes" if policy.default is Default.ALLOW else "refused"
+        return f"{other} {kind}: {how} (default: {policy.default.value})"
+    if section == "methods":
+        return f"{other} method: allowed with the route scopes"
+    if policy.restricts_use:
+        return f"{other} {kind}: refused (no rule names it, no default written)"
+    return f"{other} {kind}: allowed with the route scopes (the route has no rules)"
+
+
+def stranded_scopes_warnings(policy: RoutePolicy) -> list[str]:
+    """Scopes some rule needs that a client registering with the first challenge's scopes may
+    never be offered: no 401 names them, and ``list_visibility: usable`` hides what needs them,
+    so a host that calls only what it lists never gets the 403 that would name them."""
+    if policy.list_visibility is not ListVisibility.USABLE:
+        return []
+    first = set(policy.first_challenge)
+    warnings = []
+    for rule in (*policy.tools, *policy.resources, *policy.prompts):
+        unnamed = [scope for scope in rule.scopes if scope not in first]
+        if unnamed:
+            warnings.append(
+                f"{rule.label} needs {' '.join(unnamed)}, which no 401 names, and list_visibility: "
+                "usable hides it from callers without it: add the scopes to challenge_scopes, or "
+                "use list_visibility: step_up"
+            )
+    return warnings
 
 
 def limits_summary(limits: LimitsConfig, open_files: int) -> str:

@@ -25,9 +25,20 @@ from typing import Any, TextIO
 from .auth.tokens import audience_matches, bearer_token_from, check_claims, check_header, scopes_of, split_jws
 from .config import GatewayConfig, RouteConfig
 from .errors import BodyTooLarge, InsufficientScope, InvalidToken, PolicyDenied, TokenReason
+from .mcp import visibility
 from .mcp.messages import PROTOCOL_VERSION_HEADER, HeaderValues, McpRejected, parse_post
 from .mcp.methods import Target
-from .mcp.policy import DecidingRule, Decision, Rule, combine, decide, operation_of, refusal
+from .mcp.policy import (
+    DecidingRule,
+    Decision,
+    DefaultRule,
+    Rule,
+    combine,
+    decide,
+    kept_scopes,
+    operation_of,
+    refusal,
+)
 from .web.metadata import advertised_scopes, quoted_string, route_challenge
 
 __all__ = [
@@ -92,6 +103,8 @@ class MessageExplanation:
     method: str
     target: Target | None
     decision: Decision  # its ``rules`` are the configured rules that decided, with their lines
+    # A */list request the policy allows: how its result will be filtered for the caller.
+    listing: visibility.ListFiltering | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +276,7 @@ def explain(
         resource=route.resource,
         caller=caller,
         protocol_version=evaluated.protocol_version if evaluated else None,
-        version_header=header_lookup(headers)(PROTOCOL_VERSION_HEADER) is not None,
+        version_header=bool(header_lookup(headers)(PROTOCOL_VERSION_HEADER)),  # a list, maybe empty
         is_batch=evaluated.is_batch if evaluated else False,
         refusal=evaluated.refusal if evaluated else None,
         messages=evaluated.messages if evaluated else (),
@@ -311,19 +324,25 @@ def _evaluate(
                 method=operation.method,
                 target=message.target,
                 decision=decision,
+                listing=visibility.list_filtering(route.policy, operation.method, granted)
+                if decision.allowed
+                else None,
             )
         )
     return _Evaluated(
-        combine_decisions(config, route, [message.decision for message in messages]),
+        combine_decisions(config, route, [message.decision for message in messages], granted),
         protocol_version=post.protocol_version,
         is_batch=post.is_batch,
         messages=tuple(messages),
     )
 
 
-def combine_decisions(config: GatewayConfig, route: RouteConfig, decisions: Sequence[Decision]) -> Outcome:
-    """The answer to one POST's decisions: the pipeline's own ``refusal``, rendered by the error itself."""
-    refused = refusal(combine(decisions))
+def combine_decisions(
+    config: GatewayConfig, route: RouteConfig, decisions: Sequence[Decision], granted: frozenset[str]
+) -> Outcome:
+    """The answer to one POST's decisions: the pipeline's own ``refusal`` (naming the caller's
+    scopes the route uses, as a step-up challenge does), rendered by the error itself."""
+    refused = refusal(combine(decisions), kept_scopes(route.policy, granted))
     if refused is None:
         return Outcome(forwarded=True, summary="forwarded")
     if isinstance(refused, PolicyDenied):
@@ -402,6 +421,8 @@ def _rule_line(rule: DecidingRule) -> int | None:
 def _rule_text(rule: DecidingRule, config: str) -> str:
     if isinstance(rule, Rule):
         return f"{rule.label} at {config}:{rule.line}"
+    if isinstance(rule, DefaultRule) and not rule.written:
+        return rule.label  # says itself that no rule matched
     return f"{rule.label} (no rule matched)"
 
 
@@ -436,6 +457,8 @@ def render_text(explanation: Explanation) -> str:
         lines.append(f"  rule: {' + '.join(_rule_text(rule, e.config) for rule in m.decision.rules)}")
         lines.append(f"  required: {_scopes(m.decision.required)}")
         lines.append(f"  missing: {_scopes(m.decision.missing)}")
+        if m.listing is not None:
+            lines.extend(visibility.describe(m.listing, lambda rule: _rule_text(rule, e.config)))
     if e.policy_outcome is not None and e.policy_outcome is not e.outcome:
         lines.append(f"with an accepted token: {e.policy_outcome.summary}")
     lines.append(f"outcome: {e.outcome.summary}")
@@ -503,6 +526,7 @@ def to_json(explanation: Explanation) -> dict[str, Any]:
                 "required": list(m.decision.required),
                 "missing": list(m.decision.missing),
                 "unconditional": m.decision.unconditional,
+                "list_filter": None if m.listing is None else visibility.to_json(m.listing),
             }
             for m in e.messages
         ],

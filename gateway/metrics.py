@@ -252,7 +252,9 @@ class GatewayMetrics:
         )
         self.connections_timed_out = Counter(
             "mcp_gateway_connections_timed_out",
-            "Client connections closed for sending request headers too slowly.",
+            "Client connections closed for sending request headers too slowly (phase=headers) or "
+            "taking none of an answer for limits.send_timeout_s (phase=send).",
+            ("phase",),
             registry=registry,
         )
         self.requests_overloaded = Counter(

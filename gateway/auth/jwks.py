@@ -196,6 +196,20 @@ def authorization_server_metadata_urls(issuer: str) -> list[str]:
     ]
 
 
+def metadata_issuer_mismatch(url: str, found: object, configured: str) -> str:
+    """Why a metadata document was not used, with both issuer strings side by side.
+
+    The usual cause is a one-character difference (a trailing ``/``, ``http`` vs ``https``, a
+    host name vs an IP): the configured ``issuer`` must be written exactly as the authorization
+    server writes its own. The found value is the server's, so it is cut short and quoted.
+    """
+    shown = repr(found[:200]) if isinstance(found, str) else "missing" if found is None else "not a string"
+    return (
+        f"{url}: metadata issuer {shown} is not the configured issuer {configured!r} "
+        "(RFC 8414 §3.3: they must be identical; write the issuer as the server's metadata does)"
+    )
+
+
 def retry_delay_s(failures: int, base_s: float, cap_s: float, jitter: float) -> float:
     """Seconds before the next load after ``failures`` failed loads in a row (0 after a success).
 
@@ -399,8 +413,9 @@ class IssuerKeys:
                 continue
             # RFC 8414 §3.3 / OIDC Discovery §4.3: the document's issuer must be identical to the
             # one we asked about, or the document is not to be used.
-            if metadata.get("issuer") != self.issuer.issuer:
-                problems.append(f"{url}: issuer in metadata does not match")
+            found = metadata.get("issuer")
+            if found != self.issuer.issuer:
+                problems.append(metadata_issuer_mismatch(url, found, self.issuer.issuer))
                 continue
             jwks_uri = metadata.get("jwks_uri")
             if not isinstance(jwks_uri, str) or urlsplit(jwks_uri).scheme not in ("http", "https"):

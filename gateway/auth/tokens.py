@@ -147,11 +147,39 @@ def check_header(header: Mapping[str, Any], issuer: IssuerConfig) -> tuple[str, 
         typ = header.get("typ")
         # RFC 9068 §4 / RFC 8725 §3.11: explicit typing keeps ID tokens out.
         if not isinstance(typ, str) or typ.lower() not in _ACCESS_TOKEN_TYPES:
-            raise InvalidToken("bad_typ", f"typ={str(typ)[:20]!r}")
+            # Many authorization servers issue plain `JWT`-typed access tokens: say what to write.
+            raise InvalidToken(
+                "bad_typ",
+                f"typ={str(typ)[:20]!r}, not at+jwt (RFC 9068); if this issuer's access tokens are "
+                "not typed that way, set require_at_jwt_typ: false on the issuer",
+            )
     kid = header.get("kid")
     if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_CHARS):
         raise InvalidToken("malformed", "bad kid")
     return alg, kid
+
+
+# How much of a token's `iss` a log line quotes: enough to spot a typo, bounded for an attacker.
+_MAX_SHOWN_ISSUER_CHARS = 200
+
+
+def issuer_mismatch(found: object, configured: Sequence[str]) -> str:
+    """A log detail for a token refused for its ``iss``: the claim as found and what is configured.
+
+    ``iss`` is not a secret (the token is, and is never quoted); it comes from an unverified token,
+    so it is cut short and ``repr``-quoted: a control character cannot forge a log line. The usual
+    cause is a one-character difference (a trailing ``/``, ``http`` vs ``https``), which a reader
+    sees only with both strings side by side.
+    """
+    names = ", ".join(repr(name) for name in configured) or "none"
+    if isinstance(found, str):
+        cut = "…" if len(found) > _MAX_SHOWN_ISSUER_CHARS else ""
+        problem = f"token iss {found[:_MAX_SHOWN_ISSUER_CHARS]!r}{cut} matches no configured issuer"
+    elif found is None:
+        problem = "the token has no iss claim"
+    else:
+        problem = f"token iss is a JSON {type(found).__name__}, not a string"
+    return f"{problem} (configured: {names}; compared exactly, byte for byte)"
 
 
 def audience_matches(audience: str, resource: str) -> bool:
@@ -230,8 +258,9 @@ def check_claims(claims: Mapping[str, Any], *, issuer: IssuerConfig, resource: s
 
     Says who called; the shell, which holds the token, attaches it (``Identity.presented_with``).
     """
-    if claims.get("iss") != issuer.issuer:  # exact, byte for byte (RFC 9068 §4)
-        raise InvalidToken("bad_issuer")
+    found = claims.get("iss")
+    if found != issuer.issuer:  # exact, byte for byte (RFC 9068 §4)
+        raise InvalidToken("bad_issuer", issuer_mismatch(found, (issuer.issuer,)))
     leeway = issuer.leeway_s
     expires_at = _numeric_date(claims, "exp", required=True) or 0.0  # required: never None
     if expires_at <= now - leeway:
@@ -348,7 +377,7 @@ class JwtAuthenticator:
         issuer_id = claims.get("iss")
         issuer_keys = self._issuers.get(issuer_id) if isinstance(issuer_id, str) else None
         if issuer_keys is None:
-            raise InvalidToken("unknown_issuer")
+            raise InvalidToken("unknown_issuer", issuer_mismatch(issuer_id, tuple(self._issuers)))
         return DecodedJws(token, issuer_keys, header, claims, signing_input, signature)
 
     def known_jws(self, token: PresentedToken) -> DecodedJws | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from ..mcp.policy import Default, GlobError, Rule, compile_glob, shadowing_rule
+from ..mcp.policy import Default, GlobError, ListVisibility, Rule, compile_glob, shadowing_rule
 from ..secret import Secret
 from .model import (
     Credential,
@@ -468,7 +468,7 @@ def parse_default(node: YamlNode, at: Cursor) -> Parsed[Default]:
 
 RULE_SECTIONS: Final = ("tools", "resources", "prompts", "methods")
 # Route keys that become the route's RoutePolicy rather than RouteConfig fields of their own.
-POLICY_KEYS: Final = frozenset({"scopes", *RULE_SECTIONS, "default"})
+POLICY_KEYS: Final = frozenset({"scopes", *RULE_SECTIONS, "default", "list_visibility", "challenge_scopes"})
 
 # RFC 9110 §5.1 field-name token; headers the gateway itself owns are refused.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -586,6 +586,8 @@ ROUTE_FIELDS: Final = (
     *(FieldSpec(section, rule_map(section)) for section in RULE_SECTIONS),
     FieldSpec("default", parse_default),
     FieldSpec("scopes_supported", _SCOPES),
+    FieldSpec("challenge_scopes", _SCOPES),
+    FieldSpec("list_visibility", one_of(*(visibility.value for visibility in ListVisibility))),
     FieldSpec("credential", parse_credential),
     FieldSpec("audit_arguments", boolean),
 )

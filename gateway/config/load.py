@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final, NamedTuple, TypeVar
 
-from ..mcp.policy import RoutePolicy
+from ..mcp.policy import ListVisibility, RoutePolicy
 from ..mcp.uris import pattern_problem
 from ..sealing import KEY_ID, MIN_SECRET_BYTES
 from .fields import (
@@ -143,6 +143,7 @@ _LIMITS_FIELDS: Final = (
     FieldSpec("header_timeout_s", positive_seconds),
     FieldSpec("body_timeout_s", positive_seconds),
     FieldSpec("keepalive_timeout_s", positive_seconds),
+    FieldSpec("send_timeout_s", positive_seconds),
     FieldSpec("max_connections", integer_in(1, None)),
     FieldSpec("max_streams", integer_in(1, None)),
     FieldSpec("max_buffered_body_bytes", integer_in(1, None)),
@@ -320,6 +321,8 @@ def _routes(
         values["policy"] = RoutePolicy(
             route_scopes=section.values.get("scopes", ()),
             default=section.values.get("default"),
+            list_visibility=ListVisibility(section.values.get("list_visibility", "step_up")),
+            challenge=section.values.get("challenge_scopes"),
             **{name: section.values.get(name, ()) for name in RULE_SECTIONS},
         )
         route = build_from(RouteConfig, replace(section, values=values))

@@ -216,6 +216,8 @@ class LimitsConfig:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0  # from the headers to the last byte of the request body
     keepalive_timeout_s: float = 60.0  # an idle kept-alive connection is closed after this
+    # A client that takes none of an answer for this long (its socket buffer full) is disconnected.
+    send_timeout_s: float = 30.0
     # None: sized from the process's open-file limit (gateway.web.listener.connection_cap).
     max_connections: int | None = None
     # Requests relayed at once (POST answers, GET streams); None: as many as max_connections.

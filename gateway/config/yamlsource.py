@@ -184,8 +184,31 @@ class _MarkingLoader(yaml.SafeLoader):
         self.implicitly_typed: set[int] = set()  # plain, untagged scalars
         self.anchored: dict[int, str] = {}
         self.aliases: dict[int, tuple[str, int]] = {}  # stand-in node -> (anchor name, line)
+        # Key paths of the nodes being composed, innermost last. A syntax error unwinds past the
+        # pop below, so after one the last entry is the path the parser was inside.
+        self.composing: list[str] = []
 
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+    @property
+    def key_path(self) -> str:
+        """The key path of the innermost node being composed ("" at the document level)."""
+        return self.composing[-1] if self.composing else ""
+
+    def compose_node(self, parent: Node | None, index: object) -> Node | None:
+        # PyYAML passes the key node as ``index`` for a mapping value, None for a mapping key and
+        # the position for a sequence item.
+        parent_path = self.key_path
+        if isinstance(parent, MappingNode) and isinstance(index, ScalarNode):
+            path = join_key(parent_path, str(index.value))
+        elif isinstance(parent, SequenceNode) and isinstance(index, int):
+            path = join_index(parent_path, index)
+        else:
+            path = parent_path
+        self.composing.append(path)
+        node = self._compose_marked(parent, index)
+        self.composing.pop()  # not reached on a syntax error: see `composing`
+        return node
+
+    def _compose_marked(self, parent: Node | None, index: object) -> Node | None:
         event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
         if isinstance(event, AliasEvent):
             self.get_event()  # type: ignore[no-untyped-call]
@@ -194,7 +217,7 @@ class _MarkingLoader(yaml.SafeLoader):
             line = event.start_mark.line + 1 if event.start_mark is not None else 1
             self.aliases[id(placeholder)] = (event.anchor or "", line)
             return placeholder
-        node = super().compose_node(parent, index)
+        node = super().compose_node(parent, index)  # type: ignore[arg-type]  # the stubs say int
         if node is None:
             return None
         if isinstance(event, ScalarEvent | CollectionStartEvent) and event.tag not in (None, "!"):
@@ -359,7 +382,8 @@ def _line_text(text: str, line: int) -> str:
     return lines[line - 1] if 0 < line <= len(lines) else ""
 
 
-def _syntax_issue(error: yaml.YAMLError, text: str) -> YamlIssue:
+def _syntax_issue(error: yaml.YAMLError, text: str, key_path: str = "") -> YamlIssue:
+    """The issue for a syntax error, at its line and, where known, the key path being parsed."""
     if isinstance(error, yaml.MarkedYAMLError):
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -375,7 +399,7 @@ def _syntax_issue(error: yaml.YAMLError, text: str) -> YamlIssue:
         if "${" in _line_text(text, line):
             # Plain scalars cannot contain "{" or "}" inside [...] or {...}: a common trap with ${NAME}.
             detail += "; inside [...] or {...} quote ${NAME} references, or use block style"
-        return YamlIssue(line, "", f"YAML syntax error: {detail}")
+        return YamlIssue(line, key_path, f"YAML syntax error: {detail}")
     if isinstance(error, yaml.reader.ReaderError):
         position = error.position if isinstance(error.position, int) else 0
         character = f" (#x{error.character:04x})" if isinstance(error.character, int) else ""
@@ -394,7 +418,7 @@ def load_strict_yaml(text: str, env: Mapping[str, str]) -> YamlDocument:
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as error:
-        return YamlDocument(None, (_syntax_issue(error, text),))
+        return YamlDocument(None, (_syntax_issue(error, text, loader.key_path),))
     finally:
         loader.dispose()
     if node is None:

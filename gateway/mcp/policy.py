@@ -44,6 +44,16 @@ class Default(Enum):
     ALLOW = "allow"  # allowed with the route's scopes alone
 
 
+class ListVisibility(Enum):
+    """Which items a ``*/list`` result shows a caller (the route key ``list_visibility``)."""
+
+    # Every item some rule allows, whether or not the caller holds its scopes yet: a host that
+    # only calls what it has listed can then call it and get the 403 step-up challenge that
+    # names the missing scopes. Items no rule allows (no scope would help) stay hidden.
+    STEP_UP = "step_up"
+    USABLE = "usable"  # only what the caller may use with the scopes it holds now
+
+
 _GLOB_CHARACTERS: Final = frozenset("*?[]")
 
 
@@ -71,11 +81,19 @@ class DefaultRule:
     """No rule matched: the route's ``default`` (or, without one, the default default) decided."""
 
     default: Default
+    written: bool = True  # False: the route has no ``default:``; the default default decided
+    section: str = ""  # the rule section that had no match (for the unwritten default's label)
 
     @property
     def label(self) -> str:
-        """How logs and ``explain`` name it: ``default: deny`` or ``default: allow``."""
-        return f"default: {self.default.value}"
+        """How logs and ``explain`` name it: ``default: deny`` as written; without a written
+        default, what decided: ``no tools rule matches`` (denied) or ``no methods rule: route
+        scopes`` (allowed with the route's scopes)."""
+        if self.written:
+            return f"default: {self.default.value}"
+        if self.default is Default.DENY:
+            return f"no {self.section} rule matches"
+        return f"no {self.section} rule: route scopes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +116,12 @@ class RoutePolicy:
     resources: tuple[Rule, ...] = ()
     prompts: tuple[Rule, ...] = ()
     methods: tuple[Rule, ...] = ()
-    # None: deny unmatched tools/resources/prompts, allow everything else with the route scopes.
+    # None: deny unmatched tools/resources/prompts (if the route has any such rule, else allow
+    # them), allow everything else with the route scopes.
     default: Default | None = None
+    list_visibility: ListVisibility = ListVisibility.STEP_UP
+    # The scopes a 401 names (the route key ``challenge_scopes``); None: the route scopes.
+    challenge: tuple[str, ...] | None = None
     # Tool names written as literal (non-glob) patterns: the only tool names a metric label takes.
     literal_tools: frozenset[str] = field(init=False, repr=False, compare=False)
 
@@ -121,6 +143,17 @@ class RoutePolicy:
     @property
     def all_rules(self) -> tuple[Rule, ...]:
         return self.tools + self.resources + self.prompts + self.methods
+
+    @property
+    def restricts_use(self) -> bool:
+        """Whether using a tool, resource or prompt needs a rule naming it (when no ``default``
+        is written): once the route has any tools, resources or prompts rule."""
+        return bool(self.tools or self.resources or self.prompts)
+
+    @property
+    def first_challenge(self) -> tuple[str, ...]:
+        """What a 401 without a better hint names: ``challenge_scopes``, else the route scopes."""
+        return self.challenge if self.challenge is not None else self.route_scopes
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,11 +313,21 @@ def _target_decides(operation: Operation) -> bool:
     return operation.target is not None and target_type(operation.method) is not None
 
 
-def _unmatched_default(policy: RoutePolicy, operation: Operation) -> Default:
+def _unmatched_rule(policy: RoutePolicy, operation: Operation) -> DefaultRule:
+    """What decides an operation no rule matches: the written default, or the default default."""
+    decides = _target_decides(operation)
+    section = SECTION_OF[type(operation.target)] if decides and operation.target is not None else "methods"
     if policy.default is not None and operation.method not in LIFECYCLE_METHODS:
-        return policy.default
-    # The default default: using a tool, resource or prompt needs a rule that names it.
-    return Default.DENY if _target_decides(operation) else Default.ALLOW
+        return DefaultRule(policy.default, written=True, section=section)
+    # The default default: once a route has tools, resources or prompts rules, using one needs a
+    # rule that names it; a route with none (only `scopes`) lets its scopes govern everything,
+    # as whoever wrote just that expects, rather than refusing every call.
+    denies = decides and policy.restricts_use
+    return DefaultRule(Default.DENY if denies else Default.ALLOW, written=False, section=section)
+
+
+# The rule section that decides each kind of target.
+SECTION_OF: Final[dict[type, str]] = {Tool: "tools", Resource: "resources", Prompt: "prompts"}
 
 
 def requirement(
@@ -303,10 +346,12 @@ def requirement(
         written_out = rule is not None and rule.pattern == operation.method
         if spec is not None and spec.needs_literal_rule and not written_out:
             return policy.route_scopes, (LiteralRuleRequired(operation.method),), True
-    if rule is None and _unmatched_default(policy, operation) is Default.DENY:
-        return policy.route_scopes, (DefaultRule(Default.DENY),), True
+    if rule is None:
+        unmatched = _unmatched_rule(policy, operation)
+        if unmatched.default is Default.DENY:
+            return policy.route_scopes, (unmatched,), True
     scopes = _union(policy.route_scopes, rule.scopes if rule is not None else ())
-    rules: tuple[DecidingRule, ...] = (rule if rule is not None else DefaultRule(Default.ALLOW),)
+    rules: tuple[DecidingRule, ...] = (rule if rule is not None else unmatched,)
     revealed = operation.watched
     spec = METHODS.get(operation.method)
     if spec is not None and spec.completes and target is not None:
@@ -367,18 +412,32 @@ def combine(decisions: Iterable[Decision]) -> Verdict:
     )
 
 
-def refusal(verdict: Verdict) -> PolicyDenied | InsufficientScope | None:
+def refusal(verdict: Verdict, kept: tuple[str, ...] = ()) -> PolicyDenied | InsufficientScope | None:
     """The error a POST's verdict is answered with, or None when it is forwarded; pure.
 
     Any unconditional denial: a plain 403. Otherwise a 403 ``insufficient_scope`` challenge that
-    names the required scopes of every denied message (MCP 2026-07-28 step-up). The pipeline
-    raises it; ``explain`` shows it.
+    names the required scopes of every denied message (MCP 2026-07-28 step-up) and then ``kept``
+    (``kept_scopes``: what the caller holds that the route uses). The pipeline raises it;
+    ``explain`` shows it.
     """
     if verdict.allowed:
         return None
     if verdict.unconditional:
         return PolicyDenied(detail="; ".join(verdict.labels))
-    return InsufficientScope(detail=", ".join(verdict.labels), scopes=verdict.challenge_scopes)
+    return InsufficientScope(detail=", ".join(verdict.labels), scopes=_union(verdict.challenge_scopes, kept))
+
+
+def kept_scopes(policy: RoutePolicy, granted: frozenset[str]) -> tuple[str, ...]:
+    """The caller's scopes that this route's rules use, for a step-up challenge to name too.
+
+    MCP 2025-11-25 recommends a step-up challenge also name the granted scopes the client still
+    needs, "so clients do not lose permissions"; 2026-07-28 lets clients add the challenged
+    scopes to theirs. A client that replaces its scopes with the challenged ones (TypeScript SDK
+    1.x) would otherwise lose the first tool's scope when it steps up to a second, and go back
+    and forth between two authorizations. Scopes the route never uses are not named: the token
+    asked for stays as narrow as the route's needs.
+    """
+    return tuple(scope for scope in scopes_supported(policy) if scope in granted)
 
 
 def challenge_scopes(policy: RoutePolicy, method: str | None, name: str | None) -> tuple[str, ...]:
@@ -388,25 +447,33 @@ def challenge_scopes(policy: RoutePolicy, method: str | None, name: str | None) 
     caller is authenticated the body is not read, so those headers are used here as a HINT for
     the challenge only: a client then gets a token good enough for its first call instead of a
     401 followed by a 403 step-up. No decision is ever taken on them (that is `decide`, on the
-    body). Without a usable hint, or for an operation no scope would allow: the route scopes.
+    body). Without a usable hint, or for an operation no scope would allow: ``first_challenge``
+    (the route key ``challenge_scopes``, else the route scopes); with one, those and the
+    operation's scopes.
     """
+    first = policy.first_challenge
     if not method:
-        return policy.route_scopes
+        return first
     kind = target_type(method)
     if kind is not None and name is None:
-        return policy.route_scopes
+        return first
     target = kind(name) if kind is not None and name is not None else None
     required, _, unconditional = requirement(policy, Operation(method, target))
-    return policy.route_scopes if unconditional else required
+    return first if unconditional else _union(required, first)
 
 
 def is_visible(policy: RoutePolicy, target: Target, granted: frozenset[str]) -> bool:
-    """Whether a list item may be shown: exactly when using it would be allowed.
+    """Whether a list item may be shown: with ``list_visibility: usable`` exactly when using it
+    would be allowed now; with ``step_up`` (the default) also when some scopes would allow it
+    (the caller then gets a step-up challenge for them), never when no scope would.
 
     A resource or template is judged by its normal form, so ``DOCS://x`` is shown or hidden as
     ``docs://x`` is; one without a normal form (``docs://a%2Fb``) is hidden: fail closed.
     """
-    return decide(policy, Operation(USE_METHOD[type(target)], target), granted).allowed
+    decision = decide(policy, Operation(USE_METHOD[type(target)], target), granted)
+    if policy.list_visibility is ListVisibility.STEP_UP:
+        return not decision.unconditional
+    return decision.allowed
 
 
 def scopes_supported(policy: RoutePolicy) -> tuple[str, ...]:

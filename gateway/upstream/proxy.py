@@ -41,6 +41,7 @@ from ..config.model import HealthCheckConfig
 from ..errors import CircuitOpen, UpstreamBusy, UpstreamError, UpstreamTimeout
 from ..mcp.answers import AnswerInspector, AnswerKind, MessageRewriter, answer_kind
 from ..mcp.sse import SseEventRewriter, SseEventTooLarge
+from .bodies import chunks_within, read_whole_body, sse_chunks
 from .resilience import (
     CIRCUIT_STATE_VALUES,
     RETRY_DELAY_S,
@@ -302,12 +303,14 @@ class Upstream:
         *,
         seal_session_id: Callable[[str], str] | None = None,
         seal_event_id: Callable[[str], str] | None = None,
+        body_sent: Callable[[], None] | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and relay the answer; errors become 502/504.
 
         ``response_filter`` sees every JSON-RPC message of a JSON or SSE answer (None: relayed
         unread); ``seal_session_id`` turns the upstream's ``Mcp-Session-Id`` into the client's,
-        ``seal_event_id`` each SSE event id into the one the client resumes from. Holds a slot of
+        ``seal_event_id`` each SSE event id into the one the client resumes from; ``body_sent`` is
+        called once the upstream has answered (so has the whole body). Holds a slot of
         the route's ``max_concurrent_requests`` until the answer is relayed (a GET holds none);
         with none free, ``UpstreamBusy`` (503) and nothing is sent.
         """
@@ -323,6 +326,7 @@ class Upstream:
                 response_filter,
                 seal_session_id,
                 seal_event_id,
+                body_sent,
             )
         except UpstreamError as exc:
             if self._metrics is not None:
@@ -347,12 +351,15 @@ class Upstream:
         response_filter: MessageRewriter | None,
         seal_session_id: Callable[[str], str] | None,
         seal_event_id: Callable[[str], str] | None,
+        body_sent: Callable[[], None] | None,
     ) -> web.StreamResponse:
         route = self.route
         url = route.upstream  # never the client's query string: MCP endpoints take none
         outgoing = upstream_request_headers(request.headers, credential_headers)
         sent_at = time.perf_counter()
         upstream = await self._send(request.method, url, body, outgoing)
+        if body_sent is not None:
+            body_sent()
         waited_s = time.perf_counter() - sent_at
         request[UPSTREAM_MS] = round(waited_s * 1000, 3)
         if self._metrics is not None:
@@ -472,70 +479,6 @@ class Upstream:
         return web.Response(
             status=upstream.status, body=content if rewritten is None else rewritten, headers=headers
         )
-
-
-async def read_whole_body(upstream: aiohttp.ClientResponse, route: RouteConfig, limit: int) -> bytes:
-    """The upstream's whole body: at most ``limit`` bytes (else 502), no silence longer than
-    ``upstream_idle_timeout_s`` and all of it within ``response_timeout_s`` (else 504)."""
-    if upstream.content_length is not None and upstream.content_length > limit:
-        raise UpstreamError("upstream_response_too_large", detail=f"Content-Length > {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    content = upstream.content
-    try:
-        async with asyncio.timeout(None if content.is_eof() else route.response_timeout_s):
-            async for chunk in chunks_within(content, route.upstream_idle_timeout_s):
-                size += len(chunk)
-                if size > limit:
-                    raise UpstreamError("upstream_response_too_large", detail=f"more than {limit} bytes")
-                chunks.append(chunk)
-    except TimeoutError as exc:
-        raise UpstreamTimeout(detail="response body timed out") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
-    return b"".join(chunks)
-
-
-async def chunks_within(reader: aiohttp.StreamReader, idle_s: float) -> AsyncIterator[bytes]:
-    """A body's chunks as they arrive; ``TimeoutError`` once it is silent for ``idle_s``."""
-    while True:
-        # No timer for what has arrived already (a whole small answer, mostly).
-        async with asyncio.timeout(None if reader.is_eof() else idle_s):
-            chunk = await reader.readany()
-        if not chunk:
-            return
-        yield chunk
-
-
-async def sse_chunks(
-    reader: aiohttp.StreamReader, heartbeat_s: float | None, lifetime_s: float | None
-) -> AsyncIterator[bytes | None]:
-    """An SSE body's chunks as they arrive, with no read timeout: a stream may be silent for as
-    long as it likes. ``None`` each time it has been silent for ``heartbeat_s``; the iteration
-    ends when the upstream ends the stream or after ``lifetime_s``."""
-    if heartbeat_s is None and lifetime_s is None:
-        async for chunk in reader.iter_any():
-            yield chunk
-        return
-    loop = asyncio.get_running_loop()
-    ends_at = None if lifetime_s is None else loop.time() + lifetime_s
-    while True:
-        wait = heartbeat_s
-        if ends_at is not None:
-            left = ends_at - loop.time()
-            if left <= 0:
-                return
-            wait = left if wait is None else min(wait, left)
-        try:
-            async with asyncio.timeout(wait):
-                chunk = await reader.readany()
-        except TimeoutError:
-            if ends_at is None or loop.time() < ends_at:
-                yield None
-            continue
-        if not chunk:
-            return
-        yield chunk
 
 
 def judge_answer(upstream: aiohttp.ClientResponse) -> AnswerKind:

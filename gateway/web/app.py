@@ -46,6 +46,18 @@ def hide_server_version() -> None:
     setattr(web_response, "SERVER_SOFTWARE", SERVER_HEADER)  # noqa: B010
 
 
+async def defer_continue(request: web.Request) -> None:
+    """``Expect: 100-continue`` is answered by ``pipeline.read_body``, once the caller is known.
+
+    aiohttp's own handler sends ``100 Continue`` before any middleware runs, inviting anyone to
+    send a body; here a request without a valid token gets its 401 first and sends none. Any
+    other expectation is refused with 417, as aiohttp does.
+    """
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect[:64]}")
+
+
 def build_app(config: GatewayConfig, limits: ProcessLimits | None = None) -> web.Application:
     """The aiohttp application for one config; ``app[LIVE].reload(config)`` swaps in another.
 
@@ -79,7 +91,7 @@ def build_app(config: GatewayConfig, limits: ProcessLimits | None = None) -> web
     app[LOGGING] = config.logging
     app[LIMITS] = limits
     app[ADMISSION] = Admission(limits, metrics)
-    app[CONNECTIONS] = Connections(limits.header_timeout_s, metrics)
+    app[CONNECTIONS] = Connections(limits.header_timeout_s, limits.send_timeout_s, metrics)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await live.start()
@@ -92,5 +104,5 @@ def build_app(config: GatewayConfig, limits: ProcessLimits | None = None) -> web
     add_health_routes(app.router, live)
     # MCP routes, metadata and the minted tokens' keys sit behind one catch-all: aiohttp freezes
     # its router at start-up, and a reload may change the routes.
-    app.router.add_route("*", "/{path:.*}", live.handle)
+    app.router.add_route("*", "/{path:.*}", live.handle, expect_handler=defer_continue)
     return app

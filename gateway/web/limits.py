@@ -40,6 +40,7 @@ class ProcessLimits:
     header_timeout_s: float
     body_timeout_s: float
     keepalive_timeout_s: float
+    send_timeout_s: float
     max_connections: int
     max_streams: int
     max_buffered_body_bytes: int
@@ -62,6 +63,7 @@ def process_limits(config: LimitsConfig, open_files: int) -> ProcessLimits:
         header_timeout_s=config.header_timeout_s,
         body_timeout_s=config.body_timeout_s,
         keepalive_timeout_s=config.keepalive_timeout_s,
+        send_timeout_s=config.send_timeout_s,
         max_connections=max_connections,
         max_streams=config.max_streams if config.max_streams is not None else max_connections,
         max_buffered_body_bytes=config.max_buffered_body_bytes,
@@ -99,6 +101,14 @@ class RequestHold:
         self._admission = admission
         self._body_bytes = 0
         self._stream = False
+
+    def release_body(self) -> None:
+        """The body has gone upstream: its bytes no longer count against the budget, so a long
+        answer (an SSE stream) does not keep other callers' bodies out. (The bytes of bodies
+        already sent are bounded by ``max_streams`` times the routes' ``max_body_bytes``.)"""
+        if self._body_bytes:
+            self._admission.release(self._body_bytes, False)
+            self._body_bytes = 0
 
     def body_bytes(self, size: int) -> None:
         """Hold ``size`` more bytes of request body; 503 if all requests together would pass the budget."""

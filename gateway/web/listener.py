@@ -43,6 +43,9 @@ _ACCEPT_BATCH = 64
 # it reads the 503 instead of a reset) at once; beyond, they are answered and closed at once.
 _LINGERING_REFUSALS = 64
 _REFUSAL_LINGER_S = 1.0
+# Headers whose last bytes came this recently when their deadline passed get this long more: a
+# loop running late may have read them without having started their handler yet.
+_HEADER_GRACE_S = 0.25
 # Out of descriptors without a reserve: accepting pauses this long.
 _ACCEPT_RETRY_S = 1.0
 # At most one fd_exhausted or connections_at_capacity event per this many seconds (the metric
@@ -76,8 +79,11 @@ class Connections:
     ``request_finished``), which is when its headers are known to be complete.
     """
 
-    def __init__(self, header_timeout_s: float, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(
+        self, header_timeout_s: float, send_timeout_s: float = 30.0, metrics: GatewayMetrics | None = None
+    ) -> None:
         self.header_timeout_s = header_timeout_s
+        self.send_timeout_s = send_timeout_s
         self.count = 0  # accepted and not yet closed
         self._metrics = metrics
         self._by_transport: dict[asyncio.BaseTransport, GuardedConnection] = {}
@@ -105,9 +111,9 @@ class Connections:
             self._by_transport.pop(transport, None)
         self._gauge()
 
-    def timed_out(self) -> None:
+    def timed_out(self, phase: str) -> None:
         if self._metrics is not None:
-            self._metrics.connections_timed_out.inc()
+            self._metrics.connections_timed_out.labels(phase).inc()
 
     def _gauge(self) -> None:
         if self._metrics is not None:
@@ -115,22 +121,32 @@ class Connections:
 
 
 class GuardedConnection(asyncio.Protocol):
-    """aiohttp's protocol for one connection, wrapped with the header timer.
+    """aiohttp's protocol for one connection, wrapped with the header timer and the send timer.
 
-    Every protocol call goes to aiohttp's handler unchanged; this only adds a deadline: the
-    connection is closed unless a request's headers are complete within ``header_timeout_s`` of
-    the connection's start, or of the first byte after a request ended. One timer at a time
-    serves every deadline (like aiohttp's keep-alive timer): it fires, finds the deadline met,
-    moved (then waits again) or gone, so a busy connection does not start a timer per request.
+    Every protocol call goes to aiohttp's handler unchanged; this only adds two deadlines:
+
+    - headers: the connection is closed unless a request's headers are complete within
+      ``header_timeout_s`` of the connection's start, of the first byte after a request ended,
+      or of a request's end when bytes came during it (the next request's, pipelined or sent
+      early; or the rest of its body, which then only shortens the keep-alive). One timer at a
+      time serves every deadline (like aiohttp's keep-alive timer): it fires, finds the deadline
+      met, moved (then waits again) or gone, so a busy connection does not start one per request;
+    - sending: a client that takes none of an answer for ``send_timeout_s`` (the transport paused
+      writing: its buffer is full) is disconnected, whatever is being written (an SSE stream, a
+      large JSON answer), so that it holds no stream, upstream connection or memory for long.
     """
 
     __slots__ = (
+        "_bytes_in_request",
         "_connections",
         "_counted",
         "_deadline",
+        "_graced",
         "_handler",
         "_in_request",
+        "_last_data_at",
         "_loop",
+        "_send_timer",
         "_timer",
         "_transport",
     )
@@ -142,7 +158,11 @@ class GuardedConnection(asyncio.Protocol):
         self._transport: asyncio.BaseTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None  # when the headers being received are due
+        self._send_timer: asyncio.TimerHandle | None = None
         self._in_request = False
+        self._bytes_in_request = False
+        self._last_data_at = 0.0
+        self._graced = False
         self._counted = True  # counted at accept, uncounted once
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -152,7 +172,10 @@ class GuardedConnection(asyncio.Protocol):
         self._handler.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._deadline is None and not self._in_request:
+        self._last_data_at = self._loop.time()
+        if self._in_request:
+            self._bytes_in_request = True
+        elif self._deadline is None:
             self._headers_due()  # the first byte of a later request: its headers are due in time too
         self._handler.data_received(data)
 
@@ -160,24 +183,34 @@ class GuardedConnection(asyncio.Protocol):
         return self._handler.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._send_timer = None
         self.forget()
         self._handler.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_later(self._connections.send_timeout_s, self._send_timed_out)
         self._handler.pause_writing()
 
     def resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         self._handler.resume_writing()
 
     def request_started(self) -> None:
         self._in_request = True
+        self._bytes_in_request = False
         self._deadline = None
 
     def request_finished(self) -> None:
         self._in_request = False
+        if self._bytes_in_request:  # a next request may have begun meanwhile: its headers are due
+            self._bytes_in_request = False
+            self._headers_due()
 
     def forget(self) -> None:
         """Uncount this connection (once), when it closes or could not be set up."""
@@ -186,6 +219,7 @@ class GuardedConnection(asyncio.Protocol):
             self._connections.closed(self._transport)
 
     def _headers_due(self) -> None:
+        self._graced = False
         self._deadline = self._loop.time() + self._connections.header_timeout_s
         if self._timer is None:
             self._timer = self._loop.call_at(self._deadline, self._check_headers)
@@ -195,11 +229,26 @@ class GuardedConnection(asyncio.Protocol):
         deadline = self._deadline
         if deadline is None or self._in_request or self._transport is None:
             return
-        if self._loop.time() < deadline:  # a later request's deadline: wait for it
+        now = self._loop.time()
+        if now < deadline:  # a later request's deadline: wait for it
             self._timer = self._loop.call_at(deadline, self._check_headers)
             return
-        self._connections.timed_out()
+        if not self._graced and now - self._last_data_at < _HEADER_GRACE_S:
+            # Bytes came just now, maybe the headers' last: a loop running late may not have
+            # started their handler yet. One short grace, then the deadline holds.
+            self._graced = True
+            self._timer = self._loop.call_later(_HEADER_GRACE_S, self._check_headers)
+            return
+        self._connections.timed_out("headers")
         self._transport.close()
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        if self._transport is not None:
+            self._connections.timed_out("send")
+            # What is buffered cannot be delivered: nothing to flush. (A cast: uvloop's
+            # transports do not subclass asyncio's.)
+            cast(asyncio.Transport, self._transport).abort()
 
 
 class _Refusal(asyncio.Protocol):

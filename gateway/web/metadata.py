@@ -83,13 +83,14 @@ def bearer_challenge(
 def route_challenge(config: GatewayConfig, route: RouteConfig) -> Challenge:
     """The route's ``WWW-Authenticate`` builder, for ``GatewayError.headers``.
 
-    An error that names no scopes asks for the route's own (what any request on it needs).
+    An error that names no scopes asks for the route's first challenge (``challenge_scopes``,
+    else the route's own scopes: what any request on it needs).
     """
     resource_metadata = prm_url(config, route)
 
     def challenge(scopes: tuple[str, ...], error: str | None) -> str:
         return bearer_challenge(
-            resource_metadata=resource_metadata, scopes=scopes or route.scopes, error=error
+            resource_metadata=resource_metadata, scopes=scopes or route.policy.first_challenge, error=error
         )
 
     return challenge

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import unquote_plus
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..auth.tokens import bearer_token_from
@@ -47,7 +47,7 @@ from ..mcp.answers import chain
 from ..mcp.handles import TaskIdSealer
 from ..mcp.listing import ListFilter
 from ..mcp.messages import HANDSHAKE_VERSIONS, McpPost, McpRejected, decode_header_value, parse_post
-from ..mcp.policy import challenge_scopes, combine, decide, operation_of, refusal
+from ..mcp.policy import challenge_scopes, combine, decide, kept_scopes, operation_of, refusal
 from ..metrics import GatewayMetrics
 from ..principal import Principal
 from .audit import audit_decision
@@ -108,7 +108,8 @@ async def handle_mcp(
         body = handles.open_task_ids(body)
         list_filter = ListFilter.for_post(post, route.policy, principal.scopes)
     elif not principal.has_scopes(route.scopes):  # GET stream, DELETE session
-        raise InsufficientScope(scopes=route.scopes)
+        kept = kept_scopes(route.policy, principal.scopes)
+        raise InsufficientScope(scopes=tuple(dict.fromkeys(route.scopes + kept)))
 
     # The client's token stops in gateway/upstream/proxy.py: Upstream.forward builds the upstream
     # request from a header allowlist (upstream_request_headers) that leaves Authorization out.
@@ -128,6 +129,7 @@ async def handle_mcp(
         response_filter,
         seal_session_id=handles.seal_session,
         seal_event_id=handles.seal_event_id,
+        body_sent=held.release_body,  # a long answer does not keep its request's body counted
     )
 
 
@@ -189,7 +191,7 @@ def challenge_hint(route: RouteConfig, request: web.Request) -> tuple[str, ...]:
     """What a 401 asks for; 2026-07-28 headers name the operation (a hint, see challenge_scopes)."""
     version = request.headers.get("MCP-Protocol-Version")
     if request.method != "POST" or version is None or version in HANDSHAKE_VERSIONS:
-        return route.scopes
+        return route.policy.first_challenge
     name = request.headers.get("Mcp-Name")
     decoded = decode_header_value(name) if name is not None else None
     return challenge_scopes(route.policy, request.headers.get("Mcp-Method"), decoded)
@@ -207,6 +209,10 @@ async def read_body(request: web.Request, limit: int, held: RequestHold, timeout
         raise BodyTooLarge(detail=f"Content-Length {declared} > {limit}")
     if declared:
         held.body_bytes(declared)
+    if request.version >= HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+        # Deferred until now (app.defer_continue): the caller is known and its body is wanted.
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not the response's
     chunks: list[bytes] = []
     size = 0
     content = request.content
@@ -259,7 +265,7 @@ def authorize(
             metrics.policy_decision(route, decision.allowed, message.target)
         decisions.append(decision)
     verdict = combine(decisions)
-    if (refused := refusal(verdict)) is not None:
+    if (refused := refusal(verdict, kept_scopes(route.policy, principal.scopes))) is not None:
         raise refused
     return verdict.required
 

@@ -3,8 +3,10 @@ fixed port whose ``public_url`` is its real URL, so the official SDK client can 
 everything by itself.
 
 The authorization server lives in ``authorization_server/`` (``server.js``, ``package.json``,
-``package-lock.json``). Its ``node_modules`` is installed with ``npm ci`` from the committed
-lockfile the first time it is missing or stale, and reused afterwards. Node.js 20.18 or newer
+``package-lock.json``), the official TypeScript SDK host in ``ts_client/`` (``journey.mjs``, with
+SDK 1.x and 2.x pinned in its lockfile). Each folder's ``node_modules`` is installed with
+``npm ci`` from its committed lockfile the first time it is missing or stale, and reused
+afterwards. Node.js 20.18 or newer
 and npm are required: without them every test here fails with a message saying so (CI has Node 20).
 
 Every server binds 127.0.0.1 on a free port and is stopped by the fixture that started it.
@@ -17,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -40,9 +43,12 @@ from gateway.server import start_gateway
 from tests.conftest import Gateway
 
 AS_DIR = Path(__file__).resolve().parent / "authorization_server"
+TS_CLIENT_DIR = Path(__file__).resolve().parent / "ts_client"
+INSTALL_STAMP_NAME = ".e2e-installed-from"
+"""Written into ``node_modules`` after a successful ``npm ci``: the hash of the manifest and
+lockfile it installed."""
 NODE_MODULES = AS_DIR / "node_modules"
-INSTALL_STAMP = NODE_MODULES / ".e2e-installed-from"
-"""Written after a successful ``npm ci``: the hash of the manifest and lockfile it installed."""
+INSTALL_STAMP = NODE_MODULES / INSTALL_STAMP_NAME
 
 MIN_NODE = (20, 18)  # oidc-provider 9 uses URL.parse and crypto.hash
 NPM_CI_TIMEOUT_S = 300
@@ -82,43 +88,46 @@ def _require_node() -> tuple[str, str]:
     return node, npm
 
 
-def _lock_digest() -> str:
+def _lock_digest(package_dir: Path) -> str:
     digest = hashlib.sha256()
     for name in ("package.json", "package-lock.json"):
-        digest.update((AS_DIR / name).read_bytes())
+        digest.update((package_dir / name).read_bytes())
     return digest.hexdigest()
 
 
-def _ensure_node_modules(config: pytest.Config, npm: str) -> None:
-    """``npm ci`` unless node_modules was installed from exactly this lockfile already."""
-    wanted = _lock_digest()
+def _ensure_node_modules(config: pytest.Config, npm: str, package_dir: Path = AS_DIR) -> None:
+    """``npm ci`` in ``package_dir`` unless its node_modules was installed from exactly this
+    lockfile already."""
+    wanted = _lock_digest(package_dir)
+    stamp = package_dir / "node_modules" / INSTALL_STAMP_NAME
     lock_path = (
         Path(tempfile.gettempdir())
-        / f"mcp-gateway-e2e-npm-{hashlib.sha256(bytes(AS_DIR)).hexdigest()[:16]}.lock"
+        / f"mcp-gateway-e2e-npm-{hashlib.sha256(bytes(package_dir)).hexdigest()[:16]}.lock"
     )
     with open(lock_path, "w") as lock:  # one installer at a time (node_modules itself is replaced)
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if INSTALL_STAMP.is_file() and INSTALL_STAMP.read_text().strip() == wanted:
+        if stamp.is_file() and stamp.read_text().strip() == wanted:
             return
-        _say(config, f"npm ci in {AS_DIR} (node_modules missing or stale) ...")
+        _say(config, f"npm ci in {package_dir} (node_modules missing or stale) ...")
         started = time.monotonic()
         try:
             result = subprocess.run(
                 [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                cwd=AS_DIR,
+                cwd=package_dir,
                 capture_output=True,
                 text=True,
                 timeout=NPM_CI_TIMEOUT_S,
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            pytest.fail(f"npm ci in {AS_DIR} did not finish within {NPM_CI_TIMEOUT_S} s", pytrace=False)
+            pytest.fail(f"npm ci in {package_dir} did not finish within {NPM_CI_TIMEOUT_S} s", pytrace=False)
         if result.returncode != 0:
             pytest.fail(
-                f"npm ci in {AS_DIR} failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}",
+                f"npm ci in {package_dir} failed (exit {result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}",
                 pytrace=False,
             )
-        INSTALL_STAMP.write_text(wanted + "\n")
+        stamp.write_text(wanted + "\n")
         _say(config, f"npm ci done in {time.monotonic() - started:.1f} s")
 
 
@@ -168,7 +177,26 @@ def _read_listening_line(proc: subprocess.Popen[str], timeout: float) -> str:
 def authorization_server(
     pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AuthorizationServer]:
-    """One oidc-provider for the session (``node server.js --port 0``); stopped at the end."""
+    """One oidc-provider for the session (``node server.js --port 0``); stopped at the end.
+    Dynamically registered clients may ask for every scope (``--registration-scope every``)."""
+    yield from _run_authorization_server(pytestconfig, tmp_path_factory, "--registration-scope", "every")
+
+
+@pytest.fixture(scope="session")
+def strict_authorization_server(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AuthorizationServer]:
+    """A second oidc-provider that keeps what clients register: an authorization for a scope
+    beyond a client's registered ``scope`` is refused (``--registration-scope as-registered``)."""
+    yield from _run_authorization_server(
+        pytestconfig, tmp_path_factory, "--registration-scope", "as-registered"
+    )
+
+
+def _run_authorization_server(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory, *extra_args: str
+) -> Iterator[AuthorizationServer]:
+    """Start ``server.js`` with ``extra_args``, yield it once it listens, stop it afterwards."""
     node, npm = _require_node()
     _ensure_node_modules(pytestconfig, npm)
     stderr_path = tmp_path_factory.mktemp("authorization_server") / "stderr.log"
@@ -179,7 +207,7 @@ def authorization_server(
     }
     with open(stderr_path, "w") as stderr:
         proc = subprocess.Popen(
-            [node, "server.js", "--port", "0", "--exit-with-stdin"],
+            [node, "server.js", "--port", "0", "--exit-with-stdin", *extra_args],
             cwd=AS_DIR,
             env=env,
             stdin=subprocess.PIPE,  # the server exits when this closes, even if pytest is killed
@@ -226,6 +254,58 @@ async def authorization_server_log(authorization_server: AuthorizationServer) ->
     """The session's authorization server with its request log cleared for this test."""
     await authorization_server.clear_log()
     return authorization_server
+
+
+TS_HOST_TIMEOUT_S = 30
+"""A whole journey of the TypeScript host (each authorization is a few local round trips)."""
+
+
+@dataclass
+class TypeScriptHost:
+    """``ts_client/journey.mjs``: an MCP host on the official TypeScript SDK (1.x or 2.x)."""
+
+    node: str
+    script: Path
+
+    async def run(
+        self, url: str, *steps: str, sdk: str, era: str = "2025", list_driven: bool = False
+    ) -> list[dict[str, Any]]:
+        """Run one journey against ``url`` (see the script's header for ``steps``); returns its
+        events, oldest first. Fails the test, with the host's stderr, if it did not end well."""
+        command = [self.node, str(self.script), "--url", url, "--sdk", sdk, "--era", era, *steps]
+        if list_driven:
+            command.append("--list-driven")
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            cwd=self.script.parent,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), TS_HOST_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            pytest.fail(f"the TypeScript host did not finish within {TS_HOST_TIMEOUT_S} s: {command}")
+        events = [json.loads(line) for line in stdout.decode().splitlines() if line.strip()]
+        if proc.returncode != 0 or not events or events[-1]["event"] != "done":
+            pytest.fail(
+                f"the TypeScript host failed (exit {proc.returncode}):\n"
+                + "\n".join(json.dumps(event) for event in events)
+                + "\n"
+                + stderr.decode()[-4000:],
+                pytrace=False,
+            )
+        return events
+
+
+@pytest.fixture(scope="session")
+def ts_host(pytestconfig: pytest.Config) -> TypeScriptHost:
+    """The TypeScript SDK host, its ``node_modules`` installed from ``ts_client/package-lock.json``."""
+    node, npm = _require_node()
+    _ensure_node_modules(pytestconfig, npm, TS_CLIENT_DIR)
+    return TypeScriptHost(node=node, script=TS_CLIENT_DIR / "journey.mjs")
 
 
 def _free_port() -> int:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -27,6 +28,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from mcp_types import Implementation
 
+from tests.conftest import Upstream
 from tests.support.issuer import MINTED_TOKENS
 from tests.support.mcp_client import MODES, Era
 
@@ -304,3 +306,16 @@ def jwt_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and claims of a JWT, unverified (the gateway is the one that verifies)."""
     claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
     return jwt.get_unverified_header(token), claims
+
+
+async def assert_upstream_never_saw_tokens(upstream: Upstream, tokens: Iterable[str]) -> None:
+    """The upstream got requests, none with an Authorization header, and no trace of ``tokens``
+    (not even a signature) anywhere in what it recorded."""
+    records = await upstream.requests()
+    assert records, "the upstream received nothing"
+    for record in records:
+        assert all(name.lower() != "authorization" for name, _ in record["headers"]), record
+    everything = json.dumps(records)
+    for token in tokens:
+        assert token not in everything
+        assert token.rsplit(".", 1)[-1] not in everything

@@ -168,8 +168,9 @@ async def test_sdk_client_discovers_registers_and_authorizes_through_the_gateway
         assert claims["scope"] == "mcp:access"
         assert token_request["token"]["claims"] == claims  # the AS issued exactly what the client uses
 
-        # mcp:access alone may list, but sees no tool (every tool needs demo:read or demo:write)
-        assert listed.tools == []
+        # mcp:access alone may list, and sees every tool a rule allows (list_visibility: step_up),
+        # though each needs demo:read or demo:write: calling one gets the step-up challenge
+        assert {"echo", "slow_stream"} <= {tool.name for tool in listed.tools}
 
         # -- a call that needs demo:read: 403, re-authorization, retried, answered -------------
         result = await session.client.call_tool("echo", {"text": "hello through the gateway"})
@@ -184,7 +185,8 @@ async def test_sdk_client_discovers_registers_and_authorizes_through_the_gateway
 async def test_step_up_to_the_scope_named_in_the_challenge(
     era: str, gateway: Gateway, authorization_server_log: AuthorizationServer, upstream: Upstream
 ) -> None:
-    """slow_stream needs demo:write: 403 insufficient_scope with scope="mcp:access demo:write";
+    """slow_stream needs demo:write: 403 insufficient_scope with scope="mcp:access demo:write
+    demo:read" (what the call needs, then what the client holds that the route uses);
     the SDK client (SEP-2350 step-up) re-authorizes for the union of what it had and what the
     challenge names, without discovering or registering again, and the retried call succeeds."""
     authorization_server = authorization_server_log
@@ -216,7 +218,7 @@ async def test_step_up_to_the_scope_named_in_the_challenge(
         ]
         assert parse_bearer_challenge(wire[denied].www_authenticate or "") == {
             "error": "insufficient_scope",
-            "scope": "mcp:access demo:write",
+            "scope": "mcp:access demo:write demo:read",
             "resource_metadata": prm_url,
         }
         assert all("/.well-known/" not in record.url and not record.url.endswith("/reg") for record in wire)

@@ -128,7 +128,7 @@ async def test_slow_and_silent_clients_are_closed_at_the_header_timeout_while_a_
     assert statuses == [200] * 5
     assert closed == [True] * 5
     assert len(await upstream.requests()) == 5
-    assert await metric(gateway, "mcp_gateway_connections_timed_out_total") == 5
+    assert await metric(gateway, "mcp_gateway_connections_timed_out_total", phase="headers") == 5
 
 
 async def test_a_later_request_on_a_kept_alive_connection_has_the_header_timeout_too(
@@ -143,7 +143,7 @@ async def test_a_later_request_on_a_kept_alive_connection_has_the_header_timeout
         await asyncio.sleep(0.8)  # idle longer than the header timeout: idle is keep-alive's business
         writer.write(b"GET /healthz HTTP/1.1\r\n")  # ... and the rest never comes
         assert await closed_by_peer(reader, within=5.0)
-    assert await metric(gateway, "mcp_gateway_connections_timed_out_total") == 1
+    assert await metric(gateway, "mcp_gateway_connections_timed_out_total", phase="headers") == 1
 
 
 async def test_an_idle_kept_alive_connection_is_closed_at_the_keepalive_timeout(
@@ -158,7 +158,7 @@ async def test_an_idle_kept_alive_connection_is_closed_at_the_keepalive_timeout(
             assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
             await asyncio.sleep(0.2)
         assert await closed_by_peer(reader, within=5.0)
-    assert await metric(gateway, "mcp_gateway_connections_timed_out_total") == 0
+    assert await metric(gateway, "mcp_gateway_connections_timed_out_total", phase="headers") == 0
 
 
 # --- request bodies ---------------------------------------------------------------------------

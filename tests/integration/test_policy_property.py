@@ -14,9 +14,11 @@ from ``gateway.mcp.policy``:
 * the first pattern (in file order) that matches wins; its scopes plus the route's scopes must
   all be held; globs are case-sensitive, ``*`` spans anything (``/`` too), ``?`` one character;
 * no rule matches: the route's ``default`` (allowed with the route's scopes alone, or denied);
-  without one, tools/call, prompts/get and resources/read are denied and other methods allowed;
+  without one, tools/call, prompts/get and resources/read are denied (allowed with the route's
+  scopes when the route has no tools, prompts or resources rule at all) and other methods allowed;
 * a ``*/list`` result shows exactly the items the caller could call / get / read (templates by
-  their URI template), and in 2026-07-28 is marked ``cacheScope: private``;
+  their URI template) with ``list_visibility: usable``, and with ``step_up`` (the default) every
+  item some scopes would allow; in 2026-07-28 it is marked ``cacheScope: private``;
 * one denied message refuses the whole POST (a 2025-03-26 batch included).
 
 The semantics are those of README "Per-tool authorization". Hypothesis drives its own event loop
@@ -150,6 +152,7 @@ class Rules:
     methods: tuple[tuple[str, tuple[str, ...]], ...]
     default: str | None  # "deny", "allow" or None (the default default)
     route_scopes: tuple[str, ...]
+    list_visibility: str | None = None  # "step_up", "usable" or None (step_up)
 
 
 def reading(method: str, target: str | None) -> str | None:
@@ -164,20 +167,29 @@ def refused(message: Message) -> bool:
     return USE_SECTION.get(message.method) == "resources" and reading(message.method, message.target) is None
 
 
-def allows(rules: Rules, method: str, target: str | None, granted: frozenset[str]) -> bool:
+def needs(rules: Rules, method: str, target: str | None) -> set[str] | None:
+    """The scopes that would allow the operation, or None when no scopes would."""
     section = USE_SECTION.get(method)
     name = reading(method, target) if section is not None else method
     for pattern, scopes in getattr(rules, section or "methods"):
         if fnmatchcase(name or "", pattern):
-            return set(rules.route_scopes) | set(scopes) <= granted
-    default = rules.default or ("deny" if section is not None else "allow")
-    return default == "allow" and set(rules.route_scopes) <= granted
+            return set(rules.route_scopes) | set(scopes)
+    restricted = bool(rules.tools or rules.prompts or rules.resources)
+    default = rules.default or ("deny" if section is not None and restricted else "allow")
+    return set(rules.route_scopes) if default == "allow" else None
+
+
+def allows(rules: Rules, method: str, target: str | None, granted: frozenset[str]) -> bool:
+    needed = needs(rules, method, target)
+    return needed is not None and needed <= granted
 
 
 def visible(rules: Rules, list_method: str, granted: frozenset[str]) -> list[str]:
     _, _, use_method, catalogue = LISTS[list_method]
     # Items are shown as they are spelled, and judged by their reading (Demo://a as demo://a).
-    return [name for name in catalogue if allows(rules, use_method, name, granted)]
+    if rules.list_visibility == "usable":
+        return [name for name in catalogue if allows(rules, use_method, name, granted)]
+    return [name for name in catalogue if needs(rules, use_method, name) is not None]
 
 
 # --- Strategies ------------------------------------------------------------------------------
@@ -223,6 +235,7 @@ rule_sets = st.builds(
     methods=st.one_of(st.just(()), rule_maps("methods")),
     default=st.sampled_from((None, "deny", "allow")),
     route_scopes=st.sampled_from(((ROUTE_SCOPE,), (ROUTE_SCOPE,), ())),
+    list_visibility=st.sampled_from((None, "step_up", "usable")),
 )
 
 
@@ -289,6 +302,8 @@ def config_yaml(rules: Rules, issuer: str, upstream: str) -> str:
             lines.append(f"    {section}: {{{mapping}}}")
     if rules.default is not None:
         lines.append(f"    default: {rules.default}")
+    if rules.list_visibility is not None:
+        lines.append(f"    list_visibility: {rules.list_visibility}")
     return "\n".join(lines) + "\n"
 
 

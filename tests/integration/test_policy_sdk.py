@@ -24,7 +24,7 @@ PRM = "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp"
 READ = "mcp:access demo:read"
 
 
-def policy_config(issuer: TestIssuer, upstream_url: str) -> str:
+def policy_config(issuer: TestIssuer, upstream_url: str, extra: str = "") -> str:
     return f"""
         public_url: http://127.0.0.1:8080
         issuers: [{{issuer: {issuer.issuer}, algorithms: [RS256], jwks: {{discover: true}}}}]
@@ -41,7 +41,7 @@ def policy_config(issuer: TestIssuer, upstream_url: str) -> str:
               "greet": [demo:write, demo:prompts]
             resources:
               "demo://greeting": [demo:read]
-              "demo://counter": [demo:write]
+              "demo://counter": [demo:write]{extra}
         """
 
 
@@ -54,8 +54,32 @@ async def policy_gateway(
     start_gateway_with: GatewayFactory,
 ) -> tuple[Gateway, Upstream]:
     """The gateway with rules, in front of an upstream answering SSE or JSON."""
+    return await _gateway_with_rules(request, issuer, upstream, json_upstream, start_gateway_with)
+
+
+@pytest.fixture(params=["sse", "json"])
+async def usable_only_gateway(
+    request: pytest.FixtureRequest,
+    issuer: TestIssuer,
+    upstream: Upstream,
+    json_upstream: Upstream,
+    start_gateway_with: GatewayFactory,
+) -> tuple[Gateway, Upstream]:
+    """The same rules with ``list_visibility: usable``: lists show only what the caller may use."""
+    extra = "\n            list_visibility: usable"
+    return await _gateway_with_rules(request, issuer, upstream, json_upstream, start_gateway_with, extra)
+
+
+async def _gateway_with_rules(
+    request: pytest.FixtureRequest,
+    issuer: TestIssuer,
+    upstream: Upstream,
+    json_upstream: Upstream,
+    start_gateway_with: GatewayFactory,
+    extra: str = "",
+) -> tuple[Gateway, Upstream]:
     chosen = upstream if request.param == "sse" else json_upstream
-    return await start_gateway_with(policy_config(issuer, chosen.mcp_url)), chosen
+    return await start_gateway_with(policy_config(issuer, chosen.mcp_url, extra)), chosen
 
 
 def bearer(issuer: TestIssuer, scope: str) -> dict[str, str]:
@@ -64,10 +88,11 @@ def bearer(issuer: TestIssuer, scope: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("era", ["2025", "2026"])
 async def test_read_token_sees_only_what_it_may_use(
-    era: str, issuer: TestIssuer, policy_gateway: tuple[Gateway, Upstream]
+    era: str, issuer: TestIssuer, usable_only_gateway: tuple[Gateway, Upstream]
 ) -> None:
-    """tools/list, prompts/list, resources/list show exactly the allowed items."""
-    gateway, _ = policy_gateway
+    """With list_visibility: usable, tools/list, prompts/list, resources/list show exactly the
+    allowed items."""
+    gateway, _ = usable_only_gateway
     async with session_client(gateway.route_url(), bearer(issuer, READ), era=era) as client:  # type: ignore[arg-type]
         tools = await client.list_tools()
         prompts = await client.list_prompts()
@@ -75,6 +100,26 @@ async def test_read_token_sees_only_what_it_may_use(
     assert sorted(tool.name for tool in tools.tools) == ["add", "echo", "whoami"]
     assert prompts.prompts == []
     assert [str(resource.uri) for resource in resources.resources] == ["demo://greeting"]
+
+
+@pytest.mark.parametrize("era", ["2025", "2026"])
+async def test_lists_show_what_a_step_up_allows_by_default(
+    era: str, issuer: TestIssuer, policy_gateway: tuple[Gateway, Upstream]
+) -> None:
+    """By default (list_visibility: step_up) a read token's lists also show the write tool, the
+    prompt and the counter, which a step-up would allow, so that a host that calls only listed
+    tools can reach the 403 that names their scopes; tools no rule names (sleep, notify) stay
+    hidden, as no scope would allow them."""
+    gateway, _ = policy_gateway
+    async with session_client(gateway.route_url(), bearer(issuer, READ), era=era) as client:  # type: ignore[arg-type]
+        tools = sorted(tool.name for tool in (await client.list_tools()).tools)
+        prompts = [prompt.name for prompt in (await client.list_prompts()).prompts]
+        resources = sorted(str(r.uri) for r in (await client.list_resources()).resources)
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("slow_stream", {"count": 1, "delay_ms": 0})
+    assert tools == ["add", "echo", "slow_stream", "whoami"]
+    assert prompts == ["greet"] and resources == ["demo://counter", "demo://greeting"]
+    assert refused.value.error.code == -32001  # insufficient scope: a step-up, not a dead end
 
 
 @pytest.mark.parametrize("era", ["2025", "2026"])
@@ -93,14 +138,19 @@ async def test_write_token_sees_more(
     assert resources == ["demo://counter", "demo://greeting"]
 
 
+# What each challenge names: the operation's scopes, then the caller's (READ) that the route uses.
 STEP_UPS: list[tuple[str, dict[str, Any], str]] = [
     (
         "tools/call",
         {"name": "slow_stream", "arguments": {"count": 1, "delay_ms": 0}},
-        "mcp:access demo:write",
+        "mcp:access demo:write demo:read",
     ),
-    ("prompts/get", {"name": "greet", "arguments": {"name": "Ada"}}, "mcp:access demo:write demo:prompts"),
-    ("resources/read", {"uri": "demo://counter"}, "mcp:access demo:write"),
+    (
+        "prompts/get",
+        {"name": "greet", "arguments": {"name": "Ada"}},
+        "mcp:access demo:write demo:prompts demo:read",
+    ),
+    ("resources/read", {"uri": "demo://counter"}, "mcp:access demo:write demo:read"),
 ]
 
 
@@ -112,7 +162,9 @@ async def test_step_up_names_the_exact_scopes_then_succeeds(
     issuer: TestIssuer,
     policy_gateway: tuple[Gateway, Upstream],
 ) -> None:
-    """403 insufficient_scope with every scope the operation needs; with them, it works."""
+    """403 insufficient_scope with every scope the operation needs and the caller's own that the
+    route uses (so a client that takes the challenged scopes as its new set loses nothing); with
+    exactly those, the operation works and so do the caller's earlier tools."""
     gateway, upstream = policy_gateway
     body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": params}
     async with aiohttp.ClientSession() as http:
@@ -131,12 +183,13 @@ async def test_step_up_names_the_exact_scopes_then_succeeds(
         with pytest.raises(MCPError) as refused:
             await _call(client, method, params)
         assert refused.value.error.code == -32001
-    # ...and succeeds once its token carries the scopes the challenge named (unioned with its own).
-    wider = " ".join(dict.fromkeys(READ.split() + challenge["scope"].split()))
+    # ...and succeeds once its token carries exactly the scopes the challenge named, which still
+    # cover what it could do before (echo needs demo:read).
     for era in ("2025", "2026"):
-        async with session_client(gateway.route_url(), bearer(issuer, wider), era=era) as client:
+        async with session_client(gateway.route_url(), bearer(issuer, challenge["scope"]), era=era) as client:
             result = await _call(client, method, params)
-        assert result is not None
+            earlier = await client.call_tool("echo", {"text": "still here"})
+        assert result is not None and not earlier.is_error
 
 
 async def _call(client: Any, method: str, params: dict[str, Any]) -> Any:

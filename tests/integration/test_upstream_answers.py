@@ -48,7 +48,10 @@ def event(data: bytes, *, fields: bytes = b"event: message\n") -> bytes:
 async def start(
     start_gateway_with: GatewayFactory, issuer: TestIssuer, upstream: CannedUpstream
 ) -> tuple[Gateway, dict[str, str]]:
-    config = single_route_config(issuer, upstream.url, tools={"visible": [], "secret*": ["admin"]})
+    # Lists show only what the caller may use: the hidden tool needs a scope the caller lacks.
+    config = single_route_config(
+        issuer, upstream.url, tools={"visible": [], "secret*": ["admin"]}, list_visibility="usable"
+    )
     gateway = await start_gateway_with(config)
     return gateway, {"Authorization": f"Bearer {issuer.mint(audience=RESOURCE)}"}
 
@@ -418,7 +421,9 @@ def resumable_upstream() -> Iterator[str]:
 async def replay_gateway(
     resumable_upstream: str, issuer: TestIssuer, start_gateway_with: GatewayFactory
 ) -> AsyncIterator[tuple[Gateway, dict[str, str]]]:
-    config = single_route_config(issuer, resumable_upstream + "/mcp", tools={GATED_TOOL: ["audio"], "*": []})
+    config = single_route_config(
+        issuer, resumable_upstream + "/mcp", tools={GATED_TOOL: ["audio"], "*": []}, list_visibility="usable"
+    )
     gateway = await start_gateway_with(config)
     yield gateway, {"Authorization": f"Bearer {issuer.mint(audience=RESOURCE)}"}
 

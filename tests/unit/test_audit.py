@@ -75,8 +75,8 @@ def test_a_response_and_an_untargeted_call_are_audited_without_a_target() -> Non
     response = audited({"jsonrpc": "2.0", "id": 7, "result": {}})
     listing = audited({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
     assert [(e["method"], e["target"], e["rule"]) for e in response + listing] == [
-        ("(response)", None, "default: allow"),
-        ("tools/list", None, "default: allow"),
+        ("(response)", None, "no methods rule: route scopes"),
+        ("tools/list", None, "no methods rule: route scopes"),
     ]
 
 
@@ -84,4 +84,8 @@ def test_tool_arguments_are_audited_when_the_route_asks() -> None:
     """`audit_arguments: true` adds the call's arguments to the event."""
     params = {"name": "echo", "arguments": {"text": "hi"}}
     (event,) = audited({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params})
-    assert (event["target"], event["rule"], event["arguments"]) == ("echo", "default: deny", {"text": "hi"})
+    assert (event["target"], event["rule"], event["arguments"]) == (
+        "echo",
+        "no tools rule matches",
+        {"text": "hi"},
+    )

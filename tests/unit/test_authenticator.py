@@ -156,3 +156,18 @@ async def test_without_introspection_an_unknown_issuer_is_refused(keys: IssuerKe
         await authenticator.authenticate(PresentedToken(foreign.mint(audience=RESOURCE)), RESOURCE)
     reason: str = refused.value.reason
     assert reason == "unknown_issuer"
+
+
+async def test_an_unknown_issuer_refusal_names_the_token_iss_and_the_configured_issuers(
+    keys: IssuerKeys,
+) -> None:
+    """unknown_issuer's log detail (the `rejected` event) quotes the token's iss and every configured
+    JWKS issuer, so a mismatch is visible at a glance; the token itself is not in it."""
+    foreign = TestIssuer(keys=[SigningKey.generate("ES256", kid="f1")], base_url="https://as.jwt.example/")
+    token = foreign.mint(audience=RESOURCE)
+    authenticator = Authenticator(JwtAuthenticator({JWT_ISSUER: keys}), None)
+    with pytest.raises(InvalidToken) as refused:
+        await authenticator.authenticate(PresentedToken(token), RESOURCE)
+    detail = refused.value.detail
+    assert "token iss 'https://as.jwt.example/'" in detail and f"configured: {JWT_ISSUER!r}" in detail
+    assert token not in detail and all(part not in detail for part in token.split("."))

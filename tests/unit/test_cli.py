@@ -130,3 +130,41 @@ def test_check_config_states_the_limits_a_process_would_enforce() -> None:
     lowered = limits_summary(LimitsConfig(max_connections=50_000, header_timeout_s=2.5), 1024)
     assert "header 2.5s" in lowered
     assert f"max_connections {connection_cap(1024)} (lowered from 50000: 1024 open files here)" in lowered
+
+
+STRANDED = """
+public_url: https://mcp.example.com
+issuers: [{issuer: https://as.example.com, algorithms: [RS256], jwks: {discover: true}}]
+routes:
+  - path: /mcp
+    upstream: http://127.0.0.1:9000/mcp
+    scopes: [mcp:access]
+    list_visibility: usable
+    tools: {"search": [docs:read], "*": [docs:admin]}
+  - path: /plain
+    upstream: http://127.0.0.1:9001/mcp
+    scopes: [mcp:access]
+"""
+
+
+def test_check_config_shows_each_routes_rules_and_warns_of_stranded_scopes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Per route: each section's rules and what happens to the rest, the list visibility, what a
+    401 names; a warning per rule whose scopes no 401 names while lists hide what needs them; a
+    route with only scopes says its scopes govern every tool."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(STRANDED)
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  tools: 'search': docs:read; '*': docs:admin; any other tool: refused" in out
+    assert "  list_visibility: usable: lists show only what the caller may use now" in out
+    assert "  a 401 names: mcp:access;" in out
+    assert "warning: route /mcp: tools['search'] needs docs:read, which no 401 names" in out
+    assert "warning: route /mcp: tools['*'] needs docs:admin" in out
+    assert "  tools: (no rules); every tool: allowed with the route scopes (the route has no rules)" in out
+    assert "warning: route /plain" not in out
+    path.write_text(STRANDED.replace("list_visibility: usable", "challenge_scopes: [mcp:access, docs:read]"))
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  a 401 names: mcp:access docs:read;" in out and "warning:" not in out

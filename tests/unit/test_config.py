@@ -341,14 +341,36 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, line: int) -> No
 
 
 @pytest.mark.parametrize(
-    ("text", "line", "message"),
+    ("text", "line", "key_path", "message"),
     [
-        (base_config({9: "    upstream: http://x: y"}), 9, "mapping values are not allowed here"),
-        (base_config({5: "    algorithms: [RS256"}), 6, "expected ',' or ']'"),
-        (base_config({3: "issuers:\n\t- x"}), 4, "found character '\\t'"),
-        (base_config(append="---\nother: doc\n"), 11, "expected a single document"),
-        ("public_url: \x07\n", 1, "special characters are not allowed"),
-        (base_config({1: "listen: {port: ${PORT}}"}), 1, "inside [...] or {...} quote ${NAME} references"),
+        (
+            base_config({9: "    upstream: http://x: y"}),
+            9,
+            "routes[0]",
+            "mapping values are not allowed here",
+        ),
+        (base_config({5: "    algorithms: [RS256"}), 6, "issuers[0].algorithms", "expected ',' or ']'"),
+        (base_config({3: "issuers:\n\t- x"}), 4, "issuers", "found character '\\t'"),
+        (base_config(append="---\nother: doc\n"), 11, "", "expected a single document"),
+        ("public_url: \x07\n", 1, "", "special characters are not allowed"),
+        (
+            base_config({1: "listen: {port: ${PORT}}"}),
+            1,
+            "listen",
+            "inside [...] or {...} quote ${NAME} references",
+        ),
+        (
+            base_config(append="    tools: {search: [docs:read}\n"),
+            11,
+            "routes[0].tools.search",
+            "expected ',' or ']', but got '}'",
+        ),
+        (
+            base_config(append="    tools:\n      search: [a]\n     get: [b]\n"),
+            13,
+            "routes[0]",
+            "expected <block end>",
+        ),
     ],
     ids=[
         "colon-in-plain-scalar",
@@ -357,14 +379,20 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, line: int) -> No
         "two-documents",
         "control-char",
         "env-in-flow",
+        "unclosed-flow-list-in-flow-map",
+        "misindented-key",
     ],
 )
-def test_yaml_syntax_errors_report_their_line(tmp_path: Path, text: str, line: int, message: str) -> None:
-    """YAML syntax errors become one ConfigError problem with the line of the error."""
+def test_yaml_syntax_errors_report_their_line_and_key_path(
+    tmp_path: Path, text: str, line: int, key_path: str, message: str
+) -> None:
+    """A YAML syntax error becomes one ConfigError problem at file:line that also names the key path
+    the parser was inside (the innermost mapping or value), where there is one."""
     problems = problems_of(text, tmp_path)
     assert len(problems) == 1, problems
-    assert str(problems[0]).startswith(f"{tmp_path / 'gateway.yaml'}:{line}: YAML syntax error: ")
-    assert message in problems[0].message
+    shown_path = f"{key_path}: " if key_path else ""
+    assert str(problems[0]).startswith(f"{tmp_path / 'gateway.yaml'}:{line}: {shown_path}YAML syntax error: ")
+    assert problems[0].key_path == key_path and message in problems[0].message
 
 
 def test_problem_and_error_formatting() -> None:

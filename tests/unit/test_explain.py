@@ -116,7 +116,7 @@ def test_unconditional_deny_when_no_rule_names_the_tool(
     status = run(tmp_path, call("rm_rf"), "--scopes", "mcp:access repo:read repo:admin repo:write")
     out = capsys.readouterr().out
     assert status == 1
-    assert "  rule: default: deny (no rule matched)" in out
+    assert "  rule: no tools rule matches" in out
     assert "outcome: HTTP 403 (no rule allows this)" in out
     assert "WWW-Authenticate" not in out
 
@@ -205,7 +205,7 @@ def test_batch_with_one_denied_element_refuses_the_whole_batch(
     assert "batch of 3" in out
     assert out.count("  decision: ALLOW") == 2
     assert out.count("  decision: DENY") == 1
-    assert 'outcome: HTTP 403 insufficient_scope, scope="mcp:access repo:admin repo:write"' in out
+    assert 'outcome: HTTP 403 insufficient_scope, scope="mcp:access repo:admin repo:write repo:read"' in out
 
 
 def modern_call(name: str) -> dict[str, Any]:
@@ -367,3 +367,77 @@ def test_outcome_agrees_with_the_gateway_pipeline(
         assert explanation.outcome.summary == "HTTP 403 (no rule allows this)"
     else:
         assert explanation.outcome.forwarded
+
+
+@pytest.mark.parametrize(
+    ("visibility", "delete_line"),
+    [
+        (
+            "step_up",
+            "shown, but a call gets a 403 insufficient_scope step-up challenge for repo:admin repo:write",
+        ),
+        ("usable", "hidden until the caller holds repo:admin repo:write (with list_visibility: step_up"),
+    ],
+)
+def test_a_list_request_says_how_its_result_is_filtered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], visibility: str, delete_line: str
+) -> None:
+    """explain of tools/list names, rule by rule with its config line, which tools the caller will
+    see (usable now, or shown for a step-up) and which stay hidden, for the route's list_visibility."""
+    config = CONFIG.replace(
+        "    scopes: [mcp:access]\n", f"    scopes: [mcp:access]\n    list_visibility: {visibility}\n", 1
+    )
+    path = write(tmp_path, config)
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    argv = [
+        "explain",
+        "--config",
+        path,
+        "--route",
+        "/mcp",
+        "--request",
+        body,
+        "--scopes",
+        "mcp:access repo:read",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"result filtered for this caller, by the rule that decides each item (list_visibility: {visibility}"
+        in out
+    )
+    get_line, delete_rule = line_of('"get_*"') + 1, line_of('"delete_*"') + 1  # one line added above them
+    assert f"    tools['get_*'] at {path}:{get_line}: shown, and the caller may call them now" in out
+    assert f"    tools['delete_*'] at {path}:{delete_rule}: {delete_line}" in out
+    assert "    no tools rule matches: hidden: no scope would allow them" in out
+
+
+def test_a_list_result_in_json_lists_each_rules_effect(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json carries the same per-rule filtering for a */list message (null for other methods)."""
+    body = [
+        {"jsonrpc": "2.0", "id": 1, "method": "prompts/list"},
+        {"jsonrpc": "2.0", "id": 2, "method": "ping"},
+    ]
+    assert run(tmp_path, body, "--scopes", "mcp:access", "--json") == 0
+    listed, called = json.loads(capsys.readouterr().out)["messages"]
+    assert called["list_filter"] is None
+    assert listed["list_filter"]["section"] == "prompts"
+    assert [(item["rule"], item["missing"]) for item in listed["list_filter"]["by_rule"]] == [
+        ("prompts['summarise']", ["repo:read"]),
+        ("no prompts rule matches", []),
+    ]
+
+
+def test_a_body_without_a_version_header_says_its_version_is_assumed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without MCP-Protocol-Version the explained version is marked as assumed; with it, not."""
+    assert run(tmp_path, call("get_issue"), "--scopes", "mcp:access repo:read") == 0
+    assert "body: protocol 2025-03-26 (assumed: no MCP-Protocol-Version header), single message" in (
+        capsys.readouterr().out
+    )
+    header = "MCP-Protocol-Version: 2025-06-18"
+    assert run(tmp_path, call("get_issue"), "--scopes", "mcp:access repo:read", "--header", header) == 0
+    assert "body: protocol 2025-06-18, single message" in capsys.readouterr().out

@@ -20,7 +20,7 @@ from gateway.auth.jwks import (
     parse_jwks,
     retry_delay_s,
 )
-from gateway.config import IssuerConfig, JwksUrl
+from gateway.config import IssuerConfig, JwksDiscover, JwksUrl
 from gateway.metrics import GatewayMetrics
 from tests.conftest import LogSink
 from tests.support.issuer import SigningKey, TestIssuer
@@ -69,6 +69,23 @@ def test_metadata_urls_for_issuers_with_and_without_path() -> None:
         "https://as.example/.well-known/openid-configuration/tenant/1",
         "https://as.example/tenant/1/.well-known/openid-configuration",
     ]
+
+
+async def test_a_metadata_issuer_mismatch_logs_both_issuers(
+    issuer: TestIssuer, session: aiohttp.ClientSession, gateway_logs: LogSink
+) -> None:
+    """Discovery refuses metadata whose issuer differs by a trailing slash, and its log event quotes
+    the configured issuer and the one the metadata names, so the one-character typo is visible."""
+    configured = issuer.issuer + "/"
+    config = IssuerConfig(issuer=configured, algorithms=("RS256",), jwks=JwksDiscover(), http_timeout_s=2)
+    keys = IssuerKeys(config, session, Clock())
+    before = len(gateway_logs.lines())
+    await keys._refresh_once()
+    assert keys.keyset is None and issuer.metadata_fetches == 1 and issuer.jwks_fetches == 0
+    [failed] = [event for event in gateway_logs.events()[before:] if event["event"] == "jwks_fetch_failed"]
+    assert failed["issuer"] == configured
+    assert f"metadata issuer {issuer.issuer!r} is not the configured issuer {configured!r}" in failed["error"]
+    await keys.aclose()
 
 
 # --- IssuerKeys: loads are single-flight ------------------------------------------------------

@@ -1,4 +1,8 @@
-"""The list filter: every list-shaped result is filtered by its key's kind; unreadable ones fail closed."""
+"""The list filter: every list-shaped result is filtered by its key's kind; unreadable ones fail closed.
+
+The route lists only what the caller may use now (``list_visibility: usable``), so that hiding by
+scope shows; what ``step_up`` (the default) shows is tests/unit/test_policy.py's.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ routes:
     tools: {"get_*": [read], "set_*": [write]}
     prompts: {"greet": [read], "*": [admin]}
     resources: {"demo://pub/*": [read], "*": [admin]}
+    list_visibility: usable
 """
 POLICY = parse_config_text(CONFIG, Path("/tmp/c.yaml"), {}).routes[0].policy
 TOOLS = [{"name": "get_a"}, {"name": "set_a"}, {"name": 5}, {"title": "no name"}]

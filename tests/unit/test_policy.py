@@ -11,18 +11,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.config import RouteConfig, parse_config_text
+from gateway.errors import InsufficientScope
 from gateway.mcp.methods import Prompt, Resource, Target, Tool
 from gateway.mcp.policy import (
     Decision,
     Default,
     DefaultRule,
     GlobError,
+    ListVisibility,
     Operation,
     RoutePolicy,
     Rule,
+    challenge_scopes,
+    combine,
     compile_glob,
     decide,
     is_visible,
+    kept_scopes,
+    refusal,
     scopes_supported,
 )
 
@@ -98,7 +104,14 @@ CASES = [
         ("mcp", "repo:read"),
         "resources['repo://*/readme']",
     ),
-    ("/mcp", op("resources/read", "repo://a/secrets"), "mcp repo:read", False, ("mcp",), "default: deny"),
+    (
+        "/mcp",
+        op("resources/read", "repo://a/secrets"),
+        "mcp repo:read",
+        False,
+        ("mcp",),
+        "no resources rule matches",
+    ),
     (
         "/mcp",
         op("resources/subscribe", "repo://a/readme", "resource"),
@@ -115,10 +128,17 @@ CASES = [
         ("mcp", "repo:read"),
         "prompts['summarise']",
     ),
-    ("/mcp", op("prompts/get", "other"), "mcp repo:read", False, ("mcp",), "default: deny"),
+    ("/mcp", op("prompts/get", "other"), "mcp repo:read", False, ("mcp",), "no prompts rule matches"),
     ("/mcp", op("logging/setLevel"), "mcp", False, ("mcp", "admin"), "methods['logging/setLevel']"),
-    ("/mcp", op("tools/list"), "mcp", True, ("mcp",), "default: allow"),
-    ("/mcp", op("vendor/custom"), "mcp", True, ("mcp",), "default: allow"),  # unknown method: not a tool call
+    ("/mcp", op("tools/list"), "mcp", True, ("mcp",), "no methods rule: route scopes"),
+    (
+        "/mcp",
+        op("vendor/custom"),
+        "mcp",
+        True,
+        ("mcp",),
+        "no methods rule: route scopes",
+    ),  # unknown method: not a tool call
     ("/mcp", op("notifications/cancelled"), "mcp", True, ("mcp",), "methods['notifications/*']"),
     (
         "/mcp",
@@ -134,13 +154,20 @@ CASES = [
         "mcp complete repo:read",
         False,
         ("mcp",),
-        "methods['completion/complete'] + default: deny",
+        "methods['completion/complete'] + no prompts rule matches",
     ),
     ("/strict", op("tools/call", "anything"), "anything", False, (), "default: deny"),
     ("/strict", op("tools/list"), "list", True, ("list",), "methods['tools/list']"),
     ("/strict", op("resources/templates/list"), "list", False, (), "default: deny"),
-    ("/strict", op("initialize"), "", True, (), "default: allow"),  # lifecycle survives default: deny
-    ("/strict", op("ping"), "", True, (), "default: allow"),
+    (
+        "/strict",
+        op("initialize"),
+        "",
+        True,
+        (),
+        "no methods rule: route scopes",
+    ),  # lifecycle survives default: deny
+    ("/strict", op("ping"), "", True, (), "no methods rule: route scopes"),
     ("/open", op("tools/call", "anything"), "mcp", True, ("mcp",), "default: allow"),
     ("/open", op("tools/call", "admin_reset"), "mcp", False, ("mcp", "admin"), "tools['admin_*']"),
 ]
@@ -167,9 +194,9 @@ def test_decision_carries_the_rules_that_decided() -> None:
         line_of('"summarise"'),
     ]
     hidden = decide(policy, op("completion/complete", "hidden", "prompt"), frozenset())
-    assert hidden.rules == (policy.methods[0], DefaultRule(Default.DENY))
+    assert hidden.rules == (policy.methods[0], DefaultRule(Default.DENY, written=False, section="prompts"))
     listed = decide(policy, op("tools/list"), frozenset())
-    assert listed.rules == (DefaultRule(Default.ALLOW),)
+    assert listed.rules == (DefaultRule(Default.ALLOW, written=False, section="methods"),)
 
 
 def test_route_scopes_are_kept_once_in_the_policy() -> None:
@@ -198,19 +225,64 @@ def test_default_deny_is_unconditional() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "name", "granted", "visible"),
+    ("kind", "name", "granted", "usable", "step_up"),
     [
-        ("tool", "get_issue", "mcp repo:read", True),
-        ("tool", "create_issue", "mcp repo:read", False),
-        ("resource", "test://template/{id}/data", "mcp tmpl", True),
-        ("resource", "test://template/{id}/data", "mcp", False),
-        ("prompt", "summarise", "mcp repo:read", True),
-        ("prompt", "unlisted", "mcp repo:read repo:write admin", False),
+        ("tool", "get_issue", "mcp repo:read", True, True),
+        ("tool", "create_issue", "mcp repo:read", False, True),  # a step-up to repo:write allows it
+        ("resource", "test://template/{id}/data", "mcp tmpl", True, True),
+        ("resource", "test://template/{id}/data", "mcp", False, True),
+        ("prompt", "summarise", "mcp repo:read", True, True),
+        ("prompt", "unlisted", "mcp repo:read repo:write admin", False, False),  # no rule: no scope helps
     ],
 )
-def test_visibility_follows_the_call_decision(kind: str, name: str, granted: str, visible: bool) -> None:
-    """A list shows exactly what the caller could use."""
-    assert is_visible(policy_of("/mcp"), KINDS[kind](name), frozenset(granted.split())) is visible
+def test_visibility_follows_the_call_decision(
+    kind: str, name: str, granted: str, usable: bool, step_up: bool
+) -> None:
+    """``list_visibility: usable`` shows exactly what the caller could use now; ``step_up`` (the
+    default) also what a step-up would allow, never what no scope would."""
+    policy = policy_of("/mcp")
+    assert policy.list_visibility is ListVisibility.STEP_UP
+    scopes = frozenset(granted.split())
+    assert is_visible(policy, KINDS[kind](name), scopes) is step_up
+    narrow = dataclasses.replace(policy, list_visibility=ListVisibility.USABLE)
+    assert is_visible(narrow, KINDS[kind](name), scopes) is usable
+
+
+def test_a_route_with_only_scopes_lets_them_govern_everything() -> None:
+    """No tools, resources or prompts rule and no default: every use is allowed with the route's
+    scopes (and refused without them, as a step-up); the audit says no rule matched."""
+    policy = RoutePolicy(route_scopes=("mcp:access",))
+    assert not policy.restricts_use
+    call = decide(policy, op("tools/call", "anything"), frozenset({"mcp:access"}))
+    assert call.allowed and call.label == "no tools rule: route scopes"
+    read = decide(policy, op("resources/read", "file:///x"), frozenset())
+    assert not read.allowed and not read.unconditional and read.missing == ("mcp:access",)
+    rule = Rule("tools", "search", ("docs:read",), compile_glob("search"))
+    restricted = RoutePolicy(route_scopes=("mcp:access",), tools=(rule,))
+    other = decide(restricted, op("prompts/get", "p"), frozenset({"mcp:access", "docs:read"}))
+    assert other.unconditional and other.label == "no prompts rule matches"
+
+
+def test_a_step_up_challenge_keeps_the_granted_scopes_the_route_uses() -> None:
+    """Denied for repo:write while holding repo:read (a rule uses it) and unrelated:x (none does):
+    the challenge names what the call needs, then repo:read, never unrelated:x."""
+    policy = policy_of("/mcp")
+    granted = frozenset({"mcp", "repo:read", "unrelated:x"})
+    verdict = combine([decide(policy, op("tools/call", "create_issue"), granted)])
+    kept = kept_scopes(policy, granted)
+    assert kept == ("mcp", "repo:read")
+    refused = refusal(verdict, kept)
+    assert isinstance(refused, InsufficientScope)
+    assert refused.scopes == ("mcp", "repo:write", "repo:read")
+
+
+def test_the_first_challenge_is_challenge_scopes_else_the_route_scopes() -> None:
+    """A 401 names ``challenge_scopes`` when written, with a 2026-07-28 hint's scopes too."""
+    policy = policy_of("/mcp")
+    assert challenge_scopes(policy, None, None) == ("mcp",)
+    wide = dataclasses.replace(policy, challenge=("mcp", "repo:read"))
+    assert challenge_scopes(wide, None, None) == ("mcp", "repo:read")
+    assert challenge_scopes(wide, "tools/call", "create_issue") == ("mcp", "repo:write", "repo:read")
 
 
 def test_scopes_supported_is_derived_from_all_rules() -> None:
@@ -347,7 +419,11 @@ def test_config_reports_shadowed_and_invalid_patterns(tmp_path: Path) -> None:
         ("repo://a/readme", True, "resources['repo://*/readme']"),
         ("repo://a/%72eadme", True, "resources['repo://*/readme']"),
         ("REPO://A/readme", True, "resources['repo://*/readme']"),
-        ("repo://a/README", False, "default: deny"),  # the path keeps its case, as the handler sees it
+        (
+            "repo://a/README",
+            False,
+            "no resources rule matches",
+        ),  # the path keeps its case, as the handler sees it
         ("repo://a%2Fb/readme", False, "ambiguous uri"),
         ("repo://a/x/../readme", False, "ambiguous uri"),
     ],
@@ -432,7 +508,7 @@ def test_listen_needs_what_reading_each_watched_resource_needs() -> None:
     allowed = decide(policy, listen("repo://a/readme", "REPO://b/readme"), frozenset({"mcp", "repo:read"}))
     assert (allowed.allowed, allowed.label) == (
         True,
-        "default: allow + resources['repo://*/readme'] + resources['repo://*/readme']",
+        "no methods rule: route scopes + resources['repo://*/readme'] + resources['repo://*/readme']",
     )
     both = decide(policy, listen("repo://a/readme", "test://template/1"), frozenset({"mcp"}))
     assert (both.allowed, both.required, both.unconditional) == (False, ("mcp", "repo:read", "tmpl"), False)

@@ -109,6 +109,25 @@ def test_check_claims_rejections(overrides: dict[str, Any], reason: str) -> None
     assert caught.value.reason == reason
 
 
+@pytest.mark.parametrize(
+    ("iss", "shown"),
+    [
+        ("https://as.example/", "token iss 'https://as.example/' matches no configured issuer"),
+        (..., "the token has no iss claim"),
+        (7, "token iss is a JSON int, not a string"),
+        ("https://as.example\nlevel=error", "token iss 'https://as.example\\nlevel=error'"),
+    ],
+)
+def test_a_bad_issuer_detail_names_the_token_iss_and_the_configured_issuer(iss: object, shown: str) -> None:
+    """bad_issuer's log detail quotes the token's iss (escaped: it is unverified) next to the
+    configured issuer, so a one-character difference shows; nothing else of the token."""
+    with pytest.raises(InvalidToken) as caught:
+        check_claims(claims(iss=iss), issuer=ISSUER, resource=RESOURCE, now=NOW)
+    assert caught.value.reason == "bad_issuer"
+    assert shown in caught.value.detail and "configured: 'https://as.example'" in caught.value.detail
+    assert "alice" not in caught.value.detail and "\n" not in caught.value.detail
+
+
 def test_check_claims_within_leeway_accepted() -> None:
     """exp/nbf/iat within the configured leeway pass; the principal carries the claims."""
     principal = check_claims(
@@ -173,6 +192,17 @@ def test_check_header_rejections(header: dict[str, Any], reason: str) -> None:
     with pytest.raises(InvalidToken) as caught:
         check_header(header, ISSUER)
     assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize(("typ", "seen"), [("JWT", "typ='JWT'"), (None, "typ='None'")])
+def test_bad_typ_says_what_it_saw_and_the_setting_that_allows_it(typ: str | None, seen: str) -> None:
+    """bad_typ's log detail names the typ it saw and `require_at_jwt_typ: false`, the way out for an
+    authorization server that types its access tokens `JWT` or not at all."""
+    header = {"alg": "RS256"} if typ is None else {"alg": "RS256", "typ": typ}
+    with pytest.raises(InvalidToken) as caught:
+        check_header(header, ISSUER)
+    assert caught.value.reason == "bad_typ"
+    assert seen in caught.value.detail and "require_at_jwt_typ: false" in caught.value.detail
 
 
 def test_check_header_accepts_application_at_jwt() -> None:

@@ -3,6 +3,7 @@
 // login page that believes whoever types a name.
 //
 //   node server.js --port 0 [--resource-prefix URL]... [--log-file FILE] [--exit-with-stdin]
+//                  [--registration-scope every|as-registered]
 //
 // Prints exactly one line on stdout, `LISTENING <port>`, once it accepts connections (every
 // other message goes to stderr). The issuer is http://127.0.0.1:<port>. Stops on SIGTERM or
@@ -15,7 +16,14 @@
 //   Its scopes are mcp:access demo:read demo:write. Access tokens for it are JWTs (RFC 9068:
 //   typ at+jwt, RS256, aud = the resource, a `scope` claim), except for resources whose path
 //   starts with /opaque, which get opaque tokens that only introspection can read.
-// - Dynamic client registration (RFC 7591), open. Authorization code with PKCE S256, required
+// - Dynamic client registration (RFC 7591), open. Its scope policy (--registration-scope, env
+//   AS_REGISTRATION_SCOPE): `every` (the default) replaces the `scope` a client registers with
+//   every scope this server has and says so in the registration response (RFC 7591 §3.2.1),
+//   so a client that registered with its first challenge's scopes can step up later;
+//   `as-registered` is oidc-provider's own behaviour: an authorization request for any scope
+//   beyond the registered ones is refused with `invalid_scope`. The MCP SDKs register with the
+//   scope of the challenge that started their flow, so an AS must allow more (as `every` does)
+//   for step-up to work at all. Authorization code with PKCE S256, required
 //   for every client; public clients (token_endpoint_auth_method none) with loopback redirect
 //   URIs. Refresh tokens when offline_access is granted.
 // - Login and consent without a browser: /auth redirects to /interaction/<uid>, a page with one
@@ -49,8 +57,12 @@ const { values: args } = parseArgs({
     'resource-prefix': { type: 'string', multiple: true, default: [] },
     'log-file': { type: 'string', default: process.env.AS_LOG_FILE },
     'exit-with-stdin': { type: 'boolean', default: false },
+    'registration-scope': { type: 'string', default: process.env.AS_REGISTRATION_SCOPE ?? 'every' },
   },
 });
+if (!['every', 'as-registered'].includes(args['registration-scope'])) {
+  throw new Error(`--registration-scope must be every or as-registered, not ${args['registration-scope']}`);
+}
 
 const RESOURCE_PREFIXES = [
   ...args['resource-prefix'],
@@ -60,6 +72,7 @@ const GATEWAY_CLIENT_ID = process.env.AS_GATEWAY_CLIENT_ID || 'gateway';
 const GATEWAY_CLIENT_SECRET = process.env.AS_GATEWAY_CLIENT_SECRET || 'gateway-secret';
 
 const RESOURCE_SCOPES = ['mcp:access', 'demo:read', 'demo:write'];
+const SCOPES = ['openid', 'offline_access', ...RESOURCE_SCOPES];
 const ACCESS_TOKEN_TTL = 600;
 const SIGNING_ALG = 'RS256';
 
@@ -349,7 +362,7 @@ function buildProvider(issuer, { privateJwk, publicKeys }) {
   const provider = new Provider(issuer, {
     jwks: { keys: [privateJwk] },
     cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
-    scopes: ['openid', 'offline_access', ...RESOURCE_SCOPES],
+    scopes: SCOPES,
     responseTypes: ['code'],
     pkce: { required: () => true },
     clients: [
@@ -382,14 +395,16 @@ function buildProvider(issuer, { privateJwk, publicKeys }) {
         getResourceServerInfo: async (ctx, resource) => resourceServerInfo(resource),
       },
     },
-    // RFC 7591 §3.2.1 lets the server replace requested metadata. A dynamically registered
-    // client may use every scope: the MCP SDK registers with the scope of its first challenge
-    // only, and a registered `scope` would refuse its later step-up requests.
+    // RFC 7591 §3.2.1 lets the server replace requested metadata. With --registration-scope
+    // every, a dynamically registered client may use every scope: the MCP SDKs register with
+    // the scope of their first challenge only, and oidc-provider refuses any later
+    // authorization for a scope beyond the registered ones (`invalid_scope`), so no step-up
+    // could ever succeed. The response carries the replaced value, so the client can see it.
     extraClientMetadata: {
       properties: ['scope_policy'],
       validator(ctx, key, value, metadata) {
-        if (ctx?.oidc?.route === 'registration') {
-          metadata.scope = undefined;
+        if (ctx?.oidc?.route === 'registration' && args['registration-scope'] === 'every') {
+          metadata.scope = SCOPES.join(' ');
         }
         delete metadata.scope_policy;
       },
