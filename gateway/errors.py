@@ -13,6 +13,7 @@ set (``Reason``), since they are metric labels.
     │   ├── TokenRejected                 counted in gateway_token_rejections_total
     │   │   ├── MissingToken         401  no credentials at all (no ``error`` parameter)
     │   │   ├── InvalidToken         401  invalid_token
+    │   │   │   └── InvalidDpopProof 401  invalid_dpop_proof, with the DPoP challenge (RFC 9449)
     │   │   └── InvalidAuthRequest   400  invalid_request
     │   ├── InsufficientScope        403  insufficient_scope (step-up)
     │   └── AuthUnavailable          503  keys could not be loaded (Retry-After)
@@ -46,6 +47,15 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Final, Literal, Protocol, TypeAlias
 
+DpopReason: TypeAlias = Literal[
+    "dpop_proof_missing", "dpop_proof_duplicate", "dpop_proof_malformed", "dpop_bad_typ",
+    "dpop_alg_not_allowed", "dpop_private_key", "dpop_bad_signature", "dpop_htm_mismatch",
+    "dpop_htu_mismatch", "dpop_iat_out_of_window", "dpop_replayed", "dpop_replay_cache_full",
+    "dpop_ath_mismatch", "dpop_jkt_mismatch", "dpop_unbound_token", "dpop_bound_token_as_bearer",
+    "dpop_required",
+]  # fmt: skip
+"""Why a DPoP proof (RFC 9449 §4.3), or its absence, is refused (``InvalidDpopProof``)."""
+
 TokenReason: TypeAlias = Literal[
     "missing_token",
     "invalid_token",
@@ -76,6 +86,7 @@ TokenReason: TypeAlias = Literal[
     "inactive",
     "bad_token_type",
     "sender_constrained",
+    DpopReason,  # a nested Literal is flattened (PEP 586)
 ]
 """Why a presented token (or its absence) is refused."""
 
@@ -228,6 +239,17 @@ class InvalidToken(TokenRejected):
     status = 401
     oauth_error = "invalid_token"
     reason: TokenReason = "invalid_token"
+
+
+class InvalidDpopProof(InvalidToken):
+    """A DPoP proof missing, invalid or not matching the token (RFC 9449 §7.1): 401 with the
+    ``DPoP`` challenge (web.metadata.route_challenge keys it on the error code)."""
+
+    oauth_error = "invalid_dpop_proof"
+    reason: TokenReason = "dpop_proof_malformed"
+
+    def __init__(self, reason: DpopReason, detail: str = "") -> None:
+        super().__init__(reason, detail)
 
 
 class InvalidAuthRequest(TokenRejected):
@@ -547,6 +569,7 @@ ERROR_CLASSES: Final[tuple[type[GatewayError], ...]] = (
     TokenRejected,
     MissingToken,
     InvalidToken,
+    InvalidDpopProof,
     InvalidAuthRequest,
     InsufficientScope,
     AuthUnavailable,

@@ -27,10 +27,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 _JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*")
+_BEARER = re.compile(r"(?i)\b(bearer|basic|dpop)\s+[A-Za-z0-9\-._~+/]+=*")
 # Matches wherever either pattern above could: one cheap search lets almost every string through
 # untouched (two log events per request, a dozen strings each).
-_SUSPECT = re.compile(r"eyJ|(?i:\b(?:bearer|basic)\s)")
+_SUSPECT = re.compile(r"eyJ|(?i:\b(?:bearer|basic|dpop)\s)")
 _SECRET_KEY_NAMES = ("authorization", "token", "secret", "password", "cookie", "api_key", "apikey")
 # `token_id` (a jti) and counts are fine; values of keys that *are* secrets are not.
 _SAFE_KEYS = frozenset({"token_id", "reason", "token_reason", "token_type"})

@@ -2,13 +2,15 @@
 
 A token that is a JWS naming a JWKS issuer is validated locally. Anything else goes to the
 introspection issuer (opaque tokens), if one is configured; the config allows at most one, since
-an opaque token does not say who issued it. With none, the JWT path names the reason.
+an opaque token does not say who issued it. With none, the JWT path names the reason. Either way,
+a DPoP-bound token's proof is then checked by ``dpop`` (``gateway.auth.dpop``).
 """
 
 from __future__ import annotations
 
 from ..principal import Principal
 from ..secret import PresentedToken
+from .dpop import DpopVerifier
 from .introspection import Introspector
 from .tokens import JwtAuthenticator
 
@@ -16,9 +18,13 @@ from .tokens import JwtAuthenticator
 class Authenticator:
     """Sends each presented token down one path; the token is hashed and decoded at most once."""
 
-    def __init__(self, jwt: JwtAuthenticator, introspector: Introspector | None) -> None:
+    def __init__(
+        self, jwt: JwtAuthenticator, introspector: Introspector | None, dpop: DpopVerifier | None = None
+    ) -> None:
         self._jwt = jwt
         self.introspector = introspector
+        # One per gateway: the jti values its proofs used (RFC 9449 §11.1), per route.
+        self.dpop = dpop or DpopVerifier()
 
     async def authenticate(self, token: PresentedToken, resource: str) -> Principal:
         if self.introspector is None:

@@ -60,7 +60,10 @@ CACHE_SIZE: Final = 10_000
 NEGATIVE_CACHE_MAX_S: Final = 10.0
 # RFC 7662 §2.2 members carried into the claims (``active`` and ``token_type`` are checked, not
 # kept). Extension members are dropped: later steps only ever see the standard claims.
-CLAIM_MEMBERS: Final = ("scope", "client_id", "username", "exp", "iat", "nbf", "sub", "aud", "iss", "jti")
+# `cnf` too: a DPoP binding (RFC 9449 §6.2), checked with the proof by gateway.auth.dpop.
+CLAIM_MEMBERS: Final = (
+    "scope", "client_id", "username", "exp", "iat", "nbf", "sub", "aud", "iss", "jti", "cnf",
+)  # fmt: skip
 # ``token_type`` values that denote a bearer access token (RFC 7662 §2.2 refers to RFC 6749
 # §7.1 token types; some servers answer with the token's kind or the RFC 8693 URN instead).
 _BEARER_TOKEN_TYPES: Final = frozenset(
@@ -115,14 +118,16 @@ def interpret_introspection(response: FormResponse, issuer: str) -> Introspectio
 def claims_from(document: Mapping[str, Any], issuer: str) -> IntrospectionResult:
     """The claims of an active token, for ``check_claims``; or a refusal for an unusable token kind."""
     token_type = document.get("token_type")
+    cnf = document.get("cnf")
+    dpop_bound = isinstance(cnf, dict) and isinstance(cnf.get("jkt"), str)
     if token_type is not None and (
-        not isinstance(token_type, str) or token_type.lower() not in _BEARER_TOKEN_TYPES
+        not isinstance(token_type, str)
+        or token_type.lower() not in (_BEARER_TOKEN_TYPES | {"dpop"} if dpop_bound else _BEARER_TOKEN_TYPES)
     ):
-        # A refresh token, or a DPoP token (RFC 9449 §7.1), is not a bearer access token.
+        # A refresh token is not an access token; `DPoP` (RFC 9449 §6.2) only with its cnf.jkt.
         return IntrospectionResult(refusal="bad_token_type")
-    if "cnf" in document:
-        # Sender-constrained (RFC 8705 §3.2, RFC 9449 §6.2): the binding cannot be checked on a
-        # Bearer request, so the token is not accepted as one.
+    if cnf is not None and not dpop_bound:
+        # Another binding (RFC 8705 §3.2 mTLS): it cannot be checked here, so the token is refused.
         return IntrospectionResult(refusal="sender_constrained")
     username = document.get("username")
     if username is not None and not isinstance(username, str):

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, TypeAlias
 from urllib.parse import urlsplit
 
 import cachetools
@@ -52,13 +52,21 @@ _SIGNERS = get_default_algorithms()
 # Signature-verified tokens kept (by SHA-256, never the token) so that a client reusing its token
 # costs one hash, not one signature check, per request. Bounded; see JwtAuthenticator.
 VERIFIED_CACHE_SIZE = 10_000
+AuthScheme: TypeAlias = Literal["bearer", "dpop"]
 
 
 # --- Extraction -------------------------------------------------------------------------------
 
 
 def bearer_token_from(authorization: Sequence[str], query_has_token: bool) -> PresentedToken:
-    """The token from ``Authorization: Bearer``; the only place a token is accepted (MCP, OAuth 2.1 §5.1.1).
+    """The token from ``Authorization: Bearer`` (MCP, OAuth 2.1 §5.1.1): ``presented_token_from``, no DPoP."""
+    return presented_token_from(authorization, query_has_token, dpop=False)[1]
+
+
+def presented_token_from(
+    authorization: Sequence[str], query_has_token: bool, *, dpop: bool
+) -> tuple[AuthScheme, PresentedToken]:
+    """The scheme and token from ``Authorization: Bearer``, or ``DPoP`` too if ``dpop`` (RFC 9449 §7.1).
 
     A token in the query string is refused and never read further: 400 if a header token is
     also present (RFC 6750 §2: one method only), else 401 as if no token were sent. The token
@@ -73,14 +81,15 @@ def bearer_token_from(authorization: Sequence[str], query_has_token: bool) -> Pr
     if not authorization:
         raise MissingToken()
     scheme, _, credentials = authorization[0].strip().partition(" ")
-    if scheme.lower() != "bearer":  # RFC 9110 §11.1: scheme names are case-insensitive
+    scheme = scheme.lower()  # RFC 9110 §11.1: scheme names are case-insensitive
+    if scheme != "bearer" and (scheme != "dpop" or not dpop):
         raise MissingToken("unsupported_auth_scheme")
     token = credentials.strip()
     if not token:
         raise InvalidAuthRequest("empty_bearer_token")
     if len(token) > _MAX_TOKEN_BYTES or not B64TOKEN.fullmatch(token):
-        raise InvalidToken("malformed")
-    return PresentedToken(token)
+        raise InvalidToken("malformed")  # RFC 9449 §7.1: a DPoP token is a b64token too
+    return ("dpop" if scheme == "dpop" else "bearer"), PresentedToken(token)
 
 
 # --- Pure checks ------------------------------------------------------------------------------

@@ -353,6 +353,7 @@ ISSUER_FIELDS: Final = (
     FieldSpec("jwks_refresh_cooldown_s", positive_seconds),
     FieldSpec("jwks_max_age_s", positive_seconds),
     FieldSpec("http_timeout_s", positive_seconds),
+    FieldSpec("dpop_iat_window_s", positive_seconds),
 )
 
 
@@ -590,4 +591,5 @@ ROUTE_FIELDS: Final = (
     FieldSpec("list_visibility", one_of(*(visibility.value for visibility in ListVisibility))),
     FieldSpec("credential", parse_credential),
     FieldSpec("audit_arguments", boolean),
+    FieldSpec("dpop", one_of("off", "allowed", "required")),
 )

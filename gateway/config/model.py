@@ -22,6 +22,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "Credential",
+    "DpopMode",
     "GatewayConfig",
     "HealthCheckConfig",
     "IntrospectionConfig",
@@ -109,6 +110,8 @@ JwksSource: TypeAlias = JwksDiscover | JwksUrl | JwksFile
 
 ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
 ScopeMode = Literal["operation", "caller", "none"]
+# RFC 9449 per route: off (Bearer only), allowed (DPoP or Bearer), required (DPoP only).
+DpopMode = Literal["off", "allowed", "required"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,7 @@ class IssuerConfig:
     jwks_max_age_s: float = 600.0  # keys are refetched in the background after this age
     http_timeout_s: float = 5.0
     introspection: IntrospectionConfig | None = None
+    dpop_iat_window_s: float = 300.0  # a DPoP proof's iat may be this far off now (RFC 9449 §11.1)
 
 
 # --- Downstream credentials: a closed choice per route (`credential:`) -----------------------
@@ -291,6 +295,7 @@ class RouteConfig:
     policy: RoutePolicy = field(default_factory=RoutePolicy)
     scopes_supported: tuple[str, ...] | None = None  # explicit PRM scopes; None: derived from rules
     audit_arguments: bool = False  # include tool arguments in audit events
+    dpop: DpopMode = "allowed"  # RFC 9449 proofs; see README "DPoP" for why allowed
 
     @property
     def scopes(self) -> tuple[str, ...]:

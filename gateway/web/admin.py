@@ -79,7 +79,9 @@ def start_admin(gateway_app: web.Application, config: GatewayConfig) -> AdminLis
     gateway_app[ADMIN] = listener
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        runner = web.AppRunner(admin_app(gateway_app), access_log=None)
+        # Idle connections close as on the MCP listener (aiohttp's own default is an hour).
+        keepalive_s = config.limits.keepalive_timeout_s
+        runner = web.AppRunner(admin_app(gateway_app), access_log=None, keepalive_timeout=keepalive_s)
         await runner.setup()
         try:
             site = web.TCPSite(runner, listener.config.host, listener.config.port)

@@ -43,6 +43,10 @@ def prm_document(config: GatewayConfig, route: RouteConfig) -> dict[str, Any]:
         "bearer_methods_supported": ["header"],
         "resource_name": route.resource_name or route.path,
     }
+    if route.dpop != "off":  # RFC 9728 §2; RFC 9449 §5.1 names the same algs for the AS
+        doc["dpop_signing_alg_values_supported"] = list(dpop_algorithms(config))
+    if route.dpop == "required":
+        doc["dpop_bound_access_tokens_required"] = True
     # §3.2: parameters with zero values must be omitted.
     return {key: value for key, value in doc.items() if value not in ([], None, "")}
 
@@ -80,18 +84,41 @@ def bearer_challenge(
     return "Bearer " + ", ".join(f"{name}={quoted_string(value)}" for name, value in params)
 
 
+def dpop_algorithms(config: GatewayConfig) -> tuple[str, ...]:
+    """The algs a DPoP proof may use: every issuer's pinned list (all asymmetric), de-duplicated."""
+    return tuple(dict.fromkeys(alg for issuer in config.issuers for alg in issuer.algorithms))
+
+
+def dpop_challenge(
+    *, resource_metadata: str, algs: Sequence[str], scopes: Sequence[str] = (), error: str | None = None
+) -> str:
+    """Build ``WWW-Authenticate: DPoP …`` (RFC 9449 §7.1): the Bearer parameters plus ``algs``."""
+    bearer = bearer_challenge(resource_metadata=resource_metadata, scopes=scopes, error=error)
+    return "DPoP " + bearer.removeprefix("Bearer ") + f", algs={quoted_string(' '.join(algs))}"
+
+
 def route_challenge(config: GatewayConfig, route: RouteConfig) -> Challenge:
     """The route's ``WWW-Authenticate`` builder, for ``GatewayError.headers``.
 
     An error that names no scopes asks for the route's first challenge (``challenge_scopes``,
     else the route's own scopes: what any request on it needs).
+    On a ``dpop`` route a proof refusal (``invalid_dpop_proof``), and with ``dpop: required`` any
+    refusal, carries the DPoP challenge; while Bearer is still accepted (``allowed``), the Bearer
+    challenge follows it as a second one (RFC 9449 §7.1, RFC 9110 §11.6.1), without the error
+    code, which RFC 6750 does not define. Other refusals on an ``allowed`` route stay Bearer only:
+    the metadata already says DPoP is supported.
     """
     resource_metadata = prm_url(config, route)
+    algs = dpop_algorithms(config)
 
     def challenge(scopes: tuple[str, ...], error: str | None) -> str:
-        return bearer_challenge(
-            resource_metadata=resource_metadata, scopes=scopes or route.policy.first_challenge, error=error
-        )
+        scopes = scopes or route.policy.first_challenge
+        if route.dpop == "off" or (route.dpop == "allowed" and error != "invalid_dpop_proof"):
+            return bearer_challenge(resource_metadata=resource_metadata, scopes=scopes, error=error)
+        dpop = dpop_challenge(resource_metadata=resource_metadata, algs=algs, scopes=scopes, error=error)
+        if route.dpop == "required":
+            return dpop
+        return f"{dpop}, {bearer_challenge(resource_metadata=resource_metadata, scopes=scopes)}"
 
     return challenge
 

@@ -6,7 +6,8 @@ the MCP pipeline, in the order the spec needs:
 1. ``check_origin``   a present ``Origin`` must be allowed (DNS-rebinding defence), before the
                       token, so a hostile page learns nothing from 401 vs 403;
 2. ``check_method``   GET, POST, DELETE (and a CORS preflight);
-3. ``authenticate``   the bearer token → ``Principal``, or 401 with the route's challenge;
+3. ``authenticate``   the bearer token (or DPoP token and proof) → ``Principal``, or 401 with
+                      the route's challenge;
    ``open_session``   a sealed ``Mcp-Session-Id`` opened for this caller (``gateway.sealing``):
                       another user's session is answered as an unknown one, 404;
 4. ``read_body``      only once the caller is known, bounded by the route's ``max_body_bytes``,
@@ -32,13 +33,16 @@ from urllib.parse import unquote_plus
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..auth.tokens import bearer_token_from
+from ..auth.dpop import ProofContext, bound_key, route_htu
+from ..auth.tokens import AuthScheme, presented_token_from
 from ..config import RouteConfig
 from ..errors import (
     AuthError,
     BodyTimeout,
     BodyTooLarge,
     InsufficientScope,
+    InvalidDpopProof,
+    InvalidToken,
     MalformedBody,
     MethodNotAllowed,
     OriginForbidden,
@@ -151,16 +155,46 @@ def check_method(request: web.Request) -> None:
 
 
 async def authenticate(gateway: Gateway, route: RouteConfig, request: web.Request) -> Principal:
-    """The caller, from ``Authorization: Bearer`` only; a refusal names the scopes to ask for."""
+    """The caller, from ``Authorization: Bearer`` or (route ``dpop``) ``DPoP`` with its proof;
+    a refusal names the scopes to ask for."""
     authorization = request.headers.getall("Authorization", [])
     try:
-        token = bearer_token_from(authorization, query_carries_token(request.query_string, authorization))
+        in_query = query_carries_token(request.query_string, authorization)
+        scheme, token = presented_token_from(authorization, in_query, dpop=route.dpop != "off")
+        if scheme == "bearer" and route.dpop == "required":
+            raise InvalidDpopProof("dpop_required", "scheme Bearer, route dpop: required")
         principal = await gateway.authenticator.authenticate(token, route.resource)
+        check_binding(gateway, route, request, scheme, principal)
     except AuthError as exc:
         exc.scopes = exc.scopes or challenge_hint(route, request)
         raise
     request[PRINCIPAL] = principal
     return principal
+
+
+def check_binding(
+    gateway: Gateway, route: RouteConfig, request: web.Request, scheme: AuthScheme, principal: Principal
+) -> None:
+    """A DPoP-bound token only with a valid proof of its key, a ``DPoP`` request only with a bound
+    token (RFC 9449 §7.1); the proof's own checks are ``gateway.auth.dpop``'s."""
+    jkt = bound_key(principal.claims)
+    if scheme == "bearer":
+        if jkt is not None:  # a leaked bound token must not work without its key
+            raise (InvalidToken if route.dpop == "off" else InvalidDpopProof)("dpop_bound_token_as_bearer")
+        return
+    if jkt is None:
+        raise InvalidDpopProof("dpop_unbound_token", "scheme DPoP, token without cnf.jkt")
+    # The principal's issuer is a configured one: both authentication paths only know those.
+    issuer = next(issuer for issuer in gateway.config.issuers if issuer.issuer == principal.issuer)
+    context = ProofContext(
+        method=request.method,
+        htu=route_htu(gateway.config.public_url, route.path),  # never from the Host header
+        token=principal.token,
+        jkt=jkt,
+        algorithms=issuer.algorithms,
+        iat_window_s=issuer.dpop_iat_window_s,
+    )
+    gateway.authenticator.dpop.verify(route.path, request.headers.getall("DPoP", []), context)
 
 
 def query_carries_token(query: str, authorization: list[str]) -> bool:

@@ -112,6 +112,7 @@ async def test_sdk_client_discovers_registers_and_authorizes_through_the_gateway
                 "authorization_servers": [authorization_server.issuer],
                 "scopes_supported": ["mcp:access", "demo:read", "demo:write"],
                 "bearer_methods_supported": ["header"],
+                "dpop_signing_alg_values_supported": ["RS256"],  # dpop: allowed by default
                 "resource_name": "/mcp",
             }
         assert "authorization" not in wire[0].request_headers

@@ -48,6 +48,7 @@ async def test_protected_resource_metadata_per_route_and_root(gateway: Gateway) 
                 "authorization_servers": [gateway.config.issuers[0].issuer],
                 "scopes_supported": ["mcp:access"],
                 "bearer_methods_supported": ["header"],
+                "dpop_signing_alg_values_supported": ["RS256", "ES256"],  # dpop: allowed by default
                 "resource_name": "/mcp",
             }
         async with http.get(gateway.url + "/mcp/.well-known/oauth-protected-resource") as response:

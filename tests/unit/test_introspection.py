@@ -147,7 +147,7 @@ async def test_answer_without_iss_means_the_configured_issuer(
         ({"username": 7}, "bad_claim"),
         ({"token_type": "refresh_token"}, "bad_token_type"),
         ({"token_type": "DPoP"}, "bad_token_type"),
-        ({"cnf": {"jkt": "abc"}}, "sender_constrained"),
+        ({"cnf": {"x5t#S256": "abc"}}, "sender_constrained"),  # a DPoP cnf.jkt is checked with its proof
     ],
 )
 async def test_refused_tokens(

@@ -34,6 +34,7 @@ def test_prm_document_fields_and_no_offline_access() -> None:
         "authorization_servers": ["https://as.example/tenant"],
         "scopes_supported": ["mcp:access"],
         "bearer_methods_supported": ["header"],
+        "dpop_signing_alg_values_supported": ["RS256"],  # dpop: allowed by default
         "resource_name": "/github/mcp",
     }
 
