@@ -14,6 +14,7 @@ set (``Reason``), since they are metric labels.
     │   │   ├── MissingToken         401  no credentials at all (no ``error`` parameter)
     │   │   ├── InvalidToken         401  invalid_token
     │   │   │   └── InvalidDpopProof 401  invalid_dpop_proof, with the DPoP challenge (RFC 9449)
+    │   │   │       └── DpopNonceRequired 401  use_dpop_nonce, with a fresh DPoP-Nonce (RFC 9449 §9)
     │   │   └── InvalidAuthRequest   400  invalid_request
     │   ├── InsufficientScope        403  insufficient_scope (step-up)
     │   └── AuthUnavailable          503  keys could not be loaded (Retry-After)
@@ -45,119 +46,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Final, Literal, Protocol, TypeAlias
+from typing import Final, Protocol, TypeAlias
 
-DpopReason: TypeAlias = Literal[
-    "dpop_proof_missing", "dpop_proof_duplicate", "dpop_proof_malformed", "dpop_bad_typ",
-    "dpop_alg_not_allowed", "dpop_private_key", "dpop_bad_signature", "dpop_htm_mismatch",
-    "dpop_htu_mismatch", "dpop_iat_out_of_window", "dpop_replayed", "dpop_replay_cache_full",
-    "dpop_ath_mismatch", "dpop_jkt_mismatch", "dpop_unbound_token", "dpop_bound_token_as_bearer",
-    "dpop_required",
-]  # fmt: skip
-"""Why a DPoP proof (RFC 9449 §4.3), or its absence, is refused (``InvalidDpopProof``)."""
-
-TokenReason: TypeAlias = Literal[
-    "missing_token",
-    "invalid_token",
-    "invalid_request",
-    # the bearer token as presented (RFC 6750 §2)
-    "duplicate_authorization_header",
-    "empty_bearer_token",
-    "token_in_query",
-    "token_in_query_and_header",
-    "unsupported_auth_scheme",
-    # the JWT and its claims (RFC 9068, RFC 7519)
-    "malformed",
-    "alg_not_allowed",
-    "bad_typ",
-    "refused_header_param",
-    "unknown_issuer",
-    "unknown_kid",
-    "bad_signature",
-    "bad_issuer",
-    "bad_audience",
-    "missing_audience",
-    "missing_claim",
-    "bad_claim",
-    "expired",
-    "not_yet_valid",
-    "issued_in_future",
-    # introspection (RFC 7662)
-    "inactive",
-    "bad_token_type",
-    "sender_constrained",
-    DpopReason,  # a nested Literal is flattened (PEP 586)
-]
-"""Why a presented token (or its absence) is refused."""
-
-McpReason: TypeAlias = Literal[
-    "empty_body",
-    "invalid_json",
-    "too_deep",
-    "batch_not_allowed",
-    "empty_batch",
-    "invalid_batch",
-    "duplicate_id",
-    "invalid_message",
-    "method_case_variant",
-    "method_not_printable_ascii",
-    "response_not_allowed",
-    "invalid_params",
-    "invalid_name",
-    "invalid_uri",
-    "ambiguous_uri",
-    "invalid_ref",
-    "header_mismatch",
-]
-"""Why the strict MCP reading refuses a POST body (``McpRejected``)."""
-
-UpstreamReason: TypeAlias = Literal[
-    "upstream_unavailable",
-    "upstream_timeout",
-    "upstream_connect_timeout",
-    "upstream_failed",
-    "upstream_refused",
-    "upstream_stream_broken",
-    "upstream_response_too_large",
-    # an answer the client must not see (gateway.mcp.answers.answer_kind)
-    "upstream_auth_refused",
-    "upstream_redirect",
-    "upstream_content_type",
-    "upstream_content_encoding",
-    "upstream_unreadable_answer",
-]
-"""Why the upstream gave no (complete) answer."""
-
-ShedReason: TypeAlias = Literal["upstream_circuit_open", "upstream_busy"]
-"""Why a request was not sent to its upstream at all (``UpstreamShed``)."""
-
-Reason: TypeAlias = (
-    TokenReason
-    | McpReason
-    | UpstreamReason
-    | ShedReason
-    | Literal[
-        "internal_error",
-        "insufficient_scope",
-        "keys_unavailable",
-        "introspection_unavailable",
-        "origin_forbidden",
-        "policy_denied",
-        "body_too_large",
-        "method_not_allowed",
-        "unknown_session",
-        "unknown_task",
-        "exchange_unavailable",
-        "exchange_refused",
-        "minting_failed",
-        "shutting_down",
-        "body_timeout",
-        "malformed_body",
-        "too_many_streams",
-        "body_budget_exhausted",
-    ]
-)
-"""Every ``reason`` an error can carry: a closed set, since it is a metric label."""
+# The reasons live in gateway.reasons; `X as X` re-exports them (mypy --strict) from here, where
+# the errors that carry them are.
+from .reasons import DpopReason as DpopReason
+from .reasons import McpReason as McpReason
+from .reasons import Reason as Reason
+from .reasons import ShedReason as ShedReason
+from .reasons import TokenReason as TokenReason
+from .reasons import UpstreamReason as UpstreamReason
 
 
 class Challenge(Protocol):
@@ -250,6 +148,21 @@ class InvalidDpopProof(InvalidToken):
 
     def __init__(self, reason: DpopReason, detail: str = "") -> None:
         super().__init__(reason, detail)
+
+
+class DpopNonceRequired(InvalidDpopProof):
+    """A proof without a valid server nonce on a ``dpop_nonce`` route (RFC 9449 §9): 401
+    ``use_dpop_nonce`` with the DPoP challenge and a fresh nonce in ``DPoP-Nonce`` to retry with."""
+
+    oauth_error = "use_dpop_nonce"
+    reason: TokenReason = "dpop_nonce_missing"
+
+    def __init__(self, reason: DpopReason, nonce: str, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.nonce = nonce
+
+    def headers(self, challenge: Challenge | None) -> dict[str, str]:
+        return {**super().headers(challenge), "DPoP-Nonce": self.nonce}
 
 
 class InvalidAuthRequest(TokenRejected):
@@ -570,6 +483,7 @@ ERROR_CLASSES: Final[tuple[type[GatewayError], ...]] = (
     MissingToken,
     InvalidToken,
     InvalidDpopProof,
+    DpopNonceRequired,
     InvalidAuthRequest,
     InsufficientScope,
     AuthUnavailable,

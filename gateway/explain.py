@@ -20,14 +20,28 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
+from .auth.dpop import bound_key
 from .auth.tokens import audience_matches, bearer_token_from, check_claims, check_header, scopes_of, split_jws
 from .config import GatewayConfig, RouteConfig
-from .errors import BodyTooLarge, InsufficientScope, InvalidToken, PolicyDenied, TokenReason
+from .errors import BodyTooLarge, DpopReason, InsufficientScope, InvalidDpopProof, InvalidToken, PolicyDenied
+
+# The model lives in gateway.explain_model; re-exported here for the command's callers.
+from .explain_model import EXIT_FORWARDED as EXIT_FORWARDED
+from .explain_model import EXIT_REFUSED as EXIT_REFUSED
+from .explain_model import EXIT_USAGE as EXIT_USAGE
+from .explain_model import NOT_VERIFIED as NOT_VERIFIED
+from .explain_model import Caller as Caller
+from .explain_model import DpopBinding as DpopBinding
+from .explain_model import Explanation as Explanation
+from .explain_model import MessageExplanation as MessageExplanation
+from .explain_model import Outcome as Outcome
+from .explain_model import Refusal as Refusal
+from .explain_model import TokenProblem as TokenProblem
+from .explain_model import TokenSummary as TokenSummary
 from .mcp import visibility
 from .mcp.messages import PROTOCOL_VERSION_HEADER, HeaderValues, McpRejected, parse_post
-from .mcp.methods import Target
 from .mcp.policy import (
     DecidingRule,
     Decision,
@@ -56,98 +70,6 @@ __all__ = [
     "run",
     "to_json",
 ]
-
-EXIT_FORWARDED = 0
-EXIT_REFUSED = 1  # denied by the policy, or refused before it (token, body)
-EXIT_USAGE = 2  # bad arguments, unreadable or invalid config, unknown route
-
-NOT_VERIFIED = "token signature NOT verified (offline explain)"
-
-
-# =========================================================================== the model
-
-
-@dataclass(frozen=True, slots=True)
-class TokenProblem:
-    """Why the gateway would refuse the token (401 ``invalid_token``) before any policy decision."""
-
-    reason: TokenReason  # the gateway's own reason, as its log line names it
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class TokenSummary:
-    """What an unverified token says about its caller."""
-
-    decoded: bool
-    claims: Mapping[str, Any]  # iss, sub, client_id, aud, exp as present in the token
-    problems: tuple[TokenProblem, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    source: str  # "scopes" or "token"
-    scopes: tuple[str, ...]
-    token: TokenSummary | None = None
-
-    @property
-    def problems(self) -> tuple[TokenProblem, ...]:
-        return self.token.problems if self.token is not None else ()
-
-
-@dataclass(frozen=True, slots=True)
-class MessageExplanation:
-    index: int  # 1-based position in the body
-    kind: str  # request, notification, response
-    id: str | int | None
-    method: str
-    target: Target | None
-    decision: Decision  # its ``rules`` are the configured rules that decided, with their lines
-    # A */list request the policy allows: how its result will be filtered for the caller.
-    listing: visibility.ListFiltering | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """The body refused before any decision."""
-
-    reason: str
-    detail: str
-    status: int
-    jsonrpc_code: int
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The gateway's answer: forwarded, or an HTTP error as it would be rendered."""
-
-    forwarded: bool
-    summary: str  # one line, e.g. 'HTTP 403 insufficient_scope, scope="a b"'
-    status: int | None = None
-    jsonrpc_code: int | None = None
-    error: str | None = None  # the OAuth error code in the challenge, if any
-    scope: tuple[str, ...] | None = None  # the challenge's ``scope``, if any
-    www_authenticate: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Explanation:
-    config: str  # the config file as named on the command line
-    route: str
-    resource: str
-    caller: Caller
-    protocol_version: str | None
-    version_header: bool  # whether MCP-Protocol-Version was sent (else the version is assumed)
-    is_batch: bool
-    refusal: Refusal | None
-    messages: tuple[MessageExplanation, ...]
-    policy_outcome: Outcome | None  # what the body and policy alone lead to; None if never reached
-    outcome: Outcome  # the answer, token refusal included
-
-    @property
-    def exit_status(self) -> int:
-        return EXIT_FORWARDED if self.outcome.forwarded else EXIT_REFUSED
-
 
 # =========================================================================== the caller
 
@@ -199,6 +121,7 @@ def caller_from_token(token: str, config: GatewayConfig, route: RouteConfig, now
         if problem not in problems:
             problems.append(problem)
 
+    binding = _binding(claims, route, problems)
     shown = {
         "iss": claims.get("iss"),
         "sub": claims.get("sub"),
@@ -206,7 +129,29 @@ def caller_from_token(token: str, config: GatewayConfig, route: RouteConfig, now
         "aud": claims.get("aud"),
         "exp": claims.get("exp"),
     }
-    return Caller("token", scopes, TokenSummary(True, shown, tuple(problems)))
+    return Caller("token", scopes, TokenSummary(True, shown, tuple(problems), binding))
+
+
+def _binding(
+    claims: Mapping[str, Any], route: RouteConfig, problems: list[TokenProblem]
+) -> DpopBinding | None:
+    """The token's DPoP binding, adding the refusals the route's ``dpop`` mode makes of it (as
+    ``pipeline.check_binding`` and ``authenticate`` do: a proof is assumed to be sent)."""
+    dpop_error = "invalid_dpop_proof" if route.dpop != "off" else "invalid_token"
+    try:
+        jkt = bound_key(claims)
+    except InvalidToken as exc:  # a cnf the gateway cannot check (mTLS): refused either way
+        problems.append(TokenProblem(exc.reason, _with_detail("token binding refused", exc.detail)))
+        return None
+    if jkt is None:
+        if route.dpop == "required":
+            message = "this route has dpop: required and the token is not DPoP-bound (no cnf.jkt)"
+            problems.append(TokenProblem("dpop_required", message, dpop_error))
+        return None
+    if route.dpop == "off":
+        message = f"the token is DPoP-bound (cnf.jkt {_shown(jkt)}) and this route has dpop: off"
+        problems.append(TokenProblem("dpop_bound_token_as_bearer", message, dpop_error))
+    return DpopBinding(jkt, route.dpop, route.dpop_nonce)
 
 
 def _audiences(claims: Mapping[str, Any]) -> tuple[str, ...] | None:
@@ -358,8 +303,10 @@ def combine_decisions(
 def _token_outcome(config: GatewayConfig, route: RouteConfig, caller: Caller) -> Outcome | None:
     if not caller.problems:
         return None
-    reason = caller.problems[0].reason  # the first check the gateway would fail
-    outcome = _challenge(config, route, InvalidToken(reason))
+    first = caller.problems[0]  # the first check the gateway would fail
+    reason = first.reason
+    error = InvalidDpopProof(cast(DpopReason, reason)) if first.error == "invalid_dpop_proof" else None
+    outcome = _challenge(config, route, error or InvalidToken(reason))
     return Outcome(
         forwarded=False,
         summary=f"HTTP {outcome.status} {outcome.error} ({reason}), before any policy decision",
@@ -438,10 +385,13 @@ def render_text(explanation: Explanation) -> str:
                 lines.append(f"  {name}: {_shown(value)}")
         if e.caller.token.decoded:
             lines.append(f"  scopes: {_scopes(e.caller.scopes)}")
+        if (binding := e.caller.token.binding) is not None:
+            lines.append(f"  DPoP-bound: cnf.jkt {_shown(binding.jkt)}")
+            lines.append(f"    {binding.requirement}")
         for problem in e.caller.problems:
             lines.append(
                 f"  WARNING: {problem.message}: the gateway would refuse this token with HTTP 401 "
-                f"invalid_token ({problem.reason}) before any policy decision"
+                f"{problem.error} ({problem.reason}) before any policy decision"
             )
     if e.protocol_version is not None:
         shape = f"batch of {len(e.messages)}" if e.is_batch else "single message"
@@ -481,6 +431,18 @@ def _outcome_json(outcome: Outcome | None) -> dict[str, Any] | None:
     }
 
 
+def _binding_json(binding: DpopBinding | None) -> dict[str, Any] | None:
+    if binding is None:
+        return None
+    return {
+        "jkt": binding.jkt,
+        "route_dpop": binding.route_dpop,
+        "needs_proof": binding.needs_proof,
+        "nonce": binding.nonce,
+        "requirement": binding.requirement,
+    }
+
+
 def to_json(explanation: Explanation) -> dict[str, Any]:
     """The explanation as one JSON-ready object (the ``--json`` output)."""
     e = explanation
@@ -499,7 +461,10 @@ def to_json(explanation: Explanation) -> dict[str, Any]:
                 "note": NOT_VERIFIED,
                 "decoded": token.decoded,
                 "claims": dict(token.claims),
-                "problems": [{"reason": p.reason, "message": p.message} for p in token.problems],
+                "problems": [
+                    {"reason": p.reason, "error": p.error, "message": p.message} for p in token.problems
+                ],
+                "dpop_binding": _binding_json(token.binding),
             },
         },
         "protocol_version": e.protocol_version,

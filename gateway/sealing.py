@@ -44,7 +44,9 @@ __all__ = [
     "process_sealer",
 ]
 
-HandleKind: TypeAlias = Literal["session", "event", "task"]
+# "dpop-nonce": not a handle of the upstream's but the gateway's own RFC 9449 §8 server nonce,
+# a sealed timestamp (gateway.auth.dpop.DpopNonces), stateless for the same reasons.
+HandleKind: TypeAlias = Literal["session", "event", "task", "dpop-nonce"]
 
 KEY_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
 """What a configured key id may be: it is written into every handle, before the dot."""

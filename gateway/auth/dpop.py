@@ -6,7 +6,8 @@ one ``DPoP`` header; a compact JWS typed ``dpop+jwt``; an ``alg`` from the token
 ``htu`` naming this request (the route's public URL, never the ``Host`` header); ``iat`` within
 the issuer's ``dpop_iat_window_s``; ``ath`` the hash of this token; and the key's RFC 7638
 thumbprint the token's ``cnf.jkt`` (§6). ``DpopVerifier`` adds the one piece of state: the
-``jti`` values seen (§11.1), per route, each until its proof's ``iat`` window ends.
+``jti`` values seen (§11.1), per route, each until its proof's ``iat`` window ends, and, on a
+``dpop_nonce`` route, the server nonce (§8, §9) ``DpopNonces`` issues: a sealed timestamp, no state.
 
 Every refusal is an ``InvalidDpopProof`` with its own reason (log and metrics); the client sees
 ``invalid_dpop_proof`` only.
@@ -18,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +30,8 @@ import cachetools
 from jwt.algorithms import get_default_algorithms
 from jwt.exceptions import InvalidKeyError
 
-from ..errors import InvalidDpopProof, InvalidToken
+from ..errors import DpopNonceRequired, InvalidDpopProof, InvalidToken
+from ..sealing import StateSealer
 from ..secret import PresentedToken
 from .jwks import MIN_RSA_BITS
 from .tokens import finite_number, split_jws
@@ -80,6 +83,7 @@ class CheckedProof:
 
     jti: str
     usable_until: float  # iat + window: past this the proof is refused anyway
+    nonce: object = None  # the proof's `nonce` claim as sent (§4.2), checked on dpop_nonce routes
 
 
 # --- pure checks ------------------------------------------------------------------------------
@@ -207,7 +211,7 @@ def check_proof_claims(claims: Mapping[str, Any], context: ProofContext, now: fl
     expected = access_token_hash(context.token.reveal())
     if not isinstance(ath, str) or not hmac.compare_digest(ath.encode("ascii", "replace"), expected.encode()):
         raise InvalidDpopProof("dpop_ath_mismatch")  # §4.3 item 11: the proof is for this token
-    return CheckedProof(jti, iat + context.iat_window_s)
+    return CheckedProof(jti, iat + context.iat_window_s, claims.get("nonce"))
 
 
 def check_proof(proofs: Sequence[str], context: ProofContext, now: float) -> CheckedProof:
@@ -226,6 +230,48 @@ def check_proof(proofs: Sequence[str], context: ProofContext, now: float) -> Che
     if not hmac.compare_digest(thumbprint, context.jkt.encode("ascii", "replace")):
         raise InvalidDpopProof("dpop_jkt_mismatch")
     return checked
+
+
+# --- the server nonce -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DpopNonces:
+    """RFC 9449 §8 server nonces with no shared store: a nonce is the time it was issued, sealed
+    (AES-SIV, ``gateway.sealing``) to its route with the gateway's state key.
+
+    So any worker or replica holding the same ``state_keys`` (or, without them, the workers of
+    one ``serve --workers N``) accepts the nonce another issued, and nothing is remembered. A
+    nonce is good for ``max_age_s`` from its issue (the issuer's ``iat`` window): it only proves
+    the proof was made after the client last heard from this gateway (§8, §11.1). It does not
+    make a proof single-use; the ``jti`` cache still does that.
+    """
+
+    sealer: StateSealer
+
+    def issue(self, route: str, now: float) -> str:
+        """A fresh nonce for ``route``; its characters (key id, ``.``, base64url) are NQCHARs (§8.1)."""
+        return self.sealer.seal("dpop-nonce", f"{now:.3f}", (route,))
+
+    def check(self, nonce: object, route: str, now: float, max_age_s: float) -> None:
+        """Accept a nonce this gateway (or one with its key) issued for ``route`` within ``max_age_s``;
+        else ``DpopNonceRequired`` carrying a fresh one for the retry (§9)."""
+        if nonce is None:
+            raise DpopNonceRequired("dpop_nonce_missing", self.issue(route, now))
+        opened = self.sealer.open("dpop-nonce", nonce, (route,)) if isinstance(nonce, str) else None
+        issued = _seconds(opened)
+        if issued is None:  # forged, altered, another route's, or sealed with another key
+            raise DpopNonceRequired("dpop_nonce_invalid", self.issue(route, now))
+        if abs(now - issued) > max_age_s:  # a future one only from a replica whose clock is ahead
+            raise DpopNonceRequired("dpop_nonce_expired", self.issue(route, now), f"{now - issued:.0f}s old")
+
+
+def _seconds(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else math.nan
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 # --- the replay cache -------------------------------------------------------------------------
@@ -247,9 +293,19 @@ class DpopVerifier:
         self._cache_size = cache_size
         self._seen: dict[str, cachetools.TLRUCache[str, float, float]] = {}
 
-    def verify(self, route: str, proofs: Sequence[str], context: ProofContext) -> None:
-        """Accept the request's proof for ``route``, once; else ``InvalidDpopProof``."""
-        checked = check_proof(proofs, context, self._clock())
+    def now(self) -> float:
+        """The verifier's clock, for the nonces issued beside its checks."""
+        return self._clock()
+
+    def verify(
+        self, route: str, proofs: Sequence[str], context: ProofContext, nonces: DpopNonces | None = None
+    ) -> None:
+        """Accept the request's proof for ``route``, once; else ``InvalidDpopProof``. With
+        ``nonces`` (a ``dpop_nonce`` route) the proof must carry a nonce they accept (§9)."""
+        now = self._clock()
+        checked = check_proof(proofs, context, now)
+        if nonces is not None:  # before the jti is remembered: the client retries with a new proof
+            nonces.check(checked.nonce, route, now, context.iat_window_s)
         seen = self._seen.get(route)
         if seen is None:
             seen = cachetools.TLRUCache(self._cache_size, _remembered_until, timer=self._clock)

@@ -592,4 +592,5 @@ ROUTE_FIELDS: Final = (
     FieldSpec("credential", parse_credential),
     FieldSpec("audit_arguments", boolean),
     FieldSpec("dpop", one_of("off", "allowed", "required")),
+    FieldSpec("dpop_nonce", boolean),
 )

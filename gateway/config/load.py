@@ -316,6 +316,9 @@ def _routes(
                 resource.value, resource.shown, resource.line, route_at.key("resource"), resource.note
             )
         _check_resource_patterns(section, route_at.key("resources"))
+        if section.values.get("dpop_nonce") and section.values.get("dpop") == "off":
+            nonce_line = section.nodes["dpop_nonce"].line
+            route_at.key("dpop_nonce").problem(nonce_line, "dpop_nonce needs dpop allowed or required")
         values = {key: value for key, value in section.values.items() if key not in POLICY_KEYS}
         values["resource"] = resource.value
         values["policy"] = RoutePolicy(

@@ -296,6 +296,8 @@ class RouteConfig:
     scopes_supported: tuple[str, ...] | None = None  # explicit PRM scopes; None: derived from rules
     audit_arguments: bool = False  # include tool arguments in audit events
     dpop: DpopMode = "allowed"  # RFC 9449 proofs; see README "DPoP" for why allowed
+    # RFC 9449 §8-9: a proof must carry a server nonce (DPoP-Nonce); stateless (gateway.auth.dpop).
+    dpop_nonce: bool = False
 
     @property
     def scopes(self) -> tuple[str, ...]:

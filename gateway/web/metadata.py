@@ -97,23 +97,27 @@ def dpop_challenge(
     return "DPoP " + bearer.removeprefix("Bearer ") + f", algs={quoted_string(' '.join(algs))}"
 
 
+# The error codes RFC 9449 defines (§7.1, §9): answered with the DPoP challenge.
+DPOP_ERRORS = ("invalid_dpop_proof", "use_dpop_nonce")
+
+
 def route_challenge(config: GatewayConfig, route: RouteConfig) -> Challenge:
     """The route's ``WWW-Authenticate`` builder, for ``GatewayError.headers``.
 
     An error that names no scopes asks for the route's first challenge (``challenge_scopes``,
     else the route's own scopes: what any request on it needs).
-    On a ``dpop`` route a proof refusal (``invalid_dpop_proof``), and with ``dpop: required`` any
-    refusal, carries the DPoP challenge; while Bearer is still accepted (``allowed``), the Bearer
-    challenge follows it as a second one (RFC 9449 §7.1, RFC 9110 §11.6.1), without the error
-    code, which RFC 6750 does not define. Other refusals on an ``allowed`` route stay Bearer only:
-    the metadata already says DPoP is supported.
+    On a ``dpop`` route a proof refusal (``invalid_dpop_proof``, ``use_dpop_nonce``), and with
+    ``dpop: required`` any refusal, carries the DPoP challenge; while Bearer is still accepted
+    (``allowed``), the Bearer challenge follows it as a second one (RFC 9449 §7.1, RFC 9110
+    §11.6.1), without the error code, which RFC 6750 does not define. Other refusals on an
+    ``allowed`` route stay Bearer only: the metadata already says DPoP is supported.
     """
     resource_metadata = prm_url(config, route)
     algs = dpop_algorithms(config)
 
     def challenge(scopes: tuple[str, ...], error: str | None) -> str:
         scopes = scopes or route.policy.first_challenge
-        if route.dpop == "off" or (route.dpop == "allowed" and error != "invalid_dpop_proof"):
+        if route.dpop == "off" or (route.dpop == "allowed" and error not in DPOP_ERRORS):
             return bearer_challenge(resource_metadata=resource_metadata, scopes=scopes, error=error)
         dpop = dpop_challenge(resource_metadata=resource_metadata, algs=algs, scopes=scopes, error=error)
         if route.dpop == "required":

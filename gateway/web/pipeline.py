@@ -33,7 +33,7 @@ from urllib.parse import unquote_plus
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..auth.dpop import ProofContext, bound_key, route_htu
+from ..auth.dpop import DpopNonces, ProofContext, bound_key, route_htu
 from ..auth.tokens import AuthScheme, presented_token_from
 from ..config import RouteConfig
 from ..errors import (
@@ -62,7 +62,9 @@ from .middleware import MCP_METHOD, PRINCIPAL, REQUEST_ID, ROUTE, RPC_ID, TARGET
 from .resources import Gateway, ServedRoute
 
 MCP_METHODS = ("GET", "POST", "DELETE")
-_CORS_EXPOSED = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
+_CORS_EXPOSED = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate, DPoP-Nonce"
+# A fresh RFC 9449 §8 nonce for the answer to an accepted request on a `dpop_nonce` route.
+DPOP_NONCE = web.RequestKey("dpop_nonce", str)
 
 
 async def dispatch(gateway: Gateway, request: web.Request) -> web.StreamResponse:
@@ -124,6 +126,8 @@ async def handle_mcp(
     response_filter = chain(list_filter, TaskIdSealer(handles.seal_task_id))
     upstream_headers = {**credential, **upstream_session}
     response_headers = {"X-Request-Id": request[REQUEST_ID], **(cors_headers(origin) if origin else {})}
+    if (nonce := request.get(DPOP_NONCE)) is not None:  # §8: the nonce for the client's next proof
+        response_headers["DPoP-Nonce"] = nonce
     held.stream()  # one of the process's streams, or 503 before the upstream sees anything
     return await served.upstream.forward(
         request,
@@ -164,19 +168,28 @@ async def authenticate(gateway: Gateway, route: RouteConfig, request: web.Reques
         if scheme == "bearer" and route.dpop == "required":
             raise InvalidDpopProof("dpop_required", "scheme Bearer, route dpop: required")
         principal = await gateway.authenticator.authenticate(token, route.resource)
-        check_binding(gateway, route, request, scheme, principal)
+        nonces = DpopNonces(gateway.sealer) if route.dpop_nonce else None
+        check_binding(gateway, route, request, scheme, principal, nonces)
     except AuthError as exc:
         exc.scopes = exc.scopes or challenge_hint(route, request)
         raise
     request[PRINCIPAL] = principal
+    if nonces is not None:
+        request[DPOP_NONCE] = nonces.issue(route.path, gateway.authenticator.dpop.now())
     return principal
 
 
 def check_binding(
-    gateway: Gateway, route: RouteConfig, request: web.Request, scheme: AuthScheme, principal: Principal
+    gateway: Gateway,
+    route: RouteConfig,
+    request: web.Request,
+    scheme: AuthScheme,
+    principal: Principal,
+    nonces: DpopNonces | None = None,
 ) -> None:
     """A DPoP-bound token only with a valid proof of its key, a ``DPoP`` request only with a bound
-    token (RFC 9449 §7.1); the proof's own checks are ``gateway.auth.dpop``'s."""
+    token (RFC 9449 §7.1), its proof with a server nonce where ``nonces`` (§9); the proof's own
+    checks are ``gateway.auth.dpop``'s."""
     jkt = bound_key(principal.claims)
     if scheme == "bearer":
         if jkt is not None:  # a leaked bound token must not work without its key
@@ -194,7 +207,7 @@ def check_binding(
         algorithms=issuer.algorithms,
         iat_window_s=issuer.dpop_iat_window_s,
     )
-    gateway.authenticator.dpop.verify(route.path, request.headers.getall("DPoP", []), context)
+    gateway.authenticator.dpop.verify(route.path, request.headers.getall("DPoP", []), context, nonces)
 
 
 def query_carries_token(query: str, authorization: list[str]) -> bool:

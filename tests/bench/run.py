@@ -5,7 +5,8 @@
 Starts on 127.0.0.1: the official-SDK fixture server (tests/support/upstream_server.py), a nearly
 free upstream (tests/bench/free_upstream.py) and the gateway as a subprocess
 (``python -m gateway serve``) with JWT auth (ES256, ``jwks: {file: …}``), per-tool rules, list
-filtering and a minted downstream credential. Load: ``wrk`` (tools/call throughput and latency)
+filtering and a minted downstream credential (and one ``dpop: required`` route for the DPoP
+figure, see ``measure_dpop``). Load: ``wrk`` (tools/call throughput and latency)
 and aiohttp from this process (session setup, SSE, idle streams). With two or more cores the
 gateway is pinned to core 0 and everything else (load, upstreams) to core 1, except the SSE
 client, measured on either core (see ``measure_sse_on``). With uvloop installed the gateway runs on
@@ -38,11 +39,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.eventloop import uvloop_installed
 from gateway.sealing import StateSealer
+from tests.support.dpop import ProofKey
 from tests.support.issuer import SigningKey, TestIssuer
 from tests.support.processes import REPO_ROOT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ISSUER = "https://issuer.bench.example"
+DPOP_ROUTE = "/dpop/mcp"
 BENCH_SUBJECT = "user-1"  # TestIssuer.mint's default subject
 STATE_SECRET = "bench-state-key-" + "0" * 32  # the bench's own gateway only
 VERSION_2026 = "2026-07-28"
@@ -150,6 +153,10 @@ class Gateway:
                   minted: {{audience: https://upstream.bench.example, ttl_s: 300, scope: operation}}
             """
         )
+        # The DPoP figure's route: the free upstream again, the same policy, proofs required. A
+        # route of its own so its replay cache holds only that figure's jti.
+        dpop_route = route.format(path=DPOP_ROUTE, port=free_port_) + "  dpop: required\n"
+        self.proof_key = ProofKey.generate("ES256")
         (workdir / "state.key").write_text(STATE_SECRET)
         self.config = workdir / "gateway.yaml"
         self.config.write_text(
@@ -167,6 +174,7 @@ class Gateway:
             "routes:\n"
             + route.format(path="/sdk/mcp", port=sdk_port)
             + route.format(path="/free/mcp", port=free_port_)
+            + dpop_route
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "gateway.log"
@@ -179,6 +187,15 @@ class Gateway:
     def token(self, route: str) -> str:
         return self.issuer.mint(
             audience=f"{self.url}{route}", scope="mcp:access tools:echo tools:stream", lifetime_s=3600
+        )
+
+    def bound_token(self, route: str) -> str:
+        """``token(route)`` bound to ``proof_key`` (``cnf.jkt``, RFC 9449 §6.1)."""
+        return self.issuer.mint(
+            audience=f"{self.url}{route}",
+            scope="mcp:access tools:echo tools:stream",
+            lifetime_s=3600,
+            claims={"cnf": {"jkt": self.proof_key.jkt}},
         )
 
     def start(self, workers: int = 1, loop: str = "auto") -> None:
@@ -252,6 +269,23 @@ async def check_call(url: str, token: str | None) -> None:
             raise RuntimeError(f"sanity call to {url} failed: {response.status} {text[:300]}")
 
 
+async def check_dpop_call(gw: Gateway) -> None:
+    """The DPoP route answers a bound token with a proof, and refuses the same token as Bearer
+    (else the DPoP figure would measure something else)."""
+    url, token = gw.url + DPOP_ROUTE, gw.bound_token(DPOP_ROUTE)
+    body = call_body("echo", {"text": "hi"})
+    dpop = {**call_headers("echo", None), "Authorization": f"DPoP {token}"}
+    dpop["DPoP"] = gw.proof_key.proof("POST", url, token)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=body, headers=dpop) as response:
+            text = await response.text()
+            if response.status != 200 or '"result"' not in text:
+                raise RuntimeError(f"DPoP sanity call to {url} failed: {response.status} {text[:300]}")
+        async with http.post(url, data=body, headers=call_headers("echo", token)) as response:
+            if response.status != 401:
+                raise RuntimeError(f"the DPoP route took a bound token as Bearer: {response.status}")
+
+
 # --- wrk ----------------------------------------------------------------------------------------
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -265,11 +299,20 @@ def _seconds(text: str) -> float:
 
 
 def wrk(
-    url: str, body: str, headers: dict[str, str], connections: int, duration: float, workdir: Path
+    url: str,
+    body: str,
+    headers: dict[str, str],
+    connections: int,
+    duration: float,
+    workdir: Path,
+    script_tail: str = "",
 ) -> dict[str, Any]:
+    """One wrk run (one thread) POSTing ``body`` with ``headers``; ``script_tail`` is Lua appended
+    to the script (a ``request`` function there makes each request itself)."""
     script = workdir / "post.lua"
     lines = ['wrk.method = "POST"', f"wrk.body = [==[{body}]==]"]
     lines += [f'wrk.headers["{k}"] = [==[{v}]==]' for k, v in headers.items()]
+    lines += [script_tail] if script_tail else []
     script.write_text("\n".join(lines) + "\n")
     argv = [
         "wrk",
@@ -371,6 +414,75 @@ def bare_relay(free_url: str, duration: float, workdir: Path) -> dict[str, Any]:
         return result
     finally:
         stop(proc)
+
+
+# --- DPoP ------------------------------------------------------------------------------------------
+
+# Every DPoP request needs a proof of its own (a jti seen before is a replay, refused), and wrk
+# cannot sign one. Measured with wrk all the same, by pre-generating one proof per request with
+# distinct jti and handing them out in order from the Lua script: the bearer figure beside it is
+# wrk too, so both sides have the same client, and wrk leaves the gateway's core saturated where
+# an aiohttp loop in this process (as ``session_rate`` uses) would be the bottleneck at c=64.
+# Proofs are made just before each run, so their iat is well inside the gateway's window. Should
+# wrk send more requests than there are proofs, it starts over and those repeats are refused as
+# replays: they show up as ``non_2xx``, never silently as successes.
+_ROTATE_PROOFS_LUA = """
+local proofs = {{}}
+for line in io.lines([==[{path}]==]) do proofs[#proofs + 1] = line end
+local sent = 0
+request = function()
+  sent = sent + 1
+  wrk.headers["DPoP"] = proofs[(sent - 1) % #proofs + 1]
+  return wrk.format()
+end
+"""
+
+
+def dpop_wrk(
+    gw: Gateway, token: str, proofs: int, connections: int, duration: float, workdir: Path
+) -> dict[str, Any]:
+    """One wrk run on the DPoP route with ``proofs`` fresh proofs, one per request."""
+    url = gw.url + DPOP_ROUTE
+    path = workdir / "proofs.txt"
+    path.write_text("\n".join(gw.proof_key.proof("POST", url, token) for _ in range(proofs)) + "\n")
+    headers = {**call_headers("echo", None), "Authorization": f"DPoP {token}"}
+    body = call_body("echo", {"text": "hi"})
+    tail = _ROTATE_PROOFS_LUA.format(path=path)
+    return wrk(url, body, headers, connections, duration, workdir, script_tail=tail)
+
+
+def measure_dpop(
+    gw: Gateway, concurrency: int, duration: float, workdir: Path, rounds: int = 1
+) -> dict[str, Any]:
+    """Gateway CPU per request: a bearer token on ``/free/mcp`` against a DPoP-bound token with a
+    fresh proof on the DPoP route (same upstream, same policy), alternating for ``rounds``; the
+    medians of each. Each DPoP run gets 1.5 times the proofs the bearer run before it needed."""
+    bearer_token, bound = gw.token("/free/mcp"), gw.bound_token(DPOP_ROUTE)
+    body = call_body("echo", {"text": "hi"})
+    bearer_url = gw.url + "/free/mcp"
+    wrk(bearer_url, body, call_headers("echo", bearer_token), concurrency, 1, workdir)  # warm-up
+    dpop_wrk(gw, bound, 5000, concurrency, 1, workdir)
+    runs: dict[str, list[dict[str, Any]]] = {"bearer": [], "dpop": []}
+    for _ in range(rounds):
+        for label in runs:
+            pids = gw.pids()
+            before = cpu_seconds(pids)
+            if label == "bearer":
+                result = wrk(
+                    bearer_url, body, call_headers("echo", bearer_token), concurrency, duration, workdir
+                )
+            else:
+                wanted = runs["bearer"][-1]["rps"] * max(1, round(duration)) * 1.5 + 1000
+                result = dpop_wrk(gw, bound, int(wanted), concurrency, duration, workdir)
+            used = cpu_seconds(pids) - before
+            result["gateway_cpu_us_per_request"] = round(used / max(result["requests"], 1) * 1e6, 1)
+            runs[label].append(result)
+    out: dict[str, Any] = {label: _median_run(results) for label, results in runs.items()}
+    bearer_cpu, dpop_cpu = (out[label]["gateway_cpu_us_per_request"] for label in ("bearer", "dpop"))
+    out["extra_cpu_us_per_request"] = round(dpop_cpu - bearer_cpu, 1)
+    out["cpu_ratio"] = round(dpop_cpu / bearer_cpu, 3)
+    out["runs"] = runs
+    return out
 
 
 # --- sessions, SSE, idle streams ----------------------------------------------------------------
@@ -671,6 +783,7 @@ def main() -> int:
                 (gw.url + "/free/mcp", "/free/mcp"),
             ):
                 asyncio.run(check_call(url, gw.token(route) if route else None))
+            asyncio.run(check_dpop_call(gw))
 
             _say(f"idle streams: {args.idle_streams} GET streams through the gateway")
             result["idle_streams"] = asyncio.run(idle_streams(gw, args.idle_streams))
@@ -688,6 +801,11 @@ def main() -> int:
             _say("calibration: bare aiohttp relay (no auth/policy/logging) on the gateway's core, c=64")
             result["bare_relay"] = bare_relay(free_url, args.duration, workdir)
             _say("  ", result["bare_relay"])
+
+            _say(f"DPoP: proof vs bearer, free upstream, concurrency 64, {args.rounds} alternating rounds")
+            result["dpop"] = measure_dpop(gw, 64, args.duration, workdir, args.rounds)
+            _say("   bearer", result["dpop"]["bearer"])
+            _say("   dpop  ", result["dpop"]["dpop"])
 
             _say("session setup (2025 initialize + DELETE), concurrency 8")
             direct = asyncio.run(session_rate(sdk_url, None, args.duration))
@@ -795,6 +913,17 @@ def summarise(r: dict[str, Any]) -> list[dict[str, Any]]:
             "calibration: bare aiohttp relay CPU us/request", r["bare_relay"]["cpu_us_per_request"], "-", None
         )
     row("session setup ratio (info)", r["sessions"]["ratio"], "-", None)
+    if "dpop" in r:  # results from before the DPoP figure have no such entry
+        d = r["dpop"]
+        bearer = d["bearer"]["gateway_cpu_us_per_request"]
+        name = f"DPoP: gateway CPU us/request c=64, proof (bearer {bearer:.0f}) (info)"
+        row(name, d["dpop"]["gateway_cpu_us_per_request"], "-", None)
+        row(
+            "DPoP: extra gateway CPU us/request for the proof (info)",
+            d["extra_cpu_us_per_request"],
+            "-",
+            None,
+        )
     row(
         f"SSE time to first event, gateway ms (direct {r['sse']['direct']['ttfe_ms']:.2f})",
         r["sse"]["gateway"]["ttfe_ms"],

@@ -17,6 +17,8 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
+from gateway.auth.dpop import DpopNonces
+from gateway.sealing import StateSealer
 from tests.conftest import Gateway, GatewayFactory, LogSink, Upstream
 from tests.integration.test_authentication import INITIALIZE
 from tests.support.challenge import parse_bearer_challenge
@@ -450,3 +452,113 @@ async def test_an_introspected_binding_is_checked(
     assert answer.status == 200, answer.message
     records = await upstream.requests()
     assert len(records) == 1 and upstream_saw_no_dpop(records, token)
+
+
+# --- the server nonce (RFC 9449 §8, §9) ---------------------------------------------------------
+
+STATE_KEY = "a-state-key-of-at-least-thirty-two-bytes"
+OTHER_STATE_KEY = "another-gateways-state-key-of-32-bytes-or-more"
+
+
+def nonce_config(issuer: TestIssuer, upstream_url: str, state_key_env: str) -> str:
+    """/mcp with dpop_nonce: true, its nonces sealed with the state key in ``state_key_env``."""
+    return f"""
+        listen: {{host: 127.0.0.1, port: 0}}
+        public_url: {PUBLIC}
+        state_keys: {{keys: [{{id: k1, secret: {{env: {state_key_env}}}}}]}}
+        issuers:
+          - issuer: {issuer.issuer}
+            algorithms: [RS256, ES256]
+            jwks: {{discover: true}}
+            dpop_iat_window_s: 60
+        routes:
+          - path: /mcp
+            upstream: {upstream_url}
+            scopes: [mcp:access]
+            tools: {{"*": []}}
+            dpop_nonce: true
+        """
+
+
+@pytest.fixture
+def state_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two state keys in the environment: STATE_KEY_A (two replicas share it) and STATE_KEY_B."""
+    monkeypatch.setenv("STATE_KEY_A", STATE_KEY)
+    monkeypatch.setenv("STATE_KEY_B", OTHER_STATE_KEY)
+
+
+def with_nonce(token: str, nonce: str | None) -> dict[str, Any]:
+    """DPoP headers with a fresh proof for /mcp, carrying ``nonce`` (none if None)."""
+    return dpop_headers(token, KEY.proof("POST", HTU, token, claims={"nonce": nonce} if nonce else None))
+
+
+def asks_for_a_nonce(answer: Answer) -> str:
+    """The answer is 401 use_dpop_nonce with the DPoP challenge (Bearer after it); its DPoP-Nonce."""
+    assert answer.status == 401, answer.message
+    dpop, bearer = dpop_challenge_of(answer.headers["WWW-Authenticate"])
+    assert dpop["error"] == "use_dpop_nonce" and dpop["algs"] == ALGS
+    assert dpop["resource_metadata"] == PUBLIC + "/.well-known/oauth-protected-resource/mcp"
+    assert bearer is not None
+    return str(answer.headers["DPoP-Nonce"])
+
+
+async def test_a_nonce_route_asks_for_a_nonce_then_accepts_it(
+    issuer: TestIssuer,
+    upstream: Upstream,
+    start_gateway_with: GatewayFactory,
+    state_keys: None,
+    gateway_logs: LogSink,
+) -> None:
+    """dpop_nonce: a proof without a nonce is 401 use_dpop_nonce with a DPoP-Nonce and nothing goes
+    upstream; the retry with that nonce is answered (one upstream request) with a fresh DPoP-Nonce."""
+    gateway = await start_gateway_with(nonce_config(issuer, upstream.mcp_url, "STATE_KEY_A"))
+    token = bound_token(issuer)
+    before = len(gateway_logs.lines())
+    nonce = asks_for_a_nonce(await refused(gateway, "/mcp", with_nonce(token, None)))
+    assert await logged_reason(gateway_logs, before) == "dpop_nonce_missing"
+    assert await upstream.requests() == []
+    answer = await refused(gateway, "/mcp", with_nonce(token, nonce))
+    assert answer.status == 200, answer.message
+    assert answer.message["result"]["content"][0]["text"] == "3"
+    fresh = answer.headers["DPoP-Nonce"]
+    records = await upstream.requests()
+    assert len(records) == 1 and upstream_saw_no_dpop(records, token)
+    answer = await refused(gateway, "/mcp", with_nonce(token, fresh))  # the fresh one works too
+    assert answer.status == 200, answer.message
+
+
+async def test_a_nonce_is_good_on_a_replica_with_the_same_state_key_only(
+    issuer: TestIssuer, upstream: Upstream, start_gateway_with: GatewayFactory, state_keys: None
+) -> None:
+    """Stateless: a replica with the same state_keys takes another's nonce; a gateway with another
+    key refuses it with use_dpop_nonce (and its own nonce); nothing reaches the upstream until then."""
+    first = await start_gateway_with(nonce_config(issuer, upstream.mcp_url, "STATE_KEY_A"))
+    replica = await start_gateway_with(nonce_config(issuer, upstream.mcp_url, "STATE_KEY_A"))
+    stranger = await start_gateway_with(nonce_config(issuer, upstream.mcp_url, "STATE_KEY_B"))
+    token = bound_token(issuer)
+    foreign = asks_for_a_nonce(await refused(stranger, "/mcp", with_nonce(token, None)))
+    own = asks_for_a_nonce(await refused(first, "/mcp", with_nonce(token, foreign)))
+    assert own != foreign
+    assert await upstream.requests() == []
+    answer = await refused(replica, "/mcp", with_nonce(token, own))
+    assert answer.status == 200, answer.message
+    assert len(await upstream.requests()) == 1
+
+
+async def test_an_expired_nonce_is_refused(
+    issuer: TestIssuer,
+    upstream: Upstream,
+    start_gateway_with: GatewayFactory,
+    state_keys: None,
+    gateway_logs: LogSink,
+) -> None:
+    """A nonce sealed with the gateway's own key but older than the iat window (60 s) is refused
+    with use_dpop_nonce (dpop_nonce_expired); nothing upstream."""
+    gateway = await start_gateway_with(nonce_config(issuer, upstream.mcp_url, "STATE_KEY_A"))
+    sealer = StateSealer([("k1", STATE_KEY.encode())], "k1")
+    old = DpopNonces(sealer).issue("/mcp", time.time() - 61)
+    token = bound_token(issuer)
+    before = len(gateway_logs.lines())
+    asks_for_a_nonce(await refused(gateway, "/mcp", with_nonce(token, old)))
+    assert await logged_reason(gateway_logs, before) == "dpop_nonce_expired"
+    assert await upstream.requests() == []

@@ -38,6 +38,26 @@ def test_every_target_has_a_judged_row() -> None:
         assert row["met"] == (row["value"] >= float(bound) if op == ">=" else row["value"] <= float(bound))
 
 
+def test_dpop_figure_is_an_info_row() -> None:
+    """A run with the DPoP figure adds its CPU per request (proof, bearer named beside it) and the
+    difference as unjudged rows; results from before the figure summarise without them."""
+    with_dpop = {
+        **latest(),
+        "dpop": {
+            "bearer": {"gateway_cpu_us_per_request": 300.0},
+            "dpop": {"gateway_cpu_us_per_request": 420.5},
+            "extra_cpu_us_per_request": 120.5,
+        },
+    }
+    rows = {row["figure"]: row for row in summarise(with_dpop)}
+    proof = rows["DPoP: gateway CPU us/request c=64, proof (bearer 300) (info)"]
+    extra = rows["DPoP: extra gateway CPU us/request for the proof (info)"]
+    assert (proof["value"], proof["target"], proof["met"]) == (420.5, "-", None)
+    assert (extra["value"], extra["target"], extra["met"]) == (120.5, "-", None)
+    without = {key: value for key, value in latest().items() if key != "dpop"}
+    assert not any(row["figure"].startswith("DPoP") for row in summarise(without))
+
+
 def test_readme_table_is_from_the_committed_results() -> None:
     """The README's results name the commit of latest.json and quote its gateway CPU per request."""
     readme = (ROOT / "README.md").read_text()

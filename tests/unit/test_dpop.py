@@ -13,6 +13,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.auth.dpop import (
+    DpopNonces,
     DpopVerifier,
     ProofContext,
     access_token_hash,
@@ -23,8 +24,9 @@ from gateway.auth.dpop import (
     route_htu,
 )
 from gateway.auth.tokens import presented_token_from
-from gateway.config import parse_config_text
-from gateway.errors import InvalidDpopProof, InvalidToken, MissingToken
+from gateway.config import ConfigError, parse_config_text
+from gateway.errors import DpopNonceRequired, InvalidDpopProof, InvalidToken, MissingToken
+from gateway.sealing import StateSealer
 from gateway.secret import PresentedToken
 from gateway.upstream.proxy import upstream_request_headers
 from gateway.web.metadata import route_challenge
@@ -337,6 +339,12 @@ METADATA = "https://gw.example/.well-known/oauth-protected-resource/base"
             f'DPoP scope="mcp:access", resource_metadata="{METADATA}/required", algs="ES256 RS256"',
         ),
         (
+            "/allowed",
+            "use_dpop_nonce",
+            f'DPoP error="use_dpop_nonce", scope="mcp:access", resource_metadata="{METADATA}/allowed", '
+            f'algs="ES256 RS256", Bearer scope="mcp:access", resource_metadata="{METADATA}/allowed"',
+        ),
+        (
             "/off",
             "invalid_token",
             f'Bearer error="invalid_token", scope="mcp:access", resource_metadata="{METADATA}/off"',
@@ -349,3 +357,94 @@ def test_challenges_per_mode(route: str, error: str | None, expected: str) -> No
     routes = {route.path: route for route in config.routes}
     assert route_challenge(config, routes[route])((), error) == expected
     assert routes["/allowed"].dpop == "allowed" and config.issuers[0].dpop_iat_window_s == 300
+
+
+# --- the server nonce (§8, §9) ------------------------------------------------------------------
+
+SEALER = StateSealer([("k1", b"n" * 32)], "k1")
+NONCES = DpopNonces(SEALER)
+
+
+def altered(nonce: str) -> str:
+    """One character of the sealed payload changed (mid-string: still canonical base64url)."""
+    middle = len(nonce) // 2
+    return nonce[:middle] + ("A" if nonce[middle] != "A" else "B") + nonce[middle + 1 :]
+
+
+def nonce_refusal(nonce: object, route: str = "/mcp", now: float = NOW, nonces: DpopNonces = NONCES) -> str:
+    """The reason ``nonces`` refuse ``nonce`` with; the refusal must carry a fresh, valid nonce."""
+    with pytest.raises(DpopNonceRequired) as caught:
+        nonces.check(nonce, route, now, 300.0)
+    refusal = caught.value
+    assert refusal.status == 401 and refusal.oauth_error == "use_dpop_nonce"
+    assert refusal.headers(None) == {"DPoP-Nonce": refusal.nonce}
+    nonces.check(refusal.nonce, route, now, 300.0)  # the one to retry with is accepted
+    return refusal.reason
+
+
+def test_an_issued_nonce_is_accepted_within_its_age() -> None:
+    """A nonce is accepted on its route up to max_age_s after its issue, by any sealer with the key."""
+    nonce = NONCES.issue("/mcp", NOW)
+    NONCES.check(nonce, "/mcp", NOW, 300.0)
+    NONCES.check(nonce, "/mcp", NOW + 300.0, 300.0)
+    same_key = DpopNonces(StateSealer([("k0", b"o" * 32), ("k1", b"n" * 32)], "k0"))  # another replica
+    same_key.check(nonce, "/mcp", NOW + 1, 300.0)
+    assert all(char.isascii() and char.isprintable() and char not in '" \\' for char in nonce)  # NQCHAR
+
+
+def test_a_missing_nonce_is_asked_for() -> None:
+    """No nonce claim: use_dpop_nonce (dpop_nonce_missing) with a fresh nonce."""
+    assert nonce_refusal(None) == "dpop_nonce_missing"
+
+
+def test_an_expired_nonce_is_refused() -> None:
+    """Older than max_age_s (or as far in the future): dpop_nonce_expired."""
+    assert nonce_refusal(NONCES.issue("/mcp", NOW - 300.5)) == "dpop_nonce_expired"
+    assert nonce_refusal(NONCES.issue("/mcp", NOW + 300.5)) == "dpop_nonce_expired"
+
+
+@pytest.mark.parametrize(
+    ("case", "nonce"),
+    [
+        ("altered", altered(NONCES.issue("/mcp", NOW))),
+        ("another route's", NONCES.issue("/other", NOW)),
+        ("another key's", DpopNonces(StateSealer([("k1", b"x" * 32)], "k1")).issue("/mcp", NOW)),
+        ("a session id sealed alike", SEALER.seal("session", f"{NOW:.3f}", ("/mcp",))),
+        ("not a string", 12345),
+        ("made up", "k1.bm90LWEtbm9uY2U"),
+        ("empty", ""),
+    ],
+)
+def test_a_nonce_not_ours_is_refused(case: str, nonce: object) -> None:
+    """Tampered, for another route, sealed with another key or as another kind: dpop_nonce_invalid."""
+    assert nonce_refusal(nonce) == "dpop_nonce_invalid", case
+
+
+def test_the_verifier_checks_the_nonce_before_remembering_the_jti() -> None:
+    """With nonces, a proof without one is refused (use_dpop_nonce) and not remembered; a fresh proof
+    with the nonce given passes; without nonces the nonce claim is not looked at."""
+    verifier = DpopVerifier(Clock())
+    bare = proof()
+    with pytest.raises(DpopNonceRequired) as caught:
+        verifier.verify("/mcp", [bare], context(), NONCES)
+    verifier.verify("/mcp", [proof(claims={"nonce": caught.value.nonce})], context(), NONCES)
+    verifier.verify("/mcp", [bare], context())  # not remembered by the refusal above
+    with pytest.raises(InvalidDpopProof) as bad:  # every other check still comes first
+        verifier.verify("/mcp", [proof(claims={"htm": "GET"})], context(), NONCES)
+    assert bad.value.reason == "dpop_htm_mismatch" and not isinstance(bad.value, DpopNonceRequired)
+
+
+def test_dpop_nonce_is_a_route_key_that_needs_dpop_on() -> None:
+    """dpop_nonce defaults to false, is read per route, and with dpop: off is a config error."""
+    config = parse_config_text(
+        CONFIG.replace("dpop: required}", "dpop: required, dpop_nonce: true}"), Path("/x.yaml"), {}
+    )
+    assert [(route.path, route.dpop_nonce) for route in config.routes] == [
+        ("/allowed", False),
+        ("/required", True),
+        ("/off", False),
+    ]
+    with pytest.raises(ConfigError, match="dpop_nonce needs dpop allowed or required"):
+        parse_config_text(
+            CONFIG.replace('dpop: "off"}', 'dpop: "off", dpop_nonce: true}'), Path("/x.yaml"), {}
+        )

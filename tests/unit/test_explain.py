@@ -441,3 +441,99 @@ def test_a_body_without_a_version_header_says_its_version_is_assumed(
     header = "MCP-Protocol-Version: 2025-06-18"
     assert run(tmp_path, call("get_issue"), "--scopes", "mcp:access repo:read", "--header", header) == 0
     assert "body: protocol 2025-06-18, single message" in capsys.readouterr().out
+
+
+DPOP_CONFIG = f"""\
+public_url: https://mcp.example.com
+issuers:
+  - issuer: {ISSUER}
+    algorithms: [RS256, ES256]
+    jwks: {{discover: true}}
+routes:
+  - {{path: /mcp, upstream: "http://127.0.0.1:9000/mcp", scopes: [mcp:access], tools: {{"*": []}}}}
+  - path: /strict
+    upstream: http://127.0.0.1:9000/mcp
+    scopes: [mcp:access]
+    tools: {{"*": []}}
+    dpop: required
+    dpop_nonce: true
+  - path: /plain
+    upstream: http://127.0.0.1:9000/mcp
+    scopes: [mcp:access]
+    tools: {{"*": []}}
+    dpop: "off"
+"""
+JKT = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"  # an RFC 7638 thumbprint (RFC 7638 §3.1)
+
+
+def explain_dpop(tmp_path: Path, route: str, token: str, *args: str) -> int:
+    """explain a tools/call on ``route`` of DPOP_CONFIG (allowed /mcp, required+nonce /strict, off /plain)."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(DPOP_CONFIG)
+    body = json.dumps(call("anything"))
+    return main(
+        ["explain", "--config", str(path), "--route", route, "--request", body, "--token", token, *args]
+    )
+
+
+def bound(route: str) -> str:
+    return mint(aud="https://mcp.example.com" + route, scope="mcp:access", cnf={"jkt": JKT})
+
+
+def test_a_bound_token_says_it_needs_a_dpop_proof(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--token with cnf.jkt on a dpop: allowed route: the thumbprint, and that a request needs
+    Authorization: DPoP and a proof (Bearer refused); the outcome with a proof is forwarded."""
+    status = explain_dpop(tmp_path, "/mcp", bound("/mcp"))
+    out = capsys.readouterr().out
+    assert status == 0
+    assert f"  DPoP-bound: cnf.jkt {JKT}\n" in out
+    assert (
+        "    a request needs Authorization: DPoP and a DPoP proof of this key (route dpop: allowed); "
+        "sent as Bearer it is refused"
+    ) in out
+    assert "WARNING" not in out
+    assert out.rstrip().endswith("outcome: forwarded")
+
+
+def test_a_bound_token_in_json_names_its_binding_and_the_nonce(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json on a dpop: required, dpop_nonce route: dpop_binding has the jkt, the mode, the nonce."""
+    explain_dpop(tmp_path, "/strict", bound("/strict"), "--json")
+    token = json.loads(capsys.readouterr().out)["caller"]["token"]
+    binding = token["dpop_binding"]
+    assert binding["jkt"] == JKT
+    assert binding["route_dpop"] == "required"
+    assert binding["needs_proof"] is True and binding["nonce"] is True
+    assert "DPoP proof of this key carrying a server nonce (DPoP-Nonce)" in binding["requirement"]
+    assert token["problems"] == []
+
+
+def test_a_bound_token_on_a_dpop_off_route_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """dpop: off: the binding is shown as refused, and the answer is the pipeline's 401 invalid_token
+    (dpop_bound_token_as_bearer), Bearer challenge."""
+    status = explain_dpop(tmp_path, "/plain", bound("/plain"))
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "    refused on this route (dpop: off): a DPoP-bound token is not accepted as Bearer" in out
+    assert "HTTP 401 invalid_token (dpop_bound_token_as_bearer)" in out
+    assert "outcome: HTTP 401 invalid_token (dpop_bound_token_as_bearer), before any policy decision" in out
+    assert 'WWW-Authenticate: Bearer error="invalid_token"' in out
+
+
+def test_an_unbound_token_on_a_dpop_required_route_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """dpop: required and no cnf.jkt: 401 invalid_dpop_proof (dpop_required) with the DPoP challenge,
+    as the pipeline answers; on the allowed route the same kind of token has no binding and passes."""
+    status = explain_dpop(tmp_path, "/strict", mint(aud="https://mcp.example.com/strict", scope="mcp:access"))
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "DPoP-bound: cnf.jkt" not in out
+    assert "outcome: HTTP 401 invalid_dpop_proof (dpop_required), before any policy decision" in out
+    assert '  WWW-Authenticate: DPoP error="invalid_dpop_proof"' in out
+    explain_dpop(tmp_path, "/mcp", mint(scope="mcp:access"), "--json")
+    token = json.loads(capsys.readouterr().out)["caller"]["token"]
+    assert token["dpop_binding"] is None and token["problems"] == []

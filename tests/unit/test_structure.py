@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "gateway",
         "gateway.errors",
+        "gateway.reasons",
         "gateway.secret",
         "gateway.strictjson",
         "gateway.singleflight",
@@ -42,7 +43,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("gateway.auth", "gateway.metrics"),
     ("gateway.upstream",),
     ("gateway.web",),
-    ("gateway.server", "gateway.explain"),
+    ("gateway.server", "gateway.explain", "gateway.explain_model"),
     ("gateway.demo",),
     ("gateway.cli", "gateway.__main__"),
 )
