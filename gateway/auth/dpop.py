@@ -163,8 +163,17 @@ def one_proof(proofs: Sequence[str]) -> str:
     return proof
 
 
-def check_proof_header(header: Mapping[str, Any], algorithms: Sequence[str]) -> tuple[str, Any]:
-    """The proof's alg and the public key in its header, or a named refusal (§4.3 items 4-6)."""
+# Public keys built from proof headers, by (alg, RFC 7638 thumbprint): a client proves with the
+# same key on every request, and building an EC or RSA key object (with its point or modulus
+# checks) costs about as much as verifying the signature. The thumbprint covers exactly the
+# members a key is built from, so equal thumbprints are equal keys. Bounded; only keys that
+# passed the checks below are kept.
+_PUBLIC_KEYS: cachetools.LRUCache[tuple[str, str], Any] = cachetools.LRUCache(maxsize=10_000)
+
+
+def check_proof_header(header: Mapping[str, Any], algorithms: Sequence[str]) -> tuple[str, Any, str]:
+    """The proof's alg, the public key in its header and that key's RFC 7638 thumbprint, or a
+    named refusal (§4.3 items 4-6)."""
     typ = header.get("typ")
     if not isinstance(typ, str) or typ.lower() != DPOP_TYP:  # RFC 7515 §4.1.9: case-insensitive
         raise InvalidDpopProof("dpop_bad_typ", f"typ={str(typ)[:20]!r}")
@@ -183,13 +192,17 @@ def check_proof_header(header: Mapping[str, Any], algorithms: Sequence[str]) -> 
     kty, curves = _KEY_KINDS[alg]
     if jwk.get("kty") != kty or (curves is not None and jwk.get("crv") not in curves):
         raise InvalidDpopProof("dpop_proof_malformed", f"jwk kty/crv does not fit {alg}")
+    thumbprint = jwk_thumbprint(jwk)
+    if (key := _PUBLIC_KEYS.get((alg, thumbprint))) is not None:
+        return alg, key, thumbprint
     try:
         key = _SIGNERS[alg].from_jwk(jwk)
     except (InvalidKeyError, ValueError, TypeError, KeyError) as exc:
         raise InvalidDpopProof("dpop_proof_malformed", f"jwk: {type(exc).__name__}") from None
     if kty == "RSA" and key.key_size < MIN_RSA_BITS:  # as for JWKS keys (gateway.auth.jwks)
         raise InvalidDpopProof("dpop_proof_malformed", f"RSA key of {key.key_size} bits")
-    return alg, key
+    _PUBLIC_KEYS[alg, thumbprint] = key
+    return alg, key, thumbprint
 
 
 def check_proof_claims(claims: Mapping[str, Any], context: ProofContext, now: float) -> CheckedProof:
@@ -221,13 +234,12 @@ def check_proof(proofs: Sequence[str], context: ProofContext, now: float) -> Che
         header, claims, signing_input, signature = split_jws(proof)
     except InvalidToken as exc:
         raise InvalidDpopProof("dpop_proof_malformed", exc.detail) from None
-    alg, key = check_proof_header(header, context.algorithms)
+    alg, key, thumbprint = check_proof_header(header, context.algorithms)
     if not _SIGNERS[alg].verify(signing_input, key, signature):
         raise InvalidDpopProof("dpop_bad_signature")
     checked = check_proof_claims(claims, context, now)
     # §6.1 / §7.1: the key that signed the proof is the one the token was bound to.
-    thumbprint = jwk_thumbprint(header["jwk"]).encode("ascii")
-    if not hmac.compare_digest(thumbprint, context.jkt.encode("ascii", "replace")):
+    if not hmac.compare_digest(thumbprint.encode("ascii"), context.jkt.encode("ascii", "replace")):
         raise InvalidDpopProof("dpop_jkt_mismatch")
     return checked
 

@@ -169,6 +169,21 @@ def test_a_valid_proof_is_accepted(key: ProofKey, htu: str) -> None:
     assert checked.usable_until == NOW - 299 + 300
 
 
+def test_a_key_seen_before_still_needs_its_own_signature_and_checks() -> None:
+    """Public keys are reused by thumbprint once a proof with them passed: a later proof that
+    names the same jwk but is signed by another key is still refused, a later valid one passes,
+    and a token bound to another key still refuses the known key."""
+    check_proof([proof()], context(), NOW)  # KEY's public key is now known
+    forged = KEY.proof("POST", HTU, TOKEN, iat=NOW, signer=OTHER)
+    with pytest.raises(InvalidDpopProof) as refused:
+        check_proof([forged], context(), NOW)
+    assert refused.value.reason == "dpop_bad_signature"
+    assert check_proof([proof()], context(), NOW).usable_until == NOW + 300
+    with pytest.raises(InvalidDpopProof) as other_binding:
+        check_proof([proof()], context(jkt=OTHER.jkt), NOW)
+    assert other_binding.value.reason == "dpop_jkt_mismatch"
+
+
 def test_thumbprint_is_rfc7638() -> None:
     """RFC 7638 §3.1's own example key gives its published thumbprint."""
     jwk = {
