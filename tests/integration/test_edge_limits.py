@@ -87,12 +87,17 @@ async def raw_connection(
             await writer.wait_closed()
 
 
-async def read_response(reader: asyncio.StreamReader) -> bytes:
-    """One answer with a Content-Length, head and body, read off a raw connection."""
+async def read_message(reader: asyncio.StreamReader) -> bytes:
+    """One message (an answer, or a request as an upstream reads it) with a Content-Length or
+    none, head and body, off a raw connection."""
     head = await reader.readuntil(b"\r\n\r\n")
+    return head + await reader.readexactly(content_length(head))
+
+
+def content_length(head: bytes) -> int:
+    """A message head's Content-Length (0 without one)."""
     lengths = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
-    length = int(lengths[0].split(b":", 1)[1]) if lengths else 0
-    return head + await reader.readexactly(length)
+    return int(lengths[0].split(b":", 1)[1]) if lengths else 0
 
 
 async def trickle_headers(writer: asyncio.StreamWriter, token: str) -> None:
@@ -139,7 +144,7 @@ async def test_a_later_request_on_a_kept_alive_connection_has_the_header_timeout
     gateway = await start(start_gateway_with, issuer, upstream, header_timeout_s=0.5, keepalive_timeout_s=60)
     async with raw_connection(gateway) as (reader, writer):
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
+        assert (await read_message(reader)).startswith(b"HTTP/1.1 200")
         await asyncio.sleep(0.8)  # idle longer than the header timeout: idle is keep-alive's business
         writer.write(b"GET /healthz HTTP/1.1\r\n")  # ... and the rest never comes
         assert await closed_by_peer(reader, within=5.0)
@@ -155,7 +160,7 @@ async def test_an_idle_kept_alive_connection_is_closed_at_the_keepalive_timeout(
     async with raw_connection(gateway) as (reader, writer):
         for _ in range(3):  # busy: each answer restarts the idle time
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
+            assert (await read_message(reader)).startswith(b"HTTP/1.1 200")
             await asyncio.sleep(0.2)
         assert await closed_by_peer(reader, within=5.0)
     assert await metric(gateway, "mcp_gateway_connections_timed_out_total", phase="headers") == 0
@@ -197,7 +202,7 @@ async def test_a_body_that_stalls_gets_408_at_the_body_timeout_and_the_upstream_
     async with raw_connection(gateway) as (reader, writer):
         writer.write(post_head(issuer.mint(audience=RESOURCE), framing) + first_bytes)
         async with asyncio.timeout(5):
-            answer = await read_response(reader)
+            answer = await read_message(reader)
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
         assert error["code"] == -32600 and "timed out" in error["message"]
@@ -273,10 +278,7 @@ class StallingUpstream:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lengths = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
-            if lengths:
-                await reader.readexactly(int(lengths[0].split(b":", 1)[1]))
+            await read_message(reader)
             self.requests += 1
             writer.write(self.head)
             for part in self.parts:

@@ -28,12 +28,13 @@ from tests.integration.test_edge_limits import (
     SSE_HEAD,
     chunk,
     config_with_limits,
+    content_length,
     metric_is,
     port_of,
     post_head,
     post_initialize,
     raw_connection,
-    read_response,
+    read_message,
     stalling_upstream,
     start,
 )
@@ -93,8 +94,7 @@ async def read_body_after(head: bytes, reader: asyncio.StreamReader) -> bytes:
     """The body that follows ``head`` on a raw connection, chunked or with a Content-Length."""
     if b"transfer-encoding: chunked" in head.lower():
         return await reader.readuntil(b"\r\n0\r\n\r\n")
-    lengths = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
-    return await reader.readexactly(int(lengths[0].split(b":", 1)[1]))
+    return await reader.readexactly(content_length(head))
 
 
 def reset(writer: asyncio.StreamWriter) -> None:
@@ -186,7 +186,7 @@ async def test_a_long_tool_call_and_a_next_request_on_its_connection_are_not_cut
             body = await read_body_after(head, reader)
             assert b"Slept" in body or b"result" in body, body[:300]
             writer.write(HEALTHZ)
-            assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
+            assert (await read_message(reader)).startswith(b"HTTP/1.1 200")
     assert await metric(gateway, "mcp_gateway_connections_timed_out_total", phase="headers") == 0
 
 
@@ -219,8 +219,8 @@ async def test_two_complete_requests_in_one_packet_and_http_1_0_are_answered(
     async with raw_connection(gateway) as (reader, writer):
         writer.write(HEALTHZ + HEALTHZ)
         async with asyncio.timeout(5):
-            assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
-            assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
+            assert (await read_message(reader)).startswith(b"HTTP/1.1 200")
+            assert (await read_message(reader)).startswith(b"HTTP/1.1 200")
     async with raw_connection(gateway) as (reader, writer):
         writer.write(b"GET /healthz HTTP/1.0\r\n\r\n")
         received, closed = await read_until_closed(reader, within=5.0)
@@ -300,7 +300,7 @@ async def test_connection_and_body_gauges_return_to_rest_after_every_kind_of_clo
 
     async def keepalive_timeout(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         w.write(HEALTHZ)
-        assert (await read_response(r)).startswith(b"HTTP/1.1 200")
+        assert (await read_message(r)).startswith(b"HTTP/1.1 200")
         assert (await read_until_closed(r, within=5.0))[1]
 
     for name, actions in [
@@ -509,10 +509,7 @@ class PausingUpstream:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lengths = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
-            if lengths:
-                await reader.readexactly(int(lengths[0].split(b":", 1)[1]))
+            await read_message(reader)
             writer.write(SSE_HEAD)
             for part in self.parts:
                 writer.write(chunk(part))
@@ -593,10 +590,7 @@ class FloodingUpstream:
         notice = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"pad": "x" * 16000}}
         event = chunk(b"event: message\ndata: " + json.dumps(notice).encode() + b"\n\n")
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lengths = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
-            if lengths:
-                await reader.readexactly(int(lengths[0].split(b":", 1)[1]))
+            await read_message(reader)
             writer.write(SSE_HEAD)
             while True:
                 writer.write(event)
@@ -663,9 +657,7 @@ async def test_a_large_json_answer_the_client_never_reads_is_not_held_forever(
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            request = await reader.readuntil(b"\r\n\r\n")
-            lengths = [line for line in request.split(b"\r\n") if line.lower().startswith(b"content-length:")]
-            await reader.readexactly(int(lengths[0].split(b":", 1)[1]))
+            await read_message(reader)
             writer.write(head + answer)
             await writer.drain()
         writer.close()
