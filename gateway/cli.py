@@ -1,4 +1,4 @@
-"""``mcp-auth-gateway``: serve, check-config, explain, demo."""
+"""``mcp-auth-gateway``: serve, check-config, explain, simulate, demo."""
 
 from __future__ import annotations
 
@@ -47,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     check = commands.add_parser("check-config", help="validate a config and summarise its routes")
     check.add_argument("path")
+    check.add_argument(
+        "--upstream",
+        action="store_true",
+        help="also ask each upstream for its tools and check the conditions' arguments.X against them",
+    )
 
     explain = commands.add_parser(
         "explain",
@@ -58,12 +63,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     caller.add_argument("--scopes", help='the caller\'s scopes, space-separated: "a b"')
     caller.add_argument("--token", help="a JWT access token (decoded, NOT verified)")
     explain.add_argument(
+        "--claims", help="with --scopes: the token claims conditions read, as a JSON object (iss, sub, ...)"
+    )
+    explain.add_argument(
         "--request", required=True, help="the JSON-RPC body as a client would POST it, or @file"
     )
     explain.add_argument(
         "--header", action="append", default=[], metavar="'NAME: VALUE'", help="a request header (repeatable)"
     )
     explain.add_argument("--json", action="store_true", help="print one JSON object")
+
+    simulate = commands.add_parser(
+        "simulate", help="replay recorded policy decisions against a candidate config and say what changes"
+    )
+    simulate.add_argument("--config", required=True, help="path to the candidate YAML config")
+    simulate.add_argument(
+        "--decisions", required=True, help="a gateway log (JSON lines) with policy_decision events, or -"
+    )
+    simulate.add_argument(
+        "--enforce-observed", action="store_true", help="decide with the observed rules enforced"
+    )
+    simulate.add_argument(
+        "--fail-on",
+        choices=("allow", "deny", "any"),
+        default="any",
+        help="exit 1 only for changes to this answer (allow: the candidate loosens); default any",
+    )
+    simulate.add_argument(
+        "--strict", action="store_true", help="exit 1 also when some decision cannot be replayed"
+    )
+    simulate.add_argument("--json", action="store_true", help="print one JSON object")
 
     demo = commands.add_parser("demo", help="run a demo upstream, a development issuer and the gateway")
     demo.add_argument(
@@ -72,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "check-config":
-        return check_config(args.path)
+        return check_config(args.path, upstream=args.upstream)
     if args.command == "explain":
         config = _load_or_report(args.config)
         if config is None:
@@ -87,6 +116,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             token=args.token,
             request=args.request,
             headers=args.header,
+            claims=args.claims,
+            as_json=args.json,
+        )
+    if args.command == "simulate":
+        config = _load_or_report(args.config)
+        if config is None:
+            return EXIT_CONFIG_ERROR
+        from .simulate import run as run_simulate
+
+        return run_simulate(
+            config,
+            decisions=args.decisions,
+            enforce_observed=args.enforce_observed,
+            fail_on=args.fail_on,
+            strict=args.strict,
             as_json=args.json,
         )
     if args.command == "serve":
@@ -161,7 +205,7 @@ def _load_or_report(path: str) -> GatewayConfig | None:
         return None
 
 
-def check_config(path: str) -> int:
+def check_config(path: str, *, upstream: bool = False) -> int:
     config = _load_or_report(path)
     if config is None:
         return EXIT_CONFIG_ERROR
@@ -179,7 +223,49 @@ def check_config(path: str) -> int:
             print(f"warning: route {route.path}: {warning}")
     print(state_keys_summary(config))
     print(limits_summary(config.limits, open_file_limit(after_raise=True)))
+    if upstream:
+        lines, failed = asyncio.run(upstream_schema_report(config, path))
+        for line in lines:
+            print(line)
+        return 1 if failed else 0
     return 0
+
+
+async def upstream_schema_report(config: GatewayConfig, path: str) -> tuple[list[str], bool]:
+    """``--upstream``: each route whose conditions read tool arguments, its upstream's tools
+    against them (``gateway.mcp.schema_check``); whether anything is wrong or unreachable."""
+    from .mcp.schema_check import mismatches, reads_tool_arguments, unchecked
+    from .upstream.tools_probe import NeedsCaller, ProbeError, list_tools
+
+    lines: list[str] = []
+    failed = False
+    routes = [route for route in config.routes if reads_tool_arguments(route.policy)]
+    if not routes:
+        return ["upstream check: no condition reads tool arguments; no upstream asked"], False
+    for route in routes:
+        where = f"upstream check: route {route.path} -> {route.upstream}"
+        try:
+            tools = await list_tools(route)
+        except ProbeError as exc:
+            lines.append(f"{where}: unreachable: {exc}")
+            failed = True
+            continue
+        if isinstance(tools, NeedsCaller):
+            lines.append(f"{where}: skipped: {tools.reason}")
+            continue
+        found = mismatches(route.policy, tools)
+        lines.append(f"{where}: {len(tools)} tools listed, {len(found)} mismatch(es)")
+        for mismatch in found:
+            lines.append(
+                f"  {path}:{mismatch.rule.line}: {mismatch.rule.label}: tool {mismatch.tool!r} has no "
+                f"argument {mismatch.argument!r} in its inputSchema (the condition reads "
+                f"arguments.{mismatch.argument})"
+            )
+        for note in unchecked(route.policy, tools):
+            where_rule = f"{path}:{note.rule.line}: {note.rule.label}"
+            lines.append(f"  note: {where_rule}: tool {note.tool!r}: {note.why}, not checked")
+        failed = failed or bool(found)
+    return lines, failed
 
 
 def _scopes_text(scopes: Sequence[str]) -> str:

@@ -14,18 +14,22 @@ A token's signature is never verified (no network, no keys): the explanation say
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, TextIO, cast
 
+from . import explain_conditions as conditions
 from .auth.dpop import bound_key
 from .auth.tokens import audience_matches, bearer_token_from, check_claims, check_header, scopes_of, split_jws
 from .config import GatewayConfig, RouteConfig
 from .errors import BodyTooLarge, DpopReason, InsufficientScope, InvalidDpopProof, InvalidToken, PolicyDenied
+from .explain_json import to_json as to_json
 
 # The model lives in gateway.explain_model; re-exported here for the command's callers.
 from .explain_model import EXIT_FORWARDED as EXIT_FORWARDED
@@ -74,9 +78,10 @@ __all__ = [
 # =========================================================================== the caller
 
 
-def caller_from_scopes(scopes: str) -> Caller:
-    """A caller holding the space-separated ``scopes`` (order kept, repeats dropped)."""
-    return Caller("scopes", tuple(dict.fromkeys(scopes.split())))
+def caller_from_scopes(scopes: str, claims: Mapping[str, Any] | None = None) -> Caller:
+    """A caller holding the space-separated ``scopes`` (order kept, repeats dropped), and
+    ``claims`` for conditions to read (``--claims``)."""
+    return Caller("scopes", tuple(dict.fromkeys(scopes.split())), claims=MappingProxyType(dict(claims or {})))
 
 
 def caller_from_token(token: str, config: GatewayConfig, route: RouteConfig, now: float) -> Caller:
@@ -129,7 +134,8 @@ def caller_from_token(token: str, config: GatewayConfig, route: RouteConfig, now
         "aud": claims.get("aud"),
         "exp": claims.get("exp"),
     }
-    return Caller("token", scopes, TokenSummary(True, shown, tuple(problems), binding))
+    summary = TokenSummary(True, shown, tuple(problems), binding)
+    return Caller("token", scopes, summary, claims=MappingProxyType(dict(claims)))
 
 
 def _binding(
@@ -211,7 +217,7 @@ def explain(
     if token_outcome is not None and caller.token is not None and not caller.token.decoded:
         evaluated = None  # no scopes to decide with: the 401 is the whole answer
     else:
-        evaluated = _evaluate(config, route, frozenset(caller.scopes), body, headers)
+        evaluated = _evaluate(config, route, caller, body, headers)
     outcome = token_outcome or (evaluated.outcome if evaluated is not None else None)
     if outcome is None:  # unreachable: an undecodable token always has a problem
         raise ValueError("nothing to explain")
@@ -244,10 +250,11 @@ class _Evaluated:
 def _evaluate(
     config: GatewayConfig,
     route: RouteConfig,
-    granted: frozenset[str],
+    caller: Caller,
     body: bytes,
     headers: Sequence[tuple[str, str]],
 ) -> _Evaluated:
+    granted = frozenset(caller.scopes)
     if len(body) > route.max_body_bytes:
         detail = f"{len(body)} bytes > max_body_bytes {route.max_body_bytes}"
         refusal = Refusal(BodyTooLarge.reason, detail, BodyTooLarge.status, BodyTooLarge.jsonrpc_code)
@@ -258,9 +265,14 @@ def _evaluate(
         refusal = Refusal(exc.reason, exc.detail, exc.status, exc.jsonrpc_code)
         return _Evaluated(_refused_outcome(refusal), refusal=refusal)
     messages: list[MessageExplanation] = []
+    facts = conditions.caller_facts(caller, route.path)
+    shadow = route.policy.shadow
     for index, message in enumerate(post.messages, start=1):
         operation = operation_of(message)
-        decision = decide(route.policy, operation, granted)
+        decision = decide(route.policy, operation, granted, facts)
+        listing = (
+            visibility.list_filtering(route.policy, operation.method, granted) if decision.allowed else None
+        )
         messages.append(
             MessageExplanation(
                 index=index,
@@ -269,9 +281,14 @@ def _evaluate(
                 method=operation.method,
                 target=message.target,
                 decision=decision,
-                listing=visibility.list_filtering(route.policy, operation.method, granted)
-                if decision.allowed
-                else None,
+                listing=listing,
+                conditions=conditions.explain_checks(decision, operation, facts),
+                observed=None
+                if shadow is None
+                else conditions.explain_observed(shadow, operation, granted, facts),
+                listed_conditions=()
+                if listing is None
+                else conditions.listed_conditions(listing, route.policy, facts),
             )
         )
     return _Evaluated(
@@ -361,10 +378,6 @@ def _scopes(scopes: Sequence[str]) -> str:
     return " ".join(_shown(scope) for scope in scopes) or "(none)"
 
 
-def _rule_line(rule: DecidingRule) -> int | None:
-    return rule.line if isinstance(rule, Rule) else None
-
-
 def _rule_text(rule: DecidingRule, config: str) -> str:
     if isinstance(rule, Rule):
         return f"{rule.label} at {config}:{rule.line}"
@@ -378,6 +391,8 @@ def render_text(explanation: Explanation) -> str:
     lines = [f"route {e.route} (resource {e.resource}) in {e.config}"]
     if e.caller.token is None:
         lines.append(f"caller scopes (from --scopes): {_scopes(e.caller.scopes)}")
+        if e.caller.claims:
+            lines.append(f"caller claims (from --claims): {_shown(dict(e.caller.claims))}")
     else:
         lines.append(f"caller from --token: {NOT_VERIFIED}")
         for name, value in e.caller.token.claims.items():
@@ -407,98 +422,18 @@ def render_text(explanation: Explanation) -> str:
         lines.append(f"  rule: {' + '.join(_rule_text(rule, e.config) for rule in m.decision.rules)}")
         lines.append(f"  required: {_scopes(m.decision.required)}")
         lines.append(f"  missing: {_scopes(m.decision.missing)}")
+        where = functools.partial(_rule_text, config=e.config)
+        lines.extend(conditions.condition_lines(m.conditions, where))
+        if m.observed is not None:
+            lines.extend(conditions.observed_lines(m.observed, m.conditions, where))
         if m.listing is not None:
-            lines.extend(visibility.describe(m.listing, lambda rule: _rule_text(rule, e.config)))
+            lines.extend(conditions.listing_lines(m.listing, m.listed_conditions, where))
     if e.policy_outcome is not None and e.policy_outcome is not e.outcome:
         lines.append(f"with an accepted token: {e.policy_outcome.summary}")
     lines.append(f"outcome: {e.outcome.summary}")
     if e.outcome.www_authenticate is not None:
         lines.append(f"  WWW-Authenticate: {e.outcome.www_authenticate}")
     return "\n".join(lines)
-
-
-def _outcome_json(outcome: Outcome | None) -> dict[str, Any] | None:
-    if outcome is None:
-        return None
-    return {
-        "forwarded": outcome.forwarded,
-        "summary": outcome.summary,
-        "status": outcome.status,
-        "jsonrpc_code": outcome.jsonrpc_code,
-        "error": outcome.error,
-        "scope": None if outcome.scope is None else list(outcome.scope),
-        "www_authenticate": outcome.www_authenticate,
-    }
-
-
-def _binding_json(binding: DpopBinding | None) -> dict[str, Any] | None:
-    if binding is None:
-        return None
-    return {
-        "jkt": binding.jkt,
-        "route_dpop": binding.route_dpop,
-        "needs_proof": binding.needs_proof,
-        "nonce": binding.nonce,
-        "requirement": binding.requirement,
-    }
-
-
-def to_json(explanation: Explanation) -> dict[str, Any]:
-    """The explanation as one JSON-ready object (the ``--json`` output)."""
-    e = explanation
-    token = e.caller.token
-    return {
-        "config": e.config,
-        "route": e.route,
-        "resource": e.resource,
-        "caller": {
-            "source": e.caller.source,
-            "scopes": list(e.caller.scopes),
-            "token": None
-            if token is None
-            else {
-                "verified": False,
-                "note": NOT_VERIFIED,
-                "decoded": token.decoded,
-                "claims": dict(token.claims),
-                "problems": [
-                    {"reason": p.reason, "error": p.error, "message": p.message} for p in token.problems
-                ],
-                "dpop_binding": _binding_json(token.binding),
-            },
-        },
-        "protocol_version": e.protocol_version,
-        "batch": e.is_batch,
-        "refused": None
-        if e.refusal is None
-        else {
-            "reason": e.refusal.reason,
-            "detail": e.refusal.detail,
-            "status": e.refusal.status,
-            "jsonrpc_code": e.refusal.jsonrpc_code,
-        },
-        "messages": [
-            {
-                "index": m.index,
-                "kind": m.kind,
-                "id": m.id,
-                "method": m.method,
-                "target_kind": m.target.kind if m.target is not None else None,
-                "target": m.target.identifier if m.target is not None else None,
-                "decision": "ALLOW" if m.decision.allowed else "DENY",
-                "rule": m.decision.label,
-                "rules": [{"label": rule.label, "line": _rule_line(rule)} for rule in m.decision.rules],
-                "required": list(m.decision.required),
-                "missing": list(m.decision.missing),
-                "unconditional": m.decision.unconditional,
-                "list_filter": None if m.listing is None else visibility.to_json(m.listing),
-            }
-            for m in e.messages
-        ],
-        "policy_outcome": _outcome_json(e.policy_outcome),
-        "outcome": _outcome_json(e.outcome),
-        "exit_status": e.exit_status,
-    }
 
 
 # =========================================================================== the command
@@ -524,6 +459,7 @@ def run(
     token: str | None,
     request: str,
     headers: Sequence[str] = (),
+    claims: str | None = None,
     as_json: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
@@ -549,10 +485,14 @@ def run(
             return EXIT_USAGE
     else:
         body = os.fsencode(request)  # the argument's bytes, as the shell passed them
+    parsed_claims = conditions.claims_argument(claims, with_token=token is not None)
+    if isinstance(parsed_claims, str):
+        print(parsed_claims, file=err)
+        return EXIT_USAGE
     if token is not None:
         caller = caller_from_token(token, config, route, now=time.time())
     else:
-        caller = caller_from_scopes(scopes or "")
+        caller = caller_from_scopes(scopes or "", parsed_claims)
     explanation = explain(config, config_name, route, caller, body, parsed_headers)
     if as_json:
         print(json.dumps(to_json(explanation), indent=2), file=out)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from .errors import TokenReason
 from .mcp import visibility
+from .mcp.conditions import ConditionOutcome
 from .mcp.methods import Target
-from .mcp.policy import Decision
+from .mcp.policy import Decision, Rule
 
 EXIT_FORWARDED = 0
 EXIT_REFUSED = 1  # denied by the policy, or refused before it (token, body)
@@ -66,10 +68,39 @@ class Caller:
     source: str  # "scopes" or "token"
     scopes: tuple[str, ...]
     token: TokenSummary | None = None
+    # What conditions read as ``claims``: the token's whole payload, or ``--claims`` with --scopes.
+    claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def problems(self) -> tuple[TokenProblem, ...]:
         return self.token.problems if self.token is not None else ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionExplanation:
+    """One matched rule's condition for one message: each field it reads, and how it came out."""
+
+    rule: Rule
+    source: str
+    fields: tuple[tuple[str, Any], ...]  # (path, value or conditions.ABSENT)
+    outcome: ConditionOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedExplanation:
+    """The decision as the rules are written (``mode: observe`` ones enforced): logged, not enforced."""
+
+    decision: Decision
+    conditions: tuple[ConditionExplanation, ...]  # those the enforced decision did not already show
+
+
+@dataclass(frozen=True, slots=True)
+class ListedCondition:
+    """What a listed rule's condition does to the items it decides in a ``*/list`` result."""
+
+    rule: Rule
+    source: str
+    effect: str  # e.g. "shown: its condition reads arguments, decided at each call"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +113,9 @@ class MessageExplanation:
     decision: Decision  # its ``rules`` are the configured rules that decided, with their lines
     # A */list request the policy allows: how its result will be filtered for the caller.
     listing: visibility.ListFiltering | None = None
+    conditions: tuple[ConditionExplanation, ...] = ()  # every matched rule's condition, evaluated
+    observed: ObservedExplanation | None = None  # only on a route that observes rules
+    listed_conditions: tuple[ListedCondition, ...] = ()  # the listing's rules that have one
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,13 +67,14 @@ def _redact_item(key: str, value: Any) -> Any:
 # Bound (as a structlog context variable) for requests of a gateway with
 # `logging: {include_subject: false}`; `drop_subject` then removes who the caller is.
 HIDE_SUBJECT = "_hide_subject"
-SUBJECT_FIELDS = ("subject", "client_id")
+# The actor (RFC 8693 `act`) names a party too.
+SUBJECT_FIELDS = ("subject", "client_id", "actor")
 
 
 def drop_subject(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: without ``subject`` and ``client_id`` when the request asked for it."""
+    """structlog processor: without ``subject``, ``client_id`` and ``actor`` when the request asked for it."""
     if event_dict.pop(HIDE_SUBJECT, False):
         for key in SUBJECT_FIELDS:
             event_dict.pop(key, None)

@@ -43,6 +43,8 @@ METRIC_FAMILIES: Final[tuple[str, ...]] = (
     "mcp_gateway_requests_in_flight",
     "mcp_gateway_token_rejections_total",
     "mcp_gateway_policy_decisions_total",
+    "mcp_gateway_policy_observed_total",
+    "mcp_gateway_condition_schema_mismatches_total",
     "mcp_gateway_upstream_duration_seconds",
     "mcp_gateway_upstream_errors_total",
     "mcp_gateway_upstream_retries_total",
@@ -127,6 +129,20 @@ class GatewayMetrics:
             "Policy decisions per JSON-RPC message; tool is a literal tool name from the config, "
             "other, or none.",
             ("route", "decision", "tool"),
+            registry=registry,
+        )
+        self.policy_observed_decisions = Counter(
+            "mcp_gateway_policy_observed",
+            "Decisions where the rules as written (mode: observe) differ from the enforced ones: "
+            "would_deny or would_allow, by the written rules that decided.",
+            ("route", "outcome", "rule"),
+            registry=registry,
+        )
+        self.condition_schema_mismatches = Counter(
+            "mcp_gateway_condition_schema_mismatches",
+            "A rule condition reads arguments.X of a tool whose inputSchema (seen in tools/list) "
+            "has no X: counted once per route, rule, tool and argument per process.",
+            ("route", "rule"),
             registry=registry,
         )
         self.upstream_duration = Histogram(
@@ -282,6 +298,13 @@ class GatewayMetrics:
     def policy_decision(self, route: RouteConfig, allowed: bool, target: Target | None) -> None:
         decision = "allow" if allowed else "deny"
         self.policy_decisions.labels(route.path, decision, tool_label(route, target)).inc()
+
+    def policy_observed(self, route: RouteConfig, outcome: str, rule: str) -> None:
+        """``outcome``: would_deny or would_allow; ``rule``: the written rules' labels (from the config)."""
+        self.policy_observed_decisions.labels(route.path, outcome, rule).inc()
+
+    def condition_schema_mismatch(self, route: str, rule: str) -> None:
+        self.condition_schema_mismatches.labels(route, rule).inc()
 
     def upstream_responded(self, route: str, seconds: float) -> None:
         self.upstream_duration.labels(route).observe(seconds)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from ..mcp.policy import Default, GlobError, ListVisibility, Rule, compile_glob, shadowing_rule
+from ..mcp.policy import ListVisibility
 from ..secret import Secret
 from .model import (
     Credential,
@@ -53,9 +53,9 @@ from .reader import (
     section_schema,
     shown_as,
     text,
-    wrong_type,
 )
 from .resilience_fields import parse_circuit_breaker, parse_health_check
+from .rule_fields import RULE_SECTIONS, SCOPES, parse_default, rule_map
 from .yamlsource import YamlMapping, YamlNode, YamlRejected, YamlScalar
 
 # =========================================================================== URLs
@@ -398,79 +398,6 @@ def parse_route_path(node: YamlNode, at: Cursor) -> Parsed[str]:
     return path
 
 
-# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
-
-
-@accepts({"type": "string", "pattern": f"^{_SCOPE_TOKEN.pattern}$"})
-def parse_scope(node: YamlNode, at: Cursor) -> Parsed[str]:
-    value = text(node, at)
-    if value is INVALID:
-        return INVALID
-    if not _SCOPE_TOKEN.fullmatch(value):
-        return at.problem(
-            node.line,
-            "a scope must be a non-empty token of printable ASCII "
-            "without spaces, '\"' or '\\' (RFC 6749 §3.3)",
-        )
-    return value
-
-
-_SCOPES: Final = list_of(parse_scope, unique="scope")
-
-
-def rule_map(section: str) -> Parser[tuple[Rule, ...]]:
-    """An ordered map ``glob: [scopes]``; first match wins, so a pattern after one that covers it
-    can never match and is reported, as are malformed globs and scope tokens."""
-
-    def parse(node: YamlNode, at: Cursor) -> Parsed[tuple[Rule, ...]]:
-        if isinstance(node, YamlRejected):
-            return INVALID
-        if not isinstance(node, YamlMapping):
-            return at.problem(node.line, wrong_type(node, "a mapping of pattern: [scopes]"))
-        rules: list[Rule] = []
-        complete = True
-        for entry in node.entries:
-            entry_at = at.key(entry.key)
-            scopes = _SCOPES(entry.value, entry_at)
-            try:
-                regex = compile_glob(entry.key)
-            except GlobError as exc:
-                entry_at.problem(entry.key_line, f"invalid pattern: {exc}")
-                complete = False
-                continue
-            shadow = shadowing_rule(rules, entry.key)
-            if shadow is not None:
-                entry_at.problem(
-                    entry.key_line,
-                    f"pattern is shadowed by {shadow.pattern!r} at line {shadow.line} "
-                    "(the first match wins, so this one can never apply)",
-                )
-                complete = False
-            if scopes is INVALID:
-                complete = False
-                continue
-            rules.append(Rule(section, entry.key, scopes, regex, entry.key_line))
-        return tuple(rules) if complete else INVALID
-
-    return Parser(parse, {"type": "object", "additionalProperties": _SCOPES.schema})
-
-
-@accepts(or_env({"enum": [default.value for default in Default]}))
-def parse_default(node: YamlNode, at: Cursor) -> Parsed[Default]:
-    value = text(node, at)
-    if value is INVALID:
-        return INVALID
-    try:
-        return Default(value)
-    except ValueError:
-        return at.problem(node.line, f"{shown_as(node, value)} is not one of: deny, allow")
-
-
-RULE_SECTIONS: Final = ("tools", "resources", "prompts", "methods")
-# Route keys that become the route's RoutePolicy rather than RouteConfig fields of their own.
-POLICY_KEYS: Final = frozenset({"scopes", *RULE_SECTIONS, "default", "list_visibility", "challenge_scopes"})
-
 # RFC 9110 §5.1 field-name token; headers the gateway itself owns are refused.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _RESERVED_HEADERS: Final = frozenset(
@@ -572,7 +499,7 @@ def parse_credential(node: YamlNode, at: Cursor) -> Parsed[Credential]:
 ROUTE_FIELDS: Final = (
     FieldSpec("path", parse_route_path, required=True),
     FieldSpec("upstream", parse_upstream, required=True),
-    FieldSpec("scopes", _SCOPES),
+    FieldSpec("scopes", SCOPES),
     FieldSpec("resource", parse_resource),
     FieldSpec("resource_name", non_empty_text),
     FieldSpec("max_body_bytes", integer_in(1, None)),
@@ -586,11 +513,13 @@ ROUTE_FIELDS: Final = (
     FieldSpec("health_check", parse_health_check),
     *(FieldSpec(section, rule_map(section)) for section in RULE_SECTIONS),
     FieldSpec("default", parse_default),
-    FieldSpec("scopes_supported", _SCOPES),
-    FieldSpec("challenge_scopes", _SCOPES),
+    FieldSpec("scopes_supported", SCOPES),
+    FieldSpec("challenge_scopes", SCOPES),
     FieldSpec("list_visibility", one_of(*(visibility.value for visibility in ListVisibility))),
     FieldSpec("credential", parse_credential),
     FieldSpec("audit_arguments", boolean),
+    FieldSpec("audit_claims", list_of(non_empty_text, unique="claim")),
     FieldSpec("dpop", one_of("off", "allowed", "required")),
     FieldSpec("dpop_nonce", boolean),
+    FieldSpec("mode", one_of("enforce", "observe")),
 )

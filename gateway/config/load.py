@@ -15,14 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final, NamedTuple, TypeVar
 
-from ..mcp.policy import ListVisibility, RoutePolicy
+from ..mcp.policy import ListVisibility, RoutePolicy, observed_policy
 from ..mcp.uris import pattern_problem
 from ..sealing import KEY_ID, MIN_SECRET_BYTES
 from .fields import (
     ISSUER_FIELDS,
-    POLICY_KEYS,
     ROUTE_FIELDS,
-    RULE_SECTIONS,
     parse_origin,
     parse_public_url,
     parse_secret,
@@ -66,6 +64,7 @@ from .reader import (
     section_schema,
     shown_as,
 )
+from .rule_fields import POLICY_KEYS, RULE_SECTIONS
 from .signing import kid_problem, parse_signing_key
 from .yamlsource import YamlMapping, YamlNode, YamlRejected, YamlScalar, load_strict_yaml
 
@@ -321,13 +320,14 @@ def _routes(
             route_at.key("dpop_nonce").problem(nonce_line, "dpop_nonce needs dpop allowed or required")
         values = {key: value for key, value in section.values.items() if key not in POLICY_KEYS}
         values["resource"] = resource.value
-        values["policy"] = RoutePolicy(
+        written = RoutePolicy(
             route_scopes=section.values.get("scopes", ()),
             default=section.values.get("default"),
             list_visibility=ListVisibility(section.values.get("list_visibility", "step_up")),
             challenge=section.values.get("challenge_scopes"),
             **{name: section.values.get(name, ()) for name in RULE_SECTIONS},
         )
+        values["policy"] = observed_policy(written, observe_route=section.values.get("mode") == "observe")
         route = build_from(RouteConfig, replace(section, values=values))
         if not minting and isinstance(route, RouteConfig) and isinstance(route.credential, MintedCredential):
             minted_without_keys.append((route_at.key("credential"), section.nodes["credential"].line))

@@ -295,6 +295,8 @@ class RouteConfig:
     policy: RoutePolicy = field(default_factory=RoutePolicy)
     scopes_supported: tuple[str, ...] | None = None  # explicit PRM scopes; None: derived from rules
     audit_arguments: bool = False  # include tool arguments in audit events
+    # Token claims every audit event records (for `simulate`), besides those conditions read.
+    audit_claims: tuple[str, ...] = ()
     dpop: DpopMode = "allowed"  # RFC 9449 proofs; see README "DPoP" for why allowed
     # RFC 9449 §8-9: a proof must carry a server nonce (DPoP-Nonce); stateless (gateway.auth.dpop).
     dpop_nonce: bool = False
@@ -303,6 +305,11 @@ class RouteConfig:
     def scopes(self) -> tuple[str, ...]:
         """The scopes every request on this route needs (the route key ``scopes``, kept in the policy)."""
         return self.policy.route_scopes
+
+    @property
+    def audited_claims(self) -> tuple[str, ...]:
+        """The claims an audit event records: those the route's conditions read, and ``audit_claims``."""
+        return tuple(dict.fromkeys((*self.policy.claims_read, *self.audit_claims)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from ..errors import RpcId
+from .conditions import Facts
 from .messages import HANDSHAKE_VERSIONS, McpPost
 from .methods import LIST_METHODS, Listing
 from .policy import RoutePolicy, is_visible
@@ -46,7 +47,7 @@ _RESULT_MARKER: Final = b'"result"'
 class ListFilter:
     """A ``MessageRewriter`` that filters every list-shaped result for one caller."""
 
-    __slots__ = ("_granted", "_list_ids", "_mark_private", "_policy", "markers")
+    __slots__ = ("_facts", "_granted", "_list_ids", "_mark_private", "_policy", "markers")
 
     def __init__(
         self,
@@ -55,9 +56,11 @@ class ListFilter:
         *,
         list_requests: Mapping[RpcId, str] | None = None,
         mark_private: bool = False,
+        facts: Facts | None = None,
     ) -> None:
         self._policy = policy
         self._granted = granted
+        self._facts = facts  # the caller, for rule conditions (one that reads arguments shows the item)
         self._list_ids = frozenset(
             key for key in (sdk_id(rpc_id) for rpc_id in (list_requests or {})) if key is not None
         )
@@ -70,7 +73,9 @@ class ListFilter:
         )
 
     @classmethod
-    def for_post(cls, post: McpPost, policy: RoutePolicy, granted: frozenset[str]) -> ListFilter:
+    def for_post(
+        cls, post: McpPost, policy: RoutePolicy, granted: frozenset[str], facts: Facts | None = None
+    ) -> ListFilter:
         """The filter for the answer to one POST, which knows that POST's list requests."""
         requests: dict[RpcId, str] = {}
         for message in post.messages:
@@ -87,6 +92,7 @@ class ListFilter:
             granted,
             list_requests=requests,
             mark_private=post.protocol_version not in HANDSHAKE_VERSIONS,
+            facts=facts,
         )
 
     def rewrite(self, message: dict[str, Any]) -> dict[str, Any] | None:
@@ -115,8 +121,8 @@ class ListFilter:
         return None if filtered is None else {**message, "result": filtered}
 
     def _visible(self, listing: Listing) -> Callable[[str], bool]:
-        target, policy, granted = listing.target, self._policy, self._granted
-        return lambda name: is_visible(policy, target(name), granted)
+        target, policy, granted, facts = listing.target, self._policy, self._granted, self._facts
+        return lambda name: is_visible(policy, target(name), granted, facts)
 
 
 def sdk_id(value: object) -> int | str | None:

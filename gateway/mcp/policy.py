@@ -11,18 +11,24 @@ upstream's template hands it to its handler; a URI without one matches no rule a
 allowed. The same rules decide what a ``*/list`` result shows, so a caller never sees what it may
 not use (and never uses what it cannot see).
 
+A rule may also carry a condition (``gateway.mcp.conditions``): the matched rule allows only when
+it is true, a false or failing one denies with no scope to ask for. Rules in ``mode: observe``
+(or a whole route) are decided too, on the ``shadow`` policy, but only logged (``observed_policy``).
+
 Nothing here does I/O: the decision takes frozen values and returns a frozen value.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from ..errors import InsufficientScope, PolicyDenied
+from .conditions import Condition, ConditionOutcome, Facts, Subject, evaluate
+from .globs import GLOB_CHARACTERS, GlobError, compile_glob, shadowing_rule
 from .messages import McpMessage
 from .methods import (
     LIFECYCLE_METHODS,
@@ -35,6 +41,8 @@ from .methods import (
     Tool,
     target_type,
 )
+
+__all__ = ["GlobError", "compile_glob", "shadowing_rule"]  # re-exported: the rules' glob language
 
 
 class Default(Enum):
@@ -54,9 +62,6 @@ class ListVisibility(Enum):
     USABLE = "usable"  # only what the caller may use with the scopes it holds now
 
 
-_GLOB_CHARACTERS: Final = frozenset("*?[]")
-
-
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One ``pattern: [scopes]`` entry; ``line`` points into the config for explanations."""
@@ -66,6 +71,8 @@ class Rule:
     scopes: tuple[str, ...]
     regex: re.Pattern[str]
     line: int = 0
+    condition: Condition | None = None  # also needed: this CEL condition is true (``conditions``)
+    observe: bool = False  # ``mode: observe``: decided and logged, never enforced (``shadow``)
 
     def matches(self, name: str) -> bool:
         return self.regex.fullmatch(name) is not None
@@ -122,12 +129,16 @@ class RoutePolicy:
     list_visibility: ListVisibility = ListVisibility.STEP_UP
     # The scopes a 401 names (the route key ``challenge_scopes``); None: the route scopes.
     challenge: tuple[str, ...] | None = None
+    # With ``mode: observe`` rules (or route): the policy as written, every rule enforced, which
+    # each request is also decided by and a denial there logged as ``would_deny``; this policy
+    # is then the one enforced (``observed_policy``). None: nothing is observed.
+    shadow: RoutePolicy | None = None
     # Tool names written as literal (non-glob) patterns: the only tool names a metric label takes.
     literal_tools: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         literal = frozenset(
-            rule.pattern for rule in self.tools if not _GLOB_CHARACTERS.intersection(rule.pattern)
+            rule.pattern for rule in self.tools if not GLOB_CHARACTERS.intersection(rule.pattern)
         )
         object.__setattr__(self, "literal_tools", literal)  # frozen: derived once, at build time
 
@@ -145,6 +156,19 @@ class RoutePolicy:
         return self.tools + self.resources + self.prompts + self.methods
 
     @property
+    def conditions(self) -> tuple[Condition, ...]:
+        """Every rule's condition, observed rules' included."""
+        return tuple(rule.condition for rule in (self.shadow or self).all_rules if rule.condition is not None)
+
+    @property
+    def claims_read(self) -> tuple[str, ...]:
+        """The token claims some condition reads by name (``claims.repos``), for the audit events."""
+        names: dict[str, None] = {}
+        for condition in self.conditions:
+            names.update(dict.fromkeys(sorted((condition.narrowed or {}).get("claims", ()))))
+        return tuple(names)
+
+    @property
     def restricts_use(self) -> bool:
         """Whether using a tool, resource or prompt needs a rule naming it (when no ``default``
         is written): once the route has any tools, resources or prompts rule."""
@@ -152,8 +176,10 @@ class RoutePolicy:
 
     @property
     def first_challenge(self) -> tuple[str, ...]:
-        """What a 401 without a better hint names: ``challenge_scopes``, else the route scopes."""
-        return self.challenge if self.challenge is not None else self.route_scopes
+        """What a 401 without a better hint names: ``challenge_scopes``, else the route scopes
+        (as written: while rules are observed, tokens are asked for what they will need)."""
+        written = self.shadow or self
+        return written.challenge if written.challenge is not None else written.route_scopes
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +189,9 @@ class Operation:
     method: str
     target: Target | None = None
     watched: tuple[Target, ...] = ()  # subscriptions/listen: the resources whose updates it asks for
+    # A call's ``params.arguments`` (tools/call, prompts/get; ``{}`` when it sends none); None for
+    # an operation that carries none (a list item's use, a completion's target).
+    arguments: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +211,25 @@ DecidingRule: TypeAlias = Rule | DefaultRule | Unreadable | LiteralRuleRequired
 
 
 @dataclass(frozen=True, slots=True)
+class ConditionCheck:
+    """One matched rule's condition and how it came out for this operation."""
+
+    rule: Rule
+    outcome: ConditionOutcome
+
+    @property
+    def denies(self) -> bool:
+        """False or failed (fail closed); ``unknown`` (no arguments to read, a list) does not."""
+        return self.outcome.result in ("false", "error")
+
+    @property
+    def label(self) -> str:
+        """How logs name it: ``tools['send_email'] condition false`` (with the reason of an error)."""
+        reason = f" ({self.outcome.reason})" if self.outcome.reason else ""
+        return f"{self.rule.label} condition {self.outcome.result}{reason}"
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
     required: tuple[str, ...]  # every scope the operation needs (route scopes first)
@@ -189,104 +237,22 @@ class Decision:
     # The rules that decided, for audit and explain: one, or a completion's own rule and then
     # its target's.
     rules: tuple[DecidingRule, ...]
-    # True when no scope could help (no rule matched and the default denies): the answer is a
-    # plain 403, not a step-up challenge.
+    # True when no scope could help (no rule matched and the default denies, or a condition
+    # denied a caller that holds the scopes): the answer is a plain 403, not a step-up challenge.
     unconditional: bool = False
+    conditions: tuple[ConditionCheck, ...] = ()  # every matched rule's condition, evaluated
+
+    @property
+    def condition_denied(self) -> bool:
+        return any(check.denies for check in self.conditions)
 
     @property
     def label(self) -> str:
-        """How the log names the deciding rules, e.g. ``methods['completion/complete'] + prompts['x']``."""
-        return " + ".join(rule.label for rule in self.rules)
-
-
-# --- Glob patterns ------------------------------------------------------------------------------
-
-
-class GlobError(ValueError):
-    """A pattern that is not a valid glob; the message says why."""
-
-
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """Compile a case-sensitive glob: ``*`` any run of characters, ``?`` one, ``[...]`` a class.
-
-    Written out rather than taken from fnmatch so that malformed patterns are errors (fnmatch
-    silently treats an unclosed ``[`` as a literal) and ``*`` also spans ``/`` in URIs.
-    """
-    if not pattern:
-        raise GlobError("empty pattern")
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in pattern):
-        raise GlobError("control characters are not allowed in patterns")
-    parts: list[str] = []
-    index = 0
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "*":
-            parts.append(".*")
-        elif char == "?":
-            parts.append(".")
-        elif char == "[":
-            end = pattern.find("]", index + 2 if pattern[index + 1 : index + 2] in ("!", "^") else index + 1)
-            if end == -1:
-                raise GlobError("unclosed '[' in pattern")
-            body = pattern[index + 1 : end]
-            negate = body[:1] in ("!", "^")
-            body = body[1:] if negate else body
-            if not body:
-                raise GlobError("empty character class '[]'")
-            parts.append(f"[{'^' if negate else ''}{_class_body(body)}]")
-            index = end
-        elif char == "]":
-            raise GlobError("unmatched ']' in pattern")
-        else:
-            parts.append(re.escape(char))
-        index += 1
-    try:
-        return re.compile("".join(parts), re.DOTALL)
-    except re.error as exc:  # not expected after the checks above; still a config error, not a crash
-        raise GlobError(f"invalid pattern: {exc.msg}") from None
-
-
-def _class_body(body: str) -> str:
-    """A glob class body as a regex class body: ranges checked, every other character literal.
-
-    Escaping each character keeps ``\\``, ``^`` and the set operators ``&&``, ``~~``, ``||`` (which
-    ``re`` reserves) literal, as they are in a glob.
-    """
-    out: list[str] = []
-    index = 0
-    while index < len(body):
-        low = body[index]
-        if index + 2 < len(body) and body[index + 1] == "-":
-            high = body[index + 2]
-            if high < low:
-                raise GlobError(f"reversed range '{low}-{high}' in character class")
-            out.append(f"{re.escape(low)}-{re.escape(high)}")
-            index += 3
-        else:
-            out.append(re.escape(low))
-            index += 1
-    return "".join(out)
-
-
-def literal_prefix(pattern: str) -> str:
-    """The part of a glob before its first special character."""
-    match = re.search(r"[*?\[]", pattern)
-    return pattern if match is None else pattern[: match.start()]
-
-
-def shadowing_rule(earlier: Iterable[Rule], pattern: str) -> Rule | None:
-    """An earlier rule that matches everything ``pattern`` matches, so ``pattern`` can never win.
-
-    Sound for the cases people write (``*``, an identical pattern, ``prefix*`` before a pattern
-    with that literal prefix); it does not try to decide inclusion between arbitrary globs.
-    """
-    for rule in earlier:
-        if rule.pattern in ("*", pattern):
-            return rule
-        if rule.pattern.endswith("*") and literal_prefix(rule.pattern) == rule.pattern[:-1]:
-            if literal_prefix(pattern).startswith(rule.pattern[:-1]):
-                return rule
-    return None
+        """How the log names the deciding rules, e.g. ``methods['completion/complete'] + prompts['x']``,
+        and a condition that denied."""
+        rules = " + ".join(rule.label for rule in self.rules)
+        denied = [check.label for check in self.conditions if check.denies]
+        return "; ".join([rules, *denied]) if denied and not self.missing else rules
 
 
 # --- Decisions ----------------------------------------------------------------------------------
@@ -330,28 +296,43 @@ def _unmatched_rule(policy: RoutePolicy, operation: Operation) -> DefaultRule:
 SECTION_OF: Final[dict[type, str]] = {Tool: "tools", Resource: "resources", Prompt: "prompts"}
 
 
-def requirement(
-    policy: RoutePolicy, operation: Operation
-) -> tuple[tuple[str, ...], tuple[DecidingRule, ...], bool]:
-    """(scopes needed, the rules that say so, whether no scope can help)."""
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """What an operation needs: scopes, the rules that say so, whether no scope can help, and how
+    the conditions of the matched rules came out."""
+
+    scopes: tuple[str, ...]
+    rules: tuple[DecidingRule, ...]
+    unconditional: bool
+    conditions: tuple[ConditionCheck, ...] = ()
+
+
+def requirement(policy: RoutePolicy, operation: Operation, facts: Facts | None = None) -> Requirement:
+    """What ``operation`` needs on this route; ``facts`` (the caller) to evaluate conditions with
+    (without them a condition is ``unknown``, which denies nothing: a challenge hint)."""
     target = operation.target
+    key: str | None = None  # the target's rule key, when the target's rules decide
     if target is not None and _target_decides(operation):
         key = target.rule_key
         if key is None:  # fail closed, whatever the default: parse_post refuses these first
-            return policy.route_scopes, (Unreadable(),), True
+            return Requirement(policy.route_scopes, (Unreadable(),), True)
         rule = first_match(policy.rules_for(target), key)
     else:
         rule = first_match(policy.methods, operation.method)
         spec = METHODS.get(operation.method)
         written_out = rule is not None and rule.pattern == operation.method
         if spec is not None and spec.needs_literal_rule and not written_out:
-            return policy.route_scopes, (LiteralRuleRequired(operation.method),), True
+            return Requirement(policy.route_scopes, (LiteralRuleRequired(operation.method),), True)
     if rule is None:
         unmatched = _unmatched_rule(policy, operation)
         if unmatched.default is Default.DENY:
-            return policy.route_scopes, (unmatched,), True
+            return Requirement(policy.route_scopes, (unmatched,), True)
     scopes = _union(policy.route_scopes, rule.scopes if rule is not None else ())
     rules: tuple[DecidingRule, ...] = (rule if rule is not None else unmatched,)
+    conditions: tuple[ConditionCheck, ...] = ()
+    if rule is not None and rule.condition is not None:
+        subject = Subject(operation.method, key, operation.arguments)
+        conditions = (ConditionCheck(rule, evaluate(rule.condition, facts, subject)),)
     revealed = operation.watched
     spec = METHODS.get(operation.method)
     if spec is not None and spec.completes and target is not None:
@@ -359,33 +340,50 @@ def requirement(
     for shown in revealed:
         # Completions reveal data of the prompt or resource they name (spec-notes E5), a
         # subscriptions/listen stream the updates of the resources it names: each needs
-        # whatever using that target needs, on top of the method's own rule.
+        # whatever using that target needs, on top of the method's own rule. Its condition is
+        # judged as a list item's is: without arguments, since none are sent to use it.
         use = Operation(USE_METHOD[type(shown)], shown)
-        target_scopes, target_rules, target_denied = requirement(policy, use)
-        rules += target_rules
-        if target_denied:
-            return policy.route_scopes, rules, True
-        scopes = _union(scopes, target_scopes)
-    return scopes, rules, False
+        needed = requirement(policy, use, facts)
+        rules += needed.rules
+        conditions += needed.conditions
+        if needed.unconditional:
+            return Requirement(policy.route_scopes, rules, True, conditions)
+        scopes = _union(scopes, needed.scopes)
+    return Requirement(scopes, rules, False, conditions)
 
 
 def operation_of(message: McpMessage) -> Operation:
     """The operation a strictly parsed message asks for; a client's response is ``RESPONSE_METHOD``."""
     if message.kind == "response":
         return Operation(RESPONSE_METHOD)
-    return Operation(message.method or "", message.target, message.watched)
+    arguments = None
+    if message.method in ARGUMENT_METHODS:
+        params = message.params or {}
+        arguments = params.get("arguments", _NO_ARGUMENTS)
+    return Operation(message.method or "", message.target, message.watched, arguments)
 
 
-def decide(policy: RoutePolicy, operation: Operation, granted: frozenset[str]) -> Decision:
-    """Allow or deny one operation for a caller holding ``granted`` scopes."""
-    required, rules, unconditional = requirement(policy, operation)
-    missing = tuple(scope for scope in required if scope not in granted)
+# The methods whose ``params.arguments`` conditions read; a call without any has none (``{}``).
+ARGUMENT_METHODS: Final = frozenset({"tools/call", "prompts/get"})
+_NO_ARGUMENTS: Final[Mapping[str, Any]] = {}
+
+
+def decide(
+    policy: RoutePolicy, operation: Operation, granted: frozenset[str], facts: Facts | None = None
+) -> Decision:
+    """Allow or deny one operation for a caller holding ``granted`` scopes (``facts``: who the
+    caller is, for conditions). A condition that denies a caller who holds the scopes leaves no
+    scope to ask for: a plain 403; one who lacks them is challenged for them first."""
+    needed = requirement(policy, operation, facts)
+    missing = tuple(scope for scope in needed.scopes if scope not in granted)
+    condition_denied = any(check.denies for check in needed.conditions)
     return Decision(
-        allowed=not unconditional and not missing,
-        required=required,
+        allowed=not needed.unconditional and not missing and not condition_denied,
+        required=needed.scopes,
         missing=missing,
-        rules=rules,
-        unconditional=unconditional,
+        rules=needed.rules,
+        unconditional=needed.unconditional or (condition_denied and not missing),
+        conditions=needed.conditions,
     )
 
 
@@ -458,24 +456,78 @@ def challenge_scopes(policy: RoutePolicy, method: str | None, name: str | None) 
     if kind is not None and name is None:
         return first
     target = kind(name) if kind is not None and name is not None else None
-    required, _, unconditional = requirement(policy, Operation(method, target))
-    return first if unconditional else _union(required, first)
+    needed = requirement(policy, Operation(method, target))
+    return first if needed.unconditional else _union(needed.scopes, first)
 
 
-def is_visible(policy: RoutePolicy, target: Target, granted: frozenset[str]) -> bool:
+def is_visible(
+    policy: RoutePolicy, target: Target, granted: frozenset[str], facts: Facts | None = None
+) -> bool:
     """Whether a list item may be shown: with ``list_visibility: usable`` exactly when using it
     would be allowed now; with ``step_up`` (the default) also when some scopes would allow it
     (the caller then gets a step-up challenge for them), never when no scope would.
 
+    A condition is evaluated with what a list knows (the caller, the item): one that is false
+    hides the item; one that reads ``arguments`` cannot be decided before a call, so it shows
+    the item (some call of it could be allowed) and the call decides.
+
     A resource or template is judged by its normal form, so ``DOCS://x`` is shown or hidden as
     ``docs://x`` is; one without a normal form (``docs://a%2Fb``) is hidden: fail closed.
     """
-    decision = decide(policy, Operation(USE_METHOD[type(target)], target), granted)
+    decision = decide(policy, Operation(USE_METHOD[type(target)], target), granted, facts)
     if policy.list_visibility is ListVisibility.STEP_UP:
-        return not decision.unconditional
+        return not decision.unconditional and not decision.condition_denied
     return decision.allowed
 
 
 def scopes_supported(policy: RoutePolicy) -> tuple[str, ...]:
-    """Every scope the rules can ask for, route scopes first (for the protected resource metadata)."""
-    return _union(policy.route_scopes, *(rule.scopes for rule in policy.all_rules))
+    """Every scope the rules can ask for, route scopes first (for the protected resource metadata);
+    observed rules' too, so tokens asked for during a roll-out already carry them."""
+    written = policy.shadow or policy
+    return _union(written.route_scopes, *(rule.scopes for rule in written.all_rules))
+
+
+# --- Observe mode -------------------------------------------------------------------------------
+
+
+def observed_policy(written: RoutePolicy, *, observe_route: bool) -> RoutePolicy:
+    """The policy to enforce for one written with ``mode: observe`` rules (or route), holding the
+    written one, with every rule enforced, as its ``shadow``; without any, ``written`` itself.
+
+    An observed rule is left out of the enforced rules, so what it matches falls to the rules
+    after it (an enforced rule of the same pattern after it keeps deciding until the observed one
+    is enforced). A route in observe mode enforces no scope, rule or condition, only what the
+    gateway never lets through: a ``tasks/list`` still needs its literal ``methods`` rule, an
+    ambiguous URI is still refused. The route still needs a valid token.
+    """
+    if not observe_route and not any(rule.observe for rule in written.all_rules):
+        return written
+    shadow = _each_rule(written, lambda rule: replace(rule, observe=False))
+    if observe_route:
+        literal_only = tuple(
+            replace(rule, scopes=(), condition=None, observe=False)
+            for rule in written.methods
+            if (spec := METHODS.get(rule.pattern)) is not None and spec.needs_literal_rule
+        )
+        return RoutePolicy(
+            methods=literal_only,
+            list_visibility=written.list_visibility,
+            challenge=written.challenge,
+            shadow=shadow,
+        )
+    return replace(_each_rule(written, lambda rule: None if rule.observe else rule), shadow=shadow)
+
+
+def _each_rule(policy: RoutePolicy, change: Callable[[Rule], Rule | None]) -> RoutePolicy:
+    """``policy`` with every rule changed (None: left out)."""
+
+    def changed(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        return tuple(rule for rule in map(change, rules) if rule is not None)
+
+    return replace(
+        policy,
+        tools=changed(policy.tools),
+        resources=changed(policy.resources),
+        prompts=changed(policy.prompts),
+        methods=changed(policy.methods),
+    )

@@ -1,36 +1,114 @@
-"""One structured audit event per policy decision.
+"""One structured audit event per policy decision, complete enough to be decided again.
 
-Who (subject, client id), where (route), what (method, target), the outcome, the rule that
-decided and the scopes that were missing. Never the token; tool arguments only when the route
-asks for them (``audit_arguments: true``), and even then through the log redaction step.
+Who (issuer, subject, client id, actor, the scopes held), where (route), what (method, target
+and its kind, watched resources), the outcome, the rules that decided, the scopes that were
+missing and how each condition came out. ``mcp-auth-gateway simulate`` replays these events
+against a candidate config (``gateway.simulate``), so an event also carries the claims the
+route's conditions read (``RoutePolicy.claims_read``, plus the route key ``audit_claims``) and,
+when the route asks for them (``audit_arguments: true``), the call's arguments, through the log
+redaction step. Never the token. With observed rules, the decision as written is there too
+(``observed``), and a ``would_deny`` event says what enforcing it would have refused.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 import structlog
 
 from ..config import RouteConfig
 from ..mcp.messages import McpMessage
-from ..mcp.policy import Decision
-from ..principal import Principal
+from ..mcp.policy import ARGUMENT_METHODS, Decision
+from ..principal import Identity
 
 log = structlog.get_logger("gateway.audit")
 
+RESPONSE_LABEL: Final = "(response)"
 
-def audit_decision(route: RouteConfig, principal: Principal, message: McpMessage, decision: Decision) -> None:
+
+def caller_fields(route: RouteConfig, principal: Identity) -> dict[str, Any]:
+    """Who asked, as an event records it (``logging.include_subject`` may drop subject, client id)."""
     fields: dict[str, Any] = {
         "subject": principal.subject,
         "client_id": principal.client_id,
         "issuer": principal.issuer,
-        "route": route.path,
-        "method": message.method if message.kind != "response" else "(response)",
-        "target": message.target.identifier if message.target is not None else None,
+        "scopes": sorted(principal.scopes),
+    }
+    actor = principal.claims.get("act")
+    if isinstance(actor, Mapping):
+        fields["actor"] = dict(actor)
+    recorded = route.audited_claims
+    if recorded:
+        fields["claims"] = {name: principal.claims[name] for name in recorded if name in principal.claims}
+        fields["claims_recorded"] = list(recorded)
+    return fields
+
+
+def decision_fields(decision: Decision) -> dict[str, Any]:
+    """The outcome, the rules and scopes behind it, and each condition's result."""
+    fields: dict[str, Any] = {
         "decision": "allow" if decision.allowed else "deny",
         "rule": decision.label,
         "missing_scopes": list(decision.missing),
     }
-    if route.audit_arguments and message.params is not None and "arguments" in message.params:
-        fields["arguments"] = message.params["arguments"]
+    if decision.conditions:
+        fields["conditions"] = [
+            {"rule": check.rule.label, "result": check.outcome.result, "reason": check.outcome.reason}
+            for check in decision.conditions
+        ]
+    return fields
+
+
+def audit_decision(
+    route: RouteConfig,
+    principal: Identity,
+    message: McpMessage,
+    decision: Decision,
+    observed: Decision | None = None,
+) -> None:
+    """Log ``policy_decision`` (and ``would_deny`` when the observed rules would have refused)."""
+    target = message.target
+    fields: dict[str, Any] = {
+        **caller_fields(route, principal),
+        "route": route.path,
+        "method": message.method if message.kind != "response" else RESPONSE_LABEL,
+        "target": target.identifier if target is not None else None,
+        **decision_fields(decision),
+    }
+    if target is not None:
+        fields["target_kind"] = target.kind
+    if message.watched:
+        fields["watched"] = [resource.identifier for resource in message.watched]
+    params = message.params
+    if route.audit_arguments and message.method in ARGUMENT_METHODS and params is not None:
+        fields["arguments"] = params.get("arguments", {})
+    if observed is not None:
+        fields["observed"] = decision_fields(observed)
     log.info("policy_decision", **fields)
+    if observed is not None and decision.allowed and not observed.allowed:
+        log.warning(
+            "would_deny",
+            subject=principal.subject,
+            client_id=principal.client_id,
+            route=route.path,
+            method=fields["method"],
+            target=fields["target"],
+            **{key: value for key, value in decision_fields(observed).items() if key != "decision"},
+        )
+
+
+def audit_observed_route_scopes(
+    route: RouteConfig, principal: Identity, method: str, missing: tuple[str, ...]
+) -> None:
+    """A GET stream or DELETE the written route scopes would refuse, while they are observed."""
+    log.warning(
+        "would_deny",
+        subject=principal.subject,
+        client_id=principal.client_id,
+        route=route.path,
+        method=method,
+        target=None,
+        rule="route scopes",
+        missing_scopes=list(missing),
+    )

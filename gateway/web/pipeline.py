@@ -48,13 +48,14 @@ from ..errors import (
     OriginForbidden,
 )
 from ..mcp.answers import chain
+from ..mcp.conditions import Facts
 from ..mcp.handles import TaskIdSealer
 from ..mcp.listing import ListFilter
 from ..mcp.messages import HANDSHAKE_VERSIONS, McpPost, McpRejected, decode_header_value, parse_post
 from ..mcp.policy import challenge_scopes, combine, decide, kept_scopes, operation_of, refusal
 from ..metrics import GatewayMetrics
 from ..principal import Principal
-from .audit import audit_decision
+from .audit import audit_decision, audit_observed_route_scopes
 from .handles import CallerHandles
 from .limits import ADMISSION, RequestHold
 from .metadata import WELL_KNOWN_PRM, prm_document
@@ -102,7 +103,8 @@ async def handle_mcp(
     body: bytes | None = None
     # Every answer is filtered, a GET stream (and its Last-Event-ID replay) too: by the shape of
     # its results, since a stateless gateway cannot know which request an id there answers.
-    list_filter = ListFilter(route.policy, principal.scopes)
+    facts = Facts(principal, route.path)  # who asks, for rule conditions
+    list_filter = ListFilter(route.policy, principal.scopes, facts=facts)
     required = route.scopes
     if request.method == "POST":
         # Decide on the body, never on headers.
@@ -112,10 +114,9 @@ async def handle_mcp(
         post = parse_strictly(request, body)
         required = authorize(route, principal, post, gateway.metrics)
         body = handles.open_task_ids(body)
-        list_filter = ListFilter.for_post(post, route.policy, principal.scopes)
-    elif not principal.has_scopes(route.scopes):  # GET stream, DELETE session
-        kept = kept_scopes(route.policy, principal.scopes)
-        raise InsufficientScope(scopes=tuple(dict.fromkeys(route.scopes + kept)))
+        list_filter = ListFilter.for_post(post, route.policy, principal.scopes, facts)
+    else:  # GET stream, DELETE session: the route scopes alone
+        check_route_scopes(route, principal, request.method, gateway.metrics)
 
     # The client's token stops in gateway/upstream/proxy.py: Upstream.forward builds the upstream
     # request from a header allowlist (upstream_request_headers) that leaves Authorization out.
@@ -123,7 +124,7 @@ async def handle_mcp(
     # credential takes its place, narrowed to what this operation needs.
     credential = await served.credential.headers(principal, required)
     # Then every task id the upstream hands out is sealed to this caller (gateway.mcp.handles).
-    response_filter = chain(list_filter, TaskIdSealer(handles.seal_task_id))
+    response_filter = chain(*served.answer_watches, list_filter, TaskIdSealer(handles.seal_task_id))
     upstream_headers = {**credential, **upstream_session}
     response_headers = {"X-Request-Id": request[REQUEST_ID], **(cors_headers(origin) if origin else {})}
     if (nonce := request.get(DPOP_NONCE)) is not None:  # §8: the nonce for the client's next proof
@@ -305,16 +306,43 @@ def authorize(
     Returns every scope the allowed POST needs, for narrowing the downstream credential.
     """
     decisions = []
+    facts = Facts(principal, route.path)
+    shadow = route.policy.shadow
     for message in post.messages:
-        decision = decide(route.policy, operation_of(message), principal.scopes)
-        audit_decision(route, principal, message, decision)
+        operation = operation_of(message)
+        decision = decide(route.policy, operation, principal.scopes, facts)
+        # Observe mode: also decided as written, every rule enforced; only logged (would_deny).
+        observed = decide(shadow, operation, principal.scopes, facts) if shadow is not None else None
+        audit_decision(route, principal, message, decision, observed)
         if metrics is not None:
             metrics.policy_decision(route, decision.allowed, message.target)
+            if observed is not None and observed.allowed != decision.allowed:
+                outcome = "would_allow" if observed.allowed else "would_deny"
+                metrics.policy_observed(route, outcome, " + ".join(rule.label for rule in observed.rules))
         decisions.append(decision)
     verdict = combine(decisions)
     if (refused := refusal(verdict, kept_scopes(route.policy, principal.scopes))) is not None:
         raise refused
     return verdict.required
+
+
+def check_route_scopes(
+    route: RouteConfig, principal: Principal, method: str, metrics: GatewayMetrics | None = None
+) -> None:
+    """A GET stream or a DELETE needs the route scopes (and, observed, the written route's)."""
+    shadow = route.policy.shadow
+    if (
+        shadow is not None
+        and not principal.has_scopes(shadow.route_scopes)
+        and principal.has_scopes(route.scopes)
+    ):
+        missing = tuple(scope for scope in shadow.route_scopes if scope not in principal.scopes)
+        audit_observed_route_scopes(route, principal, method, missing)
+        if metrics is not None:
+            metrics.policy_observed(route, "would_deny", "route scopes")
+    if not principal.has_scopes(route.scopes):
+        kept = kept_scopes(route.policy, principal.scopes)
+        raise InsufficientScope(scopes=tuple(dict.fromkeys(route.scopes + kept)))
 
 
 # --- discovery and CORS -----------------------------------------------------------------------

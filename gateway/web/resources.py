@@ -25,6 +25,8 @@ from ..auth.jwks import IssuerKeys
 from ..auth.key_registry import KeyRegistry
 from ..auth.tokens import JwtAuthenticator
 from ..config import GatewayConfig, RouteConfig, TokenExchangeCredential
+from ..mcp.answers import MessageRewriter
+from ..mcp.schema_check import schema_watches
 from ..metrics import GatewayMetrics
 from ..sealing import StateSealer, process_sealer
 from ..upstream.credentials import CredentialStrategy, ExchangerFactory, build_strategy
@@ -41,6 +43,9 @@ class ServedRoute:
     config: RouteConfig
     upstream: Upstream
     credential: CredentialStrategy
+    # See every upstream answer before the caller's filters and never change it (built once, so
+    # their memory is the served route's): conditions vs the tools' inputSchema.
+    answer_watches: tuple[MessageRewriter, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -130,7 +135,8 @@ async def open_gateway(
             upstream = Upstream(route, metrics)
             stack.push_async_callback(upstream.aclose)
             credential = build_strategy(route, minter, _exchanger_factory(route, session, metrics, stack))
-            routes[route.path] = ServedRoute(route, upstream, credential)
+            watches = schema_watches(route.path, route.policy, metrics.condition_schema_mismatch)
+            routes[route.path] = ServedRoute(route, upstream, credential, watches)
         allowed = frozenset(config.allowed_origins) | {origin_of(config.public_url)}
         yield Gateway(
             config=config,

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,9 @@ from tests.support.processes import REPO_ROOT
 RESULTS = Path(__file__).resolve().parent / "results"
 ISSUER = "https://issuer.bench.example"
 DPOP_ROUTE = "/dpop/mcp"
+CONDITION_ROUTE = "/cond/mcp"
+# The condition figure's rule: an argument, a claim and the actor, as a typical condition reads them.
+BENCH_CONDITION = 'arguments.text.startsWith("h") && "bench" in claims.groups && !has(principal.actor)'
 BENCH_SUBJECT = "user-1"  # TestIssuer.mint's default subject
 STATE_SECRET = "bench-state-key-" + "0" * 32  # the bench's own gateway only
 VERSION_2026 = "2026-07-28"
@@ -156,6 +160,11 @@ class Gateway:
         # The DPoP figure's route: the free upstream again, the same policy, proofs required. A
         # route of its own so its replay cache holds only that figure's jti.
         dpop_route = route.format(path=DPOP_ROUTE, port=free_port_) + "  dpop: required\n"
+        # The condition figure's route: the same again, echo's rule with a condition.
+        condition_route = route.format(path=CONDITION_ROUTE, port=free_port_).replace(
+            '"echo": [tools:echo]',
+            f'"echo": {{scopes: [tools:echo], condition: {json.dumps(BENCH_CONDITION)}}}',
+        )
         self.proof_key = ProofKey.generate("ES256")
         (workdir / "state.key").write_text(STATE_SECRET)
         self.config = workdir / "gateway.yaml"
@@ -175,6 +184,7 @@ class Gateway:
             + route.format(path="/sdk/mcp", port=sdk_port)
             + route.format(path="/free/mcp", port=free_port_)
             + dpop_route
+            + condition_route
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "gateway.log"
@@ -187,6 +197,15 @@ class Gateway:
     def token(self, route: str) -> str:
         return self.issuer.mint(
             audience=f"{self.url}{route}", scope="mcp:access tools:echo tools:stream", lifetime_s=3600
+        )
+
+    def claims_token(self, route: str) -> str:
+        """``token(route)`` with the ``groups`` claim the bench condition reads."""
+        return self.issuer.mint(
+            audience=f"{self.url}{route}",
+            scope="mcp:access tools:echo tools:stream",
+            lifetime_s=3600,
+            claims={"groups": ["eng", "bench"]},
         )
 
     def bound_token(self, route: str) -> str:
@@ -451,6 +470,29 @@ def dpop_wrk(
     return wrk(url, body, headers, connections, duration, workdir, script_tail=tail)
 
 
+def alternate_cpu(
+    gw: Gateway, runs: dict[str, Callable[[], dict[str, Any]]], rounds: int, baseline: str
+) -> dict[str, Any]:
+    """Each labelled run in turn, ``rounds`` times, with the gateway's CPU per request; the median
+    run of each, and the extra CPU per request of the other label over ``baseline``."""
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label in runs}
+    for _ in range(rounds):
+        for label, run in runs.items():
+            pids = gw.pids()
+            before = cpu_seconds(pids)
+            result = run()
+            used = cpu_seconds(pids) - before
+            result["gateway_cpu_us_per_request"] = round(used / max(result["requests"], 1) * 1e6, 1)
+            results[label].append(result)
+    out: dict[str, Any] = {label: _median_run(results[label]) for label in runs}
+    (other,) = [label for label in runs if label != baseline]
+    base_cpu, other_cpu = (out[label]["gateway_cpu_us_per_request"] for label in (baseline, other))
+    out["extra_cpu_us_per_request"] = round(other_cpu - base_cpu, 1)
+    out["cpu_ratio"] = round(other_cpu / base_cpu, 3)
+    out["runs"] = results
+    return out
+
+
 def measure_dpop(
     gw: Gateway, concurrency: int, duration: float, workdir: Path, rounds: int = 1
 ) -> dict[str, Any]:
@@ -462,27 +504,40 @@ def measure_dpop(
     bearer_url = gw.url + "/free/mcp"
     wrk(bearer_url, body, call_headers("echo", bearer_token), concurrency, 1, workdir)  # warm-up
     dpop_wrk(gw, bound, 5000, concurrency, 1, workdir)
-    runs: dict[str, list[dict[str, Any]]] = {"bearer": [], "dpop": []}
-    for _ in range(rounds):
-        for label in runs:
-            pids = gw.pids()
-            before = cpu_seconds(pids)
-            if label == "bearer":
-                result = wrk(
-                    bearer_url, body, call_headers("echo", bearer_token), concurrency, duration, workdir
-                )
-            else:
-                wanted = runs["bearer"][-1]["rps"] * max(1, round(duration)) * 1.5 + 1000
-                result = dpop_wrk(gw, bound, int(wanted), concurrency, duration, workdir)
-            used = cpu_seconds(pids) - before
-            result["gateway_cpu_us_per_request"] = round(used / max(result["requests"], 1) * 1e6, 1)
-            runs[label].append(result)
-    out: dict[str, Any] = {label: _median_run(results) for label, results in runs.items()}
-    bearer_cpu, dpop_cpu = (out[label]["gateway_cpu_us_per_request"] for label in ("bearer", "dpop"))
-    out["extra_cpu_us_per_request"] = round(dpop_cpu - bearer_cpu, 1)
-    out["cpu_ratio"] = round(dpop_cpu / bearer_cpu, 3)
-    out["runs"] = runs
-    return out
+    last_bearer: list[dict[str, Any]] = []
+
+    def bearer() -> dict[str, Any]:
+        last_bearer.append(
+            wrk(bearer_url, body, call_headers("echo", bearer_token), concurrency, duration, workdir)
+        )
+        return last_bearer[-1]
+
+    def dpop() -> dict[str, Any]:
+        wanted = last_bearer[-1]["rps"] * max(1, round(duration)) * 1.5 + 1000
+        return dpop_wrk(gw, bound, int(wanted), concurrency, duration, workdir)
+
+    return alternate_cpu(gw, {"bearer": bearer, "dpop": dpop}, rounds, baseline="bearer")
+
+
+def measure_condition(
+    gw: Gateway, concurrency: int, duration: float, workdir: Path, rounds: int = 1
+) -> dict[str, Any]:
+    """Gateway CPU per request: echo on ``/free/mcp`` against echo on the condition route, whose
+    rule also needs ``BENCH_CONDITION`` true (the same token claims on both), alternating."""
+    body = call_body("echo", {"text": "hi"})
+    urls = {"plain": gw.url + "/free/mcp", "condition": gw.url + CONDITION_ROUTE}
+    tokens = {"plain": gw.claims_token("/free/mcp"), "condition": gw.claims_token(CONDITION_ROUTE)}
+    for label, url in urls.items():  # warm-up, and the condition must allow (or the figure measures 403s)
+        warm = wrk(url, body, call_headers("echo", tokens[label]), concurrency, 1, workdir)
+        if warm.get("non_2xx", 0):
+            raise RuntimeError(f"{label} echo calls on {url} were refused: {warm}")
+
+    def run(label: str) -> Callable[[], dict[str, Any]]:
+        return lambda: wrk(
+            urls[label], body, call_headers("echo", tokens[label]), concurrency, duration, workdir
+        )
+
+    return alternate_cpu(gw, {"plain": run("plain"), "condition": run("condition")}, rounds, baseline="plain")
 
 
 # --- sessions, SSE, idle streams ----------------------------------------------------------------
@@ -807,6 +862,11 @@ def main() -> int:
             _say("   bearer", result["dpop"]["bearer"])
             _say("   dpop  ", result["dpop"]["dpop"])
 
+            _say(f"condition: echo with and without a CEL condition, c=64, {args.rounds} alternating rounds")
+            result["condition"] = measure_condition(gw, 64, args.duration, workdir, args.rounds)
+            _say("   plain    ", result["condition"]["plain"])
+            _say("   condition", result["condition"]["condition"])
+
             _say("session setup (2025 initialize + DELETE), concurrency 8")
             direct = asyncio.run(session_rate(sdk_url, None, args.duration))
             through = asyncio.run(session_rate(gw.url + "/sdk/mcp", gw.token("/sdk/mcp"), args.duration))
@@ -924,6 +984,17 @@ def summarise(r: dict[str, Any]) -> list[dict[str, Any]]:
             "-",
             None,
         )
+    if "condition" in r:  # results from before the condition figure have no such entry
+        c = r["condition"]
+        plain = c["plain"]["gateway_cpu_us_per_request"]
+        row(
+            f"condition: gateway CPU us/request c=64 (plain {plain:.0f}) (info)",
+            c["condition"]["gateway_cpu_us_per_request"],
+            "-",
+            None,
+        )
+        extra = c["extra_cpu_us_per_request"]
+        row("condition: extra gateway CPU us/request for a CEL condition", extra, "< 20", extra < 20)
     row(
         f"SSE time to first event, gateway ms (direct {r['sse']['direct']['ttfe_ms']:.2f})",
         r["sse"]["gateway"]["ttfe_ms"],

@@ -27,6 +27,7 @@ from gateway.config import (
     RouteConfig,
     load_config,
     parse_config_text,
+    rule_fields,
 )
 from gateway.config import fields as config_fields
 from gateway.config import load as config_load
@@ -278,7 +279,7 @@ def test_field_specs_name_dataclass_attributes() -> None:
     ]
     for fields, cls in pairs:
         attributes = {f.name for f in dataclasses.fields(cls)}
-        keys = {spec.key for spec in fields} - (config_fields.POLICY_KEYS if cls is RouteConfig else set())
+        keys = {spec.key for spec in fields} - (rule_fields.POLICY_KEYS if cls is RouteConfig else set())
         assert keys <= attributes, cls
 
 

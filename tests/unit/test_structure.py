@@ -38,12 +38,20 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ),
     ("gateway.logs", "gateway.eventloop"),
     ("gateway.principal",),
+    ("gateway.cel",),  # the condition language: parser and checker, nothing of the gateway's
     ("gateway.mcp",),
     ("gateway.config",),
     ("gateway.auth", "gateway.metrics"),
     ("gateway.upstream",),
     ("gateway.web",),
-    ("gateway.server", "gateway.explain", "gateway.explain_model"),
+    (
+        "gateway.server",
+        "gateway.explain",
+        "gateway.explain_model",
+        "gateway.explain_conditions",
+        "gateway.explain_json",
+        "gateway.simulate",
+    ),
     ("gateway.demo",),
     ("gateway.cli", "gateway.__main__"),
 )
