@@ -27,7 +27,7 @@ from typing import Any, Final, Literal, TextIO, cast
 
 from .config import GatewayConfig
 from .logs import REDACTED
-from .mcp.conditions import ABSENT, Condition, Facts, field_value, principal_value
+from .mcp.conditions import ABSENT, Condition, Facts, NotAnObject, field_value, principal_value
 from .mcp.methods import RESPONSE_METHOD, Prompt, Resource, Target, Tool
 from .mcp.policy import ARGUMENT_METHODS, Decision, Operation, RoutePolicy, decide, requirement
 from .principal import Identity
@@ -133,7 +133,9 @@ def recorded_decision(event: Mapping[str, Any], line: int) -> RecordedDecision:
     target = _target(event)
     watched = tuple(Resource(uri) for uri in _texts(event, "watched", required=False))
     arguments_recorded = "arguments" in event
-    arguments = event["arguments"] if arguments_recorded else None
+    recorded = event.get("arguments")
+    # As operation_of reads the call: an object, or anything else (null too) NotAnObject.
+    arguments = (recorded if isinstance(recorded, dict) else NotAnObject(recorded)) if arguments_recorded else None
     operation = (
         Operation(RESPONSE_METHOD)
         if method == RESPONSE_METHOD
@@ -397,7 +399,7 @@ def _redacted_reads(condition: Condition, item: RecordedDecision) -> list[str]:
         "claims": item.identity.claims,
         "principal": principal_value(item.identity),
     }
-    if item.operation.arguments is not None:
+    if isinstance(item.operation.arguments, Mapping):
         values["arguments"] = item.operation.arguments
     narrowed = condition.narrowed or {}
     read = [path for path in condition.paths if path[0] in values]

@@ -176,7 +176,9 @@ class Subject:
 
     method: str
     target: str | None = None  # the tool or prompt name, the resource URI's normal form
-    arguments: Mapping[str, Any] | None = None  # None: the operation carries none (a list)
+    # None: the operation carries none (a list item, a completion's target); a call always has
+    # a mapping (``{}`` when it sends none) or NotAnObject.
+    arguments: Mapping[str, Any] | NotAnObject | None = None
 
 
 Result = Literal["true", "false", "error", "unknown"]
@@ -201,6 +203,14 @@ class _Absent:
 
 
 ABSENT: Final = _Absent()
+
+
+@dataclass(frozen=True, slots=True)
+class NotAnObject:
+    """A call's ``params.arguments`` that is not a JSON object (``null``, a list, a string): a
+    condition that reads it fails (fail closed), as an upstream SDK would refuse the call."""
+
+    value: Any
 
 
 def principal_value(identity: Identity) -> dict[str, Any]:
@@ -256,6 +266,9 @@ def evaluate(condition: Condition, facts: Facts | None, subject: Subject) -> Con
     """Run a condition; anything but ``true`` denies (fail closed), with the reason."""
     if facts is None:
         return UNKNOWN_WITHOUT_CALLER
+    if isinstance(subject.arguments, NotAnObject) and condition.reads_arguments:
+        kind = "null" if subject.arguments.value is None else type(subject.arguments.value).__name__
+        return ConditionOutcome("error", f"arguments is not an object ({kind})")
     values = activation(condition, facts, subject)
     if values is None:
         return UNKNOWN_WITHOUT_ARGUMENTS

@@ -27,7 +27,7 @@ from enum import Enum
 from typing import Any, Final, TypeAlias
 
 from ..errors import InsufficientScope, PolicyDenied
-from .conditions import Condition, ConditionOutcome, Facts, Subject, evaluate
+from .conditions import Condition, ConditionOutcome, Facts, NotAnObject, Subject, evaluate
 from .globs import GLOB_CHARACTERS, GlobError, compile_glob, shadowing_rule
 from .messages import McpMessage
 from .methods import (
@@ -356,10 +356,11 @@ def operation_of(message: McpMessage) -> Operation:
     """The operation a strictly parsed message asks for; a client's response is ``RESPONSE_METHOD``."""
     if message.kind == "response":
         return Operation(RESPONSE_METHOD)
-    arguments = None
+    arguments: Mapping[str, Any] | NotAnObject | None = None
     if message.method in ARGUMENT_METHODS:
         params = message.params or {}
-        arguments = params.get("arguments", _NO_ARGUMENTS)
+        sent = params.get("arguments", _NO_ARGUMENTS)  # absent: none sent, which is no arguments
+        arguments = sent if isinstance(sent, Mapping) else NotAnObject(sent)  # null is not absent
     return Operation(message.method or "", message.target, message.watched, arguments)
 
 

@@ -7,12 +7,16 @@ the upstream received: a call a condition refuses never reaches it.
 
 from __future__ import annotations
 
+import asyncio
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from gateway import cli
 from tests.conftest import Gateway, GatewayFactory, LogSink, Upstream
 from tests.integration.test_authentication import MCP_HEADERS
 from tests.support.issuer import TestIssuer
@@ -58,12 +62,15 @@ def bearer(issuer: TestIssuer, scope: str = SCOPES, **claims: Any) -> dict[str, 
     return {"Authorization": f"Bearer {issuer.mint(audience=RESOURCE, scope=scope, claims=claims)}"}
 
 
+OMITTED = object()  # a tools/call without params.arguments
+
+
 async def raw_call(
     gateway: Gateway, headers: dict[str, str], name: str, arguments: Any
 ) -> tuple[int, Any, bool]:
     """One tools/call POST; the status, the JSON body, and whether it carried a challenge."""
     params: dict[str, Any] = {"name": name}
-    if arguments is not None:
+    if arguments is not OMITTED:
         params["arguments"] = arguments
     body = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": params}
     async with (
@@ -104,7 +111,16 @@ async def test_arguments_decide_allow_and_deny(
     assert allowed.content[0].text == "bob@example.com"  # type: ignore[union-attr]
     assert refused.value.error.code == -32003
     await upstream.clear()
-    for arguments in ({"text": "bob@evil.example"}, {}, None, {"text": 5}, {"text": "x@example.com.evil"}):
+    sent: tuple[Any, ...] = (
+        {"text": "bob@evil.example"},
+        {},
+        OMITTED,
+        None,
+        ["bob@example.com"],
+        {"text": 5},
+        {"text": "x@example.com.x"},
+    )
+    for arguments in sent:
         status, answer, challenged = await raw_call(gateway, bearer(issuer), "echo", arguments)
         assert (status, answer["error"], challenged) == (403, FORBIDDEN, False), arguments
     assert await called_tools(upstream) == []
@@ -249,3 +265,190 @@ async def test_an_observed_route_forwards_everything_a_token_may_reach(
     async with aiohttp.ClientSession() as http:
         async with http.post(gateway.route_url(), json={}, headers=MCP_HEADERS) as response:
             assert response.status == 401
+
+
+NEIGHBOUR_RULES = """
+              echo:
+                scopes: [demo:read]
+                condition: 'arguments.text.endsWith("@example.com")'
+              "*": [demo:read]
+            prompts:
+              greet:
+                condition: 'arguments.name != "mallory" && method == "prompts/get"'
+            resources:
+              "demo://*":
+                condition: 'resource == "demo://greeting" || "ops" in claims.groups'
+            methods:
+              "completion/complete": []"""
+
+
+@pytest.fixture(params=["sse", "json"])
+async def neighbour_gateway(
+    request: pytest.FixtureRequest,
+    issuer: TestIssuer,
+    upstream: Upstream,
+    json_upstream: Upstream,
+    start_gateway_with: GatewayFactory,
+) -> tuple[Gateway, Upstream]:
+    """Conditions in every section, in front of an upstream answering SSE or JSON."""
+    chosen = upstream if request.param == "sse" else json_upstream
+    return await start_gateway_with(conditions_config(issuer, chosen.mcp_url, tools=NEIGHBOUR_RULES)), chosen
+
+
+@pytest.mark.parametrize("era", ["2025", "2026"])
+async def test_prompts_and_resources_are_decided_by_their_conditions_in_both_eras(
+    era: str, issuer: TestIssuer, neighbour_gateway: tuple[Gateway, Upstream]
+) -> None:
+    """prompts/get by its arguments, resources/read by the URI and a claim, a tools/call by its
+    arguments: in the 2025 and the 2026-07-28 protocol, over SSE and JSON upstreams."""
+    gateway, upstream = neighbour_gateway
+    async with session_client(gateway.route_url(), bearer(issuer), era=era) as client:  # type: ignore[arg-type]
+        greeting = await client.get_prompt("greet", {"name": "alice"})
+        readable = await client.read_resource("demo://greeting")
+        await upstream.clear()
+        refusals = []
+        for attempt in (
+            client.get_prompt("greet", {"name": "mallory"}),
+            client.read_resource("demo://counter"),
+            client.call_tool("echo", {"text": "x@evil.example"}),
+        ):
+            with pytest.raises(MCPError) as refused:
+                await attempt
+            refusals.append(refused.value.error.code)
+    assert "alice" in str(greeting.messages[0].content) and readable.contents
+    assert refusals == [-32003, -32003, -32003]
+    assert [record for record in await upstream.requests() if record.get("body")] == []
+    async with session_client(gateway.route_url(), bearer(issuer, groups=["ops"]), era=era) as client:  # type: ignore[arg-type]
+        assert (await client.read_resource("demo://counter")).contents
+
+
+async def test_a_completion_of_a_prompt_is_judged_like_a_list_item(
+    issuer: TestIssuer, neighbour_gateway: tuple[Gateway, Upstream]
+) -> None:
+    """completion/complete on greet sends no prompt arguments to judge: its condition reads them,
+    so it is decided at prompts/get, and the completion reaches the upstream (as the list shows
+    greet), while prompts/get with the refused name does not."""
+    gateway, upstream = neighbour_gateway
+    async with session_client(gateway.route_url(), bearer(issuer)) as client:
+        prompts = [prompt.name for prompt in (await client.list_prompts()).prompts]
+    await upstream.clear()
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    calls: dict[str, dict[str, Any]] = {
+        "completion/complete": {
+            "ref": {"type": "ref/prompt", "name": "greet"},
+            "argument": {"name": "name", "value": "m"},
+        },
+        "prompts/get": {"name": "greet", "arguments": {"name": "mallory"}},
+    }
+    statuses = []
+    async with aiohttp.ClientSession() as http:
+        for method, params in calls.items():
+            body = {"jsonrpc": "2.0", "id": 4, "method": method, "params": {**params, "_meta": meta}}
+            headers = {
+                **MCP_HEADERS,
+                **bearer(issuer),
+                "MCP-Protocol-Version": "2026-07-28",
+                "Mcp-Method": method,
+            }
+            if method == "prompts/get":
+                headers["Mcp-Name"] = "greet"
+            async with http.post(gateway.route_url(), json=body, headers=headers) as response:
+                statuses.append(response.status)
+    assert prompts == ["greet"]
+    assert statuses[1] == 403 and statuses[0] != 403  # what the upstream answers the completion is its own
+    methods = [record_json(r).get("method") for r in await upstream.requests() if r.get("body")]
+    assert methods == ["completion/complete"]
+
+
+async def test_one_refused_call_refuses_the_whole_batch(
+    issuer: TestIssuer, upstream: Upstream, gateway: Gateway
+) -> None:
+    """A 2025-03-26 batch whose second call's condition is false: 403, and the upstream receives
+    neither call."""
+    batch = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "a@example.com"}},
+        },
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "a@evil"}},
+        },
+    ]
+    headers = {**MCP_HEADERS, "MCP-Protocol-Version": "2025-03-26", **bearer(issuer)}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.route_url(), json=batch, headers=headers) as response,
+    ):
+        assert response.status == 403
+    assert await called_tools(upstream) == []
+
+
+async def test_simulate_replays_a_real_log_against_a_candidate(
+    issuer: TestIssuer,
+    upstream: Upstream,
+    start_gateway_with: GatewayFactory,
+    gateway_logs: LogSink,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Calls through the gateway are recorded; `simulate` with a candidate that moves echo to
+    another domain and opens whoami to agents prints exactly those changes (the two example.com
+    calls now denied, the example.org one and the agent's whoami now allowed), exit status 1;
+    the config that made the log changes nothing, exit 0."""
+    config = conditions_config(issuer, upstream.mcp_url)
+    gateway = await start_gateway_with(config)
+    before = len(gateway_logs.lines())
+    agent = bearer(issuer, act={"sub": "agent-7"})
+    for headers, name, arguments in (
+        (bearer(issuer), "echo", {"text": "a@example.com"}),
+        (bearer(issuer), "echo", {"text": "b@example.org"}),
+        (bearer(issuer), "echo", {"text": "c@example.com"}),
+        (agent, "whoami", {}),
+        (bearer(issuer), "whoami", {}),
+    ):
+        await raw_call(gateway, headers, name, arguments)
+    lines = gateway_logs.lines()[before:]
+    candidate_text = (
+        textwrap.dedent(config)
+        .replace('endsWith("@example.com")', 'endsWith("@example.org")')
+        .replace("'!has(principal.actor)'", "'true'")
+    )
+    # The command does blocking file I/O: off the loop the gateway runs on.
+    changed, changed_out = await asyncio.to_thread(simulate, tmp_path, lines, candidate_text, capsys)
+    same, same_out = await asyncio.to_thread(simulate, tmp_path, lines, textwrap.dedent(config), capsys)
+    assert changed == 1
+    assert changed_out == [
+        "5 recorded decisions against the candidate's enforced rules: 1 unchanged, 4 changed, 0 undecidable",
+        "allow -> deny: 2",
+        "  tools['echo']: 2",
+        "    line 1: tools/call echo by user-1: tools['echo'] condition false (was tools['echo'])",
+        "    line 6: tools/call echo by user-1: tools['echo'] condition false (was tools['echo'])",
+        "deny -> allow: 2",
+        "  tools['echo']: 1",
+        "    line 3: tools/call echo by user-1: allowed (was tools['echo']; tools['echo'] condition false)",
+        "  tools['whoami']: 1",
+        "    line 8: tools/call whoami by user-1: allowed "
+        "(was tools['whoami']; tools['whoami'] condition false)",
+        "skipped: 0 lines not JSON, 7 other events",
+    ]
+    assert same == 0
+    assert same_out[0].endswith("5 unchanged, 0 changed, 0 undecidable")
+
+
+def simulate(
+    folder: Path, log_lines: list[str], candidate: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, list[str]]:
+    """Run `mcp-auth-gateway simulate` on the log lines against a candidate config's text."""
+    log, config = folder / "audit.jsonl", folder / "candidate.yaml"
+    log.write_text("\n".join(log_lines) + "\n")
+    config.write_text(candidate)
+    status = cli.main(["simulate", "--config", str(config), "--decisions", str(log)])
+    return status, capsys.readouterr().out.splitlines()

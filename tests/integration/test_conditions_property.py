@@ -61,7 +61,9 @@ PATHS = {  # field: the values a request may carry for it (ints, strings, absent
 def lookup(values: dict[str, Any], path: tuple[str, ...]) -> Any:
     value: Any = values
     for part in path:
-        if not isinstance(value, dict) or part not in value:
+        if not isinstance(value, dict):
+            raise Error(f"{'.'.join(path)}: not an object")  # `arguments: null` included
+        if part not in value:
             raise Error(f"{'.'.join(path)} is absent")
         value = value[part]
     return value
@@ -92,6 +94,8 @@ def evaluate(node: Any, values: dict[str, Any]) -> bool:
         return not decisive
     if node.kind == "has":
         parent = lookup(values, node.path[:-1])
+        if not isinstance(parent, dict):
+            raise Error("has() on a value that is not an object")
         return node.path[-1] in parent
     value = lookup(values, node.path)
     if node.kind == "eq":
@@ -149,13 +153,16 @@ conditions = st.recursive(
 
 
 @st.composite
-def facts(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(arguments, claims): each field present (four times in five) with a drawn value, or absent."""
+def facts(draw: st.DrawFn) -> tuple[Any, dict[str, Any]]:
+    """(arguments, claims): each field present (four times in five) with a drawn value, or absent;
+    now and then arguments that are no object at all (null, a list, a string)."""
     arguments: dict[str, Any] = {}
     claims: dict[str, Any] = {}
     for (root, name), values in PATHS.items():
         if draw(st.integers(0, 4)) > 0:
             (arguments if root == "arguments" else claims)[name] = draw(values)
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from([None, [], "n", 5])), claims
     return arguments, claims
 
 
@@ -175,7 +182,7 @@ routes:
 async def run_case(
     harness: Harness,  # noqa: F811 -- the imported fixture
     condition: Any,
-    cases: list[tuple[dict[str, Any], dict[str, Any]]],
+    cases: list[tuple[Any, dict[str, Any]]],
 ) -> None:
     text = render(condition)
     url = await harness.gateway_for(config_for(text, harness.issuer.issuer, harness.upstream.url(sse=False)))
@@ -224,7 +231,7 @@ async def run_case(
 def test_no_call_whose_condition_is_not_true_reaches_the_upstream(
     harness: Harness,  # noqa: F811 -- the imported fixture
     condition: Any,
-    cases: list[tuple[dict[str, Any], dict[str, Any]]],
+    cases: list[tuple[Any, dict[str, Any]]],
 ) -> None:
     """Per the oracle: true → forwarded as sent; false or an evaluation error → 403, nothing upstream."""
     harness.loop.run(run_case(harness, condition, cases))
