@@ -275,12 +275,15 @@ def _scopes_text(scopes: Sequence[str]) -> str:
 def policy_summary(policy: RoutePolicy) -> list[str]:
     """What a route's rules let through, section by section, with what happens to the rest."""
     lines = []
-    for section in ("tools", "resources", "prompts"):
+    for section in ("tools", "resources", "prompts", "methods"):
         rules: tuple[Rule, ...] = getattr(policy, section)
-        shown = "; ".join(f"{rule.pattern!r}: {_scopes_text(rule.scopes)}" for rule in rules)
+        shown = "; ".join(_rule_text(rule) for rule in rules)
         lines.append(f"{section}: {shown or '(no rules)'}; {_unmatched_text(policy, section)}")
-    methods = "; ".join(f"{rule.pattern!r}: {_scopes_text(rule.scopes)}" for rule in policy.methods)
-    lines.append(f"methods: {methods or '(no rules)'}; {_unmatched_text(policy, 'methods')}")
+    if policy.shadow is not None:
+        observed = [_rule_text(rule) for rule in policy.shadow.all_rules if rule not in policy.all_rules]
+        if policy.shadow.route_scopes != policy.route_scopes:
+            observed.insert(0, f"route scopes {_scopes_text(policy.shadow.route_scopes)}")
+        lines.append(f"observed (mode: observe, logged as would_deny, not enforced): {'; '.join(observed)}")
     visibility = (
         "lists show what a rule allows, also to callers without its scopes, who get a 403 step-up"
         if policy.list_visibility is ListVisibility.STEP_UP
@@ -292,6 +295,12 @@ def policy_summary(policy: RoutePolicy) -> list[str]:
         f"a 401 names: {first}; a 403 step-up: what the call needs and the scopes held that the route uses"
     )
     return lines
+
+
+def _rule_text(rule: Rule) -> str:
+    """``'delete_*': repo:write if <condition>``."""
+    condition = f" if {rule.condition.source}" if rule.condition is not None else ""
+    return f"{rule.pattern!r}: {_scopes_text(rule.scopes)}{condition}"
 
 
 def _unmatched_text(policy: RoutePolicy, section: str) -> str:

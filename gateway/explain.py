@@ -310,11 +310,18 @@ def combine_decisions(
     if isinstance(refused, PolicyDenied):
         return Outcome(
             forwarded=False,
-            summary=f"HTTP {refused.status} (no rule allows this)",
+            summary=f"HTTP {refused.status} ({_unconditional_why(decisions)})",
             status=refused.status,
             jsonrpc_code=refused.jsonrpc_code,
         )
     return _challenge(config, route, refused)
+
+
+def _unconditional_why(decisions: Sequence[Decision]) -> str:
+    """Why no scope would help: a rule's condition is false (or failed), or no rule allows it."""
+    if any(not decided.allowed and decided.condition_denied and not decided.missing for decided in decisions):
+        return "a rule's condition does not hold: no scope would help"
+    return "no rule allows this"
 
 
 def _token_outcome(config: GatewayConfig, route: RouteConfig, caller: Caller) -> Outcome | None:

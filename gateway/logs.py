@@ -54,6 +54,9 @@ def _redact_value(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {key: _redact_item(str(key), item) for key, item in value.items()}
     if isinstance(value, list | tuple):
+        if all(type(item) is str for item in value) and _SUSPECT.search("\n".join(value)) is None:
+            # Scope lists, groups: one search for all (the joined text holds every item's match).
+            return list(value)
         return [_redact_value(item) for item in value]
     return value
 

@@ -135,7 +135,9 @@ def recorded_decision(event: Mapping[str, Any], line: int) -> RecordedDecision:
     arguments_recorded = "arguments" in event
     recorded = event.get("arguments")
     # As operation_of reads the call: an object, or anything else (null too) NotAnObject.
-    arguments = (recorded if isinstance(recorded, dict) else NotAnObject(recorded)) if arguments_recorded else None
+    arguments = None
+    if arguments_recorded:
+        arguments = recorded if isinstance(recorded, dict) else NotAnObject(recorded)
     operation = (
         Operation(RESPONSE_METHOD)
         if method == RESPONSE_METHOD
@@ -173,7 +175,8 @@ def recorded_decision(event: Mapping[str, Any], line: int) -> RecordedDecision:
         rule=rule if isinstance(rule, str) else "",
         subject_recorded="subject" in event,
         arguments_recorded=arguments_recorded,
-        claims_recorded=frozenset(_texts(event, "claims_recorded", required=False)),
+        # Recorded: the claims written, and those written as absent from the token.
+        claims_recorded=frozenset(claims) | frozenset(_texts(event, "claims_absent", required=False)),
     )
 
 

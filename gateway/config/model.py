@@ -306,10 +306,12 @@ class RouteConfig:
         """The scopes every request on this route needs (the route key ``scopes``, kept in the policy)."""
         return self.policy.route_scopes
 
-    @property
-    def audited_claims(self) -> tuple[str, ...]:
-        """The claims an audit event records: those the route's conditions read, and ``audit_claims``."""
-        return tuple(dict.fromkeys((*self.policy.claims_read, *self.audit_claims)))
+    # The claims an audit event records: those the route's conditions read, and ``audit_claims``.
+    audited_claims: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        audited = tuple(dict.fromkeys((*self.policy.claims_read, *self.audit_claims)))
+        object.__setattr__(self, "audited_claims", audited)  # frozen: derived once, at build time
 
 
 @dataclass(frozen=True, slots=True)

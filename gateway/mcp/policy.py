@@ -135,12 +135,18 @@ class RoutePolicy:
     shadow: RoutePolicy | None = None
     # Tool names written as literal (non-glob) patterns: the only tool names a metric label takes.
     literal_tools: frozenset[str] = field(init=False, repr=False, compare=False)
+    # The token claims some condition reads by name (``claims.repos``): what audit events record.
+    claims_read: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         literal = frozenset(
             rule.pattern for rule in self.tools if not GLOB_CHARACTERS.intersection(rule.pattern)
         )
         object.__setattr__(self, "literal_tools", literal)  # frozen: derived once, at build time
+        names: dict[str, None] = {}
+        for condition in self.conditions:
+            names.update(dict.fromkeys(sorted((condition.narrowed or {}).get("claims", ()))))
+        object.__setattr__(self, "claims_read", tuple(names))
 
     def rules_for(self, target: Target) -> tuple[Rule, ...]:
         match target:
@@ -159,14 +165,6 @@ class RoutePolicy:
     def conditions(self) -> tuple[Condition, ...]:
         """Every rule's condition, observed rules' included."""
         return tuple(rule.condition for rule in (self.shadow or self).all_rules if rule.condition is not None)
-
-    @property
-    def claims_read(self) -> tuple[str, ...]:
-        """The token claims some condition reads by name (``claims.repos``), for the audit events."""
-        names: dict[str, None] = {}
-        for condition in self.conditions:
-            names.update(dict.fromkeys(sorted((condition.narrowed or {}).get("claims", ()))))
-        return tuple(names)
 
     @property
     def restricts_use(self) -> bool:

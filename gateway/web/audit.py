@@ -4,7 +4,8 @@ Who (issuer, subject, client id, actor, the scopes held), where (route), what (m
 and its kind, watched resources), the outcome, the rules that decided, the scopes that were
 missing and how each condition came out. ``mcp-auth-gateway simulate`` replays these events
 against a candidate config (``gateway.simulate``), so an event also carries the claims the
-route's conditions read (``RoutePolicy.claims_read``, plus the route key ``audit_claims``) and,
+route's conditions read (``RoutePolicy.claims_read``, plus the route key ``audit_claims``; those
+the token lacks in ``claims_absent``) and,
 when the route asks for them (``audit_arguments: true``), the call's arguments, through the log
 redaction step. Never the token. With observed rules, the decision as written is there too
 (``observed``), and a ``would_deny`` event says what enforcing it would have refused.
@@ -40,8 +41,11 @@ def caller_fields(route: RouteConfig, principal: Identity) -> dict[str, Any]:
         fields["actor"] = dict(actor)
     recorded = route.audited_claims
     if recorded:
-        fields["claims"] = {name: principal.claims[name] for name in recorded if name in principal.claims}
-        fields["claims_recorded"] = list(recorded)
+        claims = principal.claims
+        fields["claims"] = {name: claims[name] for name in recorded if name in claims}
+        absent = [name for name in recorded if name not in claims]
+        if absent:  # recorded as absent (a claim not in "claims" and not here was not recorded)
+            fields["claims_absent"] = absent
     return fields
 
 
@@ -52,7 +56,8 @@ def decision_fields(decision: Decision) -> dict[str, Any]:
         "rule": decision.label,
         "missing_scopes": list(decision.missing),
     }
-    if decision.conditions:
+    # A condition that came out true is what the allowing rule needs: only the others are told.
+    if any(check.outcome.result != "true" for check in decision.conditions):
         fields["conditions"] = [
             {"rule": check.rule.label, "result": check.outcome.result, "reason": check.outcome.reason}
             for check in decision.conditions

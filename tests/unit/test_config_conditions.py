@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli import policy_summary
 from gateway.config import ConfigError, parse_config_text
 from gateway.mcp.conditions import MAX_CONDITION_LENGTH
 from gateway.mcp.policy import observed_policy
@@ -167,3 +168,23 @@ def test_an_observed_route_enforces_no_rule_but_keeps_the_tasks_list_rule() -> N
     assert [(rule.pattern, rule.scopes) for rule in policy.methods] == [("tasks/list", ())]
     assert policy.shadow.route_scopes == ("mcp",)
     assert policy.first_challenge == ("mcp",)  # tokens are still asked for what the rules will need
+
+
+def test_check_config_shows_conditions_and_observed_rules() -> None:
+    """The route summary names each rule's condition, and what is observed but not enforced."""
+    config = load(
+        """
+        tools:
+          delete_branch:
+            scopes: [repo:write]
+            condition: 'arguments.repo in claims.repos'
+            observe: {condition: '!has(principal.actor)'}
+          purge: {scopes: [ops], mode: observe}
+        """
+    )
+    lines = policy_summary(config.routes[0].policy)  # type: ignore[attr-defined]
+    assert lines[0].startswith("tools: 'delete_branch': repo:write if arguments.repo in claims.repos; any")
+    assert lines[4] == (
+        "observed (mode: observe, logged as would_deny, not enforced): "
+        "'delete_branch': repo:write if !has(principal.actor); 'purge': ops"
+    )
