@@ -867,9 +867,7 @@ def main() -> int:
             result["condition"] = measure_condition(gw, 64, args.duration, workdir, args.rounds)
             _say("   plain    ", result["condition"]["plain"])
             _say("   condition", result["condition"]["condition"])
-            _say(
-                "condition: the authorization step in-process, with and without it (bench.decision_cost)"
-            )
+            _say("condition: the authorization step in-process, with and without it (bench.decision_cost)")
             result["condition_in_process"] = decision_cost.measure(BENCH_CONDITION)
             _say("  ", result["condition_in_process"])
 
