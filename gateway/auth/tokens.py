@@ -303,7 +303,9 @@ def check_claims(claims: Mapping[str, Any], *, issuer: IssuerConfig, resource: s
         audience=audiences,
         expires_at=expires_at,
         token_id=token_id if isinstance(token_id, str) else None,
-        claims=MappingProxyType(dict(claims)),
+        # A cached token's claims are already such a view: kept, so that every request presenting
+        # the token shares one claims object (what per-token caches, e.g. conditions', key on).
+        claims=claims if type(claims) is MappingProxyType else MappingProxyType(dict(claims)),
     )
 
 

@@ -72,6 +72,8 @@ async def test_a_verified_token_is_cached_and_its_claims_still_checked_per_route
     hit = authenticator.cached(token, RESOURCE)
     assert hit is not None
     assert (hit.subject, hit.scopes, hit.token.reveal()) == ("alice", first.scopes, token.reveal())
+    # Every request of the token shares one claims object: what per-token caches key on.
+    assert hit.claims is first.claims and authenticator.cached(token, RESOURCE).claims is first.claims  # type: ignore[union-attr]
     # The audience is checked against the route asking, on a hit as on a miss.
     with pytest.raises(InvalidToken) as refused:
         authenticator.cached(token, OTHER_RESOURCE)
