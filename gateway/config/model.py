@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Final, Literal, NamedTuple, TypeAlias
 
 from ..mcp.policy import RoutePolicy
+from ..ratelimit.spec import RateLimitsConfig
 from ..secret import Secret
 
 __all__ = [
@@ -297,6 +298,10 @@ class RouteConfig:
     audit_arguments: bool = False  # include tool arguments in audit events
     # Token claims every audit event records (for `simulate`), besides those conditions read.
     audit_claims: tuple[str, ...] = ()
+    # Names of `rate_limits.limits` every authenticated request on the route counts against
+    # (rules add their own: Rule.limits), and those a request refused with 401 counts against.
+    limits: tuple[str, ...] = ()
+    unauthenticated_limits: tuple[str, ...] = ()
     dpop: DpopMode = "allowed"  # RFC 9449 proofs; see README "DPoP" for why allowed
     # RFC 9449 §8-9: a proof must carry a server nonce (DPoP-Nonce); stateless (gateway.auth.dpop).
     dpop_nonce: bool = False
@@ -330,6 +335,7 @@ class GatewayConfig:
     # On SIGTERM/SIGINT: how long in-flight requests and streams may run before they are cut.
     shutdown_grace_s: float = 30.0
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
 
     def route_for_path(self, path: str) -> RouteConfig | None:
         """The route whose path is ``path`` (one trailing slash ignored), if any."""

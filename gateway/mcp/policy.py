@@ -73,6 +73,7 @@ class Rule:
     line: int = 0
     condition: Condition | None = None  # also needed: this CEL condition is true (``conditions``)
     observe: bool = False  # ``mode: observe``: decided and logged, never enforced (``shadow``)
+    limits: tuple[str, ...] = ()  # names of rate limits a call this rule allows counts against
 
     def matches(self, name: str) -> bool:
         return self.regex.fullmatch(name) is not None

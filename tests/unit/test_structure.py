@@ -37,12 +37,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "gateway.sealing",
     ),
     ("gateway.logs", "gateway.eventloop"),
-    ("gateway.principal",),
+    ("gateway.principal", "gateway.ratelimit.spec"),
     ("gateway.cel",),  # the condition language: parser and checker, nothing of the gateway's
     ("gateway.mcp",),
     ("gateway.config",),
     ("gateway.auth", "gateway.metrics"),
-    ("gateway.upstream",),
+    ("gateway.upstream", "gateway.ratelimit"),
     ("gateway.web",),
     (
         "gateway.server",

@@ -1,0 +1,1 @@
+"""Identity-keyed rate limits, quotas and concurrency limits (issue 18)."""
