@@ -134,6 +134,10 @@ class RoutePolicy:
     # each request is also decided by and a denial there logged as ``would_deny``; this policy
     # is then the one enforced (``observed_policy``). None: nothing is observed.
     shadow: RoutePolicy | None = None
+    # Whether using a tool, resource or prompt needs a rule naming it; None: whether the route
+    # has such rules. An enforced policy keeps the written one's, so leaving its observed rules
+    # out never opens what no rule names.
+    restricts: bool | None = None
     # Tool names written as literal (non-glob) patterns: the only tool names a metric label takes.
     literal_tools: frozenset[str] = field(init=False, repr=False, compare=False)
     # The token claims some condition reads by name (``claims.repos``): what audit events record.
@@ -171,6 +175,8 @@ class RoutePolicy:
     def restricts_use(self) -> bool:
         """Whether using a tool, resource or prompt needs a rule naming it (when no ``default``
         is written): once the route has any tools, resources or prompts rule."""
+        if self.restricts is not None:
+            return self.restricts
         return bool(self.tools or self.resources or self.prompts)
 
     @property
@@ -496,9 +502,11 @@ def observed_policy(written: RoutePolicy, *, observe_route: bool) -> RoutePolicy
 
     An observed rule is left out of the enforced rules, so what it matches falls to the rules
     after it (an enforced rule of the same pattern after it keeps deciding until the observed one
-    is enforced). A route in observe mode enforces no scope, rule or condition, only what the
-    gateway never lets through: a ``tasks/list`` still needs its literal ``methods`` rule, an
-    ambiguous URI is still refused. The route still needs a valid token.
+    is enforced), and, with none, to what the written route does with what no rule names: a
+    route whose only tools rule is observed still refuses every other tool. A route in observe
+    mode enforces no scope, rule or condition, only what the gateway never lets through: a
+    ``tasks/list`` still needs its literal ``methods`` rule, an ambiguous URI is still refused.
+    The route still needs a valid token.
     """
     if not observe_route and not any(rule.observe for rule in written.all_rules):
         return written
@@ -515,7 +523,8 @@ def observed_policy(written: RoutePolicy, *, observe_route: bool) -> RoutePolicy
             challenge=written.challenge,
             shadow=shadow,
         )
-    return replace(_each_rule(written, lambda rule: None if rule.observe else rule), shadow=shadow)
+    enforced = _each_rule(written, lambda rule: None if rule.observe else rule)
+    return replace(enforced, shadow=shadow, restricts=written.restricts_use)
 
 
 def _each_rule(policy: RoutePolicy, change: Callable[[Rule], Rule | None]) -> RoutePolicy:
