@@ -12,11 +12,12 @@ from typing import Any
 
 import structlog
 
-from .config import LOG_LEVELS, ConfigError, GatewayConfig, LimitsConfig, load_config
+from .config import LOG_LEVELS, ConfigError, GatewayConfig, LimitsConfig, RouteConfig, load_config
 from .eventloop import LOOP_CHOICES, LoopUnavailable, loop_factory
 from .eventloop import run as run_on_loop
 from .logs import configure_logging
 from .mcp.policy import Default, ListVisibility, RoutePolicy, Rule
+from .ratelimit.spec import FixedWindow, LimitSpec, MemoryBackend, TokenBucket
 from .web.limits import open_file_limit, process_limits
 
 EXIT_CONFIG_ERROR = 2
@@ -218,9 +219,12 @@ def check_config(path: str, *, upstream: bool = False) -> int:
         print(f"route {route.path} -> {route.upstream}  resource={route.resource}  scopes={scopes}")
         for line in policy_summary(route.policy):
             print(f"  {line}")
+        print(f"  {route_limits_summary(route)}")
     for route in config.routes:
         for warning in stranded_scopes_warnings(route.policy):
             print(f"warning: route {route.path}: {warning}")
+    for line in rate_limits_summary(config):
+        print(line)
     print(state_keys_summary(config))
     print(limits_summary(config.limits, open_file_limit(after_raise=True)))
     if upstream:
@@ -349,6 +353,79 @@ def limits_summary(limits: LimitsConfig, open_files: int) -> str:
         f"keep-alive {limits.keepalive_timeout_s:g}s; {connections}, max_streams "
         f"{resolved.max_streams}, buffered bodies {limits.max_buffered_body_bytes} bytes"
     )
+
+
+def route_limits_summary(route: RouteConfig) -> str:
+    """The rate limits a route's requests count against: the route's, the rules', and the 401s'."""
+    parts = [f"every request: {', '.join(route.limits)}"] if route.limits else []
+    parts += [f"{rule.label}: {', '.join(rule.limits)}" for rule in route.policy.all_rules if rule.limits]
+    if route.unauthenticated_limits:
+        parts.append(f"a 401: {', '.join(route.unauthenticated_limits)}")
+    return f"rate limits: {'; '.join(parts) or '(none)'}"
+
+
+_UNITS = {1.0: "s", 60.0: "min", 3600.0: "hour", 86400.0: "day"}
+
+
+def _window_text(count: int, window_s: float) -> str:
+    """``10/min``: as the config writes a count per window."""
+    return f"{count}/{_UNITS[window_s]}" if window_s in _UNITS else f"{count}/{window_s:g}s"
+
+
+def _rate_text(rate_per_s: float) -> str:
+    """``10/min`` for 1/6 a second: the smallest unit with a whole count (``100/30s`` reads
+    ``200/min``)."""
+    for window_s, unit in _UNITS.items():
+        count = rate_per_s * window_s
+        if count >= 1 and abs(count - round(count)) < 1e-6:
+            return f"{round(count)}/{unit}"
+    return f"{rate_per_s:.4g}/s"
+
+
+def limit_text(limit: LimitSpec, *, shared_store: bool) -> str:
+    """One limit in words: what it allows, per what, and (with Redis) what a store failure does."""
+    algorithm = limit.algorithm
+    if isinstance(algorithm, TokenBucket):
+        what = f"{_rate_text(algorithm.rate_per_s)}, bursts of {algorithm.burst} (token bucket)"
+    elif isinstance(algorithm, FixedWindow):
+        what = f"{_window_text(algorithm.count, algorithm.window_s)} (fixed window)"
+    else:
+        what = f"{algorithm.max_in_flight} in flight at once"
+    per = f"per {', '.join(limit.key)}" if limit.key else "one counter for everyone"
+    fail = f"; Redis unreachable: fail {limit.fail}" if shared_store else ""
+    return f"rate limit {limit.name}: {what}, {per}{fail}"
+
+
+def rate_limits_summary(config: GatewayConfig) -> list[str]:
+    """The store, a line per limit, and a warning for each limit nothing uses."""
+    if not config.rate_limits.limits:
+        return []
+    backend = config.rate_limits.backend
+    if isinstance(backend, MemoryBackend):
+        store = "memory: exact in one process, counted per worker with --workers N"
+    else:  # never the URL: it may hold a password
+        store = (
+            f"redis: shared by every process and replica; timeout {backend.timeout_s:g}s, "
+            f"pool {backend.pool_size}, key prefix {backend.key_prefix!r}"
+        )
+    shared = not isinstance(backend, MemoryBackend)
+    lines = [f"rate_limits: {store}"]
+    lines += [limit_text(limit, shared_store=shared) for limit in config.rate_limits.limits]
+    used = {
+        name
+        for route in config.routes
+        for name in (
+            *route.limits,
+            *route.unauthenticated_limits,
+            *(name for rule in (route.policy.shadow or route.policy).all_rules for name in rule.limits),
+        )
+    }
+    lines += [
+        f"warning: rate limit {limit.name!r} (line {limit.line}) is declared, but no route or rule uses it"
+        for limit in config.rate_limits.limits
+        if limit.name not in used
+    ]
+    return lines
 
 
 def state_keys_summary(config: GatewayConfig) -> str:

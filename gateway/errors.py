@@ -39,7 +39,9 @@ set (``Reason``), since they are metric labels.
     │   ├── CircuitOpen                   its circuit is open (gateway.upstream.resilience)
     │   └── UpstreamBusy                  its max_concurrent_requests are all in use
     ├── Overloaded                   503  a process limit is reached (Retry-After)
-    └── ShuttingDown                 503  the shutdown deadline passed (Retry-After)
+    ├── ShuttingDown                 503  the shutdown deadline passed (Retry-After)
+    ├── RateLimited                  429  a configured rate limit (Retry-After, RateLimit headers)
+    └── RateLimitUnavailable         503  a fail-closed limit's store is unreachable (Retry-After)
 """
 
 from __future__ import annotations
@@ -476,6 +478,43 @@ class ShuttingDown(GatewayError):
     retry_after_s = 1
 
 
+class RateLimited(GatewayError):
+    """A rate limit, quota or concurrency limit refused the request: 429 with ``Retry-After`` and
+    the IETF ``RateLimit-Policy`` / ``RateLimit`` headers; the JSON-RPC message says when to retry,
+    so a model reading it can wait instead of retrying at once."""
+
+    status = 429
+    reason = "rate_limited"
+    jsonrpc_code = -32029  # implementation-defined server error (JSON-RPC 2.0 §5.1): rate limited
+    message = "Rate limited"
+
+    def __init__(
+        self, limit: str, retry_after_s: int, limit_headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(detail=f"limit {limit}")
+        self.limit = limit
+        self.retry_after_s = max(1, retry_after_s)
+        self.message = f"Rate limited ({limit}): retry after {self.retry_after_s} s"
+        self.limit_headers = dict(limit_headers or {})
+
+    def headers(self, challenge: Challenge | None) -> dict[str, str]:
+        return {**self.limit_headers, **super().headers(challenge)}
+
+
+class RateLimitUnavailable(GatewayError):
+    """A ``fail: closed`` limit whose shared store (Redis) cannot be reached: 503, nothing forwarded."""
+
+    status = 503
+    reason = "rate_limit_unavailable"
+    jsonrpc_code = -32000  # implementation-defined server error (JSON-RPC 2.0 §5.1)
+    message = "Rate limit store unavailable, retry later"
+    retry_after_s = 1
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(detail=f"limit {limit}")
+        self.limit = limit
+
+
 ERROR_CLASSES: Final[tuple[type[GatewayError], ...]] = (
     GatewayError,
     AuthError,
@@ -509,5 +548,7 @@ ERROR_CLASSES: Final[tuple[type[GatewayError], ...]] = (
     UpstreamBusy,
     Overloaded,
     ShuttingDown,
+    RateLimited,
+    RateLimitUnavailable,
 )
 """Every class in the tree, for the test that the docstring's drawing lists each one."""

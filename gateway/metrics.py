@@ -45,6 +45,9 @@ METRIC_FAMILIES: Final[tuple[str, ...]] = (
     "mcp_gateway_policy_decisions_total",
     "mcp_gateway_policy_observed_total",
     "mcp_gateway_condition_schema_mismatches_total",
+    "mcp_gateway_rate_limited_total",
+    "mcp_gateway_rate_limit_store_errors_total",
+    "mcp_gateway_rate_limit_store_up",
     "mcp_gateway_upstream_duration_seconds",
     "mcp_gateway_upstream_errors_total",
     "mcp_gateway_upstream_retries_total",
@@ -143,6 +146,24 @@ class GatewayMetrics:
             "A rule condition reads arguments.X of a tool whose inputSchema (seen in tools/list) "
             "has no X: counted once per route, rule, tool and argument per process.",
             ("route", "rule"),
+            registry=registry,
+        )
+        self.rate_limited_requests = Counter(
+            "mcp_gateway_rate_limited",
+            "Requests refused by a rate limit (reason limited: 429) or because a fail-closed limit's "
+            "store was unreachable (reason store_unavailable: 503); limit is the config's name.",
+            ("route", "limit", "reason"),
+            registry=registry,
+        )
+        self.rate_limit_store_errors = Counter(
+            "mcp_gateway_rate_limit_store_errors",
+            "Rate-limit decisions the shared store (Redis) could not answer, by reason.",
+            ("reason",),
+            registry=registry,
+        )
+        self.rate_limit_store_up = Gauge(
+            "mcp_gateway_rate_limit_store_up",
+            "1 while the rate-limit store answers (always 1 for the memory store), 0 in an outage.",
             registry=registry,
         )
         self.upstream_duration = Histogram(
@@ -302,6 +323,14 @@ class GatewayMetrics:
     def policy_observed(self, route: RouteConfig, outcome: str, rule: str) -> None:
         """``outcome``: would_deny or would_allow; ``rule``: the written rules' labels (from the config)."""
         self.policy_observed_decisions.labels(route.path, outcome, rule).inc()
+
+    def rate_limited(self, route: str, limit: str, *, unavailable: bool) -> None:
+        self.rate_limited_requests.labels(
+            route, limit, "store_unavailable" if unavailable else "limited"
+        ).inc()
+
+    def rate_limit_store_failed(self, reason: str) -> None:
+        self.rate_limit_store_errors.labels(reason).inc()
 
     def condition_schema_mismatch(self, route: str, rule: str) -> None:
         self.condition_schema_mismatches.labels(route, rule).inc()

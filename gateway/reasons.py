@@ -118,6 +118,8 @@ Reason: TypeAlias = (
         "malformed_body",
         "too_many_streams",
         "body_budget_exhausted",
+        "rate_limited",
+        "rate_limit_unavailable",
     ]
 )
 """Every ``reason`` an error can carry: a closed set, since it is a metric label."""

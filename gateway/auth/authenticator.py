@@ -26,6 +26,12 @@ class Authenticator:
         # One per gateway: the jti values its proofs used (RFC 9449 §11.1), per route.
         self.dpop = dpop or DpopVerifier()
 
+    def known(self, token: PresentedToken) -> bool:
+        """Whether ``token`` was accepted before and its answer is cached: authenticating it again
+        costs no signature check and no call to the AS (what an exhausted unauthenticated limit
+        still lets through)."""
+        return self._jwt.known(token) or (self.introspector is not None and self.introspector.known(token))
+
     async def authenticate(self, token: PresentedToken, resource: str) -> Principal:
         if self.introspector is None:
             return await self._jwt.authenticate(token, resource)

@@ -193,6 +193,10 @@ class Introspector:
         self._on_result = on_result or noop
         self._on_cache_hit = on_cache_hit or noop
 
+    def known(self, token: PresentedToken) -> bool:
+        """Whether the AS's answer about ``token`` is cached (using it asks the AS nothing)."""
+        return token.sha256 in self._cache
+
     async def authenticate(self, token: PresentedToken, resource: str) -> Principal:
         """The caller behind ``token`` for the route whose resource is ``resource``, or an error."""
         key = token.sha256

@@ -371,6 +371,10 @@ class JwtAuthenticator:
             return cached
         return await self.verify(self.decode(token), resource)
 
+    def known(self, token: PresentedToken) -> bool:
+        """Whether ``token`` was verified before and is still cached (its checks still run on use)."""
+        return token.sha256 in self._verified
+
     def cached(self, token: PresentedToken, resource: str) -> Principal | None:
         """The caller, if ``token`` was verified before against keys its issuer still serves."""
         verified = self._verified.get(token.sha256)

@@ -55,7 +55,7 @@ from .reader import (
     text,
 )
 from .resilience_fields import parse_circuit_breaker, parse_health_check
-from .rule_fields import RULE_SECTIONS, SCOPES, parse_default, rule_map
+from .rule_fields import LIMIT_NAMES, RULE_SECTIONS, SCOPES, parse_default, rule_map
 from .yamlsource import YamlMapping, YamlNode, YamlRejected, YamlScalar
 
 # =========================================================================== URLs
@@ -519,6 +519,8 @@ ROUTE_FIELDS: Final = (
     FieldSpec("credential", parse_credential),
     FieldSpec("audit_arguments", boolean),
     FieldSpec("audit_claims", list_of(non_empty_text, unique="claim")),
+    FieldSpec("limits", LIMIT_NAMES),
+    FieldSpec("unauthenticated_limits", LIMIT_NAMES),
     FieldSpec("dpop", one_of("off", "allowed", "required")),
     FieldSpec("dpop_nonce", boolean),
     FieldSpec("mode", one_of("enforce", "observe")),

@@ -17,6 +17,7 @@ from typing import Final, NamedTuple, TypeVar
 
 from ..mcp.policy import ListVisibility, RoutePolicy, observed_policy
 from ..mcp.uris import pattern_problem
+from ..ratelimit.spec import RateLimitsConfig
 from ..sealing import KEY_ID, MIN_SECRET_BYTES
 from .fields import (
     ISSUER_FIELDS,
@@ -42,6 +43,7 @@ from .model import (
     StateKeyConfig,
     StateKeysConfig,
 )
+from .ratelimit_fields import check_limit_references, parse_rate_limits
 from .reader import (
     INVALID,
     Cursor,
@@ -172,6 +174,7 @@ TOP_FIELDS: Final = (
     FieldSpec("logging", section_of(_LOGGING_FIELDS)),
     FieldSpec("state_keys", section_of(_STATE_KEYS_FIELDS)),
     FieldSpec("limits", section_of(_LIMITS_FIELDS)),
+    FieldSpec("rate_limits", parse_rate_limits),
 )
 
 
@@ -378,6 +381,11 @@ def _build_gateway(top: Parsed[Section], at: Cursor, source: Path) -> Parsed[Gat
     logging = build_from(LoggingConfig, values["logging"]) if "logging" in values else LoggingConfig()
     state_keys = _state_keys(values.get("state_keys"), at.key("state_keys"))
     limits = build_from(LimitsConfig, values["limits"]) if "limits" in values else LimitsConfig()
+    rate_limits: RateLimitsConfig = values.get("rate_limits", RateLimitsConfig())
+    # A rate_limits section with a problem declares limits we do not know: names stay unchecked.
+    unknowable = "rate_limits" in top.present and "rate_limits" not in values
+    routes_written = values.get("routes", ())
+    references_fine = unknowable or check_limit_references(rate_limits, routes_written, at.key("routes"))
     if (
         not top.complete
         or public_url is INVALID
@@ -389,6 +397,7 @@ def _build_gateway(top: Parsed[Section], at: Cursor, source: Path) -> Parsed[Gat
         or logging is INVALID
         or state_keys is INVALID
         or limits is INVALID
+        or not references_fine
     ):
         return INVALID
     return GatewayConfig(
@@ -403,6 +412,7 @@ def _build_gateway(top: Parsed[Section], at: Cursor, source: Path) -> Parsed[Gat
         logging=logging,
         state_keys=state_keys,
         limits=limits,
+        rate_limits=rate_limits,
         **{key: values[key] for key in _PLAIN_TOP_KEYS if key in values},
     )
 

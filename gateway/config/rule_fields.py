@@ -2,7 +2,9 @@
 
 A rule is ``pattern: [scopes]``, or, to say more, ``pattern: {scopes: [...], condition: "<CEL>"}``,
 with ``mode: observe`` for a new rule that is decided and logged but not enforced, or an
-``observe: {scopes, condition}`` block for the candidate replacement of an enforced rule. A
+``observe: {scopes, condition}`` block for the candidate replacement of an enforced rule, and
+``limits: [names]`` for the rate limits a call the rule allows counts against (``load`` checks
+the names against ``rate_limits``). A
 condition is checked against the variables of its section at load (``gateway.mcp.conditions``):
 a syntax error, an unknown variable or field, or a type mismatch is reported here with its
 column, so a misspelt field never silently denies everything.
@@ -52,9 +54,11 @@ def parse_scope(node: YamlNode, at: Cursor) -> Parsed[str]:
 
 
 SCOPES: Final = list_of(parse_scope, unique="scope")
+# Names of `rate_limits.limits`, as routes and rules refer to them (checked against them in load).
+LIMIT_NAMES: Final = list_of(non_empty_text, unique="limit")
 RULE_MODES: Final = ("enforce", "observe")
 _parse_mode: Final = one_of(*RULE_MODES)
-_RULE_KEYS: Final = ("scopes", "condition", "mode", "observe")
+_RULE_KEYS: Final = ("scopes", "condition", "mode", "limits", "observe")
 
 
 def _condition_problem(source: str, offset: int, message: str) -> str:
@@ -94,13 +98,14 @@ _RULE_OBJECT_SCHEMA: Final = {
         "scopes": SCOPES.schema,
         "condition": {"type": "string", "minLength": 1},
         "mode": _parse_mode.schema,
+        "limits": LIMIT_NAMES.schema,
         "observe": _CANDIDATE_SCHEMA,
     },
     "additionalProperties": False,
 }
 
-# One rule as written: (scopes, condition, observed).
-RuleSpec = tuple[tuple[str, ...], Condition | None, bool]
+# One rule as written: (scopes, condition, observed, rate limit names).
+RuleSpec = tuple[tuple[str, ...], Condition | None, bool, tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,7 @@ class _RuleKeys:
     scopes: tuple[str, ...] | None = None
     condition: Condition | None = None
     mode: str | None = None
+    limits: tuple[str, ...] | None = None
     observe: YamlNode | None = None  # read by _rule_value
 
 
@@ -124,6 +130,7 @@ def _rule_keys(section: str, node: YamlMapping, at: Cursor, keys: tuple[str, ...
         "scopes": SCOPES,
         "condition": parse_condition(section),
         "mode": _parse_mode,
+        "limits": LIMIT_NAMES,
     }
     values: dict[str, Any] = {}
     for key in keys:
@@ -143,13 +150,14 @@ def _rule_value(section: str, node: YamlNode, at: Cursor) -> Parsed[tuple[RuleSp
     enforced (what the candidate leaves out it takes from the rule)."""
     if not isinstance(node, YamlMapping):
         listed = SCOPES(node, at)
-        return INVALID if listed is INVALID else ((listed, None, False),)
+        return INVALID if listed is INVALID else ((listed, None, False, ()),)
     written = _rule_keys(section, node, at, _RULE_KEYS)
     if written is INVALID:
         return INVALID
     scopes = written.scopes or ()
     observed = written.mode == "observe"
-    enforced: RuleSpec = (scopes, written.condition, observed)
+    limits = written.limits or ()
+    enforced: RuleSpec = (scopes, written.condition, observed, limits)
     block = written.observe
     if block is None:
         return (enforced,)
@@ -162,19 +170,28 @@ def _rule_value(section: str, node: YamlNode, at: Cursor) -> Parsed[tuple[RuleSp
         return INVALID
     if not isinstance(block, YamlMapping):
         return block_at.problem(block.line, wrong_type(block, "a mapping of scopes, condition"))
+    written_limits = block.get("limits")
+    if written_limits is not None:
+        # Observed rules are only logged, never counted; the candidate counts against the rule's
+        # limits once it replaces the rule, so a second list would have nothing to mean.
+        block_at.key("limits").problem(
+            written_limits.key_line, "an observe block has no limits: the candidate takes the rule's limits"
+        )
+        block = YamlMapping(tuple(entry for entry in block.entries if entry.key != "limits"), block.line)
     candidate = _rule_keys(section, block, block_at, ("scopes", "condition"))
-    if candidate is INVALID:
+    if candidate is INVALID or written_limits is not None:
         return INVALID
     replacement = (
         candidate.scopes if candidate.scopes is not None else scopes,
         candidate.condition if candidate.condition is not None else written.condition,
         True,
+        limits,
     )
     return (replacement, enforced)
 
 
 def rule_map(section: str) -> Parser[tuple[Rule, ...]]:
-    """An ordered map ``glob: [scopes]`` (or ``glob: {scopes, condition, mode}``); first match
+    """An ordered map ``glob: [scopes]`` (or ``glob: {scopes, condition, mode, limits}``); first match
     wins, so a pattern after one that covers it can never match and is reported, as are
     malformed globs, scope tokens and conditions.
 
@@ -216,8 +233,10 @@ def rule_map(section: str) -> Parser[tuple[Rule, ...]]:
             if value is INVALID:
                 complete = False
                 continue
-            for scopes, condition, observe in value:
-                rules.append(Rule(section, entry.key, scopes, regex, entry.key_line, condition, observe))
+            for scopes, condition, observe, limits in value:
+                rules.append(
+                    Rule(section, entry.key, scopes, regex, entry.key_line, condition, observe, limits)
+                )
         return tuple(rules) if complete else INVALID
 
     return Parser(

@@ -7,13 +7,15 @@ the MCP pipeline, in the order the spec needs:
                       token, so a hostile page learns nothing from 401 vs 403;
 2. ``check_method``   GET, POST, DELETE (and a CORS preflight);
 3. ``authenticate``   the bearer token (or DPoP token and proof) → ``Principal``, or 401 with
-                      the route's challenge;
+                      the route's challenge (429 past the route's ``unauthenticated_limits``);
    ``open_session``   a sealed ``Mcp-Session-Id`` opened for this caller (``gateway.sealing``):
                       another user's session is answered as an unknown one, 404;
 4. ``read_body``      only once the caller is known, bounded by the route's ``max_body_bytes``,
                       ``limits.body_timeout_s`` and the process's body budget (``web.limits``);
    ``parse_strictly`` the strict MCP reading of the body (``gateway.mcp.messages``);
 5. ``authorize``      every message against the route's rules, audited; 403 on a denial;
+   ``admit_messages`` the rate limits of the route and of the rules that allowed each call
+                      (``web.ratelimits``): 429 past them, nothing forwarded;
    ``open_task_ids``  every task id the body names opened for this caller, or 400;
 6. credential         the route's downstream credential, narrowed to this operation;
 7. forward            within the process's ``max_streams``, ``Upstream.forward``: a new
@@ -51,15 +53,24 @@ from ..mcp.answers import chain
 from ..mcp.conditions import Facts
 from ..mcp.handles import TaskIdSealer
 from ..mcp.listing import ListFilter
-from ..mcp.messages import HANDSHAKE_VERSIONS, McpPost, McpRejected, decode_header_value, parse_post
-from ..mcp.policy import challenge_scopes, combine, decide, kept_scopes, operation_of, refusal
+from ..mcp.messages import (
+    HANDSHAKE_VERSIONS,
+    McpMessage,
+    McpPost,
+    McpRejected,
+    decode_header_value,
+    parse_post,
+)
+from ..mcp.policy import Decision, challenge_scopes, combine, decide, kept_scopes, operation_of, refusal
 from ..metrics import GatewayMetrics
 from ..principal import Principal
+from ..ratelimit.limiter import Admission
 from .audit import audit_decision, audit_observed_route_scopes
 from .handles import CallerHandles
 from .limits import ADMISSION, RequestHold
 from .metadata import WELL_KNOWN_PRM, prm_document
 from .middleware import MCP_METHOD, PRINCIPAL, REQUEST_ID, ROUTE, RPC_ID, TARGET, jsonrpc_error_response
+from .ratelimits import admit, admit_unauthenticated, check_unauthenticated, request_keys, request_limits
 from .resources import Gateway, ServedRoute
 
 MCP_METHODS = ("GET", "POST", "DELETE")
@@ -112,11 +123,13 @@ async def handle_mcp(
             request, route.max_body_bytes, held, request.app[ADMISSION].limits.body_timeout_s
         )
         post = parse_strictly(request, body)
-        required = authorize(route, principal, post, gateway.metrics)
+        required, decisions = authorize(route, principal, post, gateway.metrics)
         body = handles.open_task_ids(body)
         list_filter = ListFilter.for_post(post, route.policy, principal.scopes, facts)
+        admissions = await admit_messages(gateway, route, principal, post, decisions, request)
     else:  # GET stream, DELETE session: the route scopes alone
         check_route_scopes(route, principal, request.method, gateway.metrics)
+        admissions = await admit_request(gateway, route, principal, (), request.method, None, request)
 
     # The client's token stops in gateway/upstream/proxy.py: Upstream.forward builds the upstream
     # request from a header allowlist (upstream_request_headers) that leaves Authorization out.
@@ -129,17 +142,22 @@ async def handle_mcp(
     response_headers = {"X-Request-Id": request[REQUEST_ID], **(cors_headers(origin) if origin else {})}
     if (nonce := request.get(DPOP_NONCE)) is not None:  # §8: the nonce for the client's next proof
         response_headers["DPoP-Nonce"] = nonce
-    held.stream()  # one of the process's streams, or 503 before the upstream sees anything
-    return await served.upstream.forward(
-        request,
-        body,
-        upstream_headers,
-        response_headers,
-        response_filter,
-        seal_session_id=handles.seal_session,
-        seal_event_id=handles.seal_event_id,
-        body_sent=held.release_body,  # a long answer does not keep its request's body counted
-    )
+    for admission in admissions:
+        response_headers.update(admission.headers)  # RateLimit-Policy / RateLimit on answers too
+    try:
+        held.stream()  # one of the process's streams, or 503 before the upstream sees anything
+        return await served.upstream.forward(
+            request,
+            body,
+            upstream_headers,
+            response_headers,
+            response_filter,
+            seal_session_id=handles.seal_session,
+            seal_event_id=handles.seal_event_id,
+            body_sent=held.release_body,  # a long answer does not keep its request's body counted
+        )
+    finally:
+        await release_all(admissions)  # a concurrency slot is held until the answer ends
 
 
 # --- the steps, in order ----------------------------------------------------------------------
@@ -163,16 +181,21 @@ async def authenticate(gateway: Gateway, route: RouteConfig, request: web.Reques
     """The caller, from ``Authorization: Bearer`` or (route ``dpop``) ``DPoP`` with its proof;
     a refusal names the scopes to ask for."""
     authorization = request.headers.getall("Authorization", [])
+    limits = gateway.config.rate_limits
     try:
         in_query = query_carries_token(request.query_string, authorization)
         scheme, token = presented_token_from(authorization, in_query, dpop=route.dpop != "off")
         if scheme == "bearer" and route.dpop == "required":
             raise InvalidDpopProof("dpop_required", "scheme Bearer, route dpop: required")
+        known = gateway.authenticator.known(token)
+        await check_unauthenticated(gateway.rate_limiter, route, limits, request, known, gateway.metrics)
         principal = await gateway.authenticator.authenticate(token, route.resource)
         nonces = DpopNonces(gateway.sealer) if route.dpop_nonce else None
         check_binding(gateway, route, request, scheme, principal, nonces)
     except AuthError as exc:
         exc.scopes = exc.scopes or challenge_hint(route, request)
+        if exc.status == 401:  # counted against the route's unauthenticated limits: 429 past them
+            await admit_unauthenticated(gateway.rate_limiter, route, limits, request, gateway.metrics)
         raise
     request[PRINCIPAL] = principal
     if nonces is not None:
@@ -300,10 +323,11 @@ def parse_strictly(request: web.Request, body: bytes) -> McpPost:
 
 def authorize(
     route: RouteConfig, principal: Principal, post: McpPost, metrics: GatewayMetrics | None = None
-) -> tuple[str, ...]:
+) -> tuple[tuple[str, ...], tuple[Decision, ...]]:
     """Decide every message; one denied message refuses the whole POST (a batch included).
 
-    Returns every scope the allowed POST needs, for narrowing the downstream credential.
+    Returns every scope the allowed POST needs, for narrowing the downstream credential, and the
+    decisions (their rules name the rate limits that apply).
     """
     decisions = []
     facts = Facts(principal, route.path)
@@ -323,7 +347,54 @@ def authorize(
     verdict = combine(decisions)
     if (refused := refusal(verdict, kept_scopes(route.policy, principal.scopes))) is not None:
         raise refused
-    return verdict.required
+    return verdict.required, tuple(decisions)
+
+
+async def admit_request(
+    gateway: Gateway,
+    route: RouteConfig,
+    principal: Principal,
+    decisions: tuple[Decision, ...],
+    method: str,
+    message: McpMessage | None,
+    request: web.Request,
+) -> tuple[Admission, ...]:
+    """The rate limits of the route and of the rules that allowed it (gateway.web.ratelimits)."""
+    limits = request_limits(gateway.config.rate_limits, route, decisions)
+    if not limits:
+        return ()
+    keys = request_keys(route, principal, method, message, request)
+    admission = await admit(gateway.rate_limiter, limits, keys, route, gateway.metrics)
+    return () if admission is None else (admission,)
+
+
+async def admit_messages(
+    gateway: Gateway,
+    route: RouteConfig,
+    principal: Principal,
+    post: McpPost,
+    decisions: tuple[Decision, ...],
+    request: web.Request,
+) -> tuple[Admission, ...]:
+    """Every call of a POST counts, each with its own method and tool: ten calls in one 2025-03-26
+    batch count ten times. A client's responses count against nothing. One refused call refuses
+    the POST (what the calls before it took of concurrency limits is given back)."""
+    admitted: list[Admission] = []
+    try:
+        for message, decision in zip(post.messages, decisions, strict=True):
+            if message.kind == "response":
+                continue
+            method = message.method or ""
+            admitted += await admit_request(gateway, route, principal, (decision,), method, message, request)
+    except BaseException:
+        await release_all(admitted)
+        raise
+    return tuple(admitted)
+
+
+async def release_all(admissions: tuple[Admission, ...] | list[Admission]) -> None:
+    for admission in admissions:
+        await admission.release()
 
 
 def check_route_scopes(

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -28,6 +28,8 @@ from ..config import GatewayConfig, RouteConfig, TokenExchangeCredential
 from ..mcp.answers import MessageRewriter
 from ..mcp.schema_check import schema_watches
 from ..metrics import GatewayMetrics
+from ..ratelimit.limiter import RateLimiter
+from ..ratelimit.spec import RateLimitsConfig
 from ..sealing import StateSealer, process_sealer
 from ..upstream.credentials import CredentialStrategy, ExchangerFactory, build_strategy
 from ..upstream.exchange import TokenExchanger
@@ -68,6 +70,8 @@ class Gateway:
     # changed. The others were already serving (a reload kept them) with whatever they had.
     new_issuer_keys: tuple[IssuerKeys, ...]
     sealer: StateSealer  # seals Mcp-Session-Id (and task ids) to their caller
+    # Counts requests against `rate_limits` (in this process, or in the shared Redis).
+    rate_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(RateLimitsConfig()))  # tests: none
 
     @property
     def ready(self) -> bool:
@@ -127,6 +131,10 @@ async def open_gateway(
             issuer_keys[issuer.issuer] = lease.keys
             if not lease.reused:
                 new_issuer_keys.append(lease.keys)
+        limiter = RateLimiter(config.rate_limits, on_store_error=metrics.rate_limit_store_failed)
+        await limiter.start()
+        stack.push_async_callback(limiter.aclose)
+        metrics.rate_limit_store_up.set_function(lambda: 1.0 if limiter.store_up else 0.0)
         introspector = _introspector(config, session, metrics)
         if introspector is not None:
             stack.push_async_callback(introspector.aclose)
@@ -150,6 +158,7 @@ async def open_gateway(
             issuer_keys=tuple(issuer_keys.values()),
             new_issuer_keys=tuple(new_issuer_keys),
             sealer=state_sealer(config),
+            rate_limiter=limiter,
         )
 
 

@@ -1,0 +1,325 @@
+"""Counters in a Redis (or Valkey) server, shared by every gateway process and replica.
+
+One decision is one round trip: a single ``EVALSHA`` of ``LUA_DECIDE`` over all the request's
+limits. The script reads the server's clock (``TIME``, so replicas with skewed clocks agree),
+decides every limit with the arithmetic of ``gateway.ratelimit.buckets``, and writes only if all of
+them admit the request; Redis runs a script atomically, so two replicas can never both take the
+last token. Every counter gets a TTL, so an idle client's keys vanish. A concurrency limit is a
+sorted set of lease ids scored by their expiry: a process that dies holding slots has them freed
+``lease_s`` later.
+
+When the server cannot answer (timeout, refused connection, any Redis error) the store raises
+``StoreUnavailable``; the limiter applies each limit's ``fail`` mode. For ``retry_s`` after a
+failure the store does not wait on the server at all (it fails fast), then tries again: the first
+success ends the outage, with no restart. ``rate_limit_store_unavailable`` is logged once per
+outage and ``rate_limit_store_recovered`` when it ends; neither carries the URL's credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import redis
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .buckets import TOKEN_EPSILON, Counter, Verdict
+from .spec import Concurrency, FixedWindow, RedisBackend, TokenBucket
+
+log = structlog.get_logger("gateway.ratelimit")
+
+# KEYS[i] is the counter of limit i. ARGV[1] is "1" to take from every limit if all admit, "0" to
+# only look; ARGV[2] the request's lease id; then three values per limit: its kind (b: token
+# bucket, w: fixed window, c: concurrency) and two numbers (rate and burst; count and window;
+# max in flight and lease). Four integers come back per limit: admitted (1/0), remaining, ms
+# until the full quota is back (-1: no clock) and ms until a retry can succeed. Numbers are
+# stored with %.17g: Lua's default tostring keeps 14 digits, which would drift the refill.
+LUA_DECIDE: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local commit = ARGV[1] == '1'
+local lease = ARGV[2]
+local eps = tonumber(ARGV[3])
+local function num(x) return string.format('%.17g', x) end
+local function ms(x) return math.ceil(x * 1000) end
+local out, writes, all = {}, {}, true
+for i, key in ipairs(KEYS) do
+  local kind = ARGV[1 + 3 * i]
+  local a = tonumber(ARGV[2 + 3 * i])
+  local b = tonumber(ARGV[3 + 3 * i])
+  local ok, remaining, reset, retry = 0, 0, -1, 0
+  if kind == 'b' then
+    local s = redis.call('HMGET', key, 'tokens', 'ts')
+    local tokens = b
+    if s[1] and s[2] then
+      tokens = math.min(b, tonumber(s[1]) + math.max(0, now - tonumber(s[2])) * a)
+    end
+    if tokens + eps >= 1 then
+      local left = math.max(0, tokens - 1)
+      ok, remaining, reset = 1, math.floor(left + eps), ms((b - left) / a)
+      writes[#writes + 1] = {'b', key, left, ms(b / a) + 1000}
+    else
+      reset, retry = ms((b - tokens) / a), ms((1 - tokens) / a)
+    end
+  elseif kind == 'w' then
+    local index = math.floor(now / b)
+    local s = redis.call('HMGET', key, 'w', 'used')
+    local used = 0
+    if s[1] and s[2] and tonumber(s[1]) == index then used = tonumber(s[2]) end
+    local ends = (index + 1) * b - now
+    reset = ms(ends)
+    if used < a then
+      ok, remaining = 1, a - used - 1
+      writes[#writes + 1] = {'w', key, index, used + 1, reset + 1000}
+    else
+      retry = reset
+    end
+  else
+    local n = redis.call('ZCOUNT', key, '(' .. num(now), '+inf')
+    if n < a then
+      ok, remaining = 1, a - n - 1
+      writes[#writes + 1] = {'c', key, b}
+    else
+      retry = 1000
+    end
+  end
+  if ok == 0 then all = false end
+  out[#out + 1] = ok
+  out[#out + 1] = remaining
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+end
+if commit and all then
+  for _, w in ipairs(writes) do
+    if w[1] == 'b' then
+      redis.call('HSET', w[2], 'tokens', num(w[3]), 'ts', num(now))
+      redis.call('PEXPIRE', w[2], w[4])
+    elseif w[1] == 'w' then
+      redis.call('HSET', w[2], 'w', num(w[3]), 'used', w[4])
+      redis.call('PEXPIRE', w[2], w[5])
+    else
+      redis.call('ZREMRANGEBYSCORE', w[2], '-inf', num(now))
+      redis.call('ZADD', w[2], num(now + w[3]), lease)
+      redis.call('PEXPIRE', w[2], ms(w[3]))
+    end
+  end
+end
+return out
+"""
+LUA_DECIDE_SHA: Final = hashlib.sha1(LUA_DECIDE.encode(), usedforsecurity=False).hexdigest()
+
+# redis-py identifies itself on every new connection (CLIENT SETINFO): an extra command, and it
+# reads its own package metadata from disk each time, on the event loop. Both are skipped: with
+# ``driver_info=None`` where redis-py has it, else (redis-py 5 to 7) ``lib_name=lib_version=None``.
+NO_CLIENT_SETINFO: Final[dict[str, Any]] = (
+    {"driver_info": None} if hasattr(redis, "DriverInfo") else {"lib_name": None, "lib_version": None}
+)
+
+
+class StoreUnavailable(Exception):
+    """The store could not decide; ``reason`` is a bounded label (a metric value, a log field)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def failure_reason(error: BaseException) -> str:
+    """``timeout``, ``auth``, ``connection``, ``response`` (the server answered with an error,
+    e.g. OOM or a read-only replica) or ``error``."""
+    if isinstance(error, TimeoutError | RedisTimeoutError):
+        return "timeout"
+    if isinstance(error, AuthenticationError):
+        return "auth"
+    if isinstance(error, RedisConnectionError | OSError):
+        return "connection"
+    if isinstance(error, ResponseError):
+        return "response"
+    return "error"
+
+
+def redis_target(url: str) -> str:
+    """``host:port`` (or the socket path) of a Redis URL, without its user and password."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def script_arguments(
+    counters: Sequence[Counter], lease_id: str, lease_s: float, *, commit: bool
+) -> list[str]:
+    """ARGV of ``LUA_DECIDE`` for ``counters`` (KEYS are their keys, in the same order)."""
+    arguments = ["1" if commit else "0", lease_id, repr(TOKEN_EPSILON)]
+    for counter in counters:
+        algorithm = counter.limit.algorithm
+        if isinstance(algorithm, TokenBucket):
+            arguments += ["b", repr(float(algorithm.rate_per_s)), str(algorithm.burst)]
+        elif isinstance(algorithm, FixedWindow):
+            arguments += ["w", str(algorithm.count), repr(float(algorithm.window_s))]
+        else:
+            arguments += ["c", str(algorithm.max_in_flight), repr(float(lease_s))]
+    return arguments
+
+
+def verdicts_from_reply(reply: Sequence[int]) -> list[Verdict]:
+    """The script's four integers per limit, as verdicts (milliseconds back to seconds)."""
+    verdicts = []
+    for at in range(0, len(reply), 4):
+        allowed, remaining, reset_ms, retry_ms = (int(value) for value in reply[at : at + 4])
+        reset_s = None if reset_ms < 0 else reset_ms / 1000
+        verdicts.append(Verdict(allowed == 1, remaining, reset_s, retry_ms / 1000))
+    return verdicts
+
+
+class RedisStore:
+    """A pooled Redis client that decides a request's limits in one ``EVALSHA``."""
+
+    def __init__(
+        self,
+        backend: RedisBackend,
+        *,
+        on_store_error: Callable[[str], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._backend = backend
+        self._on_store_error = on_store_error
+        self._monotonic = monotonic
+        self._target = redis_target(backend.url.reveal())
+        self._pool: aioredis.BlockingConnectionPool | None = None
+        self._client: aioredis.Redis | None = None
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+
+    @property
+    def up(self) -> bool:
+        """False from a failed call until the next successful one."""
+        return self._down_since is None
+
+    @property
+    def key_prefix(self) -> str:
+        return self._backend.key_prefix
+
+    async def start(self) -> None:
+        """Open the pool and load the script. A server that is down now is an outage like any
+        other (logged, fail modes apply, recovered later), not a reason to refuse to start."""
+        backend = self._backend
+        # A blocking pool: past pool_size a decision waits (within timeout_s) for a connection
+        # instead of failing with "too many connections". One retry, on a connection error only:
+        # it replaces a pooled connection the server closed (e.g. after a restart); a timeout is
+        # never retried, since the script may have run and a second run would take twice.
+        self._pool = aioredis.BlockingConnectionPool.from_url(
+            backend.url.reveal(),
+            max_connections=backend.pool_size,
+            timeout=backend.timeout_s,
+            socket_timeout=backend.timeout_s,
+            socket_connect_timeout=backend.timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            **NO_CLIENT_SETINFO,
+        )
+        self._client = aioredis.Redis(connection_pool=self._pool)
+        try:
+            await self._call(self._load_script)
+        except StoreUnavailable:
+            pass
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        if self._client is not None:
+            await self._client.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
+        self._client = self._pool = None
+
+    async def decide(self, counters: Sequence[Counter], lease_id: str, *, commit: bool) -> list[Verdict]:
+        """Each counter's verdict, taking from all of them only if all admit (with ``commit``)."""
+        keys = [self._backend.key_prefix + counter.key for counter in counters]
+        arguments = script_arguments(counters, lease_id, self._backend.lease_s, commit=commit)
+
+        async def evaluate() -> list[int]:
+            client = self._require_client()
+            try:
+                reply = await client.evalsha(LUA_DECIDE_SHA, len(keys), *keys, *arguments)
+            except NoScriptError:
+                # The server restarted or was flushed since the script was loaded: load it, once.
+                await self._load_script()
+                reply = await client.evalsha(LUA_DECIDE_SHA, len(keys), *keys, *arguments)
+            return list(reply)
+
+        return verdicts_from_reply(await self._call(evaluate))
+
+    async def release(self, counters: Sequence[Counter], lease_id: str) -> None:
+        """Free the request's concurrency slots (one pipelined round trip). If the server cannot be
+        reached the slots expire by themselves after ``lease_s``; nothing is raised."""
+        keys = [
+            self._backend.key_prefix + counter.key
+            for counter in counters
+            if isinstance(counter.limit.algorithm, Concurrency)
+        ]
+        if not keys:
+            return
+
+        async def remove() -> None:
+            async with self._require_client().pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.zrem(key, lease_id)
+                await pipe.execute()
+
+        try:
+            await self._call(remove)
+        except StoreUnavailable:
+            pass
+
+    async def _load_script(self) -> None:
+        await self._require_client().script_load(LUA_DECIDE)
+
+    def _require_client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise StoreUnavailable("not_started")
+        return self._client
+
+    async def _call(self, operation: Callable[[], Any]) -> Any:
+        """Run one server call within ``timeout_s``; fail fast while an outage's retry_s runs."""
+        if self._down_since is not None and self._monotonic() < self._retry_at:
+            raise StoreUnavailable("down")
+        try:
+            async with asyncio.timeout(self._backend.timeout_s):
+                result = await operation()
+        except (TimeoutError, RedisError, OSError) as error:
+            reason = failure_reason(error)
+            self._failed(reason, error)
+            raise StoreUnavailable(reason) from None
+        self._succeeded()
+        return result
+
+    def _failed(self, reason: str, error: BaseException) -> None:
+        now = self._monotonic()
+        self._retry_at = now + self._backend.retry_s
+        if self._on_store_error is not None:
+            self._on_store_error(reason)
+        if self._down_since is None:
+            self._down_since = now
+            # The exception's class, not its text: a message could quote the URL.
+            log.warning(
+                "rate_limit_store_unavailable",
+                reason=reason,
+                error=type(error).__name__,
+                target=self._target,
+                retry_s=self._backend.retry_s,
+            )
+
+    def _succeeded(self) -> None:
+        if self._down_since is not None:
+            down_s = round(self._monotonic() - self._down_since, 3)
+            self._down_since = None
+            log.info("rate_limit_store_recovered", target=self._target, down_s=down_s)

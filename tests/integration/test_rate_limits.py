@@ -1,0 +1,163 @@
+"""Rate limits through the real gateway, in front of the SDK upstream (memory store).
+
+A refused call is a 429 with Retry-After, the IETF RateLimit headers and a JSON-RPC error that says
+when to retry; the upstream receives nothing of it. Limits are keyed on who calls and what:
+another caller, or another tool, has its own budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import Gateway, GatewayFactory, LogSink, Upstream
+from tests.integration.test_authentication import MCP_HEADERS
+from tests.integration.test_lifecycle import eventually
+from tests.support.issuer import TestIssuer
+from tests.support.processes import record_json
+
+RESOURCE = "http://127.0.0.1:8080/mcp"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "rate-limit-tests", "version": "0"},
+}
+
+
+def limits_config(issuer: TestIssuer, upstream_url: str, *, backend: str = "memory", top: str = "") -> str:
+    """echo: 3 calls per subject and tool (no refill to speak of); the route: 2 concurrent
+    requests per subject; 401s: 2 per source address."""
+    return f"""
+        public_url: http://127.0.0.1:8080
+        issuers: [{{issuer: {issuer.issuer}, algorithms: [RS256], jwks: {{discover: true}}}}]{top}
+        rate_limits:
+          backend: {backend}
+          limits:
+            echoes: {{rate: 1/hour, burst: 3, key: [subject, tool]}}
+            streams: {{concurrent: 2, key: [subject]}}
+            guessers: {{rate: 1/hour, burst: 2, key: [source_address]}}
+        routes:
+          - path: /mcp
+            upstream: {upstream_url}
+            scopes: [mcp:access]
+            limits: [streams]
+            unauthenticated_limits: [guessers]
+            tools:
+              echo: {{scopes: [], limits: [echoes]}}
+              "*": []
+        """
+
+
+def bearer(issuer: TestIssuer, subject: str = "alice") -> dict[str, str]:
+    return {"Authorization": f"Bearer {issuer.mint(audience=RESOURCE, scope='mcp:access', subject=subject)}"}
+
+
+async def call(
+    gateway: Gateway, headers: dict[str, str], name: str = "echo", arguments: Any = None
+) -> tuple[int, Any, Mapping[str, str]]:
+    """One 2026-07-28 tools/call POST (stateless: the upstream answers it without a session)."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments or {"text": "hi"}, "_meta": MODERN_META},
+    }
+    modern = {"MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": name}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.route_url(), json=body, headers={**MCP_HEADERS, **modern, **headers}) as response,
+    ):
+        answer = await response.json() if response.content_type == "application/json" else None
+        return response.status, answer, response.headers
+
+
+async def upstream_calls(upstream: Upstream) -> list[str]:
+    return [
+        record_json(record)["params"]["name"]
+        for record in await upstream.requests()
+        if record.get("body") and record_json(record).get("method") == "tools/call"
+    ]
+
+
+@pytest.fixture
+async def gateway(issuer: TestIssuer, upstream: Upstream, start_gateway_with: GatewayFactory) -> Gateway:
+    return await start_gateway_with(limits_config(issuer, upstream.mcp_url))
+
+
+async def test_past_the_limit_a_call_is_429_with_its_headers_and_never_forwarded(
+    issuer: TestIssuer, upstream: Upstream, gateway: Gateway, gateway_logs: LogSink
+) -> None:
+    """Three echo calls reach the upstream; the fourth is 429 with Retry-After, RateLimit-Policy,
+    RateLimit and a JSON-RPC error naming the limit and the wait; the upstream sees three."""
+    alice = bearer(issuer)
+    statuses = [(await call(gateway, alice))[0] for _ in range(3)]
+    assert await upstream_calls(upstream) == ["echo", "echo", "echo"]
+    await upstream.clear()
+    before = len(gateway_logs.lines())
+    status, answer, headers = await call(gateway, alice)
+    assert statuses == [200, 200, 200]
+    assert status == 429
+    assert int(headers["Retry-After"]) >= 1
+    # Every limit the request was checked against: the route's, then the rule's.
+    assert headers["RateLimit-Policy"] == '"streams";q=2, "echoes";q=3;w=10800'
+    assert re.fullmatch(r'"streams";r=\d+, "echoes";r=0;t=\d+', headers["RateLimit"]), headers["RateLimit"]
+    assert answer["error"]["code"] == -32029
+    assert answer["error"]["message"].startswith("Rate limited (echoes): retry after ")
+    assert answer["id"] == 5
+    assert await upstream_calls(upstream) == []
+    events = [e for e in gateway_logs.events()[before:] if e.get("event") == "rate_limited"]
+    assert [(e["limit"], e["subject"], e["tool"]) for e in events] == [("echoes", "alice", "echo")]
+
+
+async def test_limits_are_per_subject_and_per_tool(
+    issuer: TestIssuer, upstream: Upstream, gateway: Gateway
+) -> None:
+    """Alice's spent echo budget leaves Bob's echo and Alice's other tools alone."""
+    alice, bob = bearer(issuer), bearer(issuer, "bob")
+    for _ in range(3):
+        await call(gateway, alice)
+    assert (await call(gateway, alice))[0] == 429
+    await upstream.clear()
+    assert (await call(gateway, bob))[0] == 200
+    assert (await call(gateway, alice, "add", {"a": 1, "b": 2}))[0] == 200
+    assert sorted(await upstream_calls(upstream)) == ["add", "echo"]
+
+
+async def test_failed_authentications_are_limited_per_address(
+    issuer: TestIssuer, upstream: Upstream, gateway: Gateway
+) -> None:
+    """Two bad tokens get 401; the third, and a fourth token never seen, get 429 unchecked; a
+    caller whose token was accepted before is still served from the same address."""
+    known = bearer(issuer, "carol")
+    assert (await call(gateway, known, "add", {"a": 1, "b": 1}))[0] == 200
+    bad = {"Authorization": "Bearer not-a-token-at-all-but-long-enough"}
+    assert [(await call(gateway, bad))[0] for _ in range(3)] == [401, 401, 429]
+    fresh = bearer(issuer, "dave")  # valid, but never seen: refused while the address is spent
+    assert (await call(gateway, fresh, "add", {"a": 1, "b": 1}))[0] == 429
+    assert (await call(gateway, known, "add", {"a": 1, "b": 1}))[0] == 200
+
+
+async def test_concurrent_calls_past_the_limit_are_refused_and_slots_come_back(
+    issuer: TestIssuer, upstream: Upstream, gateway: Gateway
+) -> None:
+    """Two slow calls in flight for Alice: a third is 429 at once (Bob is not affected); once they
+    end, Alice's next call goes through: the slots were given back when the answers ended."""
+    alice = bearer(issuer)
+    slow = [asyncio.create_task(call(gateway, alice, "sleep", {"seconds": 1.0})) for _ in range(2)]
+
+    async def both_arrived() -> bool:
+        return (await upstream_calls(upstream)).count("sleep") == 2
+
+    await eventually(both_arrived, "both slow calls at the upstream")
+    third = await call(gateway, alice, "add", {"a": 1, "b": 1})
+    other = await call(gateway, bearer(issuer, "bob"), "add", {"a": 1, "b": 1})
+    finished = [result[0] for result in await asyncio.gather(*slow)]
+    after = await call(gateway, alice, "add", {"a": 1, "b": 1})
+    assert (third[0], third[1]["error"]["code"]) == (429, -32029)
+    assert (other[0], finished, after[0]) == (200, [200, 200], 200)
+    assert (await upstream_calls(upstream)).count("add") == 2  # Bob's and Alice's last
