@@ -49,6 +49,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ISSUER = "https://issuer.bench.example"
 DPOP_ROUTE = "/dpop/mcp"
 CONDITION_ROUTE = "/cond/mcp"
+LIMITED_ROUTE = "/limited/mcp"
 # The condition figure's rule: an argument, a claim and the actor, as a typical condition reads them.
 BENCH_CONDITION = 'arguments.text.startsWith("h") && "bench" in claims.groups && !has(principal.actor)'
 BENCH_SUBJECT = "user-1"  # TestIssuer.mint's default subject
@@ -132,7 +133,9 @@ def rss_bytes(pid: int) -> int:
 
 
 class Gateway:
-    def __init__(self, workdir: Path, sdk_port: int, free_port_: int) -> None:
+    def __init__(
+        self, workdir: Path, sdk_port: int, free_port_: int, rate_limit_store: str = "memory"
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -161,6 +164,11 @@ class Gateway:
         # The DPoP figure's route: the free upstream again, the same policy, proofs required. A
         # route of its own so its replay cache holds only that figure's jti.
         dpop_route = route.format(path=DPOP_ROUTE, port=free_port_) + "  dpop: required\n"
+        # The rate-limit figure's route: the same again, echo's rule counted against a limit so
+        # large it never refuses (what is measured is the counting, in memory or in Redis).
+        limited_route = route.format(path=LIMITED_ROUTE, port=free_port_).replace(
+            '"echo": [tools:echo]', '"echo": {scopes: [tools:echo], limits: [bench_calls]}'
+        )
         # The condition figure's route: the same again, echo's rule with a condition.
         condition_route = route.format(path=CONDITION_ROUTE, port=free_port_).replace(
             '"echo": [tools:echo]',
@@ -181,11 +189,14 @@ class Gateway:
             "logging: {format: json, level: info}\n"
             "shutdown_grace_s: 1\n"
             "state_keys: {keys: [{id: bench, secret: {file: state.key}}]}\n"
+            f"rate_limits:\n  backend: {rate_limit_store}\n"
+            "  limits: {bench_calls: {rate: 1000000/s, burst: 1000000, key: [subject, tool]}}\n"
             "routes:\n"
             + route.format(path="/sdk/mcp", port=sdk_port)
             + route.format(path="/free/mcp", port=free_port_)
             + dpop_route
             + condition_route
+            + limited_route
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "gateway.log"
@@ -518,6 +529,59 @@ def measure_dpop(
         return dpop_wrk(gw, bound, int(wanted), concurrency, duration, workdir)
 
     return alternate_cpu(gw, {"bearer": bearer, "dpop": dpop}, rounds, baseline="bearer")
+
+
+def measure_rate_limit(
+    gw: Gateway, concurrency: int, duration: float, workdir: Path, rounds: int = 1
+) -> dict[str, Any]:
+    """Gateway CPU per request: echo on ``/free/mcp`` against echo counted against a limit on
+    ``LIMITED_ROUTE`` (the gateway's store: memory, or a Redis server), alternating."""
+    body = call_body("echo", {"text": "hi"})
+    urls = {"plain": gw.url + "/free/mcp", "limited": gw.url + LIMITED_ROUTE}
+    tokens = {"plain": gw.token("/free/mcp"), "limited": gw.token(LIMITED_ROUTE)}
+    for label, url in urls.items():  # warm-up; a refused call would measure 429s instead
+        warm = wrk(url, body, call_headers("echo", tokens[label]), concurrency, 1, workdir)
+        if warm.get("non_2xx", 0):
+            raise RuntimeError(f"{label} echo calls on {url} were refused: {warm}")
+
+    def run(label: str) -> Callable[[], dict[str, Any]]:
+        headers = call_headers("echo", tokens[label])
+        return lambda: wrk(urls[label], body, headers, concurrency, duration, workdir)
+
+    return alternate_cpu(gw, {"plain": run("plain"), "limited": run("limited")}, rounds, baseline="plain")
+
+
+def redis_figure(
+    workdir: Path, sdk_port: int, free_port_: int, args: argparse.Namespace
+) -> dict[str, Any] | None:
+    """The rate-limit figure again with a Redis store: a ``redis-server`` on the load core and a
+    second gateway (its own folder, issuer key and config) using it; None when none is installed."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        _say("   no redis-server installed: the Redis row is skipped")
+        return None
+    port = free_port()
+    folder = workdir / "redis"
+    folder.mkdir(exist_ok=True)
+    argv = [executable, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+    server = subprocess.Popen(_pinned(LOAD_CORES, [*argv, "--dir", str(folder)]), stdout=subprocess.DEVNULL)
+    gw = None
+    try:
+        for _ in range(250):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+        # The default pool (64) is as large as the load's concurrency; timeout_s generous for a slow VM.
+        store = f"{{redis: {{url: 'redis://127.0.0.1:{port}/0', timeout_s: 1}}}}"
+        gw = Gateway(folder, sdk_port, free_port_, rate_limit_store=store)
+        gw.start()
+        return measure_rate_limit(gw, 64, args.duration, folder, args.rounds)
+    finally:
+        if gw is not None:
+            gw.stop()
+        stop(server)
 
 
 def measure_condition(
@@ -867,6 +931,16 @@ def main() -> int:
             result["condition"] = measure_condition(gw, 64, args.duration, workdir, args.rounds)
             _say("   plain    ", result["condition"]["plain"])
             _say("   condition", result["condition"]["condition"])
+            _say(f"rate limit (memory store) vs none, c=64, {args.rounds} alternating rounds")
+            result["rate_limit_memory"] = measure_rate_limit(gw, 64, args.duration, workdir, args.rounds)
+            _say("   plain  ", result["rate_limit_memory"]["plain"])
+            _say("   limited", result["rate_limit_memory"]["limited"])
+            _say("rate limit (Redis store) vs none: a second gateway, redis-server on the load core")
+            redis_result = redis_figure(workdir, sdk_port, free_port_, args)
+            if redis_result is not None:
+                result["rate_limit_redis"] = redis_result
+                _say("   plain  ", redis_result["plain"])
+                _say("   limited", redis_result["limited"])
             _say("condition: the authorization step in-process, with and without it (bench.decision_cost)")
             result["condition_in_process"] = decision_cost.measure(BENCH_CONDITION)
             _say("  ", result["condition_in_process"])
@@ -1003,6 +1077,12 @@ def summarise(r: dict[str, Any]) -> list[dict[str, Any]]:
             "-",
             None,
         )
+    for key, store in (("rate_limit_memory", "memory"), ("rate_limit_redis", "Redis")):
+        if key in r:
+            d = r[key]
+            plain = d["plain"]["gateway_cpu_us_per_request"]
+            name = f"rate limit ({store}): extra gateway CPU us/request c=64 (plain {plain:.0f}) (info)"
+            row(name, d["extra_cpu_us_per_request"], "-", None)
     if "condition_in_process" in r:
         d = r["condition_in_process"]
         extra = d["extra_cpu_us_per_call"]

@@ -181,7 +181,7 @@ def test_redis_url_without_a_password_may_be_written_inline(tmp_path: Path) -> N
         redis = config.rate_limits.backend
         assert isinstance(redis, RedisBackend)
         assert redis.url.reveal().startswith("redis://")
-        assert (redis.timeout_s, redis.pool_size, redis.key_prefix) == (0.25, 16, "mcpgw:")
+        assert (redis.timeout_s, redis.pool_size, redis.key_prefix) == (0.25, 64, "mcpgw:")
 
 
 LIMIT_AT_14 = "    limits: [x]\nrate_limits:\n  limits:\n    x: "  # route line 11, x at line 14
