@@ -632,9 +632,10 @@ def test_compose_mounts_the_config_and_publishes_its_ports(compose: dict[str, An
     assert all(port.startswith("127.0.0.1:") for port in gateway["ports"])
     stop_grace = int(gateway["stop_grace_period"].removesuffix("s"))
     assert stop_grace > deployed.shutdown_grace_s
-    for service in services.values():
-        assert service["build"]["args"]["EXTRAS"] == "demo"
-        assert service["read_only"] is True
+    for name, service in services.items():
+        assert service["read_only"] is True, name
+        if name != "redis":  # the rate limits' store: the one service not built from our image
+            assert service["build"]["args"]["EXTRAS"] == "demo", name
 
 
 def test_compose_upstream_and_issuer_match_the_config(compose: dict[str, Any]) -> None:
@@ -722,3 +723,19 @@ def test_compose_issuer_script_loads_the_gateway_dev_issuer() -> None:
     spec.loader.exec_module(module)  # defines main(); runs nothing
     assert callable(module.main)
     assert module.DevIssuer.__module__ == "gateway.demo.dev_issuer"
+
+
+def test_compose_redis_is_the_store_the_config_names(compose: dict[str, Any]) -> None:
+    """The compose gateway's rate limits use the redis service, in its namespace, at its address."""
+    services, config = compose["services"], compose["config"].config
+    redis = services["redis"]
+    assert redis["network_mode"] == "service:gateway"
+    command = redis["command"]
+    url = urlsplit(config.rate_limits.backend.url.reveal())
+    assert (url.hostname, url.port) == (
+        command[command.index("--bind") + 1],
+        int(command[command.index("--port") + 1]),
+    )
+    assert all(
+        limit.fail == "open" for limit in config.rate_limits.limits
+    )  # the demo works while redis starts
