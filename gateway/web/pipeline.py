@@ -47,6 +47,7 @@ from ..errors import (
     InvalidToken,
     MalformedBody,
     MethodNotAllowed,
+    MissingToken,
     OriginForbidden,
 )
 from ..mcp.answers import chain
@@ -194,7 +195,10 @@ async def authenticate(gateway: Gateway, route: RouteConfig, request: web.Reques
         check_binding(gateway, route, request, scheme, principal, nonces)
     except AuthError as exc:
         exc.scopes = exc.scopes or challenge_hint(route, request)
-        if exc.status == 401:  # counted against the route's unauthenticated limits: 429 past them
+        # A presented token that failed counts against the route's unauthenticated limits (429
+        # past them). No token at all costs no check and must still get the 401 that starts
+        # discovery, so it counts nothing.
+        if exc.status == 401 and not isinstance(exc, MissingToken):
             await admit_unauthenticated(gateway.rate_limiter, route, limits, request, gateway.metrics)
         raise
     request[PRINCIPAL] = principal

@@ -3,7 +3,8 @@ refusal (``gateway.ratelimit`` decides; this module knows requests).
 
 Two moments:
 
-- ``admit_unauthenticated``: a request whose authentication failed counts against the route's
+- ``admit_unauthenticated``: a request whose token failed (not one without a token: that one
+  must get the 401 that starts OAuth discovery) counts against the route's
   ``unauthenticated_limits`` (keyed on the source address), and is answered 429 instead of 401 once
   they are spent; while they are spent, a token the gateway has not accepted before is refused
   before it is checked at all, so token guessing costs neither signature checks nor calls to

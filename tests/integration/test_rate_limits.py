@@ -132,7 +132,8 @@ async def test_failed_authentications_are_limited_per_address(
     issuer: TestIssuer, upstream: Upstream, gateway: Gateway
 ) -> None:
     """Two bad tokens get 401; the third, and a fourth token never seen, get 429 unchecked; a
-    caller whose token was accepted before is still served from the same address."""
+    caller whose token was accepted before is still served from the same address, and requests
+    without any token still get their 401."""
     known = bearer(issuer, "carol")
     assert (await call(gateway, known, "add", {"a": 1, "b": 1}))[0] == 200
     bad = {"Authorization": "Bearer not-a-token-at-all-but-long-enough"}
@@ -140,6 +141,8 @@ async def test_failed_authentications_are_limited_per_address(
     fresh = bearer(issuer, "dave")  # valid, but never seen: refused while the address is spent
     assert (await call(gateway, fresh, "add", {"a": 1, "b": 1}))[0] == 429
     assert (await call(gateway, known, "add", {"a": 1, "b": 1}))[0] == 200
+    # No token at all is no guess: it still gets the 401 challenge that starts OAuth discovery.
+    assert [(await call(gateway, {}))[0] for _ in range(3)] == [401, 401, 401]
 
 
 async def test_concurrent_calls_past_the_limit_are_refused_and_slots_come_back(
