@@ -6,33 +6,19 @@ finding, once the bug is fixed).
 
 from __future__ import annotations
 
-import textwrap
 import time
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from gateway.config import parse_config_text
 from gateway.mcp.conditions import Facts, Subject, compile_condition, evaluate
 from gateway.mcp.methods import Tool
 from gateway.mcp.policy import Operation, RoutePolicy, decide
 from gateway.principal import Identity
-
-HEAD = """\
-public_url: https://gw.example
-issuers: [{issuer: https://as.example, algorithms: [RS256], jwks: {discover: true}}]
-routes:
-  - path: /mcp
-    upstream: http://127.0.0.1:9000/mcp
-"""
+from tests.support.route_rules import policy_with_rules
 
 
 def policy_of(rules: str) -> RoutePolicy:
-    config = parse_config_text(
-        HEAD + textwrap.indent(textwrap.dedent(rules), "    "), Path("/etc/gw.yaml"), {}
-    )
-    policy: RoutePolicy = config.routes[0].policy
-    return policy
+    return policy_with_rules(rules)
 
 
 def identity(scopes: str = "read", **claims: Any) -> Identity:

@@ -6,27 +6,17 @@ condition on data its section never has is a config error, never a rule that sil
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
 import pytest
 
 from gateway.cli import policy_summary
-from gateway.config import ConfigError, parse_config_text
+from gateway.config import ConfigError
 from gateway.mcp.conditions import MAX_CONDITION_LENGTH
 from gateway.mcp.policy import observed_policy
-
-HEAD = """\
-public_url: https://gw.example
-issuers: [{issuer: https://as.example, algorithms: [RS256], jwks: {discover: true}}]
-routes:
-  - path: /mcp
-    upstream: http://127.0.0.1:9000/mcp
-"""
+from tests.support.route_rules import config_with_rules
 
 
 def load(rules: str) -> object:
-    return parse_config_text(HEAD + textwrap.indent(textwrap.dedent(rules), "    "), Path("/etc/gw.yaml"), {})
+    return config_with_rules(rules)
 
 
 def problems(rules: str) -> list[str]:

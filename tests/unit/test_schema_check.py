@@ -7,13 +7,10 @@ the upstream's answers on a route, never changes them, and reports each mismatch
 from __future__ import annotations
 
 import json
-import textwrap
-from pathlib import Path
 from typing import Any
 
 from structlog.testing import capture_logs
 
-from gateway.config import parse_config_text
 from gateway.mcp.answers import AnswerInspector
 from gateway.mcp.policy import RoutePolicy
 from gateway.mcp.schema_check import (
@@ -24,19 +21,11 @@ from gateway.mcp.schema_check import (
     schema_watches,
     unchecked,
 )
-
-HEAD = """\
-public_url: https://gw.example
-issuers: [{issuer: https://as.example, algorithms: [RS256], jwks: {discover: true}}]
-routes:
-  - path: /mcp
-    upstream: http://127.0.0.1:9000/mcp
-"""
+from tests.support.route_rules import policy_with_rules
 
 
 def policy(rules: str) -> RoutePolicy:
-    text = HEAD + textwrap.indent(textwrap.dedent(rules), "    ")
-    return parse_config_text(text, Path("/etc/gw.yaml"), {}).routes[0].policy
+    return policy_with_rules(rules)
 
 
 def tool(name: str, *properties: str, **schema: Any) -> dict[str, Any]:
