@@ -1,4 +1,4 @@
-"""``mcp-auth-gateway``: serve, check-config, explain, simulate, demo."""
+"""``mcp-auth-gateway``: serve, check-config, explain, simulate, audit verify, demo."""
 
 from __future__ import annotations
 
@@ -95,6 +95,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     simulate.add_argument("--json", action="store_true", help="print one JSON object")
 
+    audit = commands.add_parser("audit", help="work with the tamper-evident audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_verify = audit_commands.add_parser(
+        "verify", help="check an audit file's hash chain and seals; report the first break"
+    )
+    audit_verify.add_argument("file", help="the audit file (JSON lines)")
+    audit_verify.add_argument("--public-key", required=True, help="the seals' Ed25519 public key (PEM)")
+    audit_verify.add_argument(
+        "--previous-hash",
+        default=None,
+        help="the last hash of the file this one continues (default: a new chain, 64 zeros)",
+    )
+
     demo = commands.add_parser("demo", help="run a demo upstream, a development issuer and the gateway")
     demo.add_argument(
         "--port", type=int, default=8000, help="gateway port (upstream and issuer use the next two)"
@@ -133,6 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             fail_on=args.fail_on,
             strict=args.strict,
             as_json=args.json,
+        )
+    if args.command == "audit":
+        from .audit_trail.chain import ZERO_HASH
+        from .audit_trail.verify import run as run_audit_verify
+
+        return run_audit_verify(
+            args.file, public_key_path=args.public_key, previous_hash=args.previous_hash or ZERO_HASH
         )
     if args.command == "serve":
         config = _load_or_report(args.config)

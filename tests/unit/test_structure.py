@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("gateway.mcp",),
     ("gateway.config",),
     ("gateway.auth", "gateway.metrics"),
-    ("gateway.upstream", "gateway.ratelimit"),
+    ("gateway.upstream", "gateway.ratelimit", "gateway.audit_trail"),
     ("gateway.web",),
     (
         "gateway.server",
