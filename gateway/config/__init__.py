@@ -28,6 +28,7 @@ from .load import load_config, parse_config_text
 from .model import (
     LOG_LEVELS,
     AdminConfig,
+    AuditConfig,
     ClientAuthMethod,
     ConfigError,
     ConfigProblem,
@@ -43,9 +44,11 @@ from .model import (
     ListenConfig,
     LogFormat,
     LoggingConfig,
+    MetricsExportConfig,
     MintedCredential,
     MintingConfig,
     NoCredential,
+    OtlpConfig,
     RouteConfig,
     ScopeMode,
     SigningKeyConfig,
@@ -53,11 +56,13 @@ from .model import (
     StateKeysConfig,
     StaticCredential,
     TokenExchangeCredential,
+    TracingConfig,
 )
 
 __all__ = [
     "LOG_LEVELS",
     "AdminConfig",
+    "AuditConfig",
     "ClientAuthMethod",
     "ConfigError",
     "ConfigProblem",
@@ -73,9 +78,11 @@ __all__ = [
     "ListenConfig",
     "LogFormat",
     "LoggingConfig",
+    "MetricsExportConfig",
     "MintedCredential",
     "MintingConfig",
     "NoCredential",
+    "OtlpConfig",
     "RouteConfig",
     "ScopeMode",
     "SigningKeyConfig",
@@ -83,6 +90,7 @@ __all__ = [
     "StateKeysConfig",
     "StaticCredential",
     "TokenExchangeCredential",
+    "TracingConfig",
     "load_config",
     "parse_config_text",
 ]

@@ -36,13 +36,16 @@ from .model import (
     LimitsConfig,
     ListenConfig,
     LoggingConfig,
+    MetricsExportConfig,
     MintedCredential,
     MintingConfig,
     RouteConfig,
     SigningKeyConfig,
     StateKeyConfig,
     StateKeysConfig,
+    TracingConfig,
 )
+from .observability_fields import METRICS_FIELDS, TRACING_FIELDS, parse_audit
 from .ratelimit_fields import check_limit_references, parse_rate_limits
 from .reader import (
     INVALID,
@@ -128,6 +131,8 @@ LISTENER_FIELDS: Final = (
     FieldSpec("port", integer_in(0, 65535)),
 )
 
+_ADMIN_FIELDS: Final = (*LISTENER_FIELDS, FieldSpec("per_worker_ports", boolean))
+
 _LOGGING_FIELDS: Final = (
     FieldSpec("format", one_of("json", "console")),
     FieldSpec("level", one_of(*LOG_LEVELS)),
@@ -170,11 +175,14 @@ TOP_FIELDS: Final = (
     FieldSpec("allowed_origins", list_of(parse_origin, unique="origin")),
     FieldSpec("minting", section_of(_MINTING_FIELDS)),
     FieldSpec("shutdown_grace_s", non_negative_seconds),
-    FieldSpec("admin", section_of(LISTENER_FIELDS)),
+    FieldSpec("admin", section_of(_ADMIN_FIELDS)),
     FieldSpec("logging", section_of(_LOGGING_FIELDS)),
     FieldSpec("state_keys", section_of(_STATE_KEYS_FIELDS)),
     FieldSpec("limits", section_of(_LIMITS_FIELDS)),
     FieldSpec("rate_limits", parse_rate_limits),
+    FieldSpec("tracing", section_of(TRACING_FIELDS)),
+    FieldSpec("metrics", section_of(METRICS_FIELDS)),
+    FieldSpec("audit", parse_audit),
 )
 
 
@@ -382,6 +390,8 @@ def _build_gateway(top: Parsed[Section], at: Cursor, source: Path) -> Parsed[Gat
     state_keys = _state_keys(values.get("state_keys"), at.key("state_keys"))
     limits = build_from(LimitsConfig, values["limits"]) if "limits" in values else LimitsConfig()
     rate_limits: RateLimitsConfig = values.get("rate_limits", RateLimitsConfig())
+    tracing = build_from(TracingConfig, values["tracing"]) if "tracing" in values else None
+    metrics = build_from(MetricsExportConfig, values["metrics"]) if "metrics" in values else None
     # A rate_limits section with a problem declares limits we do not know: names stay unchecked.
     unknowable = "rate_limits" in top.present and "rate_limits" not in values
     routes_written = values.get("routes", ())
@@ -397,6 +407,8 @@ def _build_gateway(top: Parsed[Section], at: Cursor, source: Path) -> Parsed[Gat
         or logging is INVALID
         or state_keys is INVALID
         or limits is INVALID
+        or tracing is INVALID
+        or metrics is INVALID
         or not references_fine
     ):
         return INVALID
@@ -413,6 +425,9 @@ def _build_gateway(top: Parsed[Section], at: Cursor, source: Path) -> Parsed[Gat
         state_keys=state_keys,
         limits=limits,
         rate_limits=rate_limits,
+        tracing=tracing,
+        metrics=metrics,
+        audit=values.get("audit"),
         **{key: values[key] for key in _PLAIN_TOP_KEYS if key in values},
     )
 

@@ -18,6 +18,9 @@ from ..secret import Secret
 __all__ = [
     "LOG_LEVELS",
     "AdminConfig",
+    "AuditConfig",
+    "AuditFsync",
+    "AuditOnFailure",
     "CircuitBreakerConfig",
     "ClientAuthMethod",
     "ConfigError",
@@ -35,14 +38,17 @@ __all__ = [
     "ListenConfig",
     "LogFormat",
     "LoggingConfig",
+    "MetricsExportConfig",
     "MintedCredential",
     "MintingConfig",
     "NoCredential",
+    "OtlpConfig",
     "RouteConfig",
     "ScopeMode",
     "SigningKeyConfig",
     "StaticCredential",
     "TokenExchangeCredential",
+    "TracingConfig",
 ]
 
 
@@ -78,6 +84,9 @@ class AdminConfig:
 
     host: str = "127.0.0.1"
     port: int = 9090
+    # serve --workers N: false, this one port serves the sum over all workers (the parent adds
+    # their figures up); true, each worker also serves its own figures on port + 1 + index.
+    per_worker_ports: bool = False
 
 
 LogFormat = Literal["json", "console"]
@@ -89,6 +98,53 @@ class LoggingConfig:
     format: LogFormat = "json"
     level: str = "info"  # one of LOG_LEVELS
     include_subject: bool = True  # false: no subject or client_id in request lines and audit events
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpConfig:
+    """An OTLP/HTTP (protobuf) collector: traces go to ``endpoint/v1/traces``, metrics to
+    ``/v1/metrics``, logs (the audit trail) to ``/v1/logs``."""
+
+    endpoint: str  # http(s)://host[:port][/prefix], no trailing slash
+    headers: tuple[tuple[str, Secret], ...] = ()  # e.g. an API key; values are secrets
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """``tracing``: OpenTelemetry spans per MCP request (``gateway.tracing``); off unless set."""
+
+    otlp: OtlpConfig
+    sample_ratio: float = 1.0  # of the traces that start here; a sampled caller's parent decides
+    service_name: str = "mcp-auth-gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsExportConfig:
+    """``metrics``: push the Prometheus families, same names, to an OTLP collector too."""
+
+    otlp: OtlpConfig
+    interval_s: float = 60.0
+
+
+AuditFsync = Literal["segment", "every_record"]
+AuditOnFailure = Literal["allow", "deny"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """``audit``: every policy decision and credential issuance in a signed hash chain
+    (``gateway.audit_trail``), as JSON lines in ``file`` or as OTLP log records to ``otlp``."""
+
+    signing_key: Path  # Ed25519 private key (PEM) that signs each segment's seal
+    key_id: str  # named by every seal, so a verifier picks the public key
+    file: Path | None = None  # exactly one of file and otlp
+    otlp: OtlpConfig | None = None
+    segment_size: int = 1000  # records per signed segment
+    fsync: AuditFsync = "segment"
+    # A record that cannot be written: "allow" goes on (logged, counted, /readyz fails);
+    # "deny" refuses every request the trail cannot record (503), fail closed.
+    on_failure: AuditOnFailure = "allow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +392,9 @@ class GatewayConfig:
     shutdown_grace_s: float = 30.0
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    tracing: TracingConfig | None = None  # no spans unless configured
+    metrics: MetricsExportConfig | None = None  # no OTLP metrics push unless configured
+    audit: AuditConfig | None = None  # no audit trail unless configured (audit events still log)
 
     def route_for_path(self, path: str) -> RouteConfig | None:
         """The route whose path is ``path`` (one trailing slash ignored), if any."""
