@@ -29,11 +29,13 @@ def audit_key(tmp_path: Path) -> Path:
 
 
 def test_without_the_sections_nothing_is_exported(tmp_path: Path) -> None:
+    """No section: no spans, no metric push, no audit trail."""
     config = parse(base_config(), tmp_path)
     assert config.tracing is None and config.metrics is None and config.audit is None
 
 
 def test_tracing_with_every_setting(tmp_path: Path) -> None:
+    """Every tracing key is kept; the endpoint loses its slash, header values stay secret."""
     text = base_config(
         append="tracing:\n"
         "  otlp:\n"
@@ -56,12 +58,14 @@ def test_tracing_with_every_setting(tmp_path: Path) -> None:
 
 
 def test_tracing_defaults(tmp_path: Path) -> None:
+    """Only an endpoint: every trace is sampled, under the default service name."""
     config = parse(base_config(append="tracing: {otlp: {endpoint: 'https://otel.example'}}\n"), tmp_path)
     assert config.tracing == TracingConfig(otlp=OtlpConfig(endpoint="https://otel.example"))
     assert config.tracing.sample_ratio == 1.0
 
 
 def test_metrics_export(tmp_path: Path) -> None:
+    """The OTLP metric push takes an endpoint and an interval."""
     config = parse(
         base_config(append="metrics: {otlp: {endpoint: 'http://c:4318'}, interval_s: 15}\n"), tmp_path
     )
@@ -69,6 +73,7 @@ def test_metrics_export(tmp_path: Path) -> None:
 
 
 def test_audit_file_with_defaults(tmp_path: Path, audit_key: Path) -> None:
+    """A file trail: paths relative to the config, a seal every 1000 records, fsync per segment, fail open."""
     text = base_config(append="audit:\n  file: audit.jsonl\n  signing_key: {kid: audit-1, file: audit.pem}\n")
     audit = parse(text, tmp_path).audit
     assert audit == AuditConfig(signing_key=audit_key, key_id="audit-1", file=tmp_path / "audit.jsonl")
@@ -76,6 +81,7 @@ def test_audit_file_with_defaults(tmp_path: Path, audit_key: Path) -> None:
 
 
 def test_audit_otlp_with_every_setting(tmp_path: Path, audit_key: Path) -> None:
+    """An OTLP trail with every setting written."""
     text = base_config(
         append="audit:\n"
         "  otlp: {endpoint: 'http://c:4318'}\n"
@@ -91,6 +97,7 @@ def test_audit_otlp_with_every_setting(tmp_path: Path, audit_key: Path) -> None:
 
 
 def test_admin_per_worker_ports(tmp_path: Path) -> None:
+    """Workers' own admin ports only when asked."""
     assert parse(base_config(append="admin: {port: 9100}\n"), tmp_path).admin.per_worker_ports is False
     config = parse(base_config(append="admin: {port: 9100, per_worker_ports: true}\n"), tmp_path)
     assert config.admin is not None and config.admin.per_worker_ports is True
@@ -206,6 +213,7 @@ KEY = "  signing_key: {kid: k, file: audit.pem}\n"
     ),
 )
 def test_observability_problems(tmp_path: Path, audit_key: Path, case: Bad) -> None:
+    """Each mistake is one problem at its file, line and key path."""
     assert_single_problem(case, tmp_path)
 
 
