@@ -218,6 +218,7 @@ def test_observability_problems(tmp_path: Path, audit_key: Path, case: Bad) -> N
 
 
 def test_an_audit_key_that_is_not_ed25519_is_refused_with_how_to_make_one(tmp_path: Path) -> None:
+    """A P-256 key is refused, and the message says how to make an Ed25519 one."""
     pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
