@@ -1,0 +1,54 @@
+"""What of a tool's definition is pinned, and its fingerprint.
+
+A tool is pinned by what a model reads and what bounds a call: ``name``, ``title``,
+``description``, ``inputSchema``, ``outputSchema`` and ``annotations``, plus the signature the
+server-identity extension puts in ``_meta["io.modelcontextprotocol/server-identity"]`` (ext-auth
+draft "Server Identity and Tool Attestation" §4.1) when present: a re-signed tool is a changed
+tool. Other ``_meta`` keys are the server's bookkeeping and vary without changing the contract.
+
+The fingerprint is ``sha256:`` and the hex SHA-256 of the RFC 8785 canonical JSON of those
+fields, so key order and whitespace never change it and every other change does. A definition
+with no canonical form (an integer past 2**53, which JSON parsers disagree on) has no fingerprint:
+the caller treats it as changed, never as matching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ..audit_trail.canonical import NotCanonicalizable, canonical_json
+
+__all__ = ["IDENTITY_META", "PINNED_FIELDS", "Unpinnable", "fingerprint", "pinned_definition"]
+
+PINNED_FIELDS: Final = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
+IDENTITY_META: Final = "io.modelcontextprotocol/server-identity"
+PREFIX: Final = "sha256:"
+
+
+class Unpinnable(ValueError):
+    """A listed tool that cannot be pinned: not an object, no string name, no canonical form."""
+
+
+def pinned_definition(tool: object) -> dict[str, Any]:
+    """The pinned fields of a listed tool, as listed (absent fields stay absent)."""
+    if not isinstance(tool, Mapping):
+        raise Unpinnable("a listed tool is not an object")
+    name = tool.get("name")
+    if not isinstance(name, str):
+        raise Unpinnable("a listed tool has no string name")
+    pinned = {key: tool[key] for key in PINNED_FIELDS if key in tool}
+    meta = tool.get("_meta")
+    if isinstance(meta, Mapping) and IDENTITY_META in meta:
+        pinned["_meta"] = {IDENTITY_META: meta[IDENTITY_META]}
+    return pinned
+
+
+def fingerprint(definition: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of a pinned definition's canonical JSON; ``Unpinnable`` without one."""
+    try:
+        data = canonical_json(dict(definition))
+    except NotCanonicalizable as exc:
+        raise Unpinnable(f"the definition has no canonical JSON form ({exc})") from exc
+    return PREFIX + hashlib.sha256(data).hexdigest()
