@@ -28,8 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, TypeAlias
 
-from ..audit_trail.canonical import NotCanonicalizable, canonical_json
-from .fingerprint import IDENTITY_META
+from .fingerprint import IDENTITY_META, Unpinnable, canonical_bytes
 
 __all__ = ["DRIFT_KINDS", "DriftKind", "classify", "escalated", "no_wider"]
 
@@ -272,8 +271,8 @@ def _signature(definition: Mapping[str, Any]) -> object:
 def _key(value: object) -> bytes:
     """A value as canonical bytes: ``true`` and ``1`` are different enum members."""
     try:
-        return canonical_json(value)  # type: ignore[arg-type]
-    except NotCanonicalizable:
+        return canonical_bytes(value)
+    except Unpinnable:
         return repr(value).encode()
 
 

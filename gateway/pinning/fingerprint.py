@@ -18,9 +18,16 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any, Final
 
-from ..audit_trail.canonical import NotCanonicalizable, canonical_json
+import rfc8785
 
-__all__ = ["IDENTITY_META", "PINNED_FIELDS", "Unpinnable", "fingerprint", "pinned_definition"]
+__all__ = [
+    "IDENTITY_META",
+    "PINNED_FIELDS",
+    "Unpinnable",
+    "canonical_bytes",
+    "fingerprint",
+    "pinned_definition",
+]
 
 PINNED_FIELDS: Final = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
 IDENTITY_META: Final = "io.modelcontextprotocol/server-identity"
@@ -45,10 +52,15 @@ def pinned_definition(tool: object) -> dict[str, Any]:
     return pinned
 
 
+def canonical_bytes(value: object) -> bytes:
+    """The RFC 8785 form of a JSON value; ``Unpinnable`` for one without (NaN, an integer past
+    2**53 - 1, a key that is not a string)."""
+    try:
+        return rfc8785.dumps(value)  # type: ignore[arg-type]  # checked by rfc8785 itself
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise Unpinnable(f"the definition has no canonical JSON form ({exc})") from exc
+
+
 def fingerprint(definition: Mapping[str, Any]) -> str:
     """``sha256:<hex>`` of a pinned definition's canonical JSON; ``Unpinnable`` without one."""
-    try:
-        data = canonical_json(dict(definition))
-    except NotCanonicalizable as exc:
-        raise Unpinnable(f"the definition has no canonical JSON form ({exc})") from exc
-    return PREFIX + hashlib.sha256(data).hexdigest()
+    return PREFIX + hashlib.sha256(canonical_bytes(dict(definition))).hexdigest()

@@ -38,10 +38,9 @@ from typing import Any, Final, Literal
 
 import structlog
 
-from ..audit_trail.chain import format_time
 from .drift import DriftKind, classify
 from .fingerprint import Unpinnable, fingerprint, pinned_definition
-from .lock import PinnedTool, ToolLock, create_lock, read_lock
+from .lock import PinnedTool, ToolLock, create_lock, format_time, read_lock
 
 __all__ = ["PinMode", "PinView", "ToolPins"]
 
@@ -136,7 +135,9 @@ class ToolPins:
             seen = fingerprint(definition)
         except Unpinnable as exc:
             name = tool.get("name") if isinstance(tool, dict) else None
-            self._report(name if isinstance(name, str) else "(no name)", f"({exc})", ("unpinnable",), str(exc))
+            self._report(
+                name if isinstance(name, str) else "(no name)", f"({exc})", ("unpinnable",), str(exc)
+            )
             return ("unpinnable",)
         name = definition["name"]
         pinned = lock.tools.get(name)

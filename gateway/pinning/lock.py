@@ -30,11 +30,11 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from ..audit_trail.chain import format_time
 from ..strictjson import StrictJSONError, loads_strict
 from .fingerprint import Unpinnable, fingerprint, pinned_definition
 
@@ -50,6 +50,11 @@ __all__ = [
 ]
 
 LOCK_VERSION: Final = 1
+
+
+def format_time(now: float) -> str:
+    """``2026-12-02T10:00:00.000Z``: when a lock was made, RFC 3339 UTC."""
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class LockUnusable(ValueError):

@@ -102,7 +102,7 @@ def test_create_lock_never_replaces_one(tmp_path: Path) -> None:
 
 
 def pins(
-    tmp_path: Path, mode: str = "enforce", *tools: dict[str, Any]
+    tmp_path: Path, mode: PinMode = "enforce", *tools: dict[str, Any]
 ) -> tuple[ToolPins, list[tuple[str, str]]]:
     counted: list[tuple[str, str]] = []
     lock = read_lock(lock_file(tmp_path, *(tools or (BASE, OTHER))))
