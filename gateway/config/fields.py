@@ -31,6 +31,7 @@ from .model import (
     StaticCredential,
     TokenExchangeCredential,
 )
+from .pinning_fields import parse_pinning
 from .reader import (
     ENV_REFERENCE,
     INVALID,
@@ -524,4 +525,5 @@ ROUTE_FIELDS: Final = (
     FieldSpec("dpop", one_of("off", "allowed", "required")),
     FieldSpec("dpop_nonce", boolean),
     FieldSpec("mode", one_of("enforce", "observe")),
+    FieldSpec("pinning", parse_pinning),
 )

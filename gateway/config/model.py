@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Final, Literal, NamedTuple, TypeAlias
 
 from ..mcp.policy import RoutePolicy
+from ..pinning.lock import ToolLock
 from ..ratelimit.spec import RateLimitsConfig
 from ..secret import Secret
 
@@ -43,6 +44,8 @@ __all__ = [
     "MintingConfig",
     "NoCredential",
     "OtlpConfig",
+    "PinMode",
+    "PinningConfig",
     "RouteConfig",
     "ScopeMode",
     "SigningKeyConfig",
@@ -142,8 +145,8 @@ class AuditConfig:
     otlp: OtlpConfig | None = None
     segment_size: int = 1000  # records per signed segment
     fsync: AuditFsync = "segment"
-    # A record that cannot be written: "allow" goes on (logged, counted, /readyz fails);
-    # "deny" refuses every request the trail cannot record (503), fail closed.
+    # A record that cannot be written: "allow" goes on (logged, counted, the admin /readyz
+    # says so); "deny" refuses every request the trail cannot record (503, /readyz 503), fail closed.
     on_failure: AuditOnFailure = "allow"
 
 
@@ -329,6 +332,19 @@ class HealthCheckConfig:
     failures: int = 3
 
 
+PinMode = Literal["off", "observe", "enforce"]
+
+
+@dataclass(frozen=True, slots=True)
+class PinningConfig:
+    """``pinning``: the route's approved tool definitions (``gateway.pinning``), and what a drift does."""
+
+    lock: Path  # the lock file; absent at start: trust on first use writes it
+    mode: PinMode = "enforce"
+    # The lock as read at start (or reload): None when the file did not exist yet.
+    tools: ToolLock | None = field(default=None, compare=False)
+
+
 # kw_only: ``resource`` has no dataclass default (it is derived from public_url + path), yet
 # follows fields that do; keyword-only construction also keeps call sites readable.
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -361,6 +377,7 @@ class RouteConfig:
     dpop: DpopMode = "allowed"  # RFC 9449 proofs; see README "DPoP" for why allowed
     # RFC 9449 §8-9: a proof must carry a server nonce (DPoP-Nonce); stateless (gateway.auth.dpop).
     dpop_nonce: bool = False
+    pinning: PinningConfig | None = None  # tool definitions unchecked unless configured
 
     @property
     def scopes(self) -> tuple[str, ...]:

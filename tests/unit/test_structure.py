@@ -39,9 +39,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("gateway.logs", "gateway.eventloop"),
     ("gateway.principal", "gateway.ratelimit.spec"),
     ("gateway.cel",),  # the condition language: parser and checker, nothing of the gateway's
-    ("gateway.mcp",),
+    # Tool pins: JSON forms and files only; config reads lock files.
+    ("gateway.mcp", "gateway.pinning"),
     ("gateway.config",),
-    ("gateway.auth", "gateway.metrics"),
+    # gateway.telemetry: the span hooks that auth, upstream and web call (OpenTelemetry itself is
+    # imported by gateway.telemetry.tracing alone, for a config that traces).
+    ("gateway.auth", "gateway.metrics", "gateway.telemetry"),
     ("gateway.upstream", "gateway.ratelimit", "gateway.audit_trail"),
     ("gateway.web",),
     (
@@ -51,6 +54,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "gateway.explain_conditions",
         "gateway.explain_json",
         "gateway.simulate",
+        "gateway.pin_command",
     ),
     ("gateway.demo",),
     ("gateway.cli", "gateway.__main__"),
