@@ -247,6 +247,7 @@ def check_config(path: str, *, upstream: bool = False) -> int:
         print(line)
     print(state_keys_summary(config))
     print(limits_summary(config.limits, open_file_limit(after_raise=True)))
+    print(audit_summary(config))
     if upstream:
         lines, failed = asyncio.run(upstream_schema_report(config, path))
         for line in lines:
@@ -446,6 +447,26 @@ def rate_limits_summary(config: GatewayConfig) -> list[str]:
         if limit.name not in used
     ]
     return lines
+
+
+def audit_summary(config: GatewayConfig) -> str:
+    """Where the audit trail goes, which key seals it, and what a failure to record does."""
+    audit = config.audit
+    if audit is None:
+        return "audit: none (policy_decision events are only logged)"
+    if audit.otlp is not None:  # the config has exactly one of file, otlp
+        destination = f"OTLP logs to {audit.otlp.endpoint}/v1/logs (a chain per process)"
+    else:
+        file = audit.file
+        destination = (
+            f"file {file} (with --workers N: {file.stem}.worker-<i>{file.suffix} each)" if file else ""
+        )
+    failure = "requests are refused (503)" if audit.on_failure == "deny" else "requests go on unrecorded"
+    return (
+        f"audit: {destination}; sealed every {audit.segment_size} records by key {audit.key_id!r} "
+        f"({audit.signing_key}); fsync {audit.fsync}; if a write fails: {failure}; "
+        "a change needs a restart (a reload keeps the running trail)"
+    )
 
 
 def state_keys_summary(config: GatewayConfig) -> str:

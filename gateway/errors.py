@@ -41,7 +41,8 @@ set (``Reason``), since they are metric labels.
     ├── Overloaded                   503  a process limit is reached (Retry-After)
     ├── ShuttingDown                 503  the shutdown deadline passed (Retry-After)
     ├── RateLimited                  429  a configured rate limit (Retry-After, RateLimit headers)
-    └── RateLimitUnavailable         503  a fail-closed limit's store is unreachable (Retry-After)
+    ├── RateLimitUnavailable         503  a fail-closed limit's store is unreachable (Retry-After)
+    └── AuditUnavailable             503  the audit trail cannot record, and ``on_failure: deny``
 """
 
 from __future__ import annotations
@@ -515,6 +516,17 @@ class RateLimitUnavailable(GatewayError):
         self.limit = limit
 
 
+class AuditUnavailable(GatewayError):
+    """``audit: {on_failure: deny}`` and the trail cannot record: refused, nothing forwarded
+    (fail closed: a decision or credential the trail would not hold is not acted on)."""
+
+    status = 503
+    reason = "audit_unavailable"
+    jsonrpc_code = -32000  # implementation-defined server error (JSON-RPC 2.0 §5.1)
+    message = "Audit trail unavailable: the gateway cannot record this request, so it is refused"
+    retry_after_s = 5
+
+
 ERROR_CLASSES: Final[tuple[type[GatewayError], ...]] = (
     GatewayError,
     AuthError,
@@ -550,5 +562,6 @@ ERROR_CLASSES: Final[tuple[type[GatewayError], ...]] = (
     ShuttingDown,
     RateLimited,
     RateLimitUnavailable,
+    AuditUnavailable,
 )
 """Every class in the tree, for the test that the docstring's drawing lists each one."""

@@ -67,6 +67,18 @@ def _redact_item(key: str, value: Any) -> Any:
     return _redact_value(value)
 
 
+def redact(value: Any) -> Any:
+    """``value`` as a log event would show it: JWT-shaped and ``Bearer …`` strings masked, and the
+    values of secret-named keys at any depth (what leaves the process elsewhere, spans, gets the
+    same treatment)."""
+    return _redact_value(value)
+
+
+def redact_text(text: str) -> str:
+    """A string as a log event would show it (``redact`` for one string)."""
+    return text if _SUSPECT.search(text) is None else _redact_value(text)
+
+
 # Bound (as a structlog context variable) for requests of a gateway with
 # `logging: {include_subject: false}`; `drop_subject` then removes who the caller is.
 HIDE_SUBJECT = "_hide_subject"

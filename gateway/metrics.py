@@ -70,6 +70,8 @@ METRIC_FAMILIES: Final[tuple[str, ...]] = (
     "mcp_gateway_connections_timed_out_total",
     "mcp_gateway_requests_overloaded_total",
     "mcp_gateway_buffered_body_bytes",
+    "mcp_gateway_audit_records_total",
+    "mcp_gateway_audit_write_failures_total",
 )
 
 NO_ROUTE: Final = "none"
@@ -304,6 +306,19 @@ class GatewayMetrics:
         self.buffered_body_bytes = Gauge(
             "mcp_gateway_buffered_body_bytes",
             "Bytes of request bodies held by requests in flight (limits.max_buffered_body_bytes).",
+            registry=registry,
+        )
+        # The audit trail (gateway.audit_trail.trail); kind is policy_decision or credential_issued.
+        self.audit_records = Counter(
+            "mcp_gateway_audit_records",
+            "Events chained into the audit trail (seals not counted), by kind.",
+            ("kind",),
+            registry=registry,
+        )
+        self.audit_write_failures = Counter(
+            "mcp_gateway_audit_write_failures",
+            "Audit trail writes or exports that failed; the first stops the trail until a restart "
+            "(on_failure: allow serves on, deny refuses with 503).",
             registry=registry,
         )
 

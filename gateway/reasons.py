@@ -120,6 +120,7 @@ Reason: TypeAlias = (
         "body_budget_exhausted",
         "rate_limited",
         "rate_limit_unavailable",
+        "audit_unavailable",
     ]
 )
 """Every ``reason`` an error can carry: a closed set, since it is a metric label."""

@@ -3,23 +3,28 @@
 - SIGHUP re-reads the config file. A valid config serves every request that arrives afterwards;
   requests and streams already running finish on the gateway they started with (``LiveGateway``).
   An invalid one is refused with its problems logged (``config_reload_refused``), and the running
-  config stays. The listener addresses (``listen``, ``admin``), ``logging`` and ``limits`` need a restart.
+  config stays. The listener addresses (``listen``, ``admin``), ``logging``, ``limits``, the
+  audit trail (``audit``) and the OTLP metrics push (``metrics``) need a restart.
 - SIGTERM or SIGINT: stop accepting connections, let requests in flight finish for up to
   ``shutdown_grace_s``, then end what is left (``LiveGateway.cut``), close everything, exit 0.
 - ``serve --workers N``: a parent process starts N workers (``python -m gateway serve
   --worker-index i``), which all bind the listen port with SO_REUSEPORT so that the kernel
   spreads connections over them. The parent forwards SIGTERM, SIGINT and SIGHUP to the workers
   and exits once they have all stopped. A worker that dies is replaced at once (same index, so
-  the same admin port) within a restart budget; a crash loop stops the others and exits 1. The
-  parent publishes how many run (``mcp_gateway_workers_alive`` on every worker's /metrics). A
-  worker whose parent disappears stops by itself.
+  the same admin socket and port) within a restart budget; a crash loop stops the others and
+  exits 1. With ``admin:``, the parent serves ``admin.port`` for the fleet (``/metrics`` summed
+  over the workers, ``/readyz`` ready while one worker is; ``gateway.web.fleet_admin``), each
+  worker its own admin application on a private unix socket the parent scrapes, and, with
+  ``admin.per_worker_ports``, on ``admin.port + 1 + index`` too. The parent publishes how many
+  run (``mcp_gateway_workers_alive``, on its /metrics and every worker's). A worker whose parent
+  disappears stops by itself. Each worker writes its own audit file
+  (``audit.jsonl`` → ``audit.worker-<i>.jsonl``), which its replacement continues.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import gc
 import math
@@ -31,16 +36,26 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from .audit_trail.trail import replace_audit_file
+from .audit_trail.writer import AuditFileDamaged
 from .config import ConfigError, GatewayConfig, load_config
 from .metrics import METRICS, GatewayMetrics
 from .sealing import MIN_SECRET_BYTES, PROCESS_KEY_ENV
-from .web.admin import start_admin
+from .web.admin import AdminPlace, start_admin
 from .web.app import LIMITS, build_app
+from .web.fleet_admin import (
+    WORKER_ADMIN_DIR_ENV,
+    FleetAdmin,
+    private_admin_dir,
+    remove_admin_dir,
+    worker_admin_place,
+)
 from .web.limits import raise_open_file_limit
 from .web.listener import CONNECTIONS, GuardedSite
 from .web.live import LIVE, SWAP_WAIT_S, KeysNotLoaded, LiveGateway
@@ -53,8 +68,9 @@ _CUT_WAIT_S = 2.0
 _CLOSE_WAIT_S = 1.0
 # How long the unread rest of a refused request's body is drained before the connection closes.
 _LINGER_S = 2.0
-# Settings that a reload cannot change in a running process.
-_RESTART_ONLY = ("listen", "admin", "logging", "limits")
+# Settings that a reload cannot change in a running process (the audit trail is the process's
+# one chain, opened at start-up; the OTLP metrics push, its own exporter).
+_RESTART_ONLY = ("listen", "admin", "logging", "limits", "audit", "metrics")
 
 
 async def start_gateway(
@@ -64,6 +80,8 @@ async def start_gateway(
     port: int | None = None,
     reuse_port: bool = False,
     shutdown_timeout: float | None = None,
+    admin_place: AdminPlace | None = None,
+    worker: int | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Start the gateway's listener; returns the runner and the bound port (port 0 picks a free one).
 
@@ -86,7 +104,12 @@ async def start_gateway(
         # dropped this long, so that the client reads the answer rather than a reset; then closed.
         lingering_time=_LINGER_S,
     )
-    start_admin(runner.app, config)  # the admin listener (/metrics), if configured, runs with the app
+    # The admin listener (/metrics), if configured, runs with the app (default place: admin.port).
+    start_admin(runner.app, config, admin_place)
+    if config.metrics is not None:  # OpenTelemetry only for a config that pushes metrics
+        from .web.otlp_metrics import start_metrics_push
+
+        start_metrics_push(runner.app, config.metrics, worker=worker)
     await runner.setup()
     site = GuardedSite(
         runner,
@@ -134,19 +157,29 @@ async def serve(config: GatewayConfig, *, worker: int | None = None, loop_name: 
     """Serve until SIGINT or SIGTERM, reloading the config on SIGHUP; returns the exit status.
 
     ``worker`` is set in a worker process of ``serve --workers N``: the listen port is shared
-    (SO_REUSEPORT) and the admin listener, if any, moves to ``admin.port + worker``.
+    (SO_REUSEPORT) and the admin listener, if any, serves the parent on a private socket (and
+    ``admin.port + 1 + worker`` with ``per_worker_ports``; ``gateway.web.fleet_admin``).
     """
     loaded = config
     raise_open_file_limit()  # before the listener sizes its connection cap from it
-    if worker is not None and config.admin is not None and config.admin.port != 0:
-        config = dataclasses.replace(
-            config, admin=dataclasses.replace(config.admin, port=config.admin.port + worker)
-        )
+    if worker is not None and config.audit is not None:
+        # One chain per process: worker i appends to its own file, whichever process has index i.
+        config = replace(config, audit=replace_audit_file(config.audit, worker))
+    admin_place = None
+    if worker is not None and config.admin is not None:
+        admin_dir = os.environ.get(WORKER_ADMIN_DIR_ENV) or None
+        admin_place = worker_admin_place(config.admin, worker, admin_dir)
     try:
         runner, port = await start_gateway(
-            config, reuse_port=worker is not None, shutdown_timeout=_CLOSE_WAIT_S
+            config,
+            reuse_port=worker is not None,
+            shutdown_timeout=_CLOSE_WAIT_S,
+            admin_place=admin_place,
+            worker=worker,
         )
-    except OSError as exc:  # an address in use, or not ours (the listener or the admin listener)
+    # An address in use, or not ours (the listener or the admin listener); an audit file that
+    # cannot be opened or continued.
+    except (OSError, AuditFileDamaged) as exc:
         log.error("start_failed", error=str(exc))
         return 1
     live = runner.app[LIVE]
@@ -296,8 +329,8 @@ RESTART_WINDOW_S = 60.0
 _RESTART_DELAY_STEP_S = 0.25
 _RESTART_DELAY_MAX_S = 1.0
 # The parent writes how many workers run into a memory file that every worker inherits (this env
-# var names its descriptor); each worker's /metrics reads it as mcp_gateway_workers_alive, so the
-# parent needs no listener of its own.
+# var names its descriptor); each worker's own /metrics reads it as mcp_gateway_workers_alive
+# (admin.per_worker_ports), the same figure as the parent's admin.port.
 WORKERS_ALIVE_FD_ENV = "MCP_GATEWAY_WORKERS_ALIVE_FD"
 _COUNT = struct.Struct("<q")
 
@@ -352,16 +385,23 @@ class _Pool:
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.restarts: list[float] = []  # monotonic times of the restarts within the window
         self.count_fd = _shared_count_file()
+        # The workers' private admin sockets, scraped by the parent's admin.port (fleet_admin).
+        self.admin_dir = private_admin_dir() if config.admin is not None else None
         self.env = {
             **os.environ,
             # One random key for all workers, replacements included: without state_keys they
             # still open each other's sealed sessions, wherever the kernel sends a connection.
             PROCESS_KEY_ENV: secrets.token_hex(MIN_SECRET_BYTES),
             WORKERS_ALIVE_FD_ENV: str(self.count_fd),
+            **({WORKER_ADMIN_DIR_ENV: self.admin_dir} if self.admin_dir is not None else {}),
         }
 
     def running(self) -> list[asyncio.subprocess.Process]:
         return [process for process in self.processes.values() if process.returncode is None]
+
+    def running_pids(self) -> dict[int, int]:
+        """index → pid of each worker running now."""
+        return {index: process.pid for index, process in self.processes.items() if process.returncode is None}
 
     def publish(self) -> None:
         os.pwrite(self.count_fd, _COUNT.pack(len(self.running())), 0)
@@ -371,7 +411,7 @@ class _Pool:
             process.send_signal(sig)
 
     async def start(self, index: int) -> asyncio.subprocess.Process:
-        """Start worker ``index`` (its admin port is ``admin.port + index``, whoever it replaces)."""
+        """Start worker ``index`` (its admin socket and port follow the index, whoever it replaces)."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -404,6 +444,8 @@ class _Pool:
 
     def close(self) -> None:
         os.close(self.count_fd)
+        if self.admin_dir is not None:
+            remove_admin_dir(self.admin_dir)
 
 
 async def supervise_workers(config: GatewayConfig, workers: int, worker_args: Sequence[str]) -> int:
@@ -429,7 +471,22 @@ async def supervise_workers(config: GatewayConfig, workers: int, worker_args: Se
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, forward, sig)
+    fleet = None
     try:
+        if config.admin is not None and pool.admin_dir is not None:
+            # Bound before any worker starts: a taken admin port ends the start at once.
+            fleet = FleetAdmin(
+                config.admin,
+                pool.admin_dir,
+                pool.running_pids,
+                stopping,
+                keepalive_s=config.limits.keepalive_timeout_s,
+            )
+            try:
+                await fleet.start()
+            except OSError as exc:
+                log.error("start_failed", error=str(exc))
+                return 1
         for index in range(workers):
             await pool.start(index)
         log.info(
@@ -442,6 +499,8 @@ async def supervise_workers(config: GatewayConfig, workers: int, worker_args: Se
             await process.wait()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if fleet is not None:
+            await fleet.close()
         pool.close()
 
 

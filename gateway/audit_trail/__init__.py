@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from .chain import DEFAULT_SEGMENT_SIZE, EVENT_KINDS, ZERO_HASH, EventKind, Record, SegmentSigner
 from .verify import ChainBreak, ChainIntact, verify_lines
-from .writer import AuditFileDamaged, AuditWriteFailed, AuditWriter, FsyncPolicy
+from .writer import AuditFileDamaged, AuditKeyChanged, AuditWriteFailed, AuditWriter, FsyncPolicy
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
     "EVENT_KINDS",
     "ZERO_HASH",
     "AuditFileDamaged",
+    "AuditKeyChanged",
     "AuditWriteFailed",
     "AuditWriter",
     "ChainBreak",

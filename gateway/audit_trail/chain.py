@@ -35,15 +35,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal, TypeAlias, get_args
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .canonical import HASH_HEX_LENGTH, JSONValue, canonical_json, sha256_hex
+from .canonical import HASH_HEX_LENGTH, JSONValue, canonical_json
 
 EventKind: TypeAlias = Literal["policy_decision", "credential_issued"]
 EVENT_KINDS: Final = frozenset(get_args(EventKind))
@@ -70,6 +71,8 @@ class Record:
     event: Mapping[str, JSONValue]
     prev: str
     hash: str
+    # The line, when the record was built here (``_record``); a parsed record computes its own.
+    built_line: bytes | None = field(default=None, repr=False, compare=False)
 
     def body(self) -> dict[str, JSONValue]:
         """Every field the hash covers: all of them but ``hash``."""
@@ -86,6 +89,8 @@ class Record:
 
     def line(self) -> bytes:
         """The record as the file holds it: canonical JSON and a newline."""
+        if self.built_line is not None:
+            return self.built_line
         return canonical_json(self.to_json()) + b"\n"
 
 
@@ -151,8 +156,21 @@ def format_time(now: float) -> str:
 
 
 def _record(state: ChainState, kind: str, event: Mapping[str, JSONValue], now: float) -> Record:
-    unhashed = Record(state.next_seq, format_time(now), kind, dict(event), state.prev, hash="")
-    return replace(unhashed, hash=sha256_hex(unhashed.body()))
+    """The record, hashed, with its line. The event is serialised once: the body and the line
+    are the same RFC 8785 object but for ``hash``, whose key sorts between ``event`` and
+    ``kind``, so both are put together around the event's canonical bytes (the other members
+    are the chain's own: an int, ASCII strings). tests/unit/test_audit_trail_runtime.py holds
+    the result to ``canonical_json`` of ``body()`` and ``to_json()``."""
+    event = dict(event)
+    time = format_time(now)
+    head = b'{"event":' + canonical_json(event)
+    tail = (
+        b'"kind":' + canonical_json(kind) + b',"prev":' + canonical_json(state.prev)
+        + b',"seq":' + str(state.next_seq).encode("ascii") + b',"time":' + canonical_json(time) + b"}"
+    )  # fmt: skip
+    digest = hashlib.sha256(head + b"," + tail).hexdigest()
+    line = head + b',"hash":"' + digest.encode("ascii") + b'",' + tail + b"\n"
+    return Record(state.next_seq, time, kind, event, state.prev, digest, built_line=line)
 
 
 def append(

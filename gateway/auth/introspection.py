@@ -31,6 +31,8 @@ from ..principal import Identity, Principal
 from ..secret import PresentedToken
 from ..singleflight import SingleFlight
 from ..strictjson import StrictJSONError, loads_strict
+from ..telemetry.attributes import ISSUER, RESULT
+from ..telemetry.spans import span
 from .oauth_client import (
     Cached,
     FetchError,
@@ -218,23 +220,26 @@ class Introspector:
             config.auth_method, config.client_id, config.client_secret
         )
         asked_at = self._clock()
-        try:
-            response = await post_form(
-                self._session,
-                config.endpoint,
-                {**introspection_form(token.reveal()), **auth_fields},
-                headers,
-                timeout_s=config.timeout_s,
-            )
-            result = interpret_introspection(response, self.issuer.issuer)
-        except FetchError as exc:
-            log.warning("introspection_unavailable", issuer=self.issuer.issuer, problem=str(exc))
-            self._on_result("unavailable")
-            raise IntrospectionUnavailable(detail=str(exc)) from exc
-        except IntrospectionUnavailable as exc:
-            log.warning("introspection_unavailable", issuer=self.issuer.issuer, problem=exc.detail)
-            self._on_result("unavailable")
-            raise
+        # A span of the request whose token it is, if traced; an unavailable AS fails it.
+        with span("introspect token", {ISSUER: self.issuer.issuer}, kind="client") as traced:
+            try:
+                response = await post_form(
+                    self._session,
+                    config.endpoint,
+                    {**introspection_form(token.reveal()), **auth_fields},
+                    headers,
+                    timeout_s=config.timeout_s,
+                )
+                result = interpret_introspection(response, self.issuer.issuer)
+            except FetchError as exc:
+                log.warning("introspection_unavailable", issuer=self.issuer.issuer, problem=str(exc))
+                self._on_result("unavailable")
+                raise IntrospectionUnavailable(detail=str(exc)) from exc
+            except IntrospectionUnavailable as exc:
+                log.warning("introspection_unavailable", issuer=self.issuer.issuer, problem=exc.detail)
+                self._on_result("unavailable")
+                raise
+            traced.set(RESULT, "active" if result.refusal is None else result.refusal)
         self._on_result("active" if result.refusal is None else result.refusal)
         until = answer_cache_until(result, asked_at, config)
         if until is not None:

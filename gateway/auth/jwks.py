@@ -37,6 +37,8 @@ from jwt.exceptions import PyJWTError
 from ..config import IssuerConfig, JwksFile, JwksUrl
 from ..singleflight import SingleFlight
 from ..strictjson import StrictJSONError, loads_strict
+from ..telemetry.attributes import ISSUER
+from ..telemetry.spans import span
 from .oauth_client import FetchError, get_json_object, noop
 
 log = structlog.get_logger("gateway.jwks")
@@ -341,17 +343,22 @@ class IssuerKeys:
 
     async def _load(self) -> None:
         self._last_attempt = self._clock()
-        try:
-            await self._load_once()
-        except Exception:
-            # A surprise from a library must not end the refresh task (nor answer a request with a
-            # traceback): it is one failed load, logged with its traceback, counted and backed
-            # off; the cached keys stay, and a keyless issuer still fails closed with 503.
-            log.exception(
-                "jwks_load_crashed", issuer=self.issuer.issuer, kept_cached_keys=self._keyset is not None
-            )
-            self._jwks_uri = None
-            self._failed("failed")
+        # A span of the request that needed the keys, if traced (the refresh task's loads: none).
+        with span("fetch JWKS", {ISSUER: self.issuer.issuer}, kind="client") as traced:
+            failures = self._failures
+            try:
+                await self._load_once()
+            except Exception:
+                # A surprise from a library must not end the refresh task (nor answer a request with
+                # a traceback): it is one failed load, logged with its traceback, counted and backed
+                # off; the cached keys stay, and a keyless issuer still fails closed with 503.
+                log.exception(
+                    "jwks_load_crashed", issuer=self.issuer.issuer, kept_cached_keys=self._keyset is not None
+                )
+                self._jwks_uri = None
+                self._failed("failed")
+            if self._failures > failures:
+                traced.fail("jwks_load_failed")
 
     async def _load_once(self) -> None:
         try:

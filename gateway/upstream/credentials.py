@@ -13,13 +13,19 @@ and ``build_strategy`` turns that choice into a ``CredentialStrategy``:
 
 Strategies hold secrets (a static value, a minter's keys) but never show them: their ``repr``
 names the kind of credential and the header, never a value.
+
+Each credential the gateway obtains (a token minted, a token exchanged; not one reused from a
+cache) is reported to ``on_issued`` as an ``IssuedCredential`` (for the audit trail): what it is
+for and until when, never the token itself, only its SHA-256.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
-from typing import Protocol, assert_never
+from dataclasses import dataclass
+from typing import Literal, Protocol, assert_never
 
 import cachetools
 
@@ -38,8 +44,10 @@ __all__ = [
     "CredentialConfigError",
     "CredentialStrategy",
     "ExchangerFactory",
+    "IssuedCredential",
     "MintedCredentialStrategy",
     "NoCredentialStrategy",
+    "OnIssued",
     "StaticCredentialStrategy",
     "build_strategy",
     "downstream_scopes",
@@ -59,6 +67,31 @@ class CredentialStrategy(Protocol):
 
 
 ExchangerFactory = Callable[[TokenExchangeCredential], CredentialStrategy]
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCredential:
+    """A downstream token the gateway just obtained for a caller, as the audit trail records it.
+
+    Never the token: ``sha256`` (hex, of the token as sent) lets an upstream's own log of the
+    token it received be matched to this record without the record being usable as a credential.
+    """
+
+    kind: Literal["minted", "exchanged"]
+    audience: str | None
+    resource: str | None
+    scope: str | None  # space-separated as issued (None: no scope claim, or none asked for)
+    expires_at: float | None  # Unix time; None when the authorization server did not say
+    jti: str | None  # the token's JWT ID when it has one
+    sha256: str
+
+    @staticmethod
+    def digest(token: str) -> str:
+        return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+# Told of each credential issued (not those reused from a cache), with the caller it is for.
+OnIssued = Callable[[Principal, IssuedCredential], None]
 
 
 MINTED_CACHE_SIZE = 10_000
@@ -133,7 +166,7 @@ class MintedCredentialStrategy:
     claims derive from nothing else), bounded, LRU.
     """
 
-    __slots__ = ("_credential", "_minter", "_reuse")
+    __slots__ = ("_credential", "_minter", "_on_issued", "_reuse")
 
     def __init__(
         self,
@@ -141,9 +174,11 @@ class MintedCredentialStrategy:
         minter: TokenMinter,
         clock: Callable[[], float] = time.time,
         cache_size: int = MINTED_CACHE_SIZE,
+        on_issued: OnIssued | None = None,
     ) -> None:
         self._credential = credential
         self._minter = minter
+        self._on_issued = on_issued
         self._reuse: cachetools.TLRUCache[tuple[str, tuple[str, ...] | None], MintedToken, float] | None = (
             cachetools.TLRUCache(cache_size, self._reusable_until, timer=clock)
             if credential.reuse_s > 0
@@ -163,6 +198,8 @@ class MintedCredentialStrategy:
             token = self._minter.mint_token(
                 principal, audience=credential.audience, scopes=scopes, ttl_s=credential.ttl_s
             )
+            if self._on_issued is not None:  # before it is kept: a refusal here sends nothing
+                self._on_issued(principal, _minted(credential, scopes, token))
             if self._reuse is not None:
                 self._reuse[key] = token
         return {"Authorization": f"Bearer {token.value}"}
@@ -175,13 +212,29 @@ class MintedCredentialStrategy:
         )
 
 
+def _minted(
+    credential: MintedCredential, scopes: tuple[str, ...] | None, token: MintedToken
+) -> IssuedCredential:
+    return IssuedCredential(
+        kind="minted",
+        audience=credential.audience,
+        resource=None,
+        scope=None if scopes is None else " ".join(scopes),
+        expires_at=token.expires_at,
+        jti=token.jti,
+        sha256=IssuedCredential.digest(token.value),
+    )
+
+
 def build_strategy(
     route: RouteConfig,
     minter: TokenMinter | None,
     exchanger_factory: ExchangerFactory | None,
+    on_issued: OnIssued | None = None,
 ) -> CredentialStrategy:
     """The strategy for ``route.credential``; raises ``CredentialConfigError`` when a minted route
-    has no minter or a token-exchange route has no exchanger factory."""
+    has no minter or a token-exchange route has no exchanger factory. ``on_issued`` hears of each
+    token minted (an exchanger factory wires its own)."""
     credential = route.credential
     if isinstance(credential, NoCredential):
         return NoCredentialStrategy()
@@ -193,7 +246,7 @@ def build_strategy(
                 f"route {route.path}: a minted credential needs a token minter "
                 "(a top-level `minting` section with signing keys)"
             )
-        return MintedCredentialStrategy(credential, minter)
+        return MintedCredentialStrategy(credential, minter, on_issued=on_issued)
     if isinstance(credential, TokenExchangeCredential):
         if exchanger_factory is None:
             raise CredentialConfigError(f"route {route.path}: token_exchange needs an exchanger factory")

@@ -15,6 +15,8 @@ how long to keep it); ``TokenExchanger`` is the thin async shell around one HTTP
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -42,6 +44,9 @@ from ..principal import Principal
 from ..secret import Secret
 from ..singleflight import SingleFlight
 from ..strictjson import StrictJSONError, loads_strict
+from ..telemetry.attributes import CACHE_HIT
+from ..telemetry.spans import span
+from .credentials import IssuedCredential, OnIssued
 
 __all__ = [
     "GRANT_TYPE_TOKEN_EXCHANGE",
@@ -57,6 +62,7 @@ __all__ = [
     "retry_after_seconds",
     "safe_description",
     "token_cache_until",
+    "unverified_jti",
 ]
 
 log = structlog.get_logger("gateway.exchange")
@@ -165,6 +171,22 @@ def safe_description(text: str, never_echo: Iterable[str]) -> str:
     return _NOT_ERROR_CHARS.sub("?", text)[:DESCRIPTION_LOG_CHARS]
 
 
+def unverified_jti(token: str) -> str | None:
+    """The ``jti`` an exchanged token names if it is a JWT (RFC 7519 §4.1.7), read without
+    verifying anything: the gateway only forwards the token, and uses this to correlate its
+    audit record with the upstream's log, never to decide."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1]
+    try:
+        claims = loads_strict(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (binascii.Error, ValueError, StrictJSONError):
+        return None
+    jti = claims.get("jti") if isinstance(claims, dict) else None
+    return jti if isinstance(jti, str) else None
+
+
 class _Malformed(ValueError):
     """A response that does not follow the spec; the message names the problem (no values)."""
 
@@ -265,8 +287,10 @@ class TokenExchanger:
         *,
         on_result: Callable[[str], None] | None = None,
         on_cache_hit: Callable[[], None] | None = None,
+        on_issued: OnIssued | None = None,
     ) -> None:
         self._config = config
+        self._on_issued = on_issued  # each token the AS issues (for the audit trail)
         self._session = session
         self._clock = clock  # wall clock: compared with `exp` of the subject token
         # Metrics hooks: each exchange sent ("ok", "refused", "unavailable"), each cache hit.
@@ -286,11 +310,13 @@ class TokenExchanger:
         # Never the subject token itself, only the SHA-256 computed when it was presented.
         key = ExchangeKey(principal.token.sha256, config.audience, config.resource, scope)
         cached = self._cache.get(key)
-        if cached is not None:
-            token = cached.value
-            self._on_cache_hit()
-        else:
-            token = await self._flights.run(key, lambda: self._exchange(key, principal, scope))
+        # A span of the request, if traced: whether the cache answered; a refusal fails it.
+        with span("exchange token", {CACHE_HIT: cached is not None}):
+            if cached is not None:
+                token = cached.value
+                self._on_cache_hit()
+            else:
+                token = await self._flights.run(key, lambda: self._exchange(key, principal, scope))
         return {"Authorization": f"Bearer {token.reveal()}"}
 
     async def aclose(self) -> None:
@@ -337,6 +363,8 @@ class TokenExchanger:
             )
             raise
         self._on_result("ok")
+        if self._on_issued is not None:  # before it is cached: a refusal here sends nothing
+            self._on_issued(principal, _exchanged(config, issued, scope, sent_at))
         until = token_cache_until(sent_at, issued.expires_in, config.refresh_margin_s, principal.expires_at)
         if until is not None:
             self._cache[key] = Cached(issued.access_token, until)
@@ -349,3 +377,19 @@ class TokenExchanger:
             cached_for_s=None if until is None else round(until - sent_at, 3),
         )
         return issued.access_token
+
+
+def _exchanged(
+    config: TokenExchangeCredential, issued: ExchangedToken, requested: str | None, sent_at: float
+) -> IssuedCredential:
+    token = issued.access_token.reveal()
+    return IssuedCredential(
+        kind="exchanged",
+        audience=config.audience,
+        resource=config.resource,
+        # RFC 8693 §2.2.1: an omitted scope is the one requested.
+        scope=issued.scope if issued.scope is not None else requested,
+        expires_at=None if issued.expires_in is None else sent_at + issued.expires_in,
+        jti=unverified_jti(token),
+        sha256=IssuedCredential.digest(token),
+    )

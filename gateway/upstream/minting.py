@@ -193,6 +193,7 @@ class MintedToken:
     value: str = field(repr=False)
     issued_at: float
     expires_at: float
+    jti: str | None = None
 
 
 class TokenMinter:
@@ -252,7 +253,7 @@ class TokenMinter:
         alg, key = self._keys[self._active_kid]
         # RFC 9068 §2.1: typ at+jwt; RFC 7515 §4.1.4: kid selects the verification key.
         value = jwt.encode(claims, key, algorithm=alg, headers={"typ": AT_JWT_TYP, "kid": self._active_kid})
-        return MintedToken(value, issued_at=claims["iat"], expires_at=claims["exp"])
+        return MintedToken(value, issued_at=claims["iat"], expires_at=claims["exp"], jti=claims["jti"])
 
     def jwks(self) -> dict[str, Any]:
         """The JWK Set (RFC 7517 §5) of every configured key, active or not, public members only."""

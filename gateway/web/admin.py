@@ -7,7 +7,9 @@ is 503 once shutdown has begun, or while every route's circuit is open (``gatewa
 A second aiohttp listener, separate from the one MCP clients reach, so metrics are never served
 to them and the admin port can stay on loopback or an internal network. It runs inside the
 gateway application's lifecycle: it starts once the gateway has started and stops before the
-gateway closes, so ``/readyz`` always reflects a live gateway.
+gateway closes, so ``/readyz`` always reflects a live gateway. Under ``serve --workers N`` the
+parent serves ``admin.port`` for the whole fleet and each worker this application on a private
+socket (``gateway.web.fleet_admin``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from ..config import AdminConfig, GatewayConfig
 from ..metrics import CONTENT_TYPE_LATEST, METRICS
+from .fleet_metrics import FLEET_METRICS_PATH, families_to_json
 from .live import LIVE, add_health_routes
 
 log = structlog.get_logger("gateway.admin")
@@ -30,11 +33,23 @@ log = structlog.get_logger("gateway.admin")
 
 @dataclass
 class AdminListener:
-    """Where the admin listener is; ``port`` is the bound one (config port 0 picks a free one)."""
+    """Where the admin listener is; ``port`` is the bound one (config port 0 picks a free one;
+    None without a TCP listener: a worker of ``serve --workers N`` serving its parent only)."""
 
     config: AdminConfig
     port: int | None = None
     runner: web.AppRunner | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminPlace:
+    """Where a process's admin application listens: a TCP port on ``admin.host`` (None: none) and a
+    unix socket (None: none). A single gateway: ``admin.port`` only; a worker of ``serve --workers
+    N``: its parent's private socket, and its own port with ``per_worker_ports``
+    (``gateway.web.fleet_admin``)."""
+
+    port: int | None
+    unix_path: str | None = None
 
 
 ADMIN = web.AppKey("admin", AdminListener)
@@ -64,16 +79,30 @@ def admin_app(gateway_app: web.Application) -> web.Application:
         # CONTENT_TYPE_LATEST carries a charset, which aiohttp wants as a header, not content_type.
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def fleet_metrics(_request: web.Request) -> web.Response:
+        # The same figures for the parent of serve --workers N, as JSON (gateway.web.fleet_metrics).
+        own = await asyncio.to_thread(lambda: tuple(process.collect()))
+        body = families_to_json([*gateway_app[METRICS].registry.collect(), *own])
+        return web.Response(body=body, content_type="application/json")
+
     app = web.Application()
     app.router.add_get("/metrics", metrics, allow_head=True)
+    app.router.add_get(FLEET_METRICS_PATH, fleet_metrics)
     add_health_routes(app.router, gateway_app[LIVE], details=True)  # the gateway serving now
     return app
 
 
-def start_admin(gateway_app: web.Application, config: GatewayConfig) -> AdminListener | None:
+def start_admin(
+    gateway_app: web.Application, config: GatewayConfig, place: AdminPlace | None = None
+) -> AdminListener | None:
     """With ``admin:`` configured, run the admin listener with ``gateway_app`` (call before its runner's
-    ``setup``); the listener is reachable as ``gateway_app[ADMIN]``. Without it, nothing happens."""
+    ``setup``) at ``place`` (default: ``admin.port``); the listener is reachable as
+    ``gateway_app[ADMIN]``. Without ``admin:``, or a place with neither port nor socket, nothing happens."""
     if config.admin is None:
+        return None
+    if place is None:
+        place = AdminPlace(port=config.admin.port)
+    if place.port is None and place.unix_path is None:
         return None
     listener = AdminListener(config.admin)
     gateway_app[ADMIN] = listener
@@ -84,15 +113,19 @@ def start_admin(gateway_app: web.Application, config: GatewayConfig) -> AdminLis
         runner = web.AppRunner(admin_app(gateway_app), access_log=None, keepalive_timeout=keepalive_s)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, listener.config.host, listener.config.port)
-            await site.start()
+            if place.port is not None:
+                await web.TCPSite(runner, listener.config.host, place.port).start()
+            if place.unix_path is not None:
+                await web.UnixSite(runner, place.unix_path).start()
         except BaseException:
             await runner.cleanup()
             raise
         listener.runner = runner
-        # The bound port (config port 0 picks one).
-        listener.port = next((address[1] for address in runner.addresses), listener.config.port)
-        log.info("admin_listening", host=listener.config.host, port=listener.port)
+        # The bound port (config port 0 picks one); a unix socket's address is its path.
+        ports = (address[1] for address in runner.addresses if isinstance(address, tuple))
+        listener.port = next(ports, None)
+        where = {} if place.unix_path is None else {"socket": place.unix_path}
+        log.info("admin_listening", host=listener.config.host, port=listener.port, **where)
         yield
         listener.runner = None
         await runner.cleanup()

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web, web_response
 
+from ..audit_trail.trail import AuditTrail
 from ..auth.key_registry import KeyRegistry
 from ..config import GatewayConfig
 from ..metrics import METRICS, GatewayMetrics
@@ -23,6 +24,8 @@ from .resources import Gateway, open_gateway
 
 # The process's resolved limits, which the listener is started with.
 LIMITS = web.AppKey("limits", ProcessLimits)
+# The process's audit trail (`audit:`; one for the app's life, since it needs a restart to change).
+AUDIT_TRAIL = web.AppKey("audit_trail", AuditTrail)
 
 # The `Server` header of every answer the process writes: the product, never a version.
 SERVER_HEADER = "mcp-auth-gateway"
@@ -71,8 +74,10 @@ def build_app(config: GatewayConfig, limits: ProcessLimits | None = None) -> web
     # The issuers' keys too: each gateway generation borrows them, so a reload that keeps an
     # issuer keeps its cached keys and refresh task (gateway.auth.key_registry).
     keys = KeyRegistry(metrics)
+    # Opened in `lifecycle`, before the first gateway; each generation records into it.
+    trail = AuditTrail(config.audit, metrics, include_subject=config.logging.include_subject)
     live: LiveGateway[Gateway] = LiveGateway(
-        config, lambda new_config: open_gateway(new_config, metrics, keys), dispatch
+        config, lambda new_config: open_gateway(new_config, metrics, keys, trail), dispatch
     )
     app = web.Application(
         middlewares=[
@@ -90,14 +95,19 @@ def build_app(config: GatewayConfig, limits: ProcessLimits | None = None) -> web
     app[METRICS] = metrics
     app[LOGGING] = config.logging
     app[LIMITS] = limits
+    app[AUDIT_TRAIL] = trail
     app[ADMISSION] = Admission(limits, metrics)
     app[CONNECTIONS] = Connections(limits.header_timeout_s, limits.send_timeout_s, metrics)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        await live.start()
-        yield
-        await live.aclose()
-        await keys.aclose()  # after every generation returned its leases
+        await trail.open()  # a trail that cannot open stops the start
+        try:
+            await live.start()
+            yield
+            await live.aclose()
+            await keys.aclose()  # after every generation returned its leases
+        finally:
+            await trail.aclose()  # after the last request: seals the open segment, flushes
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(remember_prepared)

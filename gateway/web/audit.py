@@ -9,6 +9,12 @@ the token lacks in ``claims_absent``) and,
 when the route asks for them (``audit_arguments: true``), the call's arguments, through the log
 redaction step. Never the token. With observed rules, the decision as written is there too
 (``observed``), and a ``would_deny`` event says what enforcing it would have refused.
+
+With an audit trail (``audit:``, ``gateway.audit_trail.trail``), each ``policy_decision`` is also
+chained into it with the same fields, and each downstream credential the gateway obtains is a
+``credential_issued`` record (``audit_credential``): who, which route, minted or exchanged, for
+which audience or resource, with which scope, until when, its ``jti``, and the SHA-256 of the
+token (never the token).
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ from typing import Any, Final
 
 import structlog
 
+from ..audit_trail.chain import format_time
+from ..audit_trail.trail import AuditTrail
 from ..config import RouteConfig
 from ..mcp.messages import McpMessage
 from ..mcp.policy import ARGUMENT_METHODS, Decision
 from ..principal import Identity
+from ..upstream.credentials import IssuedCredential
 
 log = structlog.get_logger("gateway.audit")
 
@@ -71,8 +80,10 @@ def audit_decision(
     message: McpMessage,
     decision: Decision,
     observed: Decision | None = None,
+    trail: AuditTrail | None = None,
 ) -> None:
-    """Log ``policy_decision`` (and ``would_deny`` when the observed rules would have refused)."""
+    """Log ``policy_decision`` (and ``would_deny`` when the observed rules would have refused),
+    and chain it into ``trail`` (which raises ``AuditUnavailable`` if it must refuse)."""
     target = message.target
     fields: dict[str, Any] = {
         **caller_fields(route, principal),
@@ -91,6 +102,8 @@ def audit_decision(
     if observed is not None:
         fields["observed"] = decision_fields(observed)
     log.info("policy_decision", **fields)
+    if trail is not None and trail.enabled:
+        trail.record("policy_decision", fields)
     if observed is not None and decision.allowed and not observed.allowed:
         log.warning(
             "would_deny",
@@ -116,4 +129,26 @@ def audit_observed_route_scopes(
         target=None,
         rule="route scopes",
         missing_scopes=list(missing),
+    )
+
+
+def audit_credential(
+    trail: AuditTrail, route: RouteConfig, principal: Identity, issued: IssuedCredential
+) -> None:
+    """Chain ``credential_issued`` for a token just minted or exchanged for ``principal``."""
+    trail.record(
+        "credential_issued",
+        {
+            "subject": principal.subject,
+            "client_id": principal.client_id,
+            "issuer": principal.issuer,
+            "route": route.path,
+            "kind": issued.kind,  # minted or exchanged
+            "audience": issued.audience,
+            "resource": issued.resource,
+            "scope": issued.scope,
+            "expires_at": None if issued.expires_at is None else format_time(issued.expires_at),
+            "jti": issued.jti,
+            "credential_sha256": issued.sha256,
+        },
     )

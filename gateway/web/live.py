@@ -61,6 +61,11 @@ class Served(Protocol):
     @property
     def route_readiness(self) -> Mapping[str, RouteReadiness]: ...
 
+    @property
+    def audit_status(self) -> str | None:
+        """The audit trail's state (``ok``, ``failed``), None without one."""
+        ...
+
     async def wait_new_keys(self, timeout_s: float) -> tuple[str, ...]:
         """Wait up to ``timeout_s`` for the keys of issuers this gateway added or changed; the
         issuers still without keys then."""
@@ -268,8 +273,9 @@ LIVE = web.AppKey("live_gateway", LiveGateway)
 
 def add_health_routes(router: web.UrlDispatcher, live: LiveGateway[Any], *, details: bool = False) -> None:
     """``/healthz`` (the process answers) and ``/readyz`` (the serving gateway has its keys, at
-    least one route whose circuit is not open, and is not shutting down; each route's state is
-    listed with ``details``, see ``gateway.upstream.resilience``). The MCP port's answer has no
+    least one route whose circuit is not open, an audit trail that records if it must, and is not
+    shutting down; each route's state and the trail's are listed with ``details``, see
+    ``gateway.upstream.resilience`` and ``gateway.audit_trail.trail``). The MCP port's answer has no
     details: anyone may ask it, and which upstream is failing is the operator's business."""
 
     async def healthz(_request: web.Request) -> web.Response:
@@ -286,6 +292,8 @@ def add_health_routes(router: web.UrlDispatcher, live: LiveGateway[Any], *, deta
         answer: dict[str, Any] = {"ready": ready}
         if details:
             answer["routes"] = {path: route.as_json() for path, route in routes.items()}
+            if (audit := gateway.audit_status) is not None:  # "failed": see audit_write_failed
+                answer["audit"] = audit
         return web.json_response(answer, status=200 if ready else 503)
 
     router.add_get("/healthz", healthz, allow_head=True)

@@ -10,6 +10,8 @@ the MCP pipeline, in the order the spec needs:
                       the route's challenge (429 past the route's ``unauthenticated_limits``);
    ``open_session``   a sealed ``Mcp-Session-Id`` opened for this caller (``gateway.sealing``):
                       another user's session is answered as an unknown one, 404;
+   audit trail        with ``audit: {on_failure: deny}`` and a trail that cannot record, 503
+                      (``gateway.audit_trail.trail``); every decision below is chained into it;
 4. ``read_body``      only once the caller is known, bounded by the route's ``max_body_bytes``,
                       ``limits.body_timeout_s`` and the process's body budget (``web.limits``);
    ``parse_strictly`` the strict MCP reading of the body (``gateway.mcp.messages``);
@@ -25,6 +27,8 @@ the MCP pipeline, in the order the spec needs:
                       ids sealed to the caller.
 
 Everything a step refuses is raised as a ``GatewayError``; ``error_responses`` renders it.
+With ``tracing:`` the whole pipeline runs in the request's SERVER span and the steps open its
+children through the hooks of ``gateway.telemetry.spans`` (no-ops without it).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from urllib.parse import unquote_plus
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from ..audit_trail.trail import AuditTrail
 from ..auth.dpop import DpopNonces, ProofContext, bound_key, route_htu
 from ..auth.tokens import AuthScheme, presented_token_from
 from ..config import RouteConfig
@@ -66,6 +71,8 @@ from ..mcp.policy import Decision, challenge_scopes, combine, decide, kept_scope
 from ..metrics import GatewayMetrics
 from ..principal import Principal
 from ..ratelimit.limiter import Admission
+from ..telemetry.attributes import TOKEN_CACHE_HIT, TOKEN_SCHEME
+from ..telemetry.spans import calling_upstream, deciding, span
 from .audit import audit_decision, audit_observed_route_scopes
 from .handles import CallerHandles
 from .limits import ADMISSION, RequestHold
@@ -93,10 +100,13 @@ async def dispatch(gateway: Gateway, request: web.Request) -> web.StreamResponse
     served = gateway.routes.get(path)
     if served is None:
         return jsonrpc_error_response(404, None, -32601, "Not found")
-    request[ROUTE] = served.config
+    request[ROUTE] = route = served.config
     # What the request holds of the process's budgets (a stream, body bytes) ends with it.
     with request.app[ADMISSION].hold() as held:
-        return await handle_mcp(gateway, served, request, held)
+        if gateway.tracing is None:
+            return await handle_mcp(gateway, served, request, held)
+        # The request's SERVER span around the whole pipeline (gateway.telemetry.tracing).
+        return await gateway.tracing.serve(request, route, handle_mcp(gateway, served, request, held))
 
 
 async def handle_mcp(
@@ -109,6 +119,8 @@ async def handle_mcp(
         return cors_preflight(request, origin)
     check_method(request)
     principal = await authenticate(gateway, route, request)
+    if gateway.audit is not None:  # fail closed before anything is decided or sent upstream
+        gateway.audit.check_recording()
     handles = CallerHandles(gateway.sealer, route, principal)
     upstream_session = handles.open_session(request)
 
@@ -124,7 +136,7 @@ async def handle_mcp(
             request, route.max_body_bytes, held, request.app[ADMISSION].limits.body_timeout_s
         )
         post = parse_strictly(request, body)
-        required, decisions = authorize(route, principal, post, gateway.metrics)
+        required, decisions = authorize(route, principal, post, gateway.metrics, gateway.audit)
         body = handles.open_task_ids(body)
         list_filter = ListFilter.for_post(post, route.policy, principal.scopes, facts)
         admissions = await admit_messages(gateway, route, principal, post, decisions, request)
@@ -147,16 +159,19 @@ async def handle_mcp(
         response_headers.update(admission.headers)  # RateLimit-Policy / RateLimit on answers too
     try:
         held.stream()  # one of the process's streams, or 503 before the upstream sees anything
-        return await served.upstream.forward(
-            request,
-            body,
-            upstream_headers,
-            response_headers,
-            response_filter,
-            seal_session_id=handles.seal_session,
-            seal_event_id=handles.seal_event_id,
-            body_sent=held.release_body,  # a long answer does not keep its request's body counted
-        )
+        # Traced: a CLIENT span until the answer is relayed, its traceparent sent in place of the
+        # client's, and a watch of the answer for errors (gateway.telemetry.spans).
+        with calling_upstream(request.method) as traced:
+            return await served.upstream.forward(
+                request,
+                body,
+                {**upstream_headers, **traced.headers},
+                response_headers,
+                chain(*traced.watches, response_filter),
+                seal_session_id=handles.seal_session,
+                seal_event_id=handles.seal_event_id,
+                body_sent=held.release_body,  # a long answer does not keep its request's body counted
+            )
     finally:
         await release_all(admissions)  # a concurrency slot is held until the answer ends
 
@@ -190,9 +205,10 @@ async def authenticate(gateway: Gateway, route: RouteConfig, request: web.Reques
             raise InvalidDpopProof("dpop_required", "scheme Bearer, route dpop: required")
         known = gateway.authenticator.known(token)
         await check_unauthenticated(gateway.rate_limiter, route, limits, request, known, gateway.metrics)
-        principal = await gateway.authenticator.authenticate(token, route.resource)
-        nonces = DpopNonces(gateway.sealer) if route.dpop_nonce else None
-        check_binding(gateway, route, request, scheme, principal, nonces)
+        with span("verify token", {TOKEN_CACHE_HIT: known, TOKEN_SCHEME: scheme}):
+            principal = await gateway.authenticator.authenticate(token, route.resource)
+            nonces = DpopNonces(gateway.sealer) if route.dpop_nonce else None
+            check_binding(gateway, route, request, scheme, principal, nonces)
     except AuthError as exc:
         exc.scopes = exc.scopes or challenge_hint(route, request)
         # A presented token that failed counts against the route's unauthenticated limits (429
@@ -326,7 +342,11 @@ def parse_strictly(request: web.Request, body: bytes) -> McpPost:
 
 
 def authorize(
-    route: RouteConfig, principal: Principal, post: McpPost, metrics: GatewayMetrics | None = None
+    route: RouteConfig,
+    principal: Principal,
+    post: McpPost,
+    metrics: GatewayMetrics | None = None,
+    trail: AuditTrail | None = None,
 ) -> tuple[tuple[str, ...], tuple[Decision, ...]]:
     """Decide every message; one denied message refuses the whole POST (a batch included).
 
@@ -338,10 +358,12 @@ def authorize(
     shadow = route.policy.shadow
     for message in post.messages:
         operation = operation_of(message)
-        decision = decide(route.policy, operation, principal.scopes, facts)
-        # Observe mode: also decided as written, every rule enforced; only logged (would_deny).
-        observed = decide(shadow, operation, principal.scopes, facts) if shadow is not None else None
-        audit_decision(route, principal, message, decision, observed)
+        with deciding(message) as traced:  # a `decide policy` span when traced
+            decision = decide(route.policy, operation, principal.scopes, facts)
+            # Observe mode: also decided as written, every rule enforced; only logged (would_deny).
+            observed = decide(shadow, operation, principal.scopes, facts) if shadow is not None else None
+            traced.decided(decision, observed)
+        audit_decision(route, principal, message, decision, observed, trail)
         if metrics is not None:
             metrics.policy_decision(route, decision.allowed, message.target)
             if observed is not None and observed.allowed != decision.allowed:

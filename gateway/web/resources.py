@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from ..audit_trail.trail import AuditTrail
 from ..auth.authenticator import Authenticator
 from ..auth.introspection import Introspector
 from ..auth.jwks import IssuerKeys
@@ -31,11 +32,14 @@ from ..metrics import GatewayMetrics
 from ..ratelimit.limiter import RateLimiter
 from ..ratelimit.spec import RateLimitsConfig
 from ..sealing import StateSealer, process_sealer
-from ..upstream.credentials import CredentialStrategy, ExchangerFactory, build_strategy
+from ..telemetry import open_tracing
+from ..telemetry.spans import ServerTracing
+from ..upstream.credentials import CredentialStrategy, ExchangerFactory, OnIssued, build_strategy
 from ..upstream.exchange import TokenExchanger
 from ..upstream.minting import TokenMinter
 from ..upstream.proxy import Upstream
 from ..upstream.resilience import RouteReadiness
+from .audit import audit_credential
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -72,11 +76,21 @@ class Gateway:
     sealer: StateSealer  # seals Mcp-Session-Id (and task ids) to their caller
     # Counts requests against `rate_limits` (in this process, or in the shared Redis).
     rate_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(RateLimitsConfig()))  # tests: none
+    tracing: ServerTracing | None = None  # `tracing:` configured (gateway.telemetry)
+    # The process's audit trail (the app's, shared by every generation); None: none configured.
+    audit: AuditTrail | None = None
 
     @property
     def ready(self) -> bool:
-        """Every JWKS issuer has a key set (an introspection issuer needs none)."""
-        return all(keys.ready for keys in self.issuer_keys)
+        """Every JWKS issuer has a key set (an introspection issuer needs none), and the audit
+        trail, if it must refuse requests it cannot record (``on_failure: deny``), can."""
+        trail_ready = self.audit is None or self.audit.ready
+        return trail_ready and all(keys.ready for keys in self.issuer_keys)
+
+    @property
+    def audit_status(self) -> str | None:
+        """The audit trail's state for ``/readyz`` (``ok``, ``failed``); None without one."""
+        return None if self.audit is None else self.audit.status
 
     @property
     def route_readiness(self) -> dict[str, RouteReadiness]:
@@ -99,14 +113,18 @@ def origin_of(url: str) -> str:
 
 @contextlib.asynccontextmanager
 async def open_gateway(
-    config: GatewayConfig, metrics: GatewayMetrics | None = None, keys: KeyRegistry | None = None
+    config: GatewayConfig,
+    metrics: GatewayMetrics | None = None,
+    keys: KeyRegistry | None = None,
+    audit: AuditTrail | None = None,
 ) -> AsyncIterator[Gateway]:
     """Open what ``config`` needs, yield the gateway, close it all on exit.
 
     ``metrics``: the registry to count in (a reload passes the previous gateway's, so counters
     continue); a new one if not given (tests: one per gateway). ``keys``: where the issuers' keys
     are borrowed from (the app's, shared by every generation; it counts in its own metrics); a
-    registry of this gateway's own if not given.
+    registry of this gateway's own if not given. ``audit``: the process's audit trail (opened
+    and closed by its owner, the app), told of each decision and credential issued.
     """
     metrics = metrics if metrics is not None else GatewayMetrics()
     # Signing keys are loaded now: a broken key stops start-up, not the first request. In a thread:
@@ -142,10 +160,14 @@ async def open_gateway(
         for route in config.routes:
             upstream = Upstream(route, metrics)
             stack.push_async_callback(upstream.aclose)
-            credential = build_strategy(route, minter, _exchanger_factory(route, session, metrics, stack))
+            on_issued = _issuance_recorder(audit, route)
+            exchangers = _exchanger_factory(route, session, metrics, stack, on_issued)
+            credential = build_strategy(route, minter, exchangers, on_issued)
             watches = schema_watches(route.path, route.policy, metrics.condition_schema_mismatch)
             routes[route.path] = ServedRoute(route, upstream, credential, watches)
         allowed = frozenset(config.allowed_origins) | {origin_of(config.public_url)}
+        # Flushed when this generation closes: with the app, or once a reload's requests drained.
+        tracing = await stack.enter_async_context(open_tracing(config.tracing))
         yield Gateway(
             config=config,
             metrics=metrics,
@@ -159,6 +181,8 @@ async def open_gateway(
             new_issuer_keys=tuple(new_issuer_keys),
             sealer=state_sealer(config),
             rate_limiter=limiter,
+            tracing=tracing,
+            audit=audit if audit is not None and audit.enabled else None,
         )
 
 
@@ -185,11 +209,19 @@ def _introspector(
     )
 
 
+def _issuance_recorder(audit: AuditTrail | None, route: RouteConfig) -> OnIssued | None:
+    """What records a credential issued on ``route`` in the audit trail, if there is one."""
+    if audit is None or not audit.enabled:
+        return None
+    return functools.partial(audit_credential, audit, route)
+
+
 def _exchanger_factory(
     route: RouteConfig,
     session: aiohttp.ClientSession,
     metrics: GatewayMetrics,
     stack: contextlib.AsyncExitStack,
+    on_issued: OnIssued | None = None,
 ) -> ExchangerFactory:
     def factory(credential: TokenExchangeCredential) -> TokenExchanger:
         exchanger = TokenExchanger(
@@ -197,6 +229,7 @@ def _exchanger_factory(
             session,
             on_result=functools.partial(metrics.token_exchanged, route.path),
             on_cache_hit=functools.partial(metrics.token_exchange_cache_hit, route.path),
+            on_issued=on_issued,
         )
         stack.push_async_callback(exchanger.aclose)
         return exchanger

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.eventloop import uvloop_installed
 from gateway.sealing import StateSealer
-from tests.bench import decision_cost
+from tests.bench import decision_cost, tracing_cost
 from tests.support.dpop import ProofKey
 from tests.support.issuer import SigningKey, TestIssuer
 from tests.support.processes import REPO_ROOT
@@ -134,7 +135,12 @@ def rss_bytes(pid: int) -> int:
 
 class Gateway:
     def __init__(
-        self, workdir: Path, sdk_port: int, free_port_: int, rate_limit_store: str = "memory"
+        self,
+        workdir: Path,
+        sdk_port: int,
+        free_port_: int,
+        rate_limit_store: str = "memory",
+        extra_config: str = "",
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
@@ -191,7 +197,8 @@ class Gateway:
             "state_keys: {keys: [{id: bench, secret: {file: state.key}}]}\n"
             f"rate_limits:\n  backend: {rate_limit_store}\n"
             "  limits: {bench_calls: {rate: 1000000/s, burst: 1000000, key: [subject, tool]}}\n"
-            "routes:\n"
+            + extra_config
+            + "routes:\n"
             + route.format(path="/sdk/mcp", port=sdk_port)
             + route.format(path="/free/mcp", port=free_port_)
             + dpop_route
@@ -584,6 +591,58 @@ def redis_figure(
         stop(server)
 
 
+# The tracing figure's gateways: without `tracing:`, and tracing every trace or 1 in 100.
+TRACING_RATIOS = {"off": None, "ratio_1": 1.0, "ratio_0.01": 0.01}
+
+
+def tracing_figure(workdir: Path, sdk_port: int, free_port_: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Gateway CPU per echo call on ``/free/mcp`` (c=64) with tracing off, at sample ratio 1.0 and
+    at 0.01: three gateways of the same config but ``tracing:``, measured in turn for
+    ``args.rounds`` rounds in this run; spans go to an OTLP sink on the load core that accepts at
+    once (tests/bench/otlp_sink.py), which counts what arrived."""
+    sink, sink_port = spawn_listening("tests.bench.otlp_sink")
+    gateways: dict[str, Gateway] = {}
+    try:
+        for label, ratio in TRACING_RATIOS.items():
+            folder = workdir / f"tracing-{label}"
+            folder.mkdir(exist_ok=True)
+            sink_url = f"http://127.0.0.1:{sink_port}"
+            tracing = f"tracing: {{otlp: {{endpoint: '{sink_url}'}}, sample_ratio: {ratio}}}\n"
+            extra = "" if ratio is None else tracing
+            gateways[label] = gw = Gateway(folder, sdk_port, free_port_, extra_config=extra)
+            gw.start()
+        body = call_body("echo", {"text": "hi"})
+        headers = {label: call_headers("echo", gw.token("/free/mcp")) for label, gw in gateways.items()}
+        for label, gw in gateways.items():  # warm-up
+            wrk(gw.url + "/free/mcp", body, headers[label], 64, 1, workdir)
+        results: dict[str, list[dict[str, Any]]] = {label: [] for label in gateways}
+        for _ in range(args.rounds):
+            for label, gw in gateways.items():
+                pids = gw.pids()
+                before = cpu_seconds(pids)  # every thread of the process: the exporter's too
+                result = wrk(gw.url + "/free/mcp", body, headers[label], 64, args.duration, workdir)
+                used = cpu_seconds(pids) - before
+                result["gateway_cpu_us_per_request"] = round(used / max(result["requests"], 1) * 1e6, 1)
+                results[label].append(result)
+        for gw in gateways.values():
+            gw.stop()  # flushes the spans still queued
+        with urllib.request.urlopen(f"http://127.0.0.1:{sink_port}/stats", timeout=10) as answer:
+            received = json.loads(answer.read())
+    finally:
+        for gw in gateways.values():
+            gw.stop()
+        stop(sink)
+    out: dict[str, Any] = {label: _median_run(runs) for label, runs in results.items()}
+    off = out["off"]["gateway_cpu_us_per_request"]
+    for label in TRACING_RATIOS:
+        if label != "off":
+            extra_cpu = out[label]["gateway_cpu_us_per_request"] - off
+            out[f"extra_cpu_us_per_request_{label}"] = round(extra_cpu, 1)
+    out["sink"] = received
+    out["runs"] = results
+    return out
+
+
 def measure_condition(
     gw: Gateway, concurrency: int, duration: float, workdir: Path, rounds: int = 1
 ) -> dict[str, Any]:
@@ -941,6 +1000,14 @@ def main() -> int:
                 result["rate_limit_redis"] = redis_result
                 _say("   plain  ", redis_result["plain"])
                 _say("   limited", redis_result["limited"])
+            _say(f"tracing off / on at ratio 1.0 / 0.01: three gateways, c=64, {args.rounds} rounds in turn")
+            result["tracing"] = tracing_figure(workdir, sdk_port, free_port_, args)
+            for label in TRACING_RATIOS:
+                _say(f"   {label:10}", result["tracing"][label])
+            _say("   sink    ", result["tracing"]["sink"])
+            _say("tracing: the same three, in-process, sequential calls (bench.tracing_cost)")
+            result["tracing_in_process"] = tracing_cost.measure(core=int(GW_CORES) if PIN else None)
+            _say("  ", {k: v for k, v in result["tracing_in_process"].items() if k != "blocks"})
             _say("condition: the authorization step in-process, with and without it (bench.decision_cost)")
             result["condition_in_process"] = decision_cost.measure(BENCH_CONDITION)
             _say("  ", result["condition_in_process"])
@@ -1083,6 +1150,17 @@ def summarise(r: dict[str, Any]) -> list[dict[str, Any]]:
             plain = d["plain"]["gateway_cpu_us_per_request"]
             name = f"rate limit ({store}): extra gateway CPU us/request c=64 (plain {plain:.0f}) (info)"
             row(name, d["extra_cpu_us_per_request"], "-", None)
+    if "tracing" in r:
+        d = r["tracing"]
+        off = d["off"]["gateway_cpu_us_per_request"]
+        for label, ratio in (("ratio_1", "1.0"), ("ratio_0.01", "0.01")):
+            name = f"tracing at ratio {ratio}: gateway CPU us/request c=64 (off {off:.0f}) (info)"
+            row(name, d[label]["gateway_cpu_us_per_request"], "-", None)
+    if "tracing_in_process" in r:
+        d = r["tracing_in_process"]
+        for label, ratio in (("ratio_1", "1.0"), ("ratio_0.01", "0.01")):
+            name = f"tracing at ratio {ratio}: extra CPU us/call, in-process (info)"
+            row(name, d[f"extra_cpu_us_{label}"], "-", None)
     if "condition_in_process" in r:
         d = r["condition_in_process"]
         extra = d["extra_cpu_us_per_call"]

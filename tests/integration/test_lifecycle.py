@@ -389,17 +389,18 @@ async def test_streams_still_open_at_the_deadline_end_cleanly(
     assert {"event": "disconnect", "id": call["id"], "path": "/mcp"} in records
 
 
-def free_port_pair() -> int:
-    """A port P such that P and P + 1 are both free (as far as one can tell)."""
+def free_ports_in_a_row(count: int) -> int:
+    """A port P such that P … P + count - 1 are all free (as far as one can tell)."""
     for _ in range(50):
         port = free_port()
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        try:
+            for offset in range(1, count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
         return port
-    raise RuntimeError("no two adjacent free ports")
+    raise RuntimeError(f"no {count} adjacent free ports")
 
 
 async def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
@@ -437,18 +438,18 @@ def answered_by(gateway: GatewayProcess) -> list[dict[str, Any]]:
 async def test_workers_share_the_port_and_stop_together(
     issuer: TestIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    """--workers 2: both processes answer requests on the one port, each with its own admin
-    listener (admin port + worker index); SIGTERM to the parent stops both workers, and the parent
-    exits 0 once they have."""
+    """--workers 2: both processes answer requests on the one port; the parent serves admin.port
+    and, with per_worker_ports, each worker its own admin listener (admin port + 1 + worker
+    index); SIGTERM to the parent stops both workers, and the parent exits 0 once they have."""
     port = free_port()
-    admin_port = free_port_pair()
+    admin_port = free_ports_in_a_row(3)
     config_path = tmp_path / "gateway.yaml"
     write_config(
         config_path,
         single_route_config(issuer, upstream.mcp_url),
         port,
         shutdown_grace_s=5,
-        admin={"host": "127.0.0.1", "port": admin_port},
+        admin={"host": "127.0.0.1", "port": admin_port, "per_worker_ports": True},
     )
     log_path = tmp_path / "gateway.log"
     async with gateway_process(config_path, port, log_path, "--workers", "2", workers=2) as gateway:
@@ -464,11 +465,13 @@ async def test_workers_share_the_port_and_stop_together(
         await eventually(lambda: len(answered_by(gateway)) >= 40, "40 request lines")
         assert {event["pid"] for event in answered_by(gateway)} == worker_pids
 
-        admins = {event["pid"]: event["port"] for event in gateway.named("admin_listening")}
+        listening = gateway.named("admin_listening")
+        admins = {event["pid"]: event["port"] for event in listening if "worker" in event}
         assert admins.keys() == worker_pids
-        assert sorted(admins.values()) == [admin_port, admin_port + 1]
+        assert sorted(admins.values()) == [admin_port + 1, admin_port + 2]
+        assert [event["port"] for event in listening if "worker" not in event] == [admin_port]
         async with aiohttp.ClientSession() as http:
-            for admin in admins.values():
+            for admin in [admin_port, *admins.values()]:
                 async with http.get(f"http://127.0.0.1:{admin}/metrics") as response:
                     assert response.status == 200
 
@@ -600,7 +603,8 @@ async def test_workers_without_state_keys_open_each_others_sessions(
 
 
 async def workers_alive(http: aiohttp.ClientSession, admin_port: int) -> float | None:
-    """`mcp_gateway_workers_alive` on one worker's admin listener (None if it does not answer)."""
+    """`mcp_gateway_workers_alive` on an admin listener, the parent's or a worker's (None if it does
+    not answer)."""
     try:
         async with http.get(f"http://127.0.0.1:{admin_port}/metrics") as response:
             text = await response.text()
@@ -620,14 +624,14 @@ async def test_a_killed_worker_is_replaced_while_the_others_keep_serving(
     second (its own `listening`, the same admin port, the same state key: sessions opened before
     still work), `mcp_gateway_workers_alive` says 2 again, and SIGTERM still ends everything with 0."""
     port = free_port()
-    admin_port = free_port_pair()
+    admin_port = free_ports_in_a_row(3)
     config_path = tmp_path / "gateway.yaml"
     write_config(
         config_path,
         single_route_config(issuer, upstream.mcp_url),
         port,
         shutdown_grace_s=2,
-        admin={"host": "127.0.0.1", "port": admin_port},
+        admin={"host": "127.0.0.1", "port": admin_port, "per_worker_ports": True},
     )
     auth = bearer(issuer)
     initialize = INITIALIZE
@@ -636,7 +640,7 @@ async def test_a_killed_worker_is_replaced_while_the_others_keep_serving(
     ) as gateway:
         by_index = {event["worker"]: event["pid"] for event in gateway.named("listening")}
         async with aiohttp.ClientSession() as http:
-            assert [await workers_alive(http, admin_port + index) for index in (0, 1)] == [2.0, 2.0]
+            assert [await workers_alive(http, admin_port + index) for index in (0, 1, 2)] == [2.0] * 3
             async with http.post(gateway.mcp_url, json=initialize, headers={**MCP, **auth}) as response:
                 assert response.status == 200
                 session_id = response.headers["Mcp-Session-Id"]
@@ -677,11 +681,11 @@ async def test_a_killed_worker_is_replaced_while_the_others_keep_serving(
         assert started_within < 1.5
         failures = outcomes.count(False)
         assert failures <= 5, f"{failures} of {len(outcomes)} requests failed"
-        [admin] = gateway.named("admin_listening")[2:]
-        assert (admin["pid"], admin["port"]) == (new_pid, admin_port + 1)
+        [admin] = [event for event in gateway.named("admin_listening") if event.get("pid") == new_pid]
+        assert admin["port"] == admin_port + 2
         session = {**MCP, **auth, "Mcp-Session-Id": session_id, "MCP-Protocol-Version": "2025-11-25"}
         async with aiohttp.ClientSession() as http:
-            assert [await workers_alive(http, admin_port + index) for index in (0, 1)] == [2.0, 2.0]
+            assert [await workers_alive(http, admin_port + index) for index in (0, 1, 2)] == [2.0] * 3
             statuses = []
             for index in range(20):
                 ping = {"jsonrpc": "2.0", "id": index + 2, "method": "ping"}
@@ -703,23 +707,23 @@ async def test_a_killed_worker_is_replaced_while_the_others_keep_serving(
 async def test_a_worker_that_keeps_failing_ends_the_gateway_after_the_restart_budget(
     issuer: TestIssuer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    """--workers 2 with worker 1's admin port (admin.port + 1) taken by another program: worker 1
-    fails at every start; the parent replaces it RESTART_BUDGET times, then logs
-    `worker_restarts_exhausted`, stops worker 0 gracefully and exits 1."""
+    """--workers 2 with worker 1's own admin port (per_worker_ports: admin.port + 2) taken by
+    another program: worker 1 fails at every start; the parent replaces it RESTART_BUDGET times,
+    then logs `worker_restarts_exhausted`, stops worker 0 gracefully and exits 1."""
     port = free_port()
-    admin_port = free_port_pair()
+    admin_port = free_ports_in_a_row(3)
     config_path = tmp_path / "gateway.yaml"
     write_config(
         config_path,
         single_route_config(issuer, upstream.mcp_url),
         port,
         shutdown_grace_s=1,
-        admin={"host": "127.0.0.1", "port": admin_port},
+        admin={"host": "127.0.0.1", "port": admin_port, "per_worker_ports": True},
     )
     log_path = tmp_path / "gateway.log"
     register_gateway_log(log_path)
     with socket.socket() as squatter, log_path.open("wb") as log_file:
-        squatter.bind(("127.0.0.1", admin_port + 1))
+        squatter.bind(("127.0.0.1", admin_port + 2))
         squatter.listen()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

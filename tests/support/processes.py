@@ -23,9 +23,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @asynccontextmanager
 async def start_upstream(
-    *args: str, startup_timeout: float = 15.0
+    *args: str, startup_timeout: float = 15.0, module: str = "tests.support.upstream_server"
 ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
-    """Run `python -m tests.support.upstream_server --port 0 *args`; yield `(base_url, proc)`.
+    """Run `python -m <module> --port 0 *args` (the SDK upstream fixture unless another is named);
+    yield `(base_url, proc)`.
 
     `base_url` is `http://127.0.0.1:<port>` (the MCP endpoint is `base_url + "/mcp"`, the
     records are at `base_url + "/__records"`). The process is terminated and reaped on exit
@@ -35,7 +36,7 @@ async def start_upstream(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.support.upstream_server",
+        module,
         "--port",
         "0",
         *args,
@@ -130,6 +131,17 @@ def _limit_open_files(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
+def _limit_child(open_files: int | None, max_file_bytes: int | None) -> None:
+    """In the child, before exec: the limits ``start_gateway_process`` was asked for."""
+    if open_files is not None:
+        _limit_open_files(open_files)
+    if max_file_bytes is not None:
+        # A write past the size then fails with EFBIG, as on a full disk; ignored (it survives
+        # exec), SIGXFSZ would kill the process instead.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+
 @asynccontextmanager
 async def start_gateway_process(
     config_path: Path,
@@ -138,12 +150,15 @@ async def start_gateway_process(
     env: Mapping[str, str] | None = None,
     startup_timeout: float = 20.0,
     open_files: int | None = None,
+    max_file_bytes: int | None = None,
 ) -> AsyncIterator[GatewayProcess]:
     """Run ``python -m gateway serve --config config_path *args`` with stdout and stderr written
     to ``log_path`` (registered for the session's leak check); yield it once it logged
     ``listening`` with its bound port (``listen.port: 0`` works; the log format must be JSON,
     the default). Stopped with SIGTERM on exit (killed if it does not stop within 15 s).
-    ``open_files``: the process's RLIMIT_NOFILE, soft and hard (as ``ulimit -n`` would set it)."""
+    ``open_files``: the process's RLIMIT_NOFILE, soft and hard (as ``ulimit -n`` would set it);
+    ``max_file_bytes``: its RLIMIT_FSIZE (``ulimit -f``): no file it writes, its log file
+    included, grows past it."""
     register_gateway_log(log_path)
     log_file = await asyncio.to_thread(log_path.open, "wb")
     try:
@@ -159,7 +174,9 @@ async def start_gateway_process(
             env=None if env is None else dict(env),
             stdout=log_file,
             stderr=log_file,
-            preexec_fn=None if open_files is None else functools.partial(_limit_open_files, open_files),
+            preexec_fn=None
+            if open_files is None and max_file_bytes is None
+            else functools.partial(_limit_child, open_files, max_file_bytes),
         )
     finally:
         await asyncio.to_thread(log_file.close)

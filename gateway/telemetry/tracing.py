@@ -1,0 +1,391 @@
+"""OpenTelemetry traces of MCP requests (``tracing:``), exported over OTLP/HTTP.
+
+Imported only when a config has ``tracing:`` (``gateway.telemetry.open_tracing``): a gateway
+without it never loads OpenTelemetry.
+
+- One private ``TracerProvider`` per gateway generation, never the global one (a test process
+  runs many gateways, and a library that traces through the global API must not land in the
+  gateway's traces): a ``service.name`` / ``service.version`` resource, the
+  ``ParentBased(TraceIdRatioBased(sample_ratio))`` sampler (a caller's sampled trace is always
+  followed, the ratio applies to traces that start here), a ``BatchSpanProcessor`` (its
+  ``OTEL_BSP_*`` environment settings apply) and the OTLP/HTTP exporter to
+  ``{endpoint}/v1/traces``, gzip, with the configured headers, revealed only into the exporter.
+  Spans are exported from the processor's thread, never on the event loop; ``aclose`` flushes.
+- Per request (``serve``): a SERVER span that continues the client's W3C ``traceparent`` /
+  ``tracestate``, named and described by ``gateway.telemetry.attributes`` once the body is read;
+  the hooks of ``gateway.telemetry.spans`` open its children while it is the current span
+  (``RequestTrace``); the CLIENT span toward the upstream injects its own context into the
+  forwarded request, so the upstream continues the trace as the gateway's child. A streamed
+  answer's spans end when the stream does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Mapping
+from types import TracebackType
+from typing import Any, Final
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .. import __version__
+from ..config import RouteConfig, TracingConfig
+from ..errors import GatewayError
+from ..mcp.messages import McpMessage
+from ..mcp.policy import Decision
+from .attributes import (
+    ERROR_TYPE,
+    HTTP_STATUS_CODE,
+    MCP_PROTOCOL_VERSION,
+    MCP_SESSION_ID,
+    OWN,
+    Attributes,
+    AttributeValue,
+    answer_error,
+    decision_attributes,
+    http_span_name,
+    message_attributes,
+    message_span_name,
+    protocol_version,
+    refusal_attributes,
+    server_address,
+)
+from .spans import NO_SPAN, DecisionScope, SpanKindName, SpanScope, UpstreamScope, activate, deactivate
+
+__all__ = ["INSTRUMENTATION_SCOPE", "RequestTrace", "Tracing", "build_provider"]
+
+INSTRUMENTATION_SCOPE: Final = "mcp_auth_gateway"
+SESSION_HEADER: Final = "Mcp-Session-Id"
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+_KINDS: Final = {"internal": SpanKind.INTERNAL, "client": SpanKind.CLIENT}
+# Every span the gateway serves or sends goes over HTTP/1.1 on TCP (Streamable HTTP).
+_TRANSPORT: Final[Attributes] = {
+    "network.transport": "tcp",
+    "network.protocol.name": "http",
+    "network.protocol.version": "1.1",
+}
+
+
+class _HeaderGetter(Getter[CIMultiDictProxy[str]]):
+    """Every value of a request header: two ``traceparent`` headers are read as W3C says (the
+    propagator takes the first), two ``tracestate`` headers are joined."""
+
+    def get(self, carrier: CIMultiDictProxy[str], key: str) -> list[str] | None:
+        values = carrier.getall(key, [])
+        return values or None
+
+    def keys(self, carrier: CIMultiDictProxy[str]) -> list[str]:
+        return list(carrier.keys())
+
+
+_HEADERS: Final = _HeaderGetter()
+
+
+def build_provider(config: TracingConfig, exporter: SpanExporter | None = None) -> TracerProvider:
+    """The gateway's own provider for ``config`` (``exporter``: instead of OTLP/HTTP, for tests)."""
+    if exporter is None:
+        otlp = config.otlp
+        exporter = OTLPSpanExporter(
+            endpoint=f"{otlp.endpoint}/v1/traces",
+            headers={name: value.reveal() for name, value in otlp.headers},
+            timeout=otlp.timeout_s,
+            compression=Compression.Gzip,
+        )
+    provider = TracerProvider(
+        sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
+        resource=Resource.create({"service.name": config.service_name, "service.version": __version__}),
+        shutdown_on_exit=False,  # aclose flushes it, with the app
+    )
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+class Tracing:
+    """The tracer of one gateway generation: ``serve`` traces a request; ``aclose`` flushes.
+
+    Built off the event loop (``open_tracing``): the exporter's HTTP session and the processor's
+    thread start here.
+    """
+
+    def __init__(self, config: TracingConfig, exporter: SpanExporter | None = None) -> None:
+        self._provider = build_provider(config, exporter)
+        self._tracer = self._provider.get_tracer(INSTRUMENTATION_SCOPE, __version__)
+
+    async def aclose(self) -> None:
+        """Export what is left and stop (in a thread: the last export is a blocking HTTP call)."""
+        await asyncio.to_thread(self._provider.shutdown)
+
+    async def serve(
+        self, request: web.Request, route: RouteConfig, handling: Awaitable[web.StreamResponse]
+    ) -> web.StreamResponse:
+        """Await ``handling`` (the pipeline for this request) inside the request's SERVER span."""
+        parent = _PROPAGATOR.extract(request.headers, getter=_HEADERS)
+        server = self._tracer.start_span(
+            http_span_name(request.method, route.path),
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=_server_attributes(request, route),
+        )
+        trace = RequestTrace(self._tracer, server, route, request)
+        # An unsampled request opens no children (ParentBased would drop every one): it only
+        # passes its trace context on, so it needs no current span either.
+        recording = server.is_recording()
+        attached = otel_context.attach(otel_trace.set_span_in_context(server, parent)) if recording else None
+        activated = activate(trace)
+        response: web.StreamResponse | None = None
+        status = 500
+        try:
+            response = await handling
+            status = response.status
+            return response
+        except GatewayError as exc:
+            status = exc.status
+            trace.mark(refusal_attributes(exc), exc.message)
+            raise
+        except asyncio.CancelledError:
+            # The client went away: closing a stream is how an MCP client ends it, no error.
+            trace.server.set_attribute(OWN + "client_closed", True)
+            raise
+        except Exception as exc:
+            trace.mark({ERROR_TYPE: type(exc).__qualname__}, None)
+            raise
+        finally:
+            deactivate(activated)
+            if attached is not None:
+                otel_context.detach(attached)
+            trace.end(status, response.headers.get(SESSION_HEADER) if response is not None else None)
+
+
+def _server_attributes(request: web.Request, route: RouteConfig) -> Attributes:
+    attributes: Attributes = {
+        **_TRANSPORT,
+        "http.request.method": request.method,
+        "http.route": route.path,
+    }
+    if request.remote:
+        attributes["client.address"] = request.remote
+    return attributes
+
+
+class RequestTrace:
+    """One request's spans (``gateway.telemetry.spans.ActiveTrace``): the SERVER span, the
+    messages its body held, and the CLIENT span toward the upstream while it is open."""
+
+    __slots__ = ("_client", "_opened", "_request", "_route", "_tracer", "messages", "server")
+
+    def __init__(self, tracer: Tracer, server: Span, route: RouteConfig, request: web.Request) -> None:
+        self._tracer = tracer
+        self.server = server
+        self._route = route
+        self._request = request
+        self.messages: list[McpMessage] = []
+        self._client: Span | None = None
+        # Whether the client's Mcp-Session-Id opened for it: only then is it the client's session
+        # (a header that did not open is anyone's text, and is never recorded).
+        self._opened = False
+
+    # --- the hooks (gateway.telemetry.spans) --------------------------------------------------
+
+    def child(self, name: str, kind: SpanKindName, attributes: Mapping[str, AttributeValue]) -> SpanScope:
+        if not self.server.is_recording():
+            return NO_SPAN
+        return ChildScope(self._tracer.start_span(name, kind=_KINDS[kind], attributes=attributes))
+
+    def decision(self, message: McpMessage) -> DecisionScope:
+        self._opened = True  # deciding comes after the session opened (pipeline.handle_mcp)
+        self.messages.append(message)
+        if not self.server.is_recording():
+            return NO_SPAN
+        span = self._tracer.start_span("decide policy", attributes=message_attributes(message))
+        return DecisionSpan(span)
+
+    def upstream(self, http_method: str) -> UpstreamScope:
+        self._opened = True
+        if not self.server.is_recording():
+            # The upstream continues the (unsampled) trace from the SERVER span.
+            return Propagation(_injected(self.server))
+        client = self._tracer.start_span(self._name(http_method), kind=SpanKind.CLIENT)
+        client.set_attributes({**self._message_attributes(False), **self._common()})
+        client.set_attributes(server_address(self._route.upstream))
+        self._client = client
+        # Only a POST's answer answers its messages (a GET stream carries the server's own).
+        watches = (AnswerWatch(self),) if http_method == "POST" else ()
+        return UpstreamSpan(client, _injected(client), watches, self)
+
+    # --- what the request came to ------------------------------------------------------------
+
+    def mark(self, attributes: Attributes, description: str | None) -> None:
+        """The request failed (a refusal, a crash, an error answer): the server span, and the
+        CLIENT span while the upstream is answering, say so."""
+        for span in (self.server, self._client):
+            if span is not None and span.is_recording():
+                span.set_attributes(attributes)
+                span.set_status(Status(StatusCode.ERROR, description))
+
+    def upstream_done(self) -> None:
+        self._client = None
+
+    def end(self, status: int, sealed_session: str | None) -> None:
+        """Name the SERVER span after its message (once the body was read), describe it, end it."""
+        server = self.server
+        if server.is_recording():
+            server.update_name(self._name(self._request.method))
+            server.set_attributes(self._message_attributes(self._route.audit_arguments))
+            if len(self.messages) > 1:
+                server.set_attribute(OWN + "batch.size", len(self.messages))
+            server.set_attributes(self._common(sealed_session))
+            server.set_attribute(HTTP_STATUS_CODE, status)
+        server.end()
+
+    def _name(self, http_method: str) -> str:
+        if len(self.messages) == 1 and (name := message_span_name(self.messages[0])) is not None:
+            return name
+        return http_span_name(http_method, self._route.path)
+
+    def _message_attributes(self, with_arguments: bool) -> Attributes:
+        if len(self.messages) != 1:
+            return {}
+        return message_attributes(self.messages[0], with_arguments=with_arguments)
+
+    def _common(self, sealed_session: str | None = None) -> Attributes:
+        """The session (as the client knows it: sealed) and the protocol version, if known."""
+        headers = self._request.headers
+        attributes: Attributes = {}
+        session = sealed_session or (headers.get(SESSION_HEADER) if self._opened else None)
+        if session:
+            attributes[MCP_SESSION_ID] = session
+        version = protocol_version(headers.get("MCP-Protocol-Version"))
+        if version is not None:
+            attributes[MCP_PROTOCOL_VERSION] = version
+        return {**_TRANSPORT, **attributes}
+
+
+def _injected(span: Span) -> dict[str, str]:
+    """The W3C ``traceparent`` (and ``tracestate``) that names ``span`` as the caller."""
+    headers: dict[str, str] = {}
+    _PROPAGATOR.inject(headers, context=otel_trace.set_span_in_context(span))
+    return headers
+
+
+class Propagation:
+    """An unsampled request's upstream call: its trace context goes along, no span is made."""
+
+    __slots__ = ("headers",)
+    watches: tuple[AnswerWatch, ...] = ()
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.headers = headers
+
+    def __enter__(self) -> Propagation:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def set(self, key: str, value: AttributeValue) -> None:
+        pass
+
+    def fail(self, error_type: str) -> None:
+        pass
+
+
+class ChildScope:
+    """A child span: current while open, failed by an exception that leaves it."""
+
+    __slots__ = ("_attached", "span")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self._attached: object = None
+
+    def __enter__(self) -> ChildScope:
+        self._attached = otel_context.attach(otel_trace.set_span_in_context(self.span))
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        otel_context.detach(self._attached)  # type: ignore[arg-type]  # the token attach returned
+        if isinstance(exc, GatewayError):
+            self.fail(exc.reason)
+        elif isinstance(exc, Exception):
+            self.fail(type(exc).__qualname__)
+        self.span.end()
+
+    def set(self, key: str, value: AttributeValue) -> None:
+        self.span.set_attribute(key, value)
+
+    def fail(self, error_type: str) -> None:
+        self.span.set_attribute(ERROR_TYPE, error_type)
+        self.span.set_status(Status(StatusCode.ERROR))
+
+
+class DecisionSpan(ChildScope):
+    """``decide policy``: the rule that decided and the outcome; a deny is no span error (the
+    request's span carries the 403)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> DecisionSpan:
+        super().__enter__()
+        return self
+
+    def decided(self, decision: Decision, observed: Decision | None) -> None:
+        if self.span.is_recording():
+            self.span.set_attributes(decision_attributes(decision, observed))
+
+
+class UpstreamSpan(ChildScope):
+    """The CLIENT span of the forwarded request, with the ``traceparent`` that names it."""
+
+    __slots__ = ("_trace", "headers", "watches")
+
+    def __init__(
+        self, span: Span, headers: Mapping[str, str], watches: tuple[AnswerWatch, ...], trace: RequestTrace
+    ) -> None:
+        super().__init__(span)
+        self.headers = headers
+        self.watches = watches
+        self._trace = trace
+
+    def __enter__(self) -> UpstreamSpan:
+        super().__enter__()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._trace.upstream_done()
+        super().__exit__(kind, exc, tb)
+
+
+class AnswerWatch:
+    """Sees every message of the upstream's answer (``gateway.mcp.answers.MessageRewriter``) and
+    never changes one: an error response or an ``isError`` tool result marks the request failed."""
+
+    __slots__ = ("_trace",)
+    # Any message this concerns holds one of these (an escaped spelling is the inspector's `\u`).
+    markers: Final = (b'"error"', b'"isError"')
+
+    def __init__(self, trace: RequestTrace) -> None:
+        self._trace = trace
+
+    def rewrite(self, message: dict[str, Any]) -> None:
+        error = answer_error(message)
+        if error is not None:
+            self._trace.mark(error, None)
+        return None
