@@ -108,6 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the last hash of the file this one continues (default: a new chain, 64 zeros)",
     )
 
+    pin = commands.add_parser("pin", help="ask a route's upstream for its tools and write its tool lock")
+    pin.add_argument("--config", required=True, help="the gateway config")
+    pin.add_argument("--route", required=True, help="the route path, e.g. /mcp")
+    pin.add_argument(
+        "--output", default=None, help="where to write the lock (default: the route's pinning.lock)"
+    )
+
     demo = commands.add_parser("demo", help="run a demo upstream, a development issuer and the gateway")
     demo.add_argument(
         "--port", type=int, default=8000, help="gateway port (upstream and issuer use the next two)"
@@ -154,6 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_audit_verify(
             args.file, public_key_path=args.public_key, previous_hash=args.previous_hash or ZERO_HASH
         )
+    if args.command == "pin":
+        config = _load_or_report(args.config)
+        if config is None:
+            return EXIT_CONFIG_ERROR
+        from .pin_command import run as run_pin
+
+        return run_pin(config, args.route, args.output)
     if args.command == "serve":
         config = _load_or_report(args.config)
         if config is None:

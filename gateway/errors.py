@@ -42,7 +42,8 @@ set (``Reason``), since they are metric labels.
     ├── ShuttingDown                 503  the shutdown deadline passed (Retry-After)
     ├── RateLimited                  429  a configured rate limit (Retry-After, RateLimit headers)
     ├── RateLimitUnavailable         503  a fail-closed limit's store is unreachable (Retry-After)
-    └── AuditUnavailable             503  the audit trail cannot record, and ``on_failure: deny``
+    ├── AuditUnavailable             503  the audit trail cannot record, and ``on_failure: deny``
+    └── ToolPinBlocked               403  the tool's definition drifted from its pin (``pinning``)
 """
 
 from __future__ import annotations
@@ -527,6 +528,24 @@ class AuditUnavailable(GatewayError):
     retry_after_s = 5
 
 
+class ToolPinBlocked(GatewayError):
+    """``pinning: {mode: enforce}``: a call to a tool whose definition drifted from the lock, or
+    that the lock does not hold, is refused before the upstream sees it (``gateway.pinning``)."""
+
+    status = 403
+    reason = "tool_definition_changed"
+    jsonrpc_code = -32003  # implementation-defined server error: forbidden
+
+    def __init__(self, tool: str, drift: tuple[str, ...]) -> None:
+        super().__init__(detail=f"{tool[:100]!r}: {', '.join(drift)}")
+        shown = tool if len(tool) <= 100 else tool[:100] + "..."
+        why = "it is not in the route's tool lock" if drift == ("new_tool",) else "its definition changed"
+        self.message = (
+            f"Tool {shown!r} is blocked by the gateway: {why} since it was pinned ({', '.join(drift)}); "
+            "an operator must review it and update the lock"
+        )
+
+
 ERROR_CLASSES: Final[tuple[type[GatewayError], ...]] = (
     GatewayError,
     AuthError,
@@ -563,5 +582,6 @@ ERROR_CLASSES: Final[tuple[type[GatewayError], ...]] = (
     RateLimited,
     RateLimitUnavailable,
     AuditUnavailable,
+    ToolPinBlocked,
 )
 """Every class in the tree, for the test that the docstring's drawing lists each one."""

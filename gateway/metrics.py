@@ -45,6 +45,7 @@ METRIC_FAMILIES: Final[tuple[str, ...]] = (
     "mcp_gateway_policy_decisions_total",
     "mcp_gateway_policy_observed_total",
     "mcp_gateway_condition_schema_mismatches_total",
+    "mcp_gateway_tool_drift_total",
     "mcp_gateway_rate_limited_total",
     "mcp_gateway_rate_limit_store_errors_total",
     "mcp_gateway_rate_limit_store_up",
@@ -141,6 +142,14 @@ class GatewayMetrics:
             "Decisions where the rules as written (mode: observe) differ from the enforced ones: "
             "would_deny or would_allow, by the written rules that decided.",
             ("route", "outcome", "rule"),
+            registry=registry,
+        )
+        self.tool_drifts = Counter(
+            "mcp_gateway_tool_drift",
+            "Tools listed with a definition other than the route's lock (pinning), by kind: "
+            "description, input_schema_widened, annotations_escalated, new_tool, removed, ...; "
+            "once per route, tool and listed definition per process.",
+            ("route", "kind"),
             registry=registry,
         )
         self.condition_schema_mismatches = Counter(
@@ -346,6 +355,9 @@ class GatewayMetrics:
 
     def rate_limit_store_failed(self, reason: str) -> None:
         self.rate_limit_store_errors.labels(reason).inc()
+
+    def tool_drift(self, route: str, kind: str) -> None:
+        self.tool_drifts.labels(route, kind).inc()
 
     def condition_schema_mismatch(self, route: str, rule: str) -> None:
         self.condition_schema_mismatches.labels(route, rule).inc()

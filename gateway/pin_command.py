@@ -9,6 +9,8 @@ so it can be reviewed as a diff and committed; a running gateway takes it on its
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from .config import GatewayConfig
 from .pinning import DriftKind, LockUnusable, ToolLock, Unpinnable, classify, lock_of, read_lock, write_lock
 from .upstream.tools_probe import NeedsCaller, ProbeError, list_tools
 
-__all__ = ["PinFailed", "PinOutcome", "changes", "pin_route"]
+__all__ = ["PinFailed", "PinOutcome", "changes", "pin_route", "run"]
 
 
 class PinFailed(Exception):
@@ -62,12 +64,17 @@ async def pin_route(
         lock = lock_of(tools, route=route.path, upstream=route.upstream, now=clock())
     except (Unpinnable, ValueError) as exc:
         raise PinFailed(f"{route.upstream} lists a tool that cannot be pinned: {exc}") from None
-    try:
-        previous = read_lock(path) if path.exists() else None
-    except LockUnusable:
-        previous = None  # replaced: the new lock is the fix
-    write_lock(path, lock)
+    previous = await asyncio.to_thread(_previous_lock, path)
+    await asyncio.to_thread(write_lock, path, lock)
     return PinOutcome(path, lock, changes(previous, lock))
+
+
+def _previous_lock(path: Path) -> ToolLock | None:
+    """The lock being replaced, to tell what changed; none (or an unusable one) is a first pin."""
+    try:
+        return read_lock(path) if path.exists() else None
+    except LockUnusable:
+        return None
 
 
 def changes(previous: ToolLock | None, lock: ToolLock) -> tuple[str, ...]:
@@ -85,3 +92,17 @@ def changes(previous: ToolLock | None, lock: ToolLock) -> tuple[str, ...]:
             kinds: tuple[DriftKind, ...] = classify(old.definition, new.definition)
             lines.append(f"~ {name}: {', '.join(kinds)}")
     return tuple(lines)
+
+
+def run(config: GatewayConfig, route_path: str, output: str | None) -> int:
+    """The command: 0 with the lock written and its changes listed, 1 with the reason."""
+    try:
+        outcome = asyncio.run(pin_route(config, route_path, Path(output).resolve() if output else None))
+    except (PinFailed, OSError) as exc:
+        print(f"pin: {exc}", file=sys.stderr)
+        return 1
+    print(f"{outcome.path}: {len(outcome.lock.tools)} tools pinned for route {route_path}")
+    for line in outcome.changes or ("(no change)",):
+        print(f"  {line}")
+    print("Review the diff, commit it, and reload the gateway (SIGHUP) to enforce the new lock.")
+    return 0

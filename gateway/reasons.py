@@ -121,6 +121,7 @@ Reason: TypeAlias = (
         "rate_limited",
         "rate_limit_unavailable",
         "audit_unavailable",
+        "tool_definition_changed",
     ]
 )
 """Every ``reason`` an error can carry: a closed set, since it is a metric label."""

@@ -233,7 +233,8 @@ def start_metrics_push(
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         # Off the loop: the exporter builds its HTTP session (and reads certificates) here.
         sender = exporter if exporter is not None else await asyncio.to_thread(build_exporter, config)
-        push = _Push(gateway_app, config, sender, worker)
+        # Off the loop too: Resource.create runs the SDK's resource detectors on a thread pool.
+        push = await asyncio.to_thread(_Push, gateway_app, config, sender, worker)
         task = asyncio.create_task(push.every_interval())
         log.info(
             "metrics_export_started",

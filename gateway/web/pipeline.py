@@ -16,6 +16,8 @@ the MCP pipeline, in the order the spec needs:
                       ``limits.body_timeout_s`` and the process's body budget (``web.limits``);
    ``parse_strictly`` the strict MCP reading of the body (``gateway.mcp.messages``);
 5. ``authorize``      every message against the route's rules, audited; 403 on a denial;
+   ``check_pinned_calls`` a call to a tool whose definition drifted from the route's lock: 403
+                      (``web.pins``; ``pinning: {mode: enforce}``);
    ``admit_messages`` the rate limits of the route and of the rules that allowed each call
                       (``web.ratelimits``): 429 past them, nothing forwarded;
    ``open_task_ids``  every task id the body names opened for this caller, or 400;
@@ -23,7 +25,8 @@ the MCP pipeline, in the order the spec needs:
 7. forward            within the process's ``max_streams``, ``Upstream.forward``: a new
                       request built from a header allowlist (the client's token stops there),
                       the answer streamed back and inspected (``gateway.mcp.answers``):
-                      ``*/list`` results filtered to what the caller may use, session and task
+                      tools that drifted from their pins hidden, ``*/list`` results filtered
+                      to what the caller may use, session and task
                       ids sealed to the caller.
 
 Everything a step refuses is raised as a ``GatewayError``; ``error_responses`` renders it.
@@ -78,6 +81,7 @@ from .handles import CallerHandles
 from .limits import ADMISSION, RequestHold
 from .metadata import WELL_KNOWN_PRM, prm_document
 from .middleware import MCP_METHOD, PRINCIPAL, REQUEST_ID, ROUTE, RPC_ID, TARGET, jsonrpc_error_response
+from .pins import check_pinned_calls, pin_view
 from .ratelimits import admit, admit_unauthenticated, check_unauthenticated, request_keys, request_limits
 from .resources import Gateway, ServedRoute
 
@@ -130,6 +134,7 @@ async def handle_mcp(
     facts = Facts(principal, route.path)  # who asks, for rule conditions
     list_filter = ListFilter(route.policy, principal.scopes, facts=facts)
     required = route.scopes
+    post: McpPost | None = None
     if request.method == "POST":
         # Decide on the body, never on headers.
         body = await read_body(
@@ -137,6 +142,7 @@ async def handle_mcp(
         )
         post = parse_strictly(request, body)
         required, decisions = authorize(route, principal, post, gateway.metrics, gateway.audit)
+        check_pinned_calls(served.pins, post)  # a drifted tool is refused (403) like a denied one
         body = handles.open_task_ids(body)
         list_filter = ListFilter.for_post(post, route.policy, principal.scopes, facts)
         admissions = await admit_messages(gateway, route, principal, post, decisions, request)
@@ -150,7 +156,9 @@ async def handle_mcp(
     # credential takes its place, narrowed to what this operation needs.
     credential = await served.credential.headers(principal, required)
     # Then every task id the upstream hands out is sealed to this caller (gateway.mcp.handles).
-    response_filter = chain(*served.answer_watches, list_filter, TaskIdSealer(handles.seal_task_id))
+    # Pinned tools first: a drifted tool leaves the list before the caller's filter sees it.
+    pins = () if served.pins is None else (pin_view(served.pins, post),)
+    response_filter = chain(*served.answer_watches, *pins, list_filter, TaskIdSealer(handles.seal_task_id))
     upstream_headers = {**credential, **upstream_session}
     response_headers = {"X-Request-Id": request[REQUEST_ID], **(cors_headers(origin) if origin else {})}
     if (nonce := request.get(DPOP_NONCE)) is not None:  # §8: the nonce for the client's next proof

@@ -29,6 +29,7 @@ from ..config import GatewayConfig, RouteConfig, TokenExchangeCredential
 from ..mcp.answers import MessageRewriter
 from ..mcp.schema_check import schema_watches
 from ..metrics import GatewayMetrics
+from ..pinning import ToolPins
 from ..ratelimit.limiter import RateLimiter
 from ..ratelimit.spec import RateLimitsConfig
 from ..sealing import StateSealer, process_sealer
@@ -52,6 +53,23 @@ class ServedRoute:
     # See every upstream answer before the caller's filters and never change it (built once, so
     # their memory is the served route's): conditions vs the tools' inputSchema.
     answer_watches: tuple[MessageRewriter, ...] = ()
+    # The route's pinned tool definitions (route key ``pinning``), None when not pinned.
+    pins: ToolPins | None = None
+
+
+def tool_pins(route: RouteConfig, metrics: GatewayMetrics) -> ToolPins | None:
+    """The route's pin guard, from the lock read with the config (None: trust on first use)."""
+    pinning = route.pinning
+    if pinning is None or pinning.mode == "off":
+        return None
+    return ToolPins(
+        route.path,
+        pinning.mode,
+        pinning.tools,
+        pinning.lock,
+        upstream=route.upstream,
+        on_drift=metrics.tool_drift,
+    )
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -164,7 +182,10 @@ async def open_gateway(
             exchangers = _exchanger_factory(route, session, metrics, stack, on_issued)
             credential = build_strategy(route, minter, exchangers, on_issued)
             watches = schema_watches(route.path, route.policy, metrics.condition_schema_mismatch)
-            routes[route.path] = ServedRoute(route, upstream, credential, watches)
+            pins = tool_pins(route, metrics)
+            if pins is not None:
+                stack.push_async_callback(pins.aclose)  # a first-use lock being written is finished
+            routes[route.path] = ServedRoute(route, upstream, credential, watches, pins)
         allowed = frozenset(config.allowed_origins) | {origin_of(config.public_url)}
         # Flushed when this generation closes: with the app, or once a reload's requests drained.
         tracing = await stack.enter_async_context(open_tracing(config.tracing))

@@ -98,7 +98,8 @@ def test_audit_otlp_with_every_setting(tmp_path: Path, audit_key: Path) -> None:
 
 def test_admin_per_worker_ports(tmp_path: Path) -> None:
     """Workers' own admin ports only when asked."""
-    assert parse(base_config(append="admin: {port: 9100}\n"), tmp_path).admin.per_worker_ports is False
+    default = parse(base_config(append="admin: {port: 9100}\n"), tmp_path).admin
+    assert default is not None and default.per_worker_ports is False
     config = parse(base_config(append="admin: {port: 9100, per_worker_ports: true}\n"), tmp_path)
     assert config.admin is not None and config.admin.per_worker_ports is True
 
