@@ -254,6 +254,10 @@ def check_config(path: str, *, upstream: bool = False) -> int:
         for line in policy_summary(route.policy):
             print(f"  {line}")
         print(f"  {route_limits_summary(route)}")
+        if route.pinning is not None:
+            from .pinning.lock import lock_summary
+
+            print(f"  {lock_summary(route.pinning.mode, route.pinning.lock, route.pinning.tools)}")
     for route in config.routes:
         for warning in stranded_scopes_warnings(route.policy):
             print(f"warning: route {route.path}: {warning}")

@@ -30,8 +30,6 @@ from .auth.tokens import audience_matches, bearer_token_from, check_claims, chec
 from .config import GatewayConfig, RouteConfig
 from .errors import BodyTooLarge, DpopReason, InsufficientScope, InvalidDpopProof, InvalidToken, PolicyDenied
 from .explain_json import to_json as to_json
-
-# The model lives in gateway.explain_model; re-exported here for the command's callers.
 from .explain_model import EXIT_FORWARDED as EXIT_FORWARDED
 from .explain_model import EXIT_REFUSED as EXIT_REFUSED
 from .explain_model import EXIT_USAGE as EXIT_USAGE
@@ -57,6 +55,9 @@ from .mcp.policy import (
     operation_of,
     refusal,
 )
+
+# The model lives in gateway.explain_model; re-exported here for the command's callers.
+from .pinning.lock import tool_status
 from .web.metadata import advertised_scopes, quoted_string, route_challenge
 
 __all__ = [
@@ -233,6 +234,7 @@ def explain(
         messages=evaluated.messages if evaluated else (),
         policy_outcome=evaluated.outcome if evaluated else None,
         outcome=outcome,
+        pinning=route.pinning,
     )
 
 
@@ -429,6 +431,9 @@ def render_text(explanation: Explanation) -> str:
         lines.append(f"  rule: {' + '.join(_rule_text(rule, e.config) for rule in m.decision.rules)}")
         lines.append(f"  required: {_scopes(m.decision.required)}")
         lines.append(f"  missing: {_scopes(m.decision.missing)}")
+        pinning = e.pinning
+        if pinning is not None and pinning.mode != "off" and m.target is not None and m.target.kind == "tool":
+            lines.append(f"  pin ({pinning.mode}): {tool_status(pinning.tools, m.target.identifier)}")
         where = functools.partial(_rule_text, config=e.config)
         lines.extend(conditions.condition_lines(m.conditions, where))
         if m.observed is not None:

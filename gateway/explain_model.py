@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .config import PinningConfig
 from .errors import TokenReason
 from .mcp import visibility
 from .mcp.conditions import ConditionOutcome
@@ -154,6 +155,7 @@ class Explanation:
     messages: tuple[MessageExplanation, ...]
     policy_outcome: Outcome | None  # what the body and policy alone lead to; None if never reached
     outcome: Outcome  # the answer, token refusal included
+    pinning: PinningConfig | None = None  # the route's tool pins, for each call's pin status
 
     @property
     def exit_status(self) -> int:

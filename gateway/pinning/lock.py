@@ -45,7 +45,9 @@ __all__ = [
     "ToolLock",
     "create_lock",
     "lock_of",
+    "lock_summary",
     "read_lock",
+    "tool_status",
     "write_lock",
 ]
 
@@ -156,6 +158,25 @@ def _entry(name: str, entry: object, where: str) -> PinnedTool:
             f"{at}: the fingerprint does not match the definition (edited? run `mcp-auth-gateway pin`)"
         )
     return PinnedTool(MappingProxyType(definition), computed)
+
+
+def lock_summary(mode: str, path: Path, lock: ToolLock | None) -> str:
+    """The route's pinning as ``check-config`` prints it."""
+    if lock is None:
+        return f"pinning: {mode}, no lock yet at {path} (trust on first use)"
+    when = lock.pinned_at or "at an unknown time"
+    return f"pinning: {mode}, {len(lock.tools)} tools locked in {path} (pinned {when})"
+
+
+def tool_status(lock: ToolLock | None, tool: str) -> str:
+    """A tool's pin as the lock file has it, for ``explain`` (a running gateway also refuses
+    tools it saw drift, which only it knows)."""
+    if lock is None:
+        return "no lock yet: the first listing will be trusted"
+    pinned = lock.tools.get(tool)
+    if pinned is None:
+        return "not in the lock: hidden and refused as new_tool (enforce)"
+    return f"pinned {pinned.fingerprint}"
 
 
 def write_lock(path: Path, lock: ToolLock) -> None:

@@ -276,3 +276,28 @@ async def test_check_config_refuses_an_edited_lock(tmp_path: Path, issuer: TestI
         await asyncio.to_thread(load_config, config)
     (problem,) = caught.value.problems
     assert problem.key_path == "routes[0].pinning.lock" and "fingerprint does not match" in problem.message
+
+
+async def test_check_config_and_explain_show_the_pins(
+    tmp_path: Path, issuer: TestIssuer, lock: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config names the lock and its size; explain gives each call's pin status."""
+    config = tmp_path / "show.yaml"
+    await asyncio.to_thread(config.write_text, pinning_config(issuer, "http://127.0.0.1:9/mcp", lock))
+    assert await asyncio.to_thread(cli.main, ["check-config", str(config)]) == 0
+    assert f"pinning: enforce, {len(APPROVED)} tools locked in {lock}" in capsys.readouterr().out
+    for tool, status in [("poisoned", "pinned sha256:"), ("newcomer", "not in the lock: hidden and refused")]:
+        request = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool}})
+        argv = [
+            "explain",
+            "--config",
+            str(config),
+            "--route",
+            "/mcp",
+            "--scopes",
+            "mcp:access",
+            "--request",
+            request,
+        ]
+        await asyncio.to_thread(cli.main, argv)
+        assert f"pin (enforce): {status}" in capsys.readouterr().out
