@@ -26,7 +26,7 @@ fingerprint, so a change the fingerprint sees is always named.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, get_args
 
 from .fingerprint import IDENTITY_META, Unpinnable, canonical_bytes
 
@@ -43,17 +43,7 @@ DriftKind: TypeAlias = Literal[
     "signature",
     "unpinnable",
 ]
-DRIFT_KINDS: Final[tuple[DriftKind, ...]] = (
-    "new_tool",
-    "description",
-    "input_schema_widened",
-    "input_schema",
-    "annotations_escalated",
-    "annotations",
-    "output_schema",
-    "signature",
-    "unpinnable",
-)
+DRIFT_KINDS: Final[tuple[DriftKind, ...]] = get_args(DriftKind)  # in the order classify names them
 
 # Schema keywords that only describe: what a model reads, never what a call may hold.
 _TEXT_KEYWORDS: Final = frozenset({"title", "description", "examples", "$comment"})
