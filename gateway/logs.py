@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import re
 import sys
@@ -22,6 +23,7 @@ from collections.abc import Mapping, MutableMapping
 from types import TracebackType
 from typing import Any, TextIO
 
+import orjson
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
@@ -109,17 +111,40 @@ def redact_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: mask secrets in every field of the event."""
-    # `_redact_item` for each field, unrolled: this runs for every event of every request.
+    # `_redact_item` for each field, unrolled: this runs for every event of every request. The
+    # plain string fields are searched at once: every match in one of them is a match in their
+    # join (a join can only add a false alarm at a seam, which the field-by-field pass clears).
+    strings: list[str] = []
     for key, value in event_dict.items():
         if _is_secret_key(key):
             if value not in (None, ""):
                 event_dict[key] = REDACTED
         elif type(value) is str:
-            if _SUSPECT.search(value) is not None:
-                event_dict[key] = _redact_value(value)
+            strings.append(key)
         elif type(value) not in _PLAIN_TYPES:
             event_dict[key] = _redact_value(value)
+    if strings and _SUSPECT.search("\n".join([event_dict[key] for key in strings])) is not None:
+        for key in strings:
+            event_dict[key] = _redact_value(event_dict[key])
     return event_dict
+
+
+def render_json(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
+    """structlog renderer: one JSON line, by orjson (a third of the standard encoder's time for
+    an event of the request path). What orjson refuses (an integer beyond 64 bits in an audited
+    claim, a key that is not a string) is rendered by the standard library instead."""
+    try:
+        return orjson.dumps(event_dict, default=_unknown_as_text).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(event_dict, default=_unknown_as_text)
+
+
+def _unknown_as_text(value: Any) -> str:
+    return repr(value) if not isinstance(value, str) else value
+
+
+def _shared(logger: structlog.WriteLogger) -> Any:
+    return lambda *_args: logger
 
 
 def configure_logging(
@@ -129,7 +154,7 @@ def configure_logging(
     through it (``library_event``); ``include_subject=False`` drops subject and client id from
     every event (a gateway can also ask for that per request, see HIDE_SUBJECT)."""
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        render_json
         if json
         else structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
     )
@@ -144,7 +169,8 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.WriteLoggerFactory(file=stream or sys.stderr),
+        # One logger for the process: the default factory builds a new one (and its lock) per event.
+        logger_factory=_shared(structlog.WriteLogger(stream or sys.stderr)),
         cache_logger_on_first_use=False,
     )
     _route_standard_logging(logging.getLevelNamesMapping()[level.upper()])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -98,6 +98,24 @@ def tool_label(route: RouteConfig, target: Target | None) -> str:
     if not isinstance(target, Tool):
         return NO_TOOL
     return target.name if target.name in route.policy.literal_tools else OTHER
+
+
+class Children:
+    """A metric's children by label values, each looked up once: ``labels()`` takes a lock and
+    checks its values on every call (about a microsecond), and the request path calls it for
+    every request. The label values are bounded by the config (routes, methods, pinned tools)."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class GatewayMetrics:
@@ -333,16 +351,22 @@ class GatewayMetrics:
 
     # --- recording ------------------------------------------------------------------------------
 
+        # The request path's children, cached (Children).
+        self._requests = Children(self.requests)
+        self._request_duration = Children(self.request_duration)
+        self._policy_decisions = Children(self.policy_decisions)
+        self._upstream_duration = Children(self.upstream_duration)
+
     def request_finished(self, route: str, mcp_method: str, outcome: str, duration_s: float) -> None:
-        self.requests.labels(route, mcp_method, outcome).inc()
-        self.request_duration.labels(route, mcp_method, outcome).observe(duration_s)
+        self._requests(route, mcp_method, outcome).inc()
+        self._request_duration(route, mcp_method, outcome).observe(duration_s)
 
     def token_rejected(self, reason: str) -> None:
         self.token_rejections.labels(reason).inc()
 
     def policy_decision(self, route: RouteConfig, allowed: bool, target: Target | None) -> None:
         decision = "allow" if allowed else "deny"
-        self.policy_decisions.labels(route.path, decision, tool_label(route, target)).inc()
+        self._policy_decisions(route.path, decision, tool_label(route, target)).inc()
 
     def policy_observed(self, route: RouteConfig, outcome: str, rule: str) -> None:
         """``outcome``: would_deny or would_allow; ``rule``: the written rules' labels (from the config)."""
@@ -363,7 +387,7 @@ class GatewayMetrics:
         self.condition_schema_mismatches.labels(route, rule).inc()
 
     def upstream_responded(self, route: str, seconds: float) -> None:
-        self.upstream_duration.labels(route).observe(seconds)
+        self._upstream_duration(route).observe(seconds)
 
     def upstream_failed(self, route: str, reason: str) -> None:
         self.upstream_errors.labels(route, reason).inc()
