@@ -1,6 +1,6 @@
 """The CPU a rule condition adds to one call's authorization, measured in this process.
 
-The wrk figure (``measure_condition`` in ``tests.bench.run``) compares whole requests through the
+The wrk figure (``measure_variant`` in ``tests.bench.run``) compares whole requests through the
 gateway, whose CPU per request swings by ±10 % run to run on this 2-core machine: more than the
 difference it is after. This one runs the gateway's own authorization step for a POST
 (``gateway.web.pipeline.authorize``: strict body already parsed, the decision, its JSON audit

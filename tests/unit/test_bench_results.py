@@ -27,10 +27,26 @@ def test_every_target_has_a_judged_row() -> None:
     for concurrency in ("1", "8", "64"):
         assert f"SDK tools/call throughput ratio c={concurrency}" in judged
         assert f"SDK tools/call p50 ratio c={concurrency}" in judged
-    assert any(figure.startswith("SSE events/s ratio (client on core") for figure in judged)
-    assert "free upstream: gateway req/s (1 worker) c=64" in judged
-    assert "free upstream: gateway CPU us/request c=64" in judged
     assert "idle stream KiB each" in judged
+    # Issue 21: ratios within the run, never absolute microseconds.
+    for prefix in (
+        "SSE events/s ratio, client on core 0",
+        "SSE events/s ratio, client on core 1",
+        "SSE time to first event ratio, client on core 0",
+        "session setup ratio",
+        "CPU us/request vs bare relay, c=64",
+        "DPoP proof: CPU/request ratio",
+        "a CEL condition: CPU/request ratio",
+        "a rate limit (memory): CPU/request ratio",
+        "tool pinning (enforce): CPU/request ratio",
+        "tracing at sample ratio 1.0: CPU/request ratio",
+        "tracing at sample ratio 0.01: CPU/request ratio",
+    ):
+        assert any(figure.startswith(prefix) for figure in judged), prefix
+    for rate in ("200", "500", "1000"):
+        for percentile in ("p50", "p99"):
+            assert any(figure.startswith(f"{rate} req/s open loop: added {percentile} ") for figure in judged)
+    assert "free upstream: gateway CPU us/request c=64 (info)" in rows
     assert "--workers 2 scaling vs 1 worker" in rows
     # A row's verdict is its value against its target, not a copied flag.
     for row in judged.values():
@@ -38,15 +54,17 @@ def test_every_target_has_a_judged_row() -> None:
         assert row["met"] == (row["value"] >= float(bound) if op == ">=" else row["value"] <= float(bound))
 
 
-def test_dpop_figure_is_an_info_row() -> None:
+def test_dpop_figure_rows() -> None:
     """A run with the DPoP figure adds its CPU per request (proof, bearer named beside it) and the
-    difference as unjudged rows; results from before the figure summarise without them."""
+    difference as unjudged rows, and their ratio judged against the 10 % a capability may cost;
+    results from before the figure summarise without them."""
     with_dpop = {
         **latest(),
         "dpop": {
             "bearer": {"gateway_cpu_us_per_request": 300.0},
             "dpop": {"gateway_cpu_us_per_request": 420.5},
             "extra_cpu_us_per_request": 120.5,
+            "cpu_ratio": 1.402,
         },
     }
     rows = {row["figure"]: row for row in summarise(with_dpop)}
@@ -54,6 +72,8 @@ def test_dpop_figure_is_an_info_row() -> None:
     extra = rows["DPoP: extra gateway CPU us/request for the proof (info)"]
     assert (proof["value"], proof["target"], proof["met"]) == (420.5, "-", None)
     assert (extra["value"], extra["target"], extra["met"]) == (120.5, "-", None)
+    judged = rows["DPoP proof: CPU/request ratio to without, c=64 (+120 us)"]
+    assert (judged["value"], judged["target"], judged["met"]) == (1.402, "<= 1.10", False)
     without = {key: value for key, value in latest().items() if key != "dpop"}
     assert not any(row["figure"].startswith("DPoP") for row in summarise(without))
 
