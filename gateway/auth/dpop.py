@@ -16,6 +16,7 @@ Every refusal is an ``InvalidDpopProof`` with its own reason (log and metrics); 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -109,6 +110,7 @@ def normalised_http_uri(uri: str) -> str | None:
     return f"{scheme}://{netloc}{parts.path or '/'}"
 
 
+@functools.lru_cache(maxsize=256)  # per route: asked on every DPoP request, the answer never changes
 def route_htu(public_url: str, route_path: str) -> str:
     """The ``htu`` a proof for a route must carry: ``public_url`` (with its base path) + the path.
 
@@ -213,7 +215,8 @@ def check_proof_claims(claims: Mapping[str, Any], context: ProofContext, now: fl
     if claims.get("htm") != context.method:  # RFC 9110 §9.1: methods are case-sensitive
         raise InvalidDpopProof("dpop_htm_mismatch", f"htm={str(claims.get('htm'))[:10]!r}")
     htu = claims.get("htu")
-    if not isinstance(htu, str) or normalised_http_uri(htu) != context.htu:
+    # A client sends the route's URL as the gateway spells it, mostly: equal is normalised already.
+    if not isinstance(htu, str) or (htu != context.htu and normalised_http_uri(htu) != context.htu):
         raise InvalidDpopProof("dpop_htu_mismatch", f"htu={str(htu)[:200]!r}, expected {context.htu!r}")
     iat = finite_number(claims.get("iat"))
     if iat is None:

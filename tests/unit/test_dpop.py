@@ -222,8 +222,12 @@ def test_ath_is_the_base64url_sha256_of_the_token() -> None:
     ],
 )
 def test_htu_normalisation(uri: str, normalised: str | None) -> None:
-    """§4.3 item 9: scheme and host case and the default port do not matter; query or fragment refuse."""
+    """§4.3 item 9: scheme and host case and the default port do not matter; query or fragment refuse.
+    A normalised URI is its own normal form (check_proof_claims takes an htu equal to the route's
+    as it is)."""
     assert normalised_http_uri(uri) == normalised
+    if normalised is not None:
+        assert normalised_http_uri(normalised) == normalised
 
 
 def test_route_htu_is_public_url_plus_path() -> None:
