@@ -154,9 +154,7 @@ def configure_logging(
     through it (``library_event``); ``include_subject=False`` drops subject and client id from
     every event (a gateway can also ask for that per request, see HIDE_SUBJECT)."""
     renderer: Any = (
-        render_json
-        if json
-        else structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
+        render_json if json else structlog.dev.ConsoleRenderer(colors=(stream or sys.stderr).isatty())
     )
     structlog.configure(
         processors=[

@@ -348,14 +348,13 @@ class GatewayMetrics:
             "(on_failure: allow serves on, deny refuses with 503).",
             registry=registry,
         )
-
-    # --- recording ------------------------------------------------------------------------------
-
         # The request path's children, cached (Children).
         self._requests = Children(self.requests)
         self._request_duration = Children(self.request_duration)
         self._policy_decisions = Children(self.policy_decisions)
         self._upstream_duration = Children(self.upstream_duration)
+
+    # --- recording ------------------------------------------------------------------------------
 
     def request_finished(self, route: str, mcp_method: str, outcome: str, duration_s: float) -> None:
         self._requests(route, mcp_method, outcome).inc()
