@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -485,12 +486,28 @@ def judge_answer(upstream: aiohttp.ClientResponse) -> AnswerKind:
     """``answer_kind`` for this answer's status and headers (502 when it must not be relayed)."""
     headers = upstream.headers
     status = upstream.status
-    return answer_kind(
+    return _judged(
         status,
-        headers.getall("Content-Type", []),
-        headers.getall("Content-Encoding", []),
-        empty=status in (204, 304) or upstream.content_length == 0,
-        transfer_encodings=headers.getall("Transfer-Encoding", []),
+        tuple(headers.getall("Content-Type", ())),
+        tuple(headers.getall("Content-Encoding", ())),
+        status in (204, 304) or upstream.content_length == 0,
+        tuple(headers.getall("Transfer-Encoding", ())),
+    )
+
+
+# An upstream sends the same few header values answer after answer: each combination is judged
+# once (a refusal is raised again each time; only verdicts are kept). Bounded: the values are
+# the upstream's to choose.
+@functools.lru_cache(maxsize=256)
+def _judged(
+    status: int,
+    content_types: tuple[str, ...],
+    content_encodings: tuple[str, ...],
+    empty: bool,
+    transfer_encodings: tuple[str, ...],
+) -> AnswerKind:
+    return answer_kind(
+        status, content_types, content_encodings, empty=empty, transfer_encodings=transfer_encodings
     )
 
 
