@@ -3,7 +3,8 @@
 A non-SSE body may be silent for at most ``upstream_idle_timeout_s`` between chunks and must be
 complete within ``response_timeout_s``; an SSE stream has no read timeout (it may be silent as
 long as it likes), only the optional heartbeat and max lifetime. No timer is started for bytes
-that have already arrived (``is_eof``), which is the common case of a small answer.
+that have already arrived (``is_eof``), which is the common case of a small answer: that is
+taken as it is, without a loop.
 """
 
 from __future__ import annotations
@@ -22,11 +23,19 @@ async def read_whole_body(upstream: aiohttp.ClientResponse, route: RouteConfig, 
     ``upstream_idle_timeout_s`` and all of it within ``response_timeout_s`` (else 504)."""
     if upstream.content_length is not None and upstream.content_length > limit:
         raise UpstreamError("upstream_response_too_large", detail=f"Content-Length > {limit}")
+    content = upstream.content
+    if content.is_eof():  # all of it came with the headers (a small answer, mostly): no timer, no loop
+        try:
+            whole = content.read_nowait()
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
+        if len(whole) > limit:
+            raise UpstreamError("upstream_response_too_large", detail=f"more than {limit} bytes")
+        return whole
     chunks: list[bytes] = []
     size = 0
-    content = upstream.content
     try:
-        async with asyncio.timeout(None if content.is_eof() else route.response_timeout_s):
+        async with asyncio.timeout(route.response_timeout_s):
             async for chunk in chunks_within(content, route.upstream_idle_timeout_s):
                 size += len(chunk)
                 if size > limit:

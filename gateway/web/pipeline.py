@@ -129,10 +129,7 @@ async def handle_mcp(
     upstream_session = handles.open_session(request)
 
     body: bytes | None = None
-    # Every answer is filtered, a GET stream (and its Last-Event-ID replay) too: by the shape of
-    # its results, since a stateless gateway cannot know which request an id there answers.
     facts = Facts(principal, route.path)  # who asks, for rule conditions
-    list_filter = ListFilter(route.policy, principal.scopes, facts=facts)
     required = route.scopes
     post: McpPost | None = None
     if request.method == "POST":
@@ -147,6 +144,9 @@ async def handle_mcp(
         list_filter = ListFilter.for_post(post, route.policy, principal.scopes, facts)
         admissions = await admit_messages(gateway, route, principal, post, decisions, request)
     else:  # GET stream, DELETE session: the route scopes alone
+        # Every answer is filtered, a GET stream (and its Last-Event-ID replay) too: by the shape of
+        # its results, since a stateless gateway cannot know which request an id there answers.
+        list_filter = ListFilter(route.policy, principal.scopes, facts=facts)
         check_route_scopes(route, principal, request.method, gateway.metrics)
         admissions = await admit_request(gateway, route, principal, (), request.method, None, request)
 
@@ -316,8 +316,15 @@ async def read_body(request: web.Request, limit: int, held: RequestHold, timeout
     size = 0
     content = request.content
     try:
-        # No timer when the whole body came with the headers, as it mostly does.
-        async with asyncio.timeout(None if content.is_eof() else timeout_s):
+        if content.is_eof():  # the whole body came with the headers, as it mostly does: no timer
+            chunks.append(content.read_nowait())
+            size = len(chunks[0])
+            if size > limit:
+                raise BodyTooLarge(detail=f"more than {limit} bytes")
+            if declared is None:
+                held.body_bytes(size)
+            return chunks[0]
+        async with asyncio.timeout(timeout_s):
             while chunk := await content.readany():
                 size += len(chunk)
                 if size > limit:
