@@ -38,6 +38,7 @@ from opentelemetry.sdk._logs.export import (
 from opentelemetry.sdk.resources import Resource
 
 from ..config import OtlpConfig
+from ..telemetry.otlp_http import compression
 from .chain import Record
 from .writer import FailureReport
 
@@ -99,6 +100,7 @@ class OtlpSink:
             endpoint=endpoint,
             headers={name: value.reveal() for name, value in config.headers},
             timeout=config.timeout_s,
+            compression=compression(config),
         )
         self._exporter = _Reporting(exporter, endpoint, fail)
         self._processor = BatchLogRecordProcessor(

@@ -69,6 +69,7 @@ _OTLP_FIELDS: Final = (
     FieldSpec("endpoint", _collector_url, required=True),
     FieldSpec("headers", parse_otlp_headers),
     FieldSpec("timeout_s", positive_seconds),
+    FieldSpec("compression", one_of("gzip", "none")),
 )
 
 

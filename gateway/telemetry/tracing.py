@@ -30,7 +30,6 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
-from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
@@ -62,6 +61,7 @@ from .attributes import (
     refusal_attributes,
     server_address,
 )
+from .otlp_http import compression
 from .spans import NO_SPAN, DecisionScope, SpanKindName, SpanScope, UpstreamScope, activate, deactivate
 
 __all__ = ["INSTRUMENTATION_SCOPE", "RequestTrace", "Tracing", "build_provider"]
@@ -101,7 +101,7 @@ def build_provider(config: TracingConfig, exporter: SpanExporter | None = None) 
             endpoint=f"{otlp.endpoint}/v1/traces",
             headers={name: value.reveal() for name, value in otlp.headers},
             timeout=otlp.timeout_s,
-            compression=Compression.Gzip,
+            compression=compression(otlp),
         )
     provider = TracerProvider(
         sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),

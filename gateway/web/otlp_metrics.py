@@ -37,7 +37,6 @@ from typing import Final
 
 import structlog
 from aiohttp import web
-from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -61,6 +60,7 @@ from prometheus_client.samples import Sample
 from .. import __version__
 from ..config import MetricsExportConfig
 from ..metrics import METRICS
+from ..telemetry.otlp_http import compression
 from .admin import PROCESS_REGISTRY
 
 __all__ = ["build_exporter", "resource_for", "start_metrics_push", "to_otlp"]
@@ -180,7 +180,7 @@ def build_exporter(config: MetricsExportConfig) -> OTLPMetricExporter:
         endpoint=f"{otlp.endpoint}/v1/metrics",
         headers={name: value.reveal() for name, value in otlp.headers},
         timeout=otlp.timeout_s,
-        compression=Compression.Gzip,
+        compression=compression(otlp),
     )
 
 

@@ -58,11 +58,14 @@ async def fake_as(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeAuthoriz
         yield server
 
 
-def tracing_section(receiver: OtlpReceiver, ratio: float = 1.0) -> str:
+def tracing_section(receiver: OtlpReceiver, ratio: float = 1.0, compression: str = "gzip") -> str:
     """``tracing:`` to the receiver, with an API key header from the environment."""
     return f"""
         tracing:
-          otlp: {{endpoint: "{receiver.endpoint}/", headers: {{x-api-key: {{env: GW_OTLP_KEY}}}}}}
+          otlp:
+            endpoint: "{receiver.endpoint}/"
+            headers: {{x-api-key: {{env: GW_OTLP_KEY}}}}
+            compression: {compression}
           sample_ratio: {ratio}
           service_name: gateway-under-test
         """
@@ -412,6 +415,24 @@ async def test_a_session_is_recorded_as_the_client_sees_it_on_post_and_delete(
     assert one(spans, "DELETE /mcp", "CLIENT").attributes["mcp.session.id"] == sealed
     assert delete.attributes["mcp.protocol.version"] == "2025-11-25"
     assert not raw & {str(v) for s in spans for v in s.attributes.values()}
+
+
+async def test_spans_go_uncompressed_with_compression_none_and_gzipped_by_default(
+    issuer: TestIssuer, upstream: Upstream, receiver: OtlpReceiver, start_gateway_with: GatewayFactory
+) -> None:
+    """``compression: none`` sends the protobuf as it is (no Content-Encoding) and the spans arrive
+    the same; the default section (gzip) says gzip."""
+    for compression, encoding in (("none", []), ("gzip", ["gzip"])):
+        receiver.clear()
+        config = single_route_config(issuer, upstream.mcp_url, tools={"echo": ["mcp:access"]})
+        gateway = await start_gateway_with(config + tracing_section(receiver, compression=compression))
+        trace_id = secrets.token_hex(16)
+        status, _, _ = await call(gateway, {**bearer(issuer), "traceparent": f"00-{trace_id}-{'1' * 16}-01"})
+        assert status == 200
+        spans = await trace_of(receiver, trace_id, "tools/call echo")
+        assert {span.name for span in spans} >= {"tools/call echo", "verify token", "decide policy"}
+        posts = [post for post in receiver.posts if post.path == "/v1/traces"]
+        assert posts and all(post.headers.getall("Content-Encoding", []) == encoding for post in posts)
 
 
 async def test_without_tracing_the_clients_trace_context_goes_upstream_untouched(

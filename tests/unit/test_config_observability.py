@@ -64,6 +64,14 @@ def test_tracing_defaults(tmp_path: Path) -> None:
     assert config.tracing.sample_ratio == 1.0
 
 
+def test_otlp_compression(tmp_path: Path) -> None:
+    """Exports are gzip-compressed unless ``compression: none`` (a collector beside the gateway)."""
+    append = "tracing: {otlp: {endpoint: 'http://127.0.0.1:4318', compression: none}}\n"
+    config = parse(base_config(append=append), tmp_path)
+    assert config.tracing is not None and config.tracing.otlp.compression == "none"
+    assert OtlpConfig(endpoint="http://c").compression == "gzip"
+
+
 def test_metrics_export(tmp_path: Path) -> None:
     """The OTLP metric push takes an endpoint and an interval."""
     config = parse(
@@ -124,6 +132,13 @@ KEY = "  signing_key: {kid: k, file: audit.pem}\n"
             "tracing.sample_ratio",
             "a number from 0 to 1",
             append="tracing: {otlp: {endpoint: 'http://c'}, sample_ratio: all}\n",
+        ),
+        Bad(
+            "otlp-compression-unknown",
+            11,
+            "tracing.otlp.compression",
+            "gzip",
+            append="tracing: {otlp: {endpoint: 'http://c', compression: brotli}}\n",
         ),
         Bad(
             "otlp-not-a-url",
