@@ -20,6 +20,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -46,17 +47,33 @@ def _is_secret_key(key: str) -> bool:
     return lowered not in _SAFE_KEYS and any(name in lowered for name in _SECRET_KEY_NAMES)
 
 
+# The token the request being handled presented (set by the pipeline once it has one, for the
+# task of that request): masked by value wherever it appears, whatever its shape. An opaque
+# token has no shape the patterns above know, and a client can paste its own token into a tool
+# name, a request id or a session header. A shorter "token" is no credential anyone issues.
+PRESENTED_TOKEN: ContextVar[str | None] = ContextVar("presented_token", default=None)
+_SHORTEST_MASKED_TOKEN = 16
+
+
+def mask_presented_token(token: str | None) -> None:
+    """From now on in this request's task, ``token`` reads ``***`` in every event and span."""
+    PRESENTED_TOKEN.set(token if token is not None and len(token) >= _SHORTEST_MASKED_TOKEN else None)
+
+
 def _redact_value(value: Any) -> Any:
     if type(value) in _PLAIN_TYPES:
         return value
     if isinstance(value, str):
+        presented = PRESENTED_TOKEN.get()
+        if presented is not None and presented in value:
+            value = value.replace(presented, REDACTED)
         if _SUSPECT.search(value) is None:
             return value
         return _BEARER.sub(r"\1 " + REDACTED, _JWT_SHAPED.sub(REDACTED, value))
     if isinstance(value, Mapping):
         return {key: _redact_item(str(key), item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        if all(type(item) is str for item in value) and _SUSPECT.search("\n".join(value)) is None:
+        if all(type(item) is str for item in value) and not _suspect("\n".join(value)):
             # Scope lists, groups: one search for all (the joined text holds every item's match).
             return list(value)
         return [_redact_value(item) for item in value]
@@ -78,7 +95,15 @@ def redact(value: Any) -> Any:
 
 def redact_text(text: str) -> str:
     """A string as a log event would show it (``redact`` for one string)."""
-    return text if _SUSPECT.search(text) is None else _redact_value(text)
+    return _redact_value(text) if _suspect(text) else text
+
+
+def _suspect(text: str) -> bool:
+    """Whether ``text`` may hold something to mask (a match here is checked field by field)."""
+    if _SUSPECT.search(text) is not None:
+        return True
+    presented = PRESENTED_TOKEN.get()
+    return presented is not None and presented in text
 
 
 # Bound (as a structlog context variable) for requests of a gateway with
@@ -123,7 +148,7 @@ def redact_secrets(
             strings.append(key)
         elif type(value) not in _PLAIN_TYPES:
             event_dict[key] = _redact_value(value)
-    if strings and _SUSPECT.search("\n".join([event_dict[key] for key in strings])) is not None:
+    if strings and _suspect("\n".join([event_dict[key] for key in strings])):
         for key in strings:
             event_dict[key] = _redact_value(event_dict[key])
     return event_dict

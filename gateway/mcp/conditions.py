@@ -21,6 +21,7 @@ condition never looks at costs nothing.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -342,12 +343,30 @@ def evaluate(condition: Condition, facts: Facts | None, subject: Subject) -> Con
 
 
 def _error_reason(condition: Condition, values: Mapping[str, Any] | None, exc: Exception) -> str:
-    """The first field the expression reads that the operation lacks, else the evaluator's words."""
+    """The first field the expression reads that the operation lacks, else what went wrong in
+    the evaluator's words, without any of the values it quotes."""
     for path in condition.paths:
         if values is not None and field_value(values, path) is ABSENT:
             return f"{'.'.join(path)} is absent"
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]
+    return evaluator_words(exc)
+
+
+# The evaluator quotes the value a function refused (`Function 'duration' error: Parsing Error:
+# Error { input: "<the argument>" … }`, a regex's text for `matches`): an argument, or a claim,
+# must not reach the audit event, the trail or a span through an error (audit_arguments decides).
+_FUNCTION_ERROR: Final = re.compile(r"Function '([A-Za-z_][A-Za-z0-9_.]*)' error")
+
+
+def evaluator_words(exc: Exception) -> str:
+    """An evaluation error as a reason: the function that refused its argument, or the error's
+    first words when they quote nothing, else its class."""
+    text = str(exc)
+    if (function := _FUNCTION_ERROR.match(text)) is not None:
+        return f"{function[1]}() refused its argument"
+    first = text.split(":", 1)[0].split(". ", 1)[0].strip()
+    if not first or '"' in first or "'" in first or "`" in first or len(first) > 80:
+        return type(exc).__name__
+    return first
 
 
 def field_value(values: Mapping[str, Any], path: tuple[str, ...]) -> Any:

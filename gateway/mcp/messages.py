@@ -34,6 +34,7 @@ __all__ = [
     "McpMessage",
     "McpPost",
     "McpRejected",
+    "in_session_era",
     "parse_post",
 ]
 
@@ -486,3 +487,8 @@ def _meta_version(params: Mapping[str, Any] | None) -> object:
     """``params._meta["io.modelcontextprotocol/protocolVersion"]``, or None when absent."""
     meta = params.get("_meta") if params is not None else None
     return meta.get(META_VERSION_KEY) if isinstance(meta, dict) else None
+
+
+def in_session_era(version: str | None) -> bool:
+    """Whether a request's ``MCP-Protocol-Version`` is one with sessions (absent: 2025-03-26)."""
+    return version is None or version in HANDSHAKE_VERSIONS

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from ..errors import GatewayError
 from ..logs import redact, redact_text
 from ..mcp.messages import HANDSHAKE_VERSIONS, MODERN_VERSION, McpMessage
+from ..mcp.methods import KNOWN_METHODS
 from ..mcp.policy import ARGUMENT_METHODS, Decision
 
 __all__ = [
@@ -69,15 +70,32 @@ EXECUTE_TOOL: Final = "execute_tool"
 _KNOWN_VERSIONS: Final = frozenset((*HANDSHAKE_VERSIONS, MODERN_VERSION))
 
 
+# A string the client chose, in a span name or attribute, is cut to this many characters: a
+# 60 KB tool name would otherwise be copied onto three spans and into every export.
+MAX_CLIENT_TEXT: Final = 256
+
+
+def client_text(text: str) -> str:
+    """A client-chosen string as a span may show it: redacted as a log line is, and bounded."""
+    shown = redact_text(text)
+    return shown if len(shown) <= MAX_CLIENT_TEXT else shown[: MAX_CLIENT_TEXT - 1] + "…"
+
+
+def method_name(method: str) -> str:
+    """``mcp.method.name``: a method MCP defines as it is, any other as client text."""
+    return method if method in KNOWN_METHODS else client_text(method)
+
+
 def message_span_name(message: McpMessage) -> str | None:
     """``{mcp.method.name} {target}`` for a tool or prompt, ``{mcp.method.name}`` otherwise;
     None for a client's response (it names no method)."""
     if message.method is None:
         return None
     target = message.target
+    method = method_name(message.method)
     if target is not None and target.kind != "resource":
-        return f"{message.method} {redact_text(target.identifier)}"
-    return message.method
+        return f"{method} {client_text(target.identifier)}"
+    return method
 
 
 def http_span_name(http_method: str, route_path: str) -> str:
@@ -90,16 +108,16 @@ def message_attributes(message: McpMessage, *, with_arguments: bool = False) -> 
     a JSON string, redacted) only ``with_arguments`` (the route's ``audit_arguments``)."""
     attributes: Attributes = {}
     if message.method is not None:
-        attributes[MCP_METHOD] = message.method
+        attributes[MCP_METHOD] = method_name(message.method)
     if message.method == "tools/call":
         attributes["gen_ai.operation.name"] = EXECUTE_TOOL
     target = message.target
     if target is not None:
         key = {"tool": "gen_ai.tool.name", "prompt": "gen_ai.prompt.name", "resource": "mcp.resource.uri"}
-        attributes[key[target.kind]] = redact_text(target.identifier)
+        attributes[key[target.kind]] = client_text(target.identifier)
     # Not for a notification, nor for a null id (the conventions: SHOULD NOT capture it).
     if message.id is not None and message.kind != "notification":
-        attributes["jsonrpc.request.id"] = redact_text(str(message.id))
+        attributes["jsonrpc.request.id"] = client_text(str(message.id))
     if with_arguments and message.method in ARGUMENT_METHODS and message.params is not None:
         arguments = redact(message.params.get("arguments", {}))
         attributes["gen_ai.tool.call.arguments"] = json.dumps(arguments, ensure_ascii=False, default=str)

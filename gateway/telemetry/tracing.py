@@ -33,7 +33,7 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
@@ -42,7 +42,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from .. import __version__
 from ..config import RouteConfig, TracingConfig
 from ..errors import GatewayError
-from ..mcp.messages import McpMessage
+from ..mcp.messages import McpMessage, in_session_era
 from ..mcp.policy import Decision
 from .attributes import (
     ERROR_TYPE,
@@ -53,6 +53,7 @@ from .attributes import (
     Attributes,
     AttributeValue,
     answer_error,
+    client_text,
     decision_attributes,
     http_span_name,
     message_attributes,
@@ -65,6 +66,8 @@ from .otlp_http import compression
 from .spans import NO_SPAN, DecisionScope, SpanKindName, SpanScope, UpstreamScope, activate, deactivate
 
 __all__ = ["INSTRUMENTATION_SCOPE", "RequestTrace", "Tracing", "build_provider"]
+
+MAX_ATTRIBUTE_CHARS = 4096
 
 INSTRUMENTATION_SCOPE: Final = "mcp_auth_gateway"
 SESSION_HEADER: Final = "Mcp-Session-Id"
@@ -105,6 +108,9 @@ def build_provider(config: TracingConfig, exporter: SpanExporter | None = None) 
         )
     provider = TracerProvider(
         sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
+        # The last bound on what a span may carry, beside client_text's on each client string
+        # (audited arguments are one JSON attribute).
+        span_limits=SpanLimits(max_span_attribute_length=MAX_ATTRIBUTE_CHARS),
         resource=Resource.create({"service.name": config.service_name, "service.version": __version__}),
         shutdown_on_exit=False,  # aclose flushes it, with the app
     )
@@ -152,7 +158,7 @@ class Tracing:
             return response
         except GatewayError as exc:
             status = exc.status
-            trace.mark(refusal_attributes(exc), exc.message)
+            trace.mark(refusal_attributes(exc), client_text(exc.message))  # it may quote the client
             raise
         except asyncio.CancelledError:
             # The client went away: closing a stream is how an MCP client ends it, no error.
@@ -263,7 +269,10 @@ class RequestTrace:
         """The session (as the client knows it: sealed) and the protocol version, if known."""
         headers = self._request.headers
         attributes: Attributes = {}
-        session = sealed_session or (headers.get(SESSION_HEADER) if self._opened else None)
+        # A header opened only in the session era: a 2026-07-28 request's is never looked at
+        # (gateway.web.handles), so it is any text the client chose, its token included.
+        opened = self._opened and in_session_era(headers.get("MCP-Protocol-Version"))
+        session = sealed_session or (headers.get(SESSION_HEADER) if opened else None)
         if session:
             attributes[MCP_SESSION_ID] = session
         version = protocol_version(headers.get("MCP-Protocol-Version"))

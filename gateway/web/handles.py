@@ -13,11 +13,11 @@ from aiohttp import web
 from ..config import RouteConfig
 from ..errors import McpRejected, SessionNotFound, TaskNotFound
 from ..mcp.handles import NotAHandle, rewrite_body_task_ids
-from ..mcp.messages import HANDSHAKE_VERSIONS
+from ..mcp.messages import in_session_era
 from ..principal import Principal
 from ..sealing import HandleKind, StateSealer
 
-__all__ = ["CallerHandles", "in_session_era"]
+__all__ = ["CallerHandles"]
 
 
 # The request headers that carry a sealed handle, and the kind each was sealed as.
@@ -25,11 +25,6 @@ _RESUMABLE_HANDLES: tuple[tuple[str, HandleKind], ...] = (
     ("Mcp-Session-Id", "session"),
     ("Last-Event-ID", "event"),
 )
-
-
-def in_session_era(version: str | None) -> bool:
-    """Whether a request's ``MCP-Protocol-Version`` is one with sessions (absent: 2025-03-26)."""
-    return version is None or version in HANDSHAKE_VERSIONS
 
 
 class CallerHandles:

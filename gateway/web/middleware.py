@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..config import GatewayConfig, LoggingConfig, RouteConfig
 from ..errors import GatewayError, TokenRejected
-from ..logs import HIDE_SUBJECT
+from ..logs import HIDE_SUBJECT, mask_presented_token
 from ..metrics import METRICS, NO_ROUTE, mcp_method_label
 from ..principal import Principal
 from ..upstream.proxy import STREAMED_STATUS, UPSTREAM_MS
@@ -47,6 +47,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Outermost: a request id, structlog context, and one canonical log line per request."""
     request_id = secrets.token_hex(8)
     started = time.perf_counter()
+    mask_presented_token(None)  # a kept-alive connection's previous request masked its own
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     request[REQUEST_ID] = request_id

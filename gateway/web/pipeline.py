@@ -58,6 +58,7 @@ from ..errors import (
     MissingToken,
     OriginForbidden,
 )
+from ..logs import mask_presented_token
 from ..mcp.answers import chain
 from ..mcp.conditions import Facts
 from ..mcp.handles import TaskIdSealer
@@ -209,6 +210,7 @@ async def authenticate(gateway: Gateway, route: RouteConfig, request: web.Reques
     try:
         in_query = query_carries_token(request.query_string, authorization)
         scheme, token = presented_token_from(authorization, in_query, dpop=route.dpop != "off")
+        mask_presented_token(token.reveal())  # whatever its shape, it reads *** in logs and spans
         if scheme == "bearer" and route.dpop == "required":
             raise InvalidDpopProof("dpop_required", "scheme Bearer, route dpop: required")
         known = gateway.authenticator.known(token)

@@ -100,3 +100,24 @@ def test_a_condition_reads_only_the_fields_it_names() -> None:
     caller = Facts(identity({}), "/mcp")
     big = {"to": "a@example.com", "body": "x" * 4_000_000}
     assert evaluate(condition, caller, Subject("tools/call", "send", big)).result == "true"
+
+
+def test_an_evaluation_error_never_quotes_the_value_it_refused() -> None:
+    """The evaluator's message quotes a refused argument (`duration`, `int`, a regex for
+    `matches`): the reason, which goes to the audit event, the trail and spans, names the
+    function or the error, never the value (arguments are recorded only with audit_arguments)."""
+    canary = "argument-canary-5f2d"
+    caller = Facts(identity({"pattern": "("}), "/mcp")
+    cases = {
+        'duration(arguments.text) < duration("1h")': "duration() refused its argument",
+        "int(arguments.text) == 1": "int() refused its argument",
+        "arguments.text.matches(arguments.text)": None,  # `(` in the canary below: a bad regex
+        "arguments.text < 3": None,
+    }
+    for text, reason in cases.items():
+        condition = compile_condition(text, "tools")
+        outcome = evaluate(condition, caller, Subject("tools/call", "t", {"text": canary + "("}))
+        assert outcome.result == "error", text
+        assert canary not in outcome.reason and "(" not in outcome.reason.replace("()", ""), outcome.reason
+        if reason is not None:
+            assert outcome.reason == reason
