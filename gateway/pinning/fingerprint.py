@@ -29,7 +29,18 @@ __all__ = [
     "pinned_definition",
 ]
 
-PINNED_FIELDS: Final = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
+# The snake_case spellings too, when a listing has them: the Python SDK's models take a field by
+# its name as well as its alias, so a lenient client reads `output_schema` as the output schema.
+PINNED_FIELDS: Final = (
+    "name",
+    "title",
+    "description",
+    "inputSchema",
+    "outputSchema",
+    "annotations",
+    "input_schema",
+    "output_schema",
+)
 IDENTITY_META: Final = "io.modelcontextprotocol/server-identity"
 PREFIX: Final = "sha256:"
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
@@ -73,7 +73,11 @@ class ToolPins:
         self._upstream = upstream
         self._on_drift = on_drift
         self._clock = clock
-        self._drifted: dict[str, tuple[DriftKind, ...]] = {}  # names of the lock only: bounded
+        # Names of the lock (or, before it stands, of the first listing) only: bounded.
+        self._drifted: dict[str, tuple[DriftKind, ...]] = {}
+        # What each listed definition was found to be, by (name, fingerprint): an upstream that
+        # lists the same drifted tool again costs one fingerprint, not a classification.
+        self._classified: dict[tuple[str, str], tuple[DriftKind, ...]] = {}
         self._reported: set[tuple[str, str]] = set()
         self._removed_reported: set[str] = set()
         self._first_use: dict[str, PinnedTool] | None = {} if lock is None else None
@@ -95,10 +99,11 @@ class ToolPins:
         """Why a call to ``tool`` must be refused (its drift kinds), or None if it may go.
 
         Observe mode asks too (the caller logs what enforcing would refuse). Before a first use
-        has been trusted there is no lock, and nothing is refused.
+        has been trusted there is no lock, and only a name the first listing defined twice (or
+        unreadably) is refused.
         """
         if self._lock is None:
-            return None
+            return self._drifted.get(tool)
         if tool not in self._lock.tools:
             return ("new_tool",)
         return self._drifted.get(tool)
@@ -117,8 +122,7 @@ class ToolPins:
     def inspect(self, tools: list[Any], *, complete: bool) -> list[Any] | None:
         """Check one listed page; the tools to show instead when some must be hidden, else None."""
         if self._lock is None:
-            self._trust(tools, complete=complete)
-            return None
+            return self._trust(tools, complete=complete)
         shown: list[Any] = []
         for tool in tools:
             kinds = self._check(tool, self._lock)
@@ -133,22 +137,37 @@ class ToolPins:
         try:
             definition = pinned_definition(tool)
             seen = fingerprint(definition)
-        except Unpinnable as exc:
-            name = tool.get("name") if isinstance(tool, dict) else None
-            self._report(
-                name if isinstance(name, str) else "(no name)", f"({exc})", ("unpinnable",), str(exc)
-            )
-            return ("unpinnable",)
+        except (Unpinnable, RecursionError) as exc:  # nested past what the checks can walk
+            return self._unpinnable(tool, exc)
         name = definition["name"]
         pinned = lock.tools.get(name)
         if pinned is not None and pinned.fingerprint == seen:
             return ()
-        kinds = classify(None if pinned is None else pinned.definition, definition) or ("description",)
+        kinds = self._classified.get((name, seen))
+        if kinds is None:
+            kinds = _kinds(None if pinned is None else pinned.definition, definition)
+            if len(self._classified) < MAX_REPORTED:
+                self._classified[name, seen] = kinds
         if pinned is not None:
-            known = self._drifted.get(name, ())
-            self._drifted[name] = (*known, *(kind for kind in kinds if kind not in known))
+            self._refuse(name, kinds)
         self._report(name, seen, kinds, None, pinned)
         return kinds
+
+    def _unpinnable(self, tool: object, exc: Exception) -> tuple[DriftKind, ...]:
+        """A listed tool with no canonical form (a number past 2**53, nesting too deep): hidden,
+        and a pinned tool of that name refused, like any other drift."""
+        name = tool.get("name") if isinstance(tool, dict) else None
+        reason = str(exc) if isinstance(exc, Unpinnable) else "nested too deep to check"
+        if isinstance(name, str):
+            self._refuse(name, ("unpinnable",))
+        self._report(name if isinstance(name, str) else "(no name)", f"({reason})", ("unpinnable",), reason)
+        return ("unpinnable",)
+
+    def _refuse(self, name: str, kinds: tuple[DriftKind, ...]) -> None:
+        if self._lock is not None and name not in self._lock.tools:
+            return  # refused as a new tool already; the lock's names bound the table
+        known = self._drifted.get(name, ())
+        self._drifted[name] = (*known, *(kind for kind in kinds if kind not in known))
 
     def _report(
         self,
@@ -187,20 +206,39 @@ class ToolPins:
 
     # --- trust on first use -------------------------------------------------------------------
 
-    def _trust(self, tools: list[Any], *, complete: bool) -> None:
+    def _trust(self, tools: list[Any], *, complete: bool) -> list[Any] | None:
+        """Take the first listing's tools as the pins; what is shown instead, if some are hidden.
+
+        Only what becomes the lock is shown: a tool that cannot be pinned is hidden, and so is a
+        second, different definition of a name (on this page or a later one), whose name is then
+        refused: a client that keeps the last definition it read must not use one the lock does
+        not hold.
+        """
         pending = self._first_use
         if pending is None:
-            return
+            return None
+        shown: list[Any] = []
         for tool in tools:
             try:
                 definition = pinned_definition(tool)
-                pending.setdefault(
-                    definition["name"], PinnedTool(MappingProxyType(definition), fingerprint(definition))
-                )
-            except Unpinnable:
-                continue  # never pinned; hidden and refused once the lock stands
-        if not complete:
-            return
+                pinned = PinnedTool(MappingProxyType(definition), fingerprint(definition))
+            except (Unpinnable, RecursionError) as exc:
+                self._unpinnable(tool, exc)  # never pinned; refused if its name is
+                continue
+            name = definition["name"]
+            first = pending.setdefault(name, pinned)
+            if first.fingerprint != pinned.fingerprint:
+                self._refuse(name, _kinds(first.definition, definition))
+                self._report(name, pinned.fingerprint, self._drifted[name], "defined twice", first)
+                continue
+            if name in self._drifted:
+                continue  # defined twice already: no copy of it is shown
+            shown.append(tool)
+        if complete:
+            self._pin_first_use(pending)
+        return shown if len(shown) != len(tools) else None
+
+    def _pin_first_use(self, pending: dict[str, PinnedTool]) -> None:
         self._first_use = None
         lock = ToolLock(
             MappingProxyType(dict(pending)),
@@ -227,6 +265,15 @@ class ToolPins:
     async def aclose(self) -> None:
         if self._writing is not None:
             await asyncio.shield(self._writing)
+
+
+def _kinds(pinned: Mapping[str, Any] | None, listed: Mapping[str, Any]) -> tuple[DriftKind, ...]:
+    """``classify``, never empty (a fingerprint changed: the text did at least), and a schema
+    nested past what it can walk is one it cannot vouch for."""
+    try:
+        return classify(pinned, listed) or ("description",)
+    except RecursionError:
+        return ("unpinnable",)
 
 
 class PinView:

@@ -158,8 +158,10 @@ async def upstream_calls(upstream: Upstream) -> list[str]:
     ]
 
 
-def drift_events(logs: LogSink) -> dict[str, list[str]]:
-    return {event["tool"]: event["drift"] for event in logs.events() if event.get("event") == "tool_drift"}
+def drift_events(logs: LogSink, since: int) -> dict[str, list[str]]:
+    """The drifts logged from line ``since`` of the session's log on (this test's own)."""
+    events = [json.loads(line) for line in logs.lines()[since:]]
+    return {event["tool"]: event["drift"] for event in events if event.get("event") == "tool_drift"}
 
 
 @pytest.fixture
@@ -179,6 +181,7 @@ async def test_enforce_hides_and_refuses_each_drift_kind(
     the benign re-ordering is no drift; the removed tool is logged."""
     locked = json.loads(await asyncio.to_thread(lock.read_text))
     assert sorted(locked["tools"]) == sorted(tool["name"] for tool in APPROVED)
+    since = len(gateway_logs.lines())
     async with drifting_upstream(tmp_path, DRIFTED) as upstream:
         gateway = await start_gateway_with(pinning_config(issuer, upstream.mcp_url, lock))
         assert await listed_names(gateway, issuer) == UNCHANGED
@@ -192,8 +195,9 @@ async def test_enforce_hides_and_refuses_each_drift_kind(
             status, answer = await raw_call(gateway, issuer, name)
             assert status == 200 and answer["result"]["content"][0]["text"] == f"called {name}"
         assert await upstream_calls(upstream) == UNCHANGED
-    assert drift_events(gateway_logs) == EXPECTED_DRIFT
-    removed = [event["tool"] for event in gateway_logs.events() if event.get("event") == "tool_removed"]
+    assert drift_events(gateway_logs, since) == EXPECTED_DRIFT
+    events = [json.loads(line) for line in gateway_logs.lines()[since:]]
+    removed = [event["tool"] for event in events if event.get("event") == "tool_removed"]
     assert removed == ["retired"]
 
 
@@ -201,12 +205,13 @@ async def test_observe_only_reports(
     tmp_path: Path, issuer: TestIssuer, lock: Path, start_gateway_with: GatewayFactory, gateway_logs: LogSink
 ) -> None:
     """Observe: every tool is listed and callable; the drifts are logged with the same kinds."""
+    since = len(gateway_logs.lines())
     async with drifting_upstream(tmp_path, DRIFTED) as upstream:
         gateway = await start_gateway_with(pinning_config(issuer, upstream.mcp_url, lock, mode="observe"))
         assert await listed_names(gateway, issuer) == sorted(tool["name"] for tool in DRIFTED)
         status, _ = await raw_call(gateway, issuer, "poisoned")
         assert status == 200 and await upstream_calls(upstream) == ["poisoned"]
-    assert drift_events(gateway_logs) == EXPECTED_DRIFT
+    assert drift_events(gateway_logs, since) == EXPECTED_DRIFT
     assert any(
         event.get("event") == "would_deny" and event.get("rule") == "pinning"
         for event in gateway_logs.events()
