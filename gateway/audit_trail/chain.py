@@ -198,7 +198,7 @@ def close_segment(
         "last_seq": seal.last_seq,
         "last_hash": seal.last_hash,
         "key_id": seal.key_id,
-        "signature": base64.urlsafe_b64encode(signature).rstrip(b"=").decode("ascii"),
+        "signature": _b64url(signature),
     }
     record = _record(state, SEGMENT_CLOSE, event, now)
     return record, ChainState(record.seq + 1, record.hash, record.seq + 1)
@@ -233,6 +233,10 @@ def parse_record(value: object) -> Record:
     return Record(value["seq"], value["time"], value["kind"], value["event"], value["prev"], value["hash"])
 
 
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
 def parse_seal(record: Record) -> tuple[Seal, bytes]:
     """The seal a ``segment_close`` record carries and its signature bytes."""
     event = record.event
@@ -249,6 +253,10 @@ def parse_seal(record: Record) -> tuple[Seal, bytes]:
         raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
     except (binascii.Error, ValueError) as exc:
         raise MalformedRecord("signature is not base64url") from exc
+    # One spelling per signature: unused low bits set, padding or other alphabets would let a
+    # seal be re-spelled (and its record re-hashed) without the key.
+    if _b64url(raw) != signature:
+        raise MalformedRecord("signature is not canonical unpadded base64url")
     seal = Seal(event["first_seq"], event["last_seq"], event["last_hash"], event["key_id"])  # type: ignore[arg-type]
     return seal, raw
 

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -162,8 +163,8 @@ def run(path: str, *, public_key_path: str, previous_hash: str = ZERO_HASH) -> i
     try:
         with open(public_key_path, "rb") as pem:
             public_key = load_public_key(pem.read())
-    except (OSError, ValueError) as exc:
-        print(f"--public-key {public_key_path}: {exc}", file=sys.stderr)
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
+        print(f"--public-key {public_key_path}: {exc or type(exc).__name__}", file=sys.stderr)
         return EXIT_USAGE
     try:
         with open(path, "rb") as lines:

@@ -62,7 +62,9 @@ from .chain import (
     append,
     close_segment,
     parse_record,
+    parse_seal,
     resumed,
+    signature_holds,
     start,
 )
 
@@ -85,10 +87,12 @@ class AuditWriteFailed(Exception):
     """The worker could not write or sync the file; later records would leave a gap."""
 
 
-def _resume_state(path: Path, chain_from: str, key_id: str | None = None) -> ChainState:
+def _resume_state(path: Path, chain_from: str, signer: SegmentSigner | None = None) -> ChainState:
     """The chain to continue in ``path`` (a new chain from ``chain_from`` for an empty file),
-    whose seals must be by ``key_id`` (if given)."""
+    whose seals must be by ``signer``'s key (if given): its id, and its signature on the last
+    seal (another key under the same id would leave a file no one key verifies)."""
     last: Record | None = None
+    last_seal: Record | None = None
     segment_first_seq = 1
     sealed_by: object = None
     with path.open("rb") as lines:
@@ -102,13 +106,25 @@ def _resume_state(path: Path, chain_from: str, key_id: str | None = None) -> Cha
             if last.kind == SEGMENT_CLOSE:
                 segment_first_seq = last.seq + 1
                 sealed_by = last.event.get("key_id")
+                last_seal = last
     if last is None:
         return start(chain_from)
-    if key_id is not None and sealed_by is not None and sealed_by != key_id:
-        raise AuditKeyChanged(
-            f"{path} is sealed by key {sealed_by!r}, not {key_id!r}: a file verifies with one key, "
-            "so a new key needs a new audit file"
-        )
+    if signer is not None and last_seal is not None:
+        key_id = signer.key_id
+        if sealed_by != key_id:
+            raise AuditKeyChanged(
+                f"{path} is sealed by key {sealed_by!r}, not {key_id!r}: a file verifies with one key, "
+                "so a new key needs a new audit file"
+            )
+        try:
+            seal, signature = parse_seal(last_seal)
+        except MalformedRecord as exc:
+            raise AuditFileDamaged(f"{path}: its last seal: {exc}") from exc
+        if not signature_holds(seal, signature, signer.public_key()):
+            raise AuditKeyChanged(
+                f"{path} was sealed under key id {key_id!r} by another key than the configured one: "
+                "a file verifies with one key, so a new key needs a new audit file (and its own id)"
+            )
     if sha256_hex(last.body()) != last.hash:
         raise AuditFileDamaged(f"{path}: the last record's hash does not hold")
     return resumed(last, segment_first_seq)
@@ -151,7 +167,7 @@ class FileSink:
             os.close(self._fd)
 
 
-def _open(path: Path, chain_from: str, key_id: str | None = None) -> tuple[FileSink, ChainState]:
+def _open(path: Path, chain_from: str, signer: SegmentSigner | None = None) -> tuple[FileSink, ChainState]:
     created = not path.exists()
     # O_APPEND: every write lands at the end, whatever else has the file open.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -162,7 +178,7 @@ def _open(path: Path, chain_from: str, key_id: str | None = None) -> tuple[FileS
                 os.fsync(directory)
             finally:
                 os.close(directory)
-        return FileSink(fd), _resume_state(path, chain_from, key_id)
+        return FileSink(fd), _resume_state(path, chain_from, signer)
     except BaseException:
         os.close(fd)
         raise
@@ -228,7 +244,7 @@ class AuditWriter:
         _check_segment_size(segment_size)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
         try:
-            opening = executor.submit(_open, Path(path), chain_from, signer.key_id)
+            opening = executor.submit(_open, Path(path), chain_from, signer)
             sink, state = await asyncio.wrap_future(opening)
         except BaseException:
             executor.shutdown(wait=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 from collections.abc import Callable, Iterator
@@ -270,6 +271,27 @@ def test_a_forged_signature_is_bad_signature() -> None:
     assert "'audit-2026'" in verdict.detail
 
 
+def test_a_seal_respelled_without_the_key_is_malformed() -> None:
+    """The same signature bytes spelled another way (the unused low bits of the last base64url
+    character set, padding added), the chain re-hashed over it: not the one spelling, refused."""
+
+    def respell(last: str, padding: str) -> Callable[[dict[str, object]], None]:
+        def edit(record: dict[str, object]) -> None:
+            event = record["event"]
+            assert isinstance(event, dict)
+            event["signature"] = event["signature"][:-1] + last + padding
+
+        return edit
+
+    original = json.loads(THOUSAND[201])["event"]["signature"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    low_bits = alphabet[alphabet.index(original[-1]) ^ 1]  # an 86-character signature: 2 unused bits
+    for edit in (respell(low_bits, ""), respell(original[-1], "==")):
+        verdict = verify(forged(THOUSAND, 201, edit))
+        assert isinstance(verdict, ChainBreak) and verdict.line == 202
+        assert verdict.kind == "malformed" and "canonical" in verdict.detail
+
+
 def test_a_seal_over_another_range_is_bad_signature() -> None:
     """A seal that names a range other than the records it closes does not vouch for them."""
     verdict = verify(forged(THOUSAND, 100, lambda record: record["event"].update(first_seq=2)))  # type: ignore[attr-defined]
@@ -433,6 +455,13 @@ def test_audit_verify_exits_2_for_unusable_input(
     assert main(["audit", "verify", str(tmp_path / "absent"), "--public-key", str(public_key_pem)]) == 2
     assert main(["audit", "verify", str(path), "--public-key", str(not_a_key)]) == 2
     assert main(["audit", "verify", str(path), "--public-key", str(tmp_path / "absent.pem")]) == 2
+    # A public key of a type cryptography does not know (an unknown algorithm OID): no traceback.
+    unknown = tmp_path / "unknown.pem"
+    der = bytes.fromhex("3012300506032a03040309000102030405060708")  # OID 1.2.3.4, 8 key bytes
+    unknown.write_text(
+        "-----BEGIN PUBLIC KEY-----\n" + base64.b64encode(der).decode() + "\n-----END PUBLIC KEY-----\n"
+    )
+    assert main(["audit", "verify", str(path), "--public-key", str(unknown)]) == 2
     with pytest.raises(SystemExit) as exited:
         main(["audit", "verify", str(path)])
     assert exited.value.code == 2

@@ -373,6 +373,11 @@ def test_a_file_sealed_by_another_key_is_not_continued(tmp_path: Path) -> None:
         asyncio.run(write(SegmentSigner("audit-next", Ed25519PrivateKey.generate())))
     asyncio.run(write(SIGNER))  # the same key continues it
     assert isinstance(verify_lines(lines_of(path), KEY.public_key()), ChainIntact)
+    # Another key under the same id: its seals would not verify with the file's public key.
+    before = path.read_bytes()
+    with pytest.raises(AuditKeyChanged, match="by another key than the configured one"):
+        asyncio.run(write(SegmentSigner("audit-unit", Ed25519PrivateKey.generate())))
+    assert path.read_bytes() == before
 
 
 # --- the fast canonical path -----------------------------------------------------------------
