@@ -15,6 +15,7 @@ the caller treats it as changed, never as matching.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -72,6 +73,18 @@ def canonical_bytes(value: object) -> bytes:
         raise Unpinnable(f"the definition has no canonical JSON form ({exc})") from exc
 
 
+# A tool definition larger than this (as JSON) is not pinned: no real tool needs a megabyte to
+# describe itself, and the RFC 8785 encoder is pure Python (8 MB of quote characters took 3 s).
+MAX_DEFINITION_BYTES: Final = 1024 * 1024
+
+
 def fingerprint(definition: Mapping[str, Any]) -> str:
-    """``sha256:<hex>`` of a pinned definition's canonical JSON; ``Unpinnable`` without one."""
+    """``sha256:<hex>`` of a pinned definition's canonical JSON; ``Unpinnable`` without one, or
+    for one larger than ``MAX_DEFINITION_BYTES``."""
+    try:
+        size = len(json.dumps(definition))  # the C encoder: a cheap bound before the pure-Python one
+    except (TypeError, ValueError) as exc:
+        raise Unpinnable(f"the definition has no canonical JSON form ({exc})") from exc
+    if size > MAX_DEFINITION_BYTES:
+        raise Unpinnable(f"the definition is larger than {MAX_DEFINITION_BYTES} bytes as JSON")
     return PREFIX + hashlib.sha256(canonical_bytes(dict(definition))).hexdigest()

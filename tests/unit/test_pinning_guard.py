@@ -257,3 +257,13 @@ def test_a_snake_case_schema_field_is_pinned_too(tmp_path: Path) -> None:
     answer = guard.view().rewrite(tools_answer(added, OTHER))
     assert answer is not None and answer["result"]["tools"] == [OTHER]
     assert guard.refusal("send_email") is not None
+
+
+def test_a_definition_past_a_megabyte_is_not_pinned(tmp_path: Path) -> None:
+    """A 2 MB description (of quote characters, each escaped twice over) is not fingerprinted by
+    the pure-Python encoder: unpinnable, hidden, and the pinned tool of that name refused."""
+    guard, counted = pins(tmp_path)
+    answer = guard.view().rewrite(tools_answer(changed("description", '"' * 2_000_000), OTHER))
+    assert answer is not None and answer["result"]["tools"] == [OTHER]
+    assert guard.refusal("send_email") == ("unpinnable",)
+    assert counted == [("/mcp", "unpinnable")]
