@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import aiohttp
-
 from ..config import RouteConfig
 from ..errors import UpstreamError, UpstreamTimeout
+from .http_client import AnswerBroken, BodyReader, UpstreamAnswer
 
 
-async def read_whole_body(upstream: aiohttp.ClientResponse, route: RouteConfig, limit: int) -> bytes:
+async def read_whole_body(upstream: UpstreamAnswer, route: RouteConfig, limit: int) -> bytes:
     """The upstream's whole body: at most ``limit`` bytes (else 502), no silence longer than
     ``upstream_idle_timeout_s`` and all of it within ``response_timeout_s`` (else 504)."""
     if upstream.content_length is not None and upstream.content_length > limit:
@@ -27,7 +26,7 @@ async def read_whole_body(upstream: aiohttp.ClientResponse, route: RouteConfig, 
     if content.is_eof():  # all of it came with the headers (a small answer, mostly): no timer, no loop
         try:
             whole = content.read_nowait()
-        except aiohttp.ClientError as exc:
+        except AnswerBroken as exc:
             raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
         if len(whole) > limit:
             raise UpstreamError("upstream_response_too_large", detail=f"more than {limit} bytes")
@@ -43,12 +42,12 @@ async def read_whole_body(upstream: aiohttp.ClientResponse, route: RouteConfig, 
                 chunks.append(chunk)
     except TimeoutError as exc:
         raise UpstreamTimeout(detail="response body timed out") from exc
-    except aiohttp.ClientError as exc:
+    except AnswerBroken as exc:
         raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
     return b"".join(chunks)
 
 
-async def chunks_within(reader: aiohttp.StreamReader, idle_s: float) -> AsyncIterator[bytes]:
+async def chunks_within(reader: BodyReader, idle_s: float) -> AsyncIterator[bytes]:
     """A body's chunks as they arrive; ``TimeoutError`` once it is silent for ``idle_s``."""
     while True:
         # No timer for what has arrived already (a whole small answer, mostly).
@@ -60,7 +59,7 @@ async def chunks_within(reader: aiohttp.StreamReader, idle_s: float) -> AsyncIte
 
 
 async def sse_chunks(
-    reader: aiohttp.StreamReader, heartbeat_s: float | None, lifetime_s: float | None
+    reader: BodyReader, heartbeat_s: float | None, lifetime_s: float | None
 ) -> AsyncIterator[bytes | None]:
     """An SSE body's chunks as they arrive, with no read timeout: a stream may be silent for as
     long as it likes. ``None`` each time it has been silent for ``heartbeat_s``; the iteration

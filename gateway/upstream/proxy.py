@@ -13,7 +13,8 @@
   message by message, whatever the HTTP method: a GET stream and a replay too.
 - SSE is relayed chunk by chunk as it arrives: the first event reaches the client while the
   upstream is still sending, and a long-lived stream has no read timeout.
-- Connections are pooled and kept alive per upstream. What happens when the upstream fails
+- Connections are pooled and kept alive per upstream, by the leg's own lean HTTP/1.1 client
+  (``gateway.upstream.http_client``). What happens when the upstream fails
   (one retry of a failed connect, the circuit breaker, the active health check, the bulkhead) is
   decided in ``gateway.upstream.resilience``; ``Upstream._send`` and ``forward`` apply it.
 - A client that disconnects cancels the handler (``handler_cancellation``); leaving the
@@ -32,7 +33,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urljoin
 
-import aiohttp
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -43,6 +43,14 @@ from ..errors import CircuitOpen, UpstreamBusy, UpstreamError, UpstreamTimeout
 from ..mcp.answers import AnswerInspector, AnswerKind, MessageRewriter, answer_kind
 from ..mcp.sse import SseEventRewriter, SseEventTooLarge
 from .bodies import chunks_within, read_whole_body, sse_chunks
+from .http_client import (
+    AnswerBroken,
+    ConnectFailed,
+    ConnectTimedOut,
+    UpstreamAnswer,
+    UpstreamClient,
+    UpstreamIOError,
+)
 from .resilience import (
     CIRCUIT_STATE_VALUES,
     RETRY_DELAY_S,
@@ -178,9 +186,8 @@ class PromptAcks:
 
     __slots__ = ("_socket",)
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        connection = response.connection
-        transport = connection.transport if connection is not None else None
+    def __init__(self, response: UpstreamAnswer) -> None:
+        transport = response.transport
         self._socket = (
             transport.get_extra_info("socket")
             if transport is not None and _TCP_QUICKACK is not None
@@ -220,22 +227,12 @@ class Upstream:
             metrics.upstream_watched(route.path)
             bulkhead = self._bulkhead
             metrics.upstream_slots_in_use(route.path, lambda: bulkhead.in_use)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True),
-            # Connect bounded; no read timeout: SSE streams are long-lived by design. The wait for
-            # response headers is bounded separately in `forward`.
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=route.connect_timeout_s,
-                sock_connect=route.connect_timeout_s,
-                sock_read=None,
-            ),
-            # Bytes pass through untouched; we never forward Accept-Encoding, so upstreams answer
-            # uncompressed, and one that compresses anyway is answered 502 (answer_kind).
-            auto_decompress=False,
-            skip_auto_headers=("Accept-Encoding", "User-Agent"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        # Connect bounded; no read timeout: SSE streams are long-lived by design. The wait for
+        # response headers is bounded separately in `forward`. Bytes pass through untouched: no
+        # Accept-Encoding is forwarded, so upstreams answer uncompressed, and one that compresses
+        # anyway is answered 502 (answer_kind). No cookies are kept, no redirect is followed.
+        self._client = UpstreamClient(route.upstream, connect_timeout_s=route.connect_timeout_s)
+        self._target = self._client.target(route.upstream)
         if route.health_check is not None:
             self._health = HealthTracker(route.health_check.failures)
             self._health_task = asyncio.create_task(
@@ -247,7 +244,7 @@ class Upstream:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
-        await self._session.close()
+        await self._client.aclose()
 
     def readiness(self) -> RouteReadiness:
         """The circuit's state now and the health check's verdict (for ``/readyz``)."""
@@ -265,9 +262,9 @@ class Upstream:
 
     async def _check_health(self, check: HealthCheckConfig, health: HealthTracker) -> None:
         """Every ``interval_s``: ask the upstream, and hold its circuit open while it is unhealthy."""
-        url = urljoin(self.route.upstream, check.path)
+        target = self._client.target(urljoin(self.route.upstream, check.path))
         while True:
-            ok = await self._probe(check, url)
+            ok = await self._probe(check, target)
             if self._metrics is not None:
                 self._metrics.upstream_health_checked(self.route.path, ok)
             if health.observe(ok):
@@ -276,22 +273,17 @@ class Upstream:
                 self._breaker.hold_open(unhealthy, retry_after_s=check.interval_s)
             await asyncio.sleep(check.interval_s)
 
-    async def _probe(self, check: HealthCheckConfig, url: str) -> bool:
+    async def _probe(self, check: HealthCheckConfig, target: str) -> bool:
         """One check: any answer below 500 within ``timeout_s`` is healthy. No credential is sent."""
         post = check.method == "POST"
         try:
-            async with (
-                asyncio.timeout(check.timeout_s),
-                self._session.request(
-                    check.method,
-                    url,
-                    data=_PING if post else None,
-                    headers=_PING_HEADERS if post else None,
-                    allow_redirects=False,
-                ) as response,
-            ):
-                return response.status < 500  # the body is not read: the connection is just closed
-        except (TimeoutError, aiohttp.ClientError):
+            async with asyncio.timeout(check.timeout_s):
+                answer = await self._client.request(
+                    check.method, target, _PING if post else None, _PING_HEADERS if post else {}
+                )
+            async with answer:  # the body is not read: the connection is just closed
+                return answer.status < 500
+        except (TimeoutError, UpstreamIOError):
             return False
 
     async def forward(
@@ -355,10 +347,9 @@ class Upstream:
         body_sent: Callable[[], None] | None,
     ) -> web.StreamResponse:
         route = self.route
-        url = route.upstream  # never the client's query string: MCP endpoints take none
         outgoing = upstream_request_headers(request.headers, credential_headers)
         sent_at = time.perf_counter()
-        upstream = await self._send(request.method, url, body, outgoing)
+        upstream = await self._send(request.method, body, outgoing)
         if body_sent is not None:
             body_sent()
         waited_s = time.perf_counter() - sent_at
@@ -393,9 +384,7 @@ class Upstream:
             chunks = chunks_within(upstream.content, route.upstream_idle_timeout_s)
             return await _relay_stream(request, upstream, headers, acks, chunks)
 
-    async def _send(
-        self, method: str, url: str, body: bytes | None, headers: CIMultiDict[str]
-    ) -> aiohttp.ClientResponse:
+    async def _send(self, method: str, body: bytes | None, headers: CIMultiDict[str]) -> UpstreamAnswer:
         """Send the request if its circuit lets it, once more if the connect failed, and wait for
         the response headers (``response_timeout_s``, the retry included); errors become 502/503/504."""
         route = self.route
@@ -413,10 +402,9 @@ class Upstream:
                 attempt = 1
                 while True:
                     try:
-                        return await self._session.request(
-                            method, url, data=body, headers=headers, allow_redirects=False
-                        )
-                    except aiohttp.ClientConnectorError as exc:
+                        # Never the client's query string: MCP endpoints take none.
+                        return await self._client.request(method, self._target, body, headers)
+                    except ConnectFailed as exc:
                         if not retry_connect(exc, attempt):
                             raise
                         log.info("upstream_retry", route=route.path, error=type(exc).__name__)
@@ -439,20 +427,19 @@ class Upstream:
     def _send_error(self, exc: Exception) -> Exception:
         """The gateway's error for a request that got no response headers (others unchanged)."""
         route = self.route
-        # Before TimeoutError: aiohttp's connect timeout is one too.
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        if isinstance(exc, ConnectTimedOut):
             return UpstreamTimeout(
                 "upstream_connect_timeout", detail=f"no connection within {route.connect_timeout_s}s"
             )
         if isinstance(exc, TimeoutError):
             return UpstreamTimeout(detail=f"no response headers within {route.response_timeout_s}s")
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamError("upstream_refused", detail=type(exc).__name__)
-        if isinstance(exc, aiohttp.ClientError):
-            return UpstreamError("upstream_failed", detail=type(exc).__name__)
+        if isinstance(exc, ConnectFailed):
+            return UpstreamError("upstream_refused", detail=_failure_name(exc))
+        if isinstance(exc, (AnswerBroken, ValueError)):  # ValueError: a header no request may carry
+            return UpstreamError("upstream_failed", detail=_failure_name(exc))
         return exc
 
-    async def _bodiless(self, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]) -> web.Response:
+    async def _bodiless(self, upstream: UpstreamAnswer, headers: CIMultiDict[str]) -> web.Response:
         """A 2xx answer of no JSON or SSE type: relayed only if it has no body (else 502).
 
         Both SDK clients read a 2xx body of a look-alike type (``application/json-rpc``) as JSON,
@@ -461,18 +448,18 @@ class Upstream:
         route = self.route
         try:
             async with asyncio.timeout(min(route.response_timeout_s, route.upstream_idle_timeout_s)):
-                first = await upstream.content.read(1)
+                first = await upstream.content.readany()
         except TimeoutError as exc:
             raise UpstreamTimeout(detail="response body timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError("upstream_failed", detail=type(exc).__name__) from exc
+        except AnswerBroken as exc:
+            raise UpstreamError("upstream_failed", detail=_failure_name(exc)) from exc
         if first:
             content_type = upstream.headers.get("Content-Type", "none")[:64]
             raise UpstreamError("upstream_content_type", detail=f"2xx body of type {content_type!r}")
         return web.Response(status=upstream.status, headers=headers)
 
     async def _filtered_json(
-        self, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], inspector: AnswerInspector
+        self, upstream: UpstreamAnswer, headers: CIMultiDict[str], inspector: AnswerInspector
     ) -> web.Response:
         """A JSON answer: read it whole (bounded), rewrite only if needed."""
         content = await read_whole_body(upstream, self.route, _FILTERED_RESPONSE_LIMIT)
@@ -482,7 +469,13 @@ class Upstream:
         )
 
 
-def judge_answer(upstream: aiohttp.ClientResponse) -> AnswerKind:
+def _failure_name(exc: Exception) -> str:
+    """What a failure's detail names: the OS or TLS error under ours, where there is one."""
+    cause = exc.__cause__
+    return type(cause if isinstance(cause, OSError) else exc).__name__
+
+
+def judge_answer(upstream: UpstreamAnswer) -> AnswerKind:
     """``answer_kind`` for this answer's status and headers (502 when it must not be relayed)."""
     headers = upstream.headers
     status = upstream.status
@@ -513,7 +506,7 @@ def _judged(
 
 async def _relay_stream(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamAnswer,
     headers: CIMultiDict[str],
     acks: PromptAcks,
     chunks: AsyncIterator[bytes | None],
@@ -544,7 +537,7 @@ async def _relay_stream(
         # The client went away (aiohttp's ClientConnectionResetError is one): nothing more can be
         # sent, and leaving `async with upstream` closes the upstream request. Not an error.
         return response
-    except (aiohttp.ClientError, SseEventTooLarge, TimeoutError) as exc:
+    except (AnswerBroken, SseEventTooLarge, TimeoutError) as exc:
         # Headers are already sent, so the status cannot change. Abort the client connection
         # rather than end the chunked body cleanly: a truncated body must not look complete.
         log.warning("upstream_stream_broken", error=type(exc).__name__)
@@ -552,7 +545,8 @@ async def _relay_stream(
             request.transport.abort()
         if isinstance(exc, TimeoutError):
             raise UpstreamTimeout(detail="upstream body went silent") from exc
-        raise UpstreamError("upstream_stream_broken", detail=type(exc).__name__) from exc
+        detail = _failure_name(exc) if isinstance(exc, AnswerBroken) else type(exc).__name__
+        raise UpstreamError("upstream_stream_broken", detail=detail) from exc
     with contextlib.suppress(ConnectionResetError):  # the client may close right after the last event
         await response.write_eof()
     return response

@@ -37,9 +37,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
-import aiohttp
-
 from ..config.model import CircuitBreakerConfig
+from .http_client import ConnectFailed, ConnectTimedOut, TlsFailed
 
 __all__ = [
     "CIRCUIT_STATE_VALUES",
@@ -75,24 +74,22 @@ Clock = Callable[[], float]
 def retry_connect(exc: BaseException, attempt: int) -> bool:
     """Whether a request whose first ``attempt`` (1-based) failed with ``exc`` is sent again.
 
-    Only once, and only when the connection itself was not made (``ClientConnectorError``:
-    refused, reset during the handshake, name not resolved), so nothing was sent.
+    Only once, and only when the connection itself was not made (``ConnectFailed``: refused,
+    reset during the handshake, name not resolved), so nothing was sent.
     """
     if attempt >= 2:
         return False
-    # TLS failures are ClientConnectorErrors too, and would fail the same way again.
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return False
-    return isinstance(exc, aiohttp.ClientConnectorError)
+    # A TLS failure would fail the same way again.
+    return isinstance(exc, ConnectFailed) and not isinstance(exc, TlsFailed)
 
 
 def connect_verdict(exc: BaseException | None) -> ConnectVerdict:
     """What a request's outcome says about the upstream: ``exc`` is None when headers came."""
     if exc is None:
         return "answered"
-    # A connect timeout is aiohttp's ConnectionTimeoutError; an asyncio timeout around the
-    # whole wait (response_timeout_s) is not one and stays neutral.
-    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+    # An asyncio timeout around the whole wait (response_timeout_s) is no connect timeout and
+    # stays neutral.
+    if isinstance(exc, (ConnectFailed, ConnectTimedOut)):
         return "connect_failed"
     return "neutral"
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.upstream.http_client import UpstreamClient
 from gateway.upstream.proxy import PromptAcks
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux-only")
@@ -36,14 +36,22 @@ async def test_prompt_acks_switch_the_answers_own_socket_to_immediate_acks() -> 
 
     app = web.Application()
     app.router.add_get("/", stream)
-    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
-        async with http.get(server.make_url("/")) as response:
-            assert response.connection is not None and response.connection.transport is not None
-            sock = response.connection.transport.get_extra_info("socket")
-            # What the kernel does by itself on a kept-alive connection that has just sent a request.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 0
-            PromptAcks(response).now()
-            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
-            rest_may_follow.set()
-            assert await response.text() == "hello"
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url("/"))
+        client = UpstreamClient(url, connect_timeout_s=5)
+        try:
+            async with await client.request("GET", client.target(url), None, {}) as response:
+                assert response.transport is not None
+                sock = response.transport.get_extra_info("socket")
+                # What the kernel does by itself on a kept-alive connection that has just sent a request.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 0
+                PromptAcks(response).now()
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+                rest_may_follow.set()
+                body = b""
+                while chunk := await response.content.readany():
+                    body += chunk
+                assert body == b"hello"
+        finally:
+            await client.aclose()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 
-import aiohttp
 import pytest
-from aiohttp.client_reqrep import ConnectionKey
 
 from gateway.config import ConfigError, parse_config_text
 from gateway.config.model import CircuitBreakerConfig, HealthCheckConfig
+from gateway.upstream.http_client import AnswerBroken, ConnectFailed, ConnectTimedOut, TlsFailed
 from gateway.upstream.resilience import (
     Bulkhead,
     CircuitBreaker,
@@ -25,12 +23,11 @@ from gateway.upstream.resilience import (
     routes_ready,
 )
 
-KEY = ConnectionKey("127.0.0.1", 9, False, True, None, None, None, None)
-REFUSED = aiohttp.ClientConnectorError(KEY, ConnectionRefusedError(111, "Connection refused"))
-RESET = aiohttp.ClientConnectorError(KEY, ConnectionResetError(104, "Connection reset by peer"))
-TLS = aiohttp.ClientConnectorCertificateError(KEY, ssl.SSLCertVerificationError("bad certificate"))
-CONNECT_TIMEOUT = aiohttp.ConnectionTimeoutError("Connection timeout to host")
-DISCONNECTED = aiohttp.ServerDisconnectedError()  # after the request was written
+REFUSED = ConnectFailed("ConnectionRefusedError")
+RESET = ConnectFailed("ConnectionResetError")
+TLS = TlsFailed("SSLCertVerificationError")
+CONNECT_TIMEOUT = ConnectTimedOut("no connection within 5s")
+DISCONNECTED = AnswerBroken("the upstream closed the connection")  # after the request was written
 HEADERS_TIMEOUT = TimeoutError()  # response_timeout_s around the whole wait
 
 
