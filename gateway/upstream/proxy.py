@@ -358,7 +358,8 @@ class Upstream:
             self._metrics.upstream_responded(route.path, waited_s)
         async with upstream:
             acks = PromptAcks(upstream)
-            acks.now()  # the headers' acknowledgement releases a body the upstream holds back
+            if not upstream.content.is_eof():
+                acks.now()  # the headers' acknowledgement releases a body the upstream holds back
             kind = judge_answer(upstream)
             headers = client_response_headers(upstream.headers, seal_session_id)
             headers.update(response_headers)
