@@ -445,18 +445,33 @@ def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def bare_relay(free_url: str, duration: float, workdir: Path) -> dict[str, Any]:
-    """The floor: what a do-nothing aiohttp relay costs per request here, pinned like the gateway."""
+def bare_relay(gw: Gateway, free_url: str, duration: float, workdir: Path, rounds: int) -> dict[str, Any]:
+    """The floor: what a do-nothing aiohttp relay costs per request here, pinned like the gateway,
+    in rounds alternating with the gateway's own c=64 figure on the same upstream, so the ratio
+    compares runs seconds apart (one relay run against the gateway's earlier median swung the
+    ratio by a quarter between runs on the same day)."""
     proc, port = spawn_listening("tests.bench.bare_relay", "--upstream", free_url, cores=GW_CORES)
     try:
         url = f"http://127.0.0.1:{port}/mcp"
         body, headers = call_body("echo", {"text": "hi"}), call_headers("echo", None)
+        gateway_url, gateway_headers = gw.url + "/free/mcp", call_headers("echo", gw.token("/free/mcp"))
         wrk(url, body, headers, 64, 1, workdir)
-        before = cpu_seconds([proc.pid])
-        result = wrk(url, body, headers, 64, duration, workdir)
-        used = cpu_seconds([proc.pid]) - before
-        result["cpu_us_per_request"] = round(used / max(result["requests"], 1) * 1e6, 1)
-        return result
+        relay_runs: list[dict[str, Any]] = []
+        gateway_cpu: list[float] = []
+        for _ in range(rounds):
+            before = cpu_seconds([proc.pid])
+            result = wrk(url, body, headers, 64, duration, workdir)
+            used = cpu_seconds([proc.pid]) - before
+            result["cpu_us_per_request"] = round(used / max(result["requests"], 1) * 1e6, 1)
+            relay_runs.append(result)
+            pids = gw.pids()
+            before = cpu_seconds(pids)
+            through = wrk(gateway_url, body, gateway_headers, 64, duration, workdir)
+            gateway_cpu.append(round((cpu_seconds(pids) - before) / max(through["requests"], 1) * 1e6, 1))
+        out = _median_run(relay_runs)
+        out["gateway_cpu_us_per_request"] = round(_median(gateway_cpu), 1)
+        out["gateway_cpu_runs"] = gateway_cpu
+        return out
     finally:
         stop(proc)
 
@@ -1006,8 +1021,11 @@ def main() -> int:
                     _say("   direct ", r["direct"])
                     _say("   gateway", r["gateway"])
 
-            _say("calibration: bare aiohttp relay (no auth/policy/logging) on the gateway's core, c=64")
-            result["bare_relay"] = bare_relay(free_url, args.duration, workdir)
+            _say(
+                "calibration: bare aiohttp relay (no auth/policy/logging) on the gateway's core, c=64,"
+                f" {args.rounds} rounds alternating with the gateway"
+            )
+            result["bare_relay"] = bare_relay(gw, free_url, args.duration, workdir, args.rounds)
             _say("  ", result["bare_relay"])
 
             _say(f"DPoP: proof vs bearer, free upstream, concurrency 64, {args.rounds} alternating rounds")
