@@ -121,6 +121,13 @@ _SHARED_CACHE_DIRECTIVES = frozenset({"public", "s-maxage", "must-revalidate"})
 # What an SSE stream silent for sse_heartbeat_s gets: a comment line, which every SSE reader skips.
 SSE_HEARTBEAT = b": keep-alive\n\n"
 
+# A streamed body's bytes that follow the previous write within this window are written together
+# when the window ends: an upstream emitting events back to back would otherwise cost one write,
+# and one wake-up of the client, per event (measured: 970 writes for 1001 events, and the client
+# on the upstream's core got 0.7x the events/s it gets direct). The first bytes, and any that come
+# after a pause, are written at once; no byte waits longer than this.
+_COALESCE_S = 0.001
+
 # A JSON answer is read whole to be inspected, up to this size (else 502).
 _FILTERED_RESPONSE_LIMIT = 16 * 1024 * 1024
 
@@ -522,6 +529,8 @@ async def _relay_stream(
     response = web.StreamResponse(status=upstream.status, headers=headers)
     await response.prepare(request)
     request[STREAMED_STATUS] = upstream.status
+    loop = asyncio.get_running_loop()
+    written_at = -_COALESCE_S
     try:
         async for chunk in chunks:
             if chunk is None:  # silence: the rewriter has sent whole events only, so a comment fits
@@ -529,8 +538,17 @@ async def _relay_stream(
                 continue
             acks.now()
             out = rewriter.feed(chunk) if rewriter is not None else chunk
-            if out:
-                await response.write(out)
+            if not out:
+                continue
+            if (wait := written_at + _COALESCE_S - loop.time()) > 0:
+                # Events close behind the last write: what else arrives within the window goes in
+                # the same write (see _COALESCE_S).
+                await asyncio.sleep(wait)
+                if more := upstream.content.read_nowait():
+                    acks.now()
+                    out += rewriter.feed(more) if rewriter is not None else more
+            await response.write(out)
+            written_at = loop.time()
         # At the stream's max lifetime an unfinished event stays unsent, as at any cut.
         if rewriter is not None and upstream.content.at_eof() and (tail := rewriter.finish()):
             await response.write(tail)

@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import textwrap
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -521,3 +524,71 @@ async def test_a_connection_flood_under_a_low_open_file_limit_stays_quiet_and_re
 
 async def initialize_is_ok(gateway: Gateway, issuer: TestIssuer, http: aiohttp.ClientSession) -> bool:
     return await initialize(gateway, issuer, http) == 200
+
+
+# --- events back to back (the relay's write coalescing) -----------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def back_to_back_upstream(
+    events: list[bytes], gap_s: float, sending_s: list[float]
+) -> AsyncIterator[str]:
+    """An SSE upstream on a thread of its own that sends each event in a write of its own,
+    ``gap_s`` apart (real time, not the test's loop), then ends the stream; ``sending_s`` gets
+    how long the events took to send."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                head, _, body = request.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                while len(body) < length:
+                    body += conn.recv(65536)
+                conn.sendall(SSE_HEAD)
+                started = time.monotonic()
+                for event in events:
+                    conn.sendall(chunk(event))
+                    time.sleep(gap_s)
+                sending_s.append(time.monotonic() - started)
+                conn.sendall(b"0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/mcp"
+    finally:
+        listener.close()
+        await asyncio.to_thread(thread.join, 5)
+
+
+async def test_events_sent_back_to_back_are_relayed_whole_in_order_in_fewer_writes(
+    issuer: TestIssuer, start_gateway_with: GatewayFactory
+) -> None:
+    """300 events, each in a write of its own 0.1 ms apart: every byte reaches the client in
+    order, in about one read per millisecond of sending (what arrives within 1 ms of a write goes
+    in the next one; without that, one write per event woke the client 300 times). On a machine
+    so slow that the events come 1 ms apart anyway, the bound cannot tell the two apart."""
+    events = [
+        b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"n":%d}}\n\n' % i
+        for i in range(300)
+    ]
+    sending_s: list[float] = []
+    async with back_to_back_upstream(events, 0.0001, sending_s) as url:
+        gateway = await start_gateway_with(config_with_limits(issuer, url, {}))
+        async with aiohttp.ClientSession() as http, asyncio.timeout(20):
+            response = await post_initialize(http, gateway, issuer)
+            assert response.status == 200
+            reads = [part async for part in response.content.iter_any()]
+    assert b"".join(reads) == b"".join(events)
+    (sent_in,) = sending_s
+    assert len(reads) <= min(sent_in / 0.001 + 20, len(events) - 1), (len(reads), sent_in)
