@@ -129,6 +129,11 @@ class Tracing:
         self._provider = build_provider(config, exporter)
         self._tracer = self._provider.get_tracer(INSTRUMENTATION_SCOPE, __version__)
 
+    def flush(self) -> None:
+        """Export every ended span now (blocking: call it off the loop). The benchmark's blocks
+        end with it, so that each block's CPU holds its own export and no other's."""
+        self._provider.force_flush()
+
     async def aclose(self) -> None:
         """Export what is left and stop (in a thread: the last export is a blocking HTTP call)."""
         await asyncio.to_thread(self._provider.shutdown)

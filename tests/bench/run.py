@@ -1213,6 +1213,9 @@ def summarise(r: dict[str, Any]) -> list[dict[str, Any]]:
         for label, ratio in (("ratio_1", "1.0"), ("ratio_0.01", "0.01")):
             name = f"tracing at ratio {ratio}: extra CPU us/call, in-process (info)"
             row(name, d[f"extra_cpu_us_{label}"], "-", None)
+        if "unsampled_path_us" in d:
+            name = "tracing, a request not sampled: CPU us in the span hooks, in-process (info)"
+            row(name, d["unsampled_path_us"], "-", None)
     if "condition_in_process" in r:
         d = r["condition_in_process"]
         extra = d["extra_cpu_us_per_call"]

@@ -8,7 +8,8 @@ client's sequential echo calls in alternating blocks of ``time.process_time``; s
 OTLP sink in a subprocess (tests/bench/otlp_sink.py). ``process_time`` counts every thread, the
 span processor's export thread included. The client's and the upstream's share is the same for
 all three, so the differences are tracing's; each label's fastest block is kept (noise on a
-shared machine only adds time).
+shared machine only adds time). A traced block ends by exporting its spans (``Tracing.flush``),
+so that its export is counted in it, not in the block after it.
 
     python -m tests.bench.tracing_cost
 """
@@ -27,10 +28,14 @@ from typing import Any, TextIO
 
 import aiohttp
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from gateway.config import load_config
 from gateway.logs import configure_logging
 from gateway.server import start_gateway
+from gateway.telemetry.spans import calling_upstream
+from gateway.telemetry.tracing import Tracing
+from gateway.web.live import LIVE
 from tests.bench import free_upstream
 from tests.support.issuer import SigningKey, TestIssuer
 from tests.support.processes import REPO_ROOT
@@ -103,11 +108,15 @@ async def _measure(folder: Path, sink_port: int, iterations: int, rounds: int) -
     runners: list[web.AppRunner] = []
     urls: dict[str, str] = {}
     try:
+        tracers: dict[str, Tracing] = {}
         for label, ratio in RATIOS.items():
             config = load_config(_config(folder, upstream_port, sink_port, ratio))
             runner, port = await start_gateway(config, host="127.0.0.1", port=0)
             runners.append(runner)
             urls[label] = f"http://127.0.0.1:{port}/mcp"
+            tracing = runner.app[LIVE].current.tracing
+            if isinstance(tracing, Tracing):
+                tracers[label] = tracing
         await asyncio.sleep(0.5)  # keys loaded
         headers = {**HEADERS, "Authorization": f"Bearer {token}"}
         body = json.dumps(CALL)
@@ -123,10 +132,18 @@ async def _measure(folder: Path, sink_port: int, iterations: int, rounds: int) -
 
             for url in urls.values():
                 await calls(url, 200)  # warm: connections, the verified-token cache
-            for _ in range(rounds):
-                for label, url in urls.items():
+            labels = list(urls)
+            for round_ in range(rounds):
+                # Each round starts with another label: the block after a heavy one is no
+                # longer always the same label's (order alone moved a label by ~10 %).
+                for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:
+                    url = urls[label]
                     started = time.process_time()
                     await calls(url, iterations)
+                    if (tracing := tracers.get(label)) is not None:
+                        # This block's spans exported within it: the export thread would
+                        # otherwise do it during the next label's block, on its clock.
+                        await asyncio.to_thread(tracing.flush)
                     per_call[label].append((time.process_time() - started) / iterations * 1e6)
     finally:
         for runner in runners:
@@ -141,6 +158,42 @@ async def _measure(folder: Path, sink_port: int, iterations: int, rounds: int) -
         "iterations": iterations,
         "rounds": rounds,
     }
+
+
+async def _unsampled_path_us(folder: Path, sink_port: int, iterations: int = 20_000) -> float:
+    """µs of CPU the span hooks add to a request that is not sampled (sample ratio 0): the SERVER
+    span's start and end around the pipeline and the traceparent passed upstream, around a
+    handler that does nothing; the fastest of five blocks, the bare handler's time taken off."""
+    config = load_config(_config(folder, 9, sink_port, 0.0))
+    assert config.tracing is not None
+    tracing = Tracing(config.tracing)
+    route = config.routes[0]
+    request = make_mocked_request("POST", "/mcp", headers=HEADERS)
+    answer = web.Response()
+
+    async def pipeline() -> web.StreamResponse:
+        with calling_upstream("POST") as traced:  # outside serve: NO_SPAN, no headers
+            headers.update(traced.headers)
+        return answer
+
+    headers: dict[str, str] = {}
+
+    try:
+        best = float("inf")
+        for _ in range(5):
+            started = time.process_time()
+            for _ in range(iterations):
+                await tracing.serve(request, route, pipeline())
+            traced_s = time.process_time() - started
+            started = time.process_time()
+            for _ in range(iterations):
+                await pipeline()
+            best = min(best, (traced_s - (time.process_time() - started)) / iterations * 1e6)
+        if "traceparent" not in headers:
+            raise RuntimeError("the unsampled path passed no traceparent upstream: not what is measured")
+        return round(best, 2)
+    finally:
+        await tracing.aclose()
 
 
 def measure(*, iterations: int = 1000, rounds: int = 7, core: int | None = None) -> dict[str, Any]:
@@ -161,7 +214,9 @@ def measure(*, iterations: int = 1000, rounds: int = 7, core: int | None = None)
         if core is not None:
             os.sched_setaffinity(0, {core})
         with tempfile.TemporaryDirectory(prefix="gw-tracing-cost-") as tmp:
-            return asyncio.run(_measure(Path(tmp), sink_port, iterations, rounds))
+            result = asyncio.run(_measure(Path(tmp), sink_port, iterations, rounds))
+            result["unsampled_path_us"] = asyncio.run(_unsampled_path_us(Path(tmp), sink_port))
+            return result
     finally:
         os.sched_setaffinity(0, affinity)  # the caller's cores again (tests.bench.run: the load core)
         sink.terminate()
