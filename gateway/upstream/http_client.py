@@ -179,11 +179,15 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._waiting: asyncio.Future[UpstreamAnswer] | None = None
-        self._answer: UpstreamAnswer | None = None
         self._body_until_close = False
+        self._paused = False
+        self._new_exchange()
+
+    def _new_exchange(self) -> None:
+        """Forget the previous answer: what is known of the one to come starts here."""
+        self._answer: UpstreamAnswer | None = None
         self._complete = False
         self._keep_alive = False
-        self._paused = False
         self._head_bytes = 0
         self._field_bytes = 0
         self._interim = 0
@@ -272,13 +276,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future[UpstreamAnswer]:
         if self.transport is None:
             raise AnswerBroken("the upstream closed the connection")
-        self._answer = None
-        self._complete = False
-        self._keep_alive = False
-        self._head_bytes = 0
-        self._field_bytes = 0
-        self._interim = 0
-        self.received_any = False
+        self._new_exchange()
         self._waiting = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         return self._waiting
