@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -324,3 +325,92 @@ async def test_cancelling_the_wait_for_headers_closes_the_connection() -> None:
     finally:
         await client.aclose()
         server.close()
+
+
+@pytest.mark.parametrize(
+    "raw, body, connections",
+    [
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}", b"{}", 2),
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n{}", b"{}", 1),
+        (b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\nContent-Length: 2\r\n\r\n{}", b"{}", 2),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", b"{}", 1),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: CHUNKED\r\n\r\n2\r\n{}\r\n0\r\n\r\n", b"{}", 1),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 002\r\n\r\n{}", b"{}", 1),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b"", 1),
+        # A 204 has no body whatever it says: its two bytes are no answer, and retire the connection.
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\n{}", b"", 2),
+    ],
+    ids=[
+        "http10",
+        "http10-keep-alive",
+        "close-among-tokens",
+        "chunked-last-coding",
+        "chunked-uppercase",
+        "length-leading-zeros",
+        "204",
+        "204-with-bytes",
+    ],
+)
+async def test_framing_and_keep_alive_as_llhttp_reads_them(raw: bytes, body: bytes, connections: int) -> None:
+    """Each answer twice: its body as framed, and a connection reused only when the answer says so."""
+    async with raw_server(lambda n, _: raw) as server, client_for(server) as client, asyncio.timeout(5):
+        assert await body_of(await post(client)) == body
+        assert await body_of(await post(client)) == body
+    assert server.connections == connections
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n{}",
+    ],
+    ids=["plus-sign", "list", "overflow"],
+)
+async def test_a_content_length_llhttp_refuses_breaks_the_exchange(raw: bytes) -> None:
+    """No lenient reading of a length: the answer is AnswerBroken, never a body."""
+    async with raw_server(lambda n, _: raw) as server, client_for(server) as client:
+        with pytest.raises(AnswerBroken):
+            async with asyncio.timeout(5):
+                await body_of(await post(client))
+
+
+async def test_cancelling_mid_body_retires_the_connection_and_the_next_caller_gets_its_own_answer() -> None:
+    """A caller that stops reading halfway (cancelled) never leaves its rest for the next one."""
+    half = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345"
+
+    def answer(n: int, _: bytes) -> bytes:
+        return half if n == 1 else ok(b'{"n":2}')
+
+    async with raw_server(answer) as server, client_for(server) as client:
+        answer_one = await post(client)
+        with pytest.raises(TimeoutError):
+            async with answer_one, asyncio.timeout(0.1):
+                while await answer_one.content.readany():
+                    pass
+        assert await body_of(await post(client)) == b'{"n":2}'
+    assert server.connections == 2
+
+
+async def test_failed_exchanges_leave_no_open_descriptor() -> None:
+    """200 broken, cut and abandoned answers: the process holds no more sockets afterwards."""
+    raws = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}",
+        ok(b"x" * 1000),
+    ]
+
+    async def open_descriptors() -> int:
+        return len(await asyncio.to_thread(lambda: list(Path("/proc/self/fd").iterdir())))
+
+    async with raw_server(lambda n, _: raws[n % 3]) as server:  # only the client closes
+        async with client_for(server) as client:
+            before = await open_descriptors()
+            for _ in range(200):
+                with contextlib.suppress(AnswerBroken):
+                    async with await post(client) as answer:
+                        await answer.content.readany()
+            await asyncio.sleep(0.1)
+            # At most the pool's one kept-alive connection, both of its ends (the server is in this process).
+            assert await open_descriptors() <= before + 2
