@@ -27,10 +27,10 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Final, cast
-from urllib.parse import urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 # Buffered body bytes past which the upstream socket is paused (as aiohttp's StreamReader: twice 64 KiB).
 _PAUSE_AT: Final = 128 * 1024
@@ -190,7 +190,10 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self._head_bytes = 0
         self._field_bytes = 0
+        self._framing_bytes = 0
+        self._body_seen = False
         self._interim = 0
+        self._raw_headers = []
         self.received_any = False
 
     # asyncio callbacks
@@ -211,6 +214,13 @@ class _Connection(asyncio.Protocol):
             self._head_bytes += len(data)
             if self._head_bytes > _HEAD_LIMIT:
                 self._break(AnswerBroken(f"no end of the answer's headers within {_HEAD_LIMIT} bytes"))
+        elif not self._complete:
+            # Bytes of the answer that carry none of its body (chunk sizes and extensions, a
+            # trailer field llhttp holds until its line ends) are bounded like its headers.
+            self._framing_bytes = 0 if self._body_seen else self._framing_bytes + len(data)
+            self._body_seen = False
+            if self._framing_bytes > _HEAD_LIMIT:
+                self._break(AnswerBroken(f"{_HEAD_LIMIT} bytes of an answer without any of its body"))
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -233,11 +243,18 @@ class _Connection(asyncio.Protocol):
                 answer.content.fail(error)
 
     # llhttp callbacks
+    def on_message_begin(self) -> None:
+        if self._waiting is None:
+            # A message after the answer, in the same read: never taken for the next request's
+            # answer (raised through llhttp: data_received breaks the connection).
+            raise AnswerBroken("bytes from the upstream with no request outstanding")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._field_bytes += len(name) + len(value)
         if self._field_bytes > _HEAD_LIMIT:  # raised through llhttp: data_received breaks the exchange
             raise AnswerBroken(f"answer headers past {_HEAD_LIMIT} bytes")
-        self._raw_headers.append((name, value))
+        if self._waiting is not None:  # else a chunked body's trailer field: counted, not kept
+            self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -262,6 +279,7 @@ class _Connection(asyncio.Protocol):
             waiting.set_result(answer)
 
     def on_body(self, body: bytes) -> None:
+        self._body_seen = True
         if self._answer is not None:
             self._answer.content.feed(body)
 
@@ -319,14 +337,19 @@ class UpstreamClient:
     """Pooled, kept-alive HTTP/1.1 connections to one origin (``http`` or ``https`` URL)."""
 
     def __init__(self, url: str, *, connect_timeout_s: float, keepalive_s: float = 30.0) -> None:
-        parts = urlsplit(url)
-        self.scheme = parts.scheme
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
+        # yarl (aiohttp's URL type) reads the URL as aiohttp's client did: an IDNA host, and the
+        # path and query percent-encoded and normalised (see ``target``).
+        parsed = URL(url)
+        self.scheme = parsed.scheme
+        self._host = parsed.raw_host or ""
+        default_port = 443 if parsed.scheme == "https" else 80
+        self._port = parsed.port or default_port
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if parsed.scheme == "https" else None
         host = f"[{self._host}]" if ":" in self._host else self._host
-        default_port = parts.port is None or parts.port == (443 if parts.scheme == "https" else 80)
-        self._host_line = (f"Host: {host}" if default_port else f"Host: {host}:{parts.port}") + "\r\n"
+        explicit = parsed.explicit_port
+        self._host_line = (
+            f"Host: {host}" if explicit in (None, default_port) else f"Host: {host}:{explicit}"
+        ) + "\r\n"
         self._connect_timeout_s = connect_timeout_s
         self._keepalive_s = keepalive_s
         self._idle: list[_Connection] = []
@@ -334,9 +357,10 @@ class UpstreamClient:
         self._closed = False
 
     def target(self, url: str) -> str:
-        """The request target for ``url`` (same origin): its path and query."""
-        parts = urlsplit(url)
-        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        """The request target for ``url`` (same origin): its path and query, percent-encoded and
+        with dot segments removed as aiohttp sent them (a raw non-ASCII target is refused by
+        strict servers: h11 answers 400)."""
+        return URL(url).raw_path_qs or "/"
 
     async def request(
         self, method: str, target: str, body: bytes | None, headers: Mapping[str, str]
@@ -413,7 +437,10 @@ class UpstreamClient:
             raise ConnectTimedOut(f"no connection within {self._connect_timeout_s}s") from exc
         except (ssl.SSLError, ssl.CertificateError) as exc:
             raise TlsFailed(type(exc).__name__) from exc
-        except OSError as exc:  # refused, unreachable, reset, name not resolved
+        except (
+            OSError,
+            UnicodeError,
+        ) as exc:  # refused, unreachable, reset, name not resolved or not encodable
             raise ConnectFailed(type(exc).__name__) from exc
         return protocol
 

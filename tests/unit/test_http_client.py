@@ -403,3 +403,88 @@ async def test_failed_exchanges_leave_no_open_descriptor() -> None:
             await asyncio.sleep(0.1)
             # At most the pool's one kept-alive connection, both of its ends (the server is in this process).
             assert await open_descriptors() <= before + 2
+
+
+async def test_a_chunked_answers_trailer_never_becomes_the_next_answers_headers() -> None:
+    """Trailer fields are read and dropped: the next caller on the connection sees only its own."""
+    with_trailer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\n{}\r\n0\r\nMcp-Session-Id: victim\r\nContent-Type: text/event-stream\r\n\r\n"
+    )
+    answers = {1: with_trailer, 2: ok(b'{"n":2}')}
+    async with raw_server(lambda n, _: answers[n]) as server, client_for(server) as client:
+        first = await post(client)
+        assert await body_of(first) == b"{}" and "Mcp-Session-Id" not in first.headers
+        second = await post(client)
+        assert await body_of(second) == b'{"n":2}'
+    assert "Mcp-Session-Id" not in second.headers
+    assert second.headers.getall("Content-Type") == ["application/json"]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"HTTP/1.1 403 Smuggled\r\nX-Smuggled: ", b"HTTP/1.1 403 ", b"H"],
+    ids=["half-header", "half-status", "one-byte"],
+)
+async def test_the_start_of_another_answer_behind_a_complete_one_retires_the_connection(tail: bytes) -> None:
+    """Bytes behind an answer in the same read are no part of the next caller's answer."""
+    answers = {1: ok(b'{"n":1}') + tail, 2: ok(b'{"n":2}')}
+    async with raw_server(lambda n, _: answers[n]) as server, client_for(server) as client:
+        assert await body_of(await post(client)) == b'{"n":1}'
+        second = await post(client)
+        assert await body_of(second) == b'{"n":2}'
+    assert second.status == 200 and "X-Smuggled" not in second.headers
+    assert server.connections == 2
+
+
+async def test_a_204_with_an_answer_behind_it_retires_the_connection() -> None:
+    """A 204's would-be body that looks like an answer is never the next caller's."""
+    answers = {1: b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 403 X", 2: ok(b'{"n":2}')}
+    async with raw_server(lambda n, _: answers[n]) as server, client_for(server) as client:
+        first = await post(client)
+        assert first.status == 204 and await body_of(first) == b""
+        second = await post(client)
+        assert second.status == 200 and await body_of(second) == b'{"n":2}'
+
+
+async def test_an_endless_trailer_is_bounded() -> None:
+    """A trailer field that never ends (llhttp holds it whole) breaks the body at 64 KiB."""
+    flood = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"6\r\ndata:\n\r\n0\r\nX-T: " + b"a" * 300_000
+    )
+    async with raw_server(lambda n, _: flood) as server, client_for(server) as client:
+        answer = await post(client)
+        with pytest.raises(AnswerBroken):
+            async with asyncio.timeout(5):
+                await body_of(answer)
+
+
+@pytest.mark.parametrize(
+    "url, target",
+    [
+        ("http://h.example/mcp/é?q=ü", "/mcp/%C3%A9?q=%C3%BC"),
+        ("http://h.example/a/../mcp", "/mcp"),
+        ("http://h.example/mcp/%zz", "/mcp/%25zz"),
+        ("http://h.example", "/"),
+    ],
+)
+def test_the_target_is_percent_encoded_and_normalised_as_aiohttp_sent_it(url: str, target: str) -> None:
+    """A raw non-ASCII target is refused by strict servers (h11: 400)."""
+    assert UpstreamClient(url, connect_timeout_s=1).target(url) == target
+
+
+@pytest.mark.parametrize(
+    "url, host_line",
+    [
+        ("http://[::1]:8080/mcp", b"Host: [::1]:8080\r\n"),
+        ("http://127.0.0.1:80/mcp", b"Host: 127.0.0.1\r\n"),
+        ("https://b\u00fccher.example/mcp", b"Host: xn--bcher-kva.example\r\n"),
+        ("https://h.example:8443/mcp", b"Host: h.example:8443\r\n"),
+    ],
+)
+def test_the_host_line_names_the_port_only_when_it_is_not_the_default(url: str, host_line: bytes) -> None:
+    """IPv6 in brackets, an IDN host in its ASCII form, as aiohttp sent them."""
+    client = UpstreamClient(url, connect_timeout_s=1)
+    head = client._head("GET", client.target(url), None, {})
+    assert head.split(b"\r\n", 1)[1].startswith(host_line)
