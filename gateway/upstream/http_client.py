@@ -24,6 +24,7 @@ bare CR/LF in headers) and this module never relaxes it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Final, cast
@@ -205,6 +206,7 @@ class _Connection(asyncio.Protocol):
         if self._waiting is None and (self._answer is None or self._complete):
             self._break(AnswerBroken("bytes from the upstream with no request outstanding"))
             return
+        heading = self._waiting is not None  # this read may end the headers: bounded by their own limits
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
@@ -214,7 +216,7 @@ class _Connection(asyncio.Protocol):
             self._head_bytes += len(data)
             if self._head_bytes > _HEAD_LIMIT:
                 self._break(AnswerBroken(f"no end of the answer's headers within {_HEAD_LIMIT} bytes"))
-        elif not self._complete:
+        elif not self._complete and not heading:
             # Bytes of the answer that carry none of its body (chunk sizes and extensions, a
             # trailer field llhttp holds until its line ends) are bounded like its headers.
             self._framing_bytes = 0 if self._body_seen else self._framing_bytes + len(data)
@@ -344,7 +346,7 @@ class UpstreamClient:
         self._host = parsed.raw_host or ""
         default_port = 443 if parsed.scheme == "https" else 80
         self._port = parsed.port or default_port
-        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if parsed.scheme == "https" else None
+        self._ssl = _tls_context() if parsed.scheme == "https" else None
         host = f"[{self._host}]" if ":" in self._host else self._host
         explicit = parsed.explicit_port
         self._host_line = (
@@ -477,6 +479,13 @@ class UpstreamClient:
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One default context for every https upstream: loading the trust store takes ~20 ms, which
+    a reload (new clients while the loop serves) must not pay per route."""
+    return ssl.create_default_context()
 
 
 def _chunked(headers: CIMultiDict[str]) -> bool:

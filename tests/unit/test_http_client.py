@@ -488,3 +488,39 @@ def test_the_host_line_names_the_port_only_when_it_is_not_the_default(url: str, 
     client = UpstreamClient(url, connect_timeout_s=1)
     head = client._head("GET", client.target(url), None, {})
     assert head.split(b"\r\n", 1)[1].startswith(host_line)
+
+
+@pytest.mark.parametrize("split", [None, 16 * 1024], ids=["one-read", "16k-reads"])
+async def test_a_head_under_the_field_limit_passes_however_it_is_split(split: int | None) -> None:
+    """62.7 KB of header fields (67 KB as sent), the body in a later read: within the 64 KiB of
+    fields, so accepted whether the head comes whole or in pieces (no read of the head counts
+    toward the bound on bytes without body)."""
+    fields = "".join(f"X-F{i:04}: {'v' * 50}\r\n" for i in range(1100))
+    head = (f"HTTP/1.1 200 OK\r\n{fields}Content-Length: 2\r\n\r\n").encode()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        step = split or len(head)
+        for at in range(0, len(head), step):
+            writer.write(head[at : at + step])
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        writer.write(b"{}")
+        await reader.read()  # until the client closes
+        writer.close()
+        done.set()
+
+    done = asyncio.Event()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/mcp"
+    client = UpstreamClient(url, connect_timeout_s=2)
+    try:
+        async with asyncio.timeout(5):
+            answer = await client.request("GET", "/mcp", None, {})
+            assert await body_of(answer) == b"{}"
+    finally:
+        await client.aclose()
+        async with asyncio.timeout(5):
+            await done.wait()
+        server.close()
+        await server.wait_closed()
