@@ -137,7 +137,7 @@ def answer_kind(
         raise UpstreamError("upstream_auth_refused", detail=f"status {status}")
     if not empty and not all(_is_identity(value) for value in content_encodings):
         raise UpstreamError("upstream_content_encoding", detail="content coding the gateway did not ask for")
-    if not all(_is_identity(value, also="chunked") for value in transfer_encodings):
+    if not _framed_by_chunks_or_length(transfer_encodings):
         raise UpstreamError("upstream_content_encoding", detail="transfer coding the gateway did not ask for")
     media = _read_media_type(content_types)
     if media is not None:
@@ -145,8 +145,24 @@ def answer_kind(
     return "bodiless" if 200 <= status < 300 else "opaque"
 
 
-def _is_identity(coding: str, also: str = "identity") -> bool:
-    return all(token.strip().lower() in ("", "identity", also) for token in coding.split(","))
+def _is_identity(coding: str) -> bool:
+    return all(token.strip().lower() in ("", "identity") for token in coding.split(","))
+
+
+def _framed_by_chunks_or_length(transfer_encodings: Sequence[str]) -> bool:
+    """No transfer coding but chunked, applied at most once and last (RFC 9112 section 6.1).
+
+    Chunked anywhere but last (``chunked, identity``) leaves a response framed by the close:
+    the chunk framing would be relayed as the body.
+    """
+    codings = [
+        token
+        for value in transfer_encodings
+        for token in (part.strip().lower() for part in value.split(","))
+        if token
+    ]
+    meaningful = [coding for coding in codings if coding != "identity"]
+    return meaningful in ([], ["chunked"]) and (not meaningful or codings[-1] == "chunked")
 
 
 def _read_media_type(values: Sequence[str]) -> Literal["json", "sse"] | None:

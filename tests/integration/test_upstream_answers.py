@@ -220,6 +220,20 @@ async def test_sse_stream_ending_inside_an_event_never_shows_it(
             id="gzip-transfer-coding",
         ),
         pytest.param(
+            Canned(200, [SSE_TYPE, ("Transfer-Encoding", "chunked, identity")], (event(listing(1)),)),
+            "upstream_content_encoding",
+            id="chunked-not-last",
+        ),
+        pytest.param(
+            Canned(
+                200,
+                [SSE_TYPE, ("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+                (event(listing(1)),),
+            ),
+            "upstream_content_encoding",
+            id="chunked-twice",
+        ),
+        pytest.param(
             Canned(200, [("Content-Type", "application/json-rpc")], listing(1)),
             "upstream_content_type",
             id="json-rpc-type",

@@ -87,13 +87,33 @@ def test_content_coding_on_an_empty_body_is_harmless(encodings: list[str]) -> No
         assert answer_kind(200, ["application/json"], encodings, empty=False) == "json"
 
 
-@pytest.mark.parametrize("codings", [["gzip, chunked"], ["chunked", "deflate"], ["compress"]])
-def test_transfer_codings_other_than_chunked_are_502(codings: list[str]) -> None:
-    """A transfer coding the gateway never asked for (it sends no TE): the body cannot be inspected."""
+@pytest.mark.parametrize(
+    "codings",
+    [
+        ["gzip, chunked"],
+        ["chunked", "deflate"],
+        ["compress"],
+        ["chunked, identity"],
+        ["chunked", "identity"],
+        ["chunked, chunked"],
+        ["chunked", "Chunked"],
+    ],
+)
+def test_transfer_codings_other_than_chunked_once_and_last_are_502(codings: list[str]) -> None:
+    """A coding the gateway never asked for (it sends no TE), or chunked not last (the answer is then
+    framed by the close and the chunk framing would reach the client as body): 502."""
     with pytest.raises(UpstreamError) as caught:
         answer_kind(200, ["text/event-stream"], [], empty=False, transfer_encodings=codings)
     assert caught.value.reason == "upstream_content_encoding"
-    assert answer_kind(200, ["text/event-stream"], [], empty=False, transfer_encodings=["chunked"]) == "sse"
+
+
+@pytest.mark.parametrize(
+    "codings",
+    [[], ["chunked"], ["Chunked"], [" chunked "], ["identity, chunked"], ["", "chunked"], ["chunked,"]],
+)
+def test_chunked_once_and_last_is_read(codings: list[str]) -> None:
+    """Chunked, once and last (empty list elements and a leading identity mean nothing): read as SSE."""
+    assert answer_kind(200, ["text/event-stream"], [], empty=False, transfer_encodings=codings) == "sse"
 
 
 # --- rewriters, chained --------------------------------------------------------------------------
