@@ -445,7 +445,7 @@ def rate_limits_summary(config: GatewayConfig) -> list[str]:
     else:  # never the URL: it may hold a password
         store = (
             f"redis: shared by every process and replica; timeout {backend.timeout_s:g}s, "
-            f"pool {backend.pool_size}, key prefix {backend.key_prefix!r}"
+            f"{backend.pool_size} in flight, key prefix {backend.key_prefix!r}"
         )
     shared = not isinstance(backend, MemoryBackend)
     lines = [f"rate_limits: {store}"]

@@ -10,12 +10,13 @@ Routes (``limits``, ``unauthenticated_limits``) and rules (``limits``) refer to 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import urlsplit
 
+from ..ratelimit.redis_address import redis_address
 from ..ratelimit.spec import (
     KEY_FIELDS,
     Algorithm,
@@ -204,26 +205,23 @@ def _limits(node: YamlNode, at: Cursor) -> Parsed[tuple[LimitSpec, ...]]:
 # =========================================================================== the store
 
 
-_REDIS_SCHEMES: Final = ("redis", "rediss")
 _REDIS_URL_SCHEMA: Final = {"type": "string", "pattern": "^[Rr][Ee][Dd][Ii][Ss][Ss]?://"}
 
 
 def redis_url_problem(url: str) -> str | None:
-    """Why ``url`` is not a Redis server's URL, if it is not (never echoing it: it may hold a
-    password)."""
-    if any(char.isspace() for char in url):
-        return "must not contain whitespace"
+    """Why ``url`` is not a Redis server's URL the gateway can use, if it is not (never echoing
+    it: it may hold a password)."""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises ValueError for a malformed or out-of-range port
-    except ValueError:
-        return "is not a valid URL (check the host and port)"
-    if parts.scheme.lower() not in _REDIS_SCHEMES or not parts.hostname:
-        return "must be a redis:// or rediss:// URL with a host"
-    if parts.fragment:
-        return "must not have a fragment"
-    if parts.path not in ("", "/") and not re.fullmatch(r"/[0-9]+", parts.path):
-        return "the path is the database number (redis://host:6379/0)"
+        address = redis_address(url)
+    except ValueError as error:
+        return str(error)
+    for option, path in (
+        ("ssl_ca_certs", address.ca_file),
+        ("ssl_certfile", address.cert_file),
+        ("ssl_keyfile", address.key_file),
+    ):
+        if path is not None and not os.path.isfile(path):
+            return f"names an {option} file that does not exist"
     return None
 
 

@@ -19,21 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
-from urllib.parse import urlsplit
 
-import redis
-import redis.asyncio as aioredis
 import structlog
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .buckets import TOKEN_EPSILON, Counter, Verdict
+from .redis_address import redis_address
+from .resp import RedisAuthError, RedisClient, RedisConnectionError, RedisReplyError, tls_context
 from .spec import Concurrency, FixedWindow, RedisBackend, TokenBucket
 
 log = structlog.get_logger("gateway.ratelimit")
@@ -118,13 +113,6 @@ return out
 """
 LUA_DECIDE_SHA: Final = hashlib.sha1(LUA_DECIDE.encode(), usedforsecurity=False).hexdigest()
 
-# redis-py identifies itself on every new connection (CLIENT SETINFO): an extra command, and it
-# reads its own package metadata from disk each time, on the event loop. Both are skipped: with
-# ``driver_info=None`` where redis-py has it, else (redis-py 5 to 7) ``lib_name=lib_version=None``.
-NO_CLIENT_SETINFO: Final[dict[str, Any]] = (
-    {"driver_info": None} if hasattr(redis, "DriverInfo") else {"lib_name": None, "lib_version": None}
-)
-
 
 class StoreUnavailable(Exception):
     """The store could not decide; ``reason`` is a bounded label (a metric value, a log field)."""
@@ -135,25 +123,19 @@ class StoreUnavailable(Exception):
 
 
 def failure_reason(error: BaseException) -> str:
-    """``timeout``, ``auth``, ``connection``, ``response`` (the server answered with an error,
-    e.g. OOM or a read-only replica) or ``error``."""
-    if isinstance(error, TimeoutError | RedisTimeoutError):
+    """``timeout``, ``auth``, ``tls`` (the handshake or the certificate failed), ``connection``,
+    ``response`` (the server answered with an error, e.g. OOM or a read-only replica) or ``error``."""
+    if isinstance(error, TimeoutError):
         return "timeout"
-    if isinstance(error, AuthenticationError):
+    if isinstance(error, RedisAuthError):
         return "auth"
+    if isinstance(error, ssl.SSLError):
+        return "tls"
     if isinstance(error, RedisConnectionError | OSError):
         return "connection"
-    if isinstance(error, ResponseError):
+    if isinstance(error, RedisReplyError):
         return "response"
     return "error"
-
-
-def redis_target(url: str) -> str:
-    """``host:port`` (or the socket path) of a Redis URL, without its user and password."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return parts.path
-    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
 def script_arguments(
@@ -183,7 +165,7 @@ def verdicts_from_reply(reply: Sequence[int]) -> list[Verdict]:
 
 
 class RedisStore:
-    """A pooled Redis client that decides a request's limits in one ``EVALSHA``."""
+    """A Redis connection (``gateway.ratelimit.resp``) that decides a request's limits in one ``EVALSHA``."""
 
     def __init__(
         self,
@@ -195,9 +177,9 @@ class RedisStore:
         self._backend = backend
         self._on_store_error = on_store_error
         self._monotonic = monotonic
-        self._target = redis_target(backend.url.reveal())
-        self._pool: aioredis.BlockingConnectionPool | None = None
-        self._client: aioredis.Redis | None = None
+        self._address = redis_address(backend.url.reveal())
+        self._client: RedisClient | None = None
+        self._unusable = "not_started"  # why there is no client, while there is none
         self._down_since: float | None = None
         self._retry_at = 0.0
 
@@ -211,81 +193,81 @@ class RedisStore:
         return self._backend.key_prefix
 
     async def start(self) -> None:
-        """Open the pool and load the script. A server that is down now is an outage like any
-        other (logged, fail modes apply, recovered later), not a reason to refuse to start."""
+        """Connect and load the script. A server that is down now is an outage like any other
+        (logged, fail modes apply, recovered later), not a reason to refuse to start."""
         backend = self._backend
-        # A blocking pool: past pool_size a decision waits (within timeout_s) for a connection
-        # instead of failing with "too many connections". One retry, on a connection error only:
-        # it replaces a pooled connection the server closed (e.g. after a restart); a timeout is
-        # never retried, since the script may have run and a second run would take twice.
-        self._pool = aioredis.BlockingConnectionPool.from_url(
-            backend.url.reveal(),
-            max_connections=backend.pool_size,
-            timeout=backend.timeout_s,
-            socket_timeout=backend.timeout_s,
-            socket_connect_timeout=backend.timeout_s,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            **NO_CLIENT_SETINFO,
+        try:
+            # Off the loop: the trust store and any certificate files are read from disk.
+            tls = await asyncio.to_thread(tls_context, self._address) if self._address.tls else None
+        except (OSError, ValueError) as error:  # an unreadable PEM: every decision is an outage
+            self._unusable = "tls"
+            self._failed("tls", error)
+            return
+        # Up to pool_size commands wait for replies at once; past that a decision waits for a
+        # place within timeout_s. Connecting (and logging in) is bounded by timeout_s too.
+        self._client = RedisClient(
+            self._address, connect_timeout_s=backend.timeout_s, max_in_flight=backend.pool_size, tls=tls
         )
-        self._client = aioredis.Redis(connection_pool=self._pool)
         try:
             await self._call(self._load_script)
         except StoreUnavailable:
             pass
 
     async def aclose(self) -> None:
-        """Close every pooled connection."""
+        """Close the connection."""
         if self._client is not None:
             await self._client.aclose()
-        if self._pool is not None:
-            await self._pool.aclose()
-        self._client = self._pool = None
+        self._client = None
 
     async def decide(self, counters: Sequence[Counter], lease_id: str, *, commit: bool) -> list[Verdict]:
         """Each counter's verdict, taking from all of them only if all admit (with ``commit``)."""
-        keys = [self._backend.key_prefix + counter.key for counter in counters]
-        arguments = script_arguments(counters, lease_id, self._backend.lease_s, commit=commit)
+        prefix = self._backend.key_prefix
+        command: tuple[str | int, ...] = (
+            "EVALSHA",
+            LUA_DECIDE_SHA,
+            len(counters),
+            *(prefix + counter.key for counter in counters),
+            *script_arguments(counters, lease_id, self._backend.lease_s, commit=commit),
+        )
 
         async def evaluate() -> list[int]:
             client = self._require_client()
             try:
-                reply = await client.evalsha(LUA_DECIDE_SHA, len(keys), *keys, *arguments)
-            except NoScriptError:
+                reply = await client.execute(*command)
+            except RedisReplyError as error:
+                if error.code != "NOSCRIPT":
+                    raise
                 # The server restarted or was flushed since the script was loaded: load it, once.
                 await self._load_script()
-                reply = await client.evalsha(LUA_DECIDE_SHA, len(keys), *keys, *arguments)
-            return list(reply)
+                reply = await client.execute(*command)
+            if not isinstance(reply, list) or not all(isinstance(value, int) for value in reply):
+                raise RedisConnectionError("EVALSHA answered no list of integers")
+            return reply
 
         return verdicts_from_reply(await self._call(evaluate))
 
     async def release(self, counters: Sequence[Counter], lease_id: str) -> None:
-        """Free the request's concurrency slots (one pipelined round trip). If the server cannot be
+        """Free the request's concurrency slots (one pipelined write). If the server cannot be
         reached the slots expire by themselves after ``lease_s``; nothing is raised."""
-        keys = [
-            self._backend.key_prefix + counter.key
+        prefix = self._backend.key_prefix
+        removals = [
+            ("ZREM", prefix + counter.key, lease_id)
             for counter in counters
             if isinstance(counter.limit.algorithm, Concurrency)
         ]
-        if not keys:
+        if not removals:
             return
-
-        async def remove() -> None:
-            async with self._require_client().pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.zrem(key, lease_id)
-                await pipe.execute()
-
         try:
-            await self._call(remove)
+            await self._call(lambda: self._require_client().execute_all(removals))
         except StoreUnavailable:
             pass
 
     async def _load_script(self) -> None:
-        await self._require_client().script_load(LUA_DECIDE)
+        await self._require_client().execute("SCRIPT", "LOAD", LUA_DECIDE)
 
-    def _require_client(self) -> aioredis.Redis:
+    def _require_client(self) -> RedisClient:
         if self._client is None:
-            raise StoreUnavailable("not_started")
+            raise StoreUnavailable(self._unusable)
         return self._client
 
     async def _call(self, operation: Callable[[], Any]) -> Any:
@@ -295,8 +277,12 @@ class RedisStore:
         try:
             async with asyncio.timeout(self._backend.timeout_s):
                 result = await operation()
-        except (TimeoutError, RedisError, OSError) as error:
+        except (TimeoutError, RedisReplyError, OSError) as error:
             reason = failure_reason(error)
+            if reason == "timeout" and self._client is not None:
+                # A reply is overdue: the connection (or the server) is stuck. The commands behind
+                # it fail now; the next decision, past retry_s, opens a new connection.
+                self._client.drop_connection()
             self._failed(reason, error)
             raise StoreUnavailable(reason) from None
         self._succeeded()
@@ -314,7 +300,7 @@ class RedisStore:
                 "rate_limit_store_unavailable",
                 reason=reason,
                 error=type(error).__name__,
-                target=self._target,
+                target=self._address.target,
                 retry_s=self._backend.retry_s,
             )
 
@@ -322,4 +308,4 @@ class RedisStore:
         if self._down_since is not None:
             down_s = round(self._monotonic() - self._down_since, 3)
             self._down_since = None
-            log.info("rate_limit_store_recovered", target=self._target, down_s=down_s)
+            log.info("rate_limit_store_recovered", target=self._address.target, down_s=down_s)

@@ -75,8 +75,8 @@ class RedisBackend:
 
     url: Secret  # redis://[user:password@]host:port/db or rediss://…
     timeout_s: float = 0.25  # one decision's round trip; past it the limit's ``fail`` mode applies
-    # Connections per gateway process: as many as its concurrent requests (waiting for one counts
-    # against timeout_s; 16 at 64 concurrent requests timed out under load in the benchmark).
+    # Decisions waiting for the server at once, per process (they share one pipelined connection,
+    # gateway.ratelimit.resp); past it a decision waits for a place, within timeout_s.
     pool_size: int = 64
     key_prefix: str = "mcpgw:"
     retry_s: float = 1.0  # after a failure, how long decisions skip the server before trying again

@@ -33,10 +33,11 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process, started and stopped by the test that owns it."""
 
-    def __init__(self, executable: str, directory: Path) -> None:
+    def __init__(self, executable: str, directory: Path, *arguments: str) -> None:
         self.executable = executable
         self.directory = directory
         self.port = free_port()
+        self.arguments = arguments  # more redis-server options (--requirepass, --tls-port, …)
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -59,6 +60,7 @@ class RedisServer:
             str(self.directory),
             "--protected-mode",
             "no",
+            *self.arguments,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
@@ -91,7 +93,8 @@ class RedisServer:
         try:
             writer.write(b"PING\r\n")
             await writer.drain()
-            return (await asyncio.wait_for(reader.readline(), 1)).startswith(b"+PONG")
+            answer = await asyncio.wait_for(reader.readline(), 1)
+            return answer.startswith((b"+PONG", b"-NOAUTH"))  # up, with or without a password
         except (OSError, TimeoutError):
             return False
         finally:

@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "gateway.sealing",
     ),
     ("gateway.logs", "gateway.eventloop"),
-    ("gateway.principal", "gateway.ratelimit.spec"),
+    ("gateway.principal", "gateway.ratelimit.spec", "gateway.ratelimit.redis_address"),
     ("gateway.cel",),  # the condition language: parser and checker, nothing of the gateway's
     # Tool pins: JSON forms and files only; config reads lock files.
     ("gateway.mcp", "gateway.pinning"),
