@@ -35,7 +35,7 @@ from ..errors import DpopNonceRequired, InvalidDpopProof, InvalidToken
 from ..sealing import StateSealer
 from ..secret import PresentedToken
 from .jwks import MIN_RSA_BITS
-from .tokens import finite_number, split_jws
+from .tokens import decode_jws_object, decode_jws_signature, finite_number, jws_segments
 
 DPOP_TYP: Final = "dpop+jwt"
 # RFC 9449 §4.3 item 5: the key in the proof "MUST NOT contain a private key". Every private
@@ -165,12 +165,15 @@ def one_proof(proofs: Sequence[str]) -> str:
     return proof
 
 
-# Public keys built from proof headers, by (alg, RFC 7638 thumbprint): a client proves with the
-# same key on every request, and building an EC or RSA key object (with its point or modulus
-# checks) costs about as much as verifying the signature. The thumbprint covers exactly the
-# members a key is built from, so equal thumbprints are equal keys. Bounded; only keys that
-# passed the checks below are kept.
-_PUBLIC_KEYS: cachetools.LRUCache[tuple[str, str], Any] = cachetools.LRUCache(maxsize=10_000)
+# What a proof header comes to (its alg, the public key it carries, that key's thumbprint), by
+# the header's base64url segment and the issuer's algorithms: a client signs every proof with the
+# same key, so its proofs share one header, and decoding it, checking it, hashing the key and
+# building an EC or RSA key object (with its point or modulus checks) cost a quarter of a proof's
+# check beside the signature. The segment is the header's exact bytes, so an equal segment passes
+# the same checks. Bounded; only headers that passed are kept (a refusal raises, uncached).
+_CHECKED_HEADERS: cachetools.LRUCache[tuple[str, tuple[str, ...]], tuple[str, Any, str]] = (
+    cachetools.LRUCache(maxsize=10_000)
+)
 
 
 def check_proof_header(header: Mapping[str, Any], algorithms: Sequence[str]) -> tuple[str, Any, str]:
@@ -195,16 +198,26 @@ def check_proof_header(header: Mapping[str, Any], algorithms: Sequence[str]) -> 
     if jwk.get("kty") != kty or (curves is not None and jwk.get("crv") not in curves):
         raise InvalidDpopProof("dpop_proof_malformed", f"jwk kty/crv does not fit {alg}")
     thumbprint = jwk_thumbprint(jwk)
-    if (key := _PUBLIC_KEYS.get((alg, thumbprint))) is not None:
-        return alg, key, thumbprint
     try:
         key = _SIGNERS[alg].from_jwk(jwk)
     except (InvalidKeyError, ValueError, TypeError, KeyError) as exc:
         raise InvalidDpopProof("dpop_proof_malformed", f"jwk: {type(exc).__name__}") from None
     if kty == "RSA" and key.key_size < MIN_RSA_BITS:  # as for JWKS keys (gateway.auth.jwks)
         raise InvalidDpopProof("dpop_proof_malformed", f"RSA key of {key.key_size} bits")
-    _PUBLIC_KEYS[alg, thumbprint] = key
     return alg, key, thumbprint
+
+
+def _checked_header(segment: str, algorithms: tuple[str, ...]) -> tuple[str, Any, str]:
+    """``check_proof_header`` of the header ``segment``, remembered (``_CHECKED_HEADERS``)."""
+    if (known := _CHECKED_HEADERS.get((segment, algorithms))) is not None:
+        return known
+    try:
+        header = decode_jws_object(segment)
+    except InvalidToken as exc:
+        raise InvalidDpopProof("dpop_proof_malformed", exc.detail) from None
+    checked = check_proof_header(header, algorithms)
+    _CHECKED_HEADERS[segment, algorithms] = checked
+    return checked
 
 
 def check_proof_claims(claims: Mapping[str, Any], context: ProofContext, now: float) -> CheckedProof:
@@ -234,10 +247,16 @@ def check_proof(proofs: Sequence[str], context: ProofContext, now: float) -> Che
     """Every RFC 9449 §4.3 check of a request's ``DPoP`` headers but the replay one; pure."""
     proof = one_proof(proofs)
     try:
-        header, claims, signing_input, signature = split_jws(proof)
+        header_b64, claims_b64, signature_b64 = jws_segments(proof)
+        signature = decode_jws_signature(signature_b64)
     except InvalidToken as exc:
         raise InvalidDpopProof("dpop_proof_malformed", exc.detail) from None
-    alg, key, thumbprint = check_proof_header(header, context.algorithms)
+    alg, key, thumbprint = _checked_header(header_b64, context.algorithms)
+    try:
+        claims = decode_jws_object(claims_b64)
+    except InvalidToken as exc:
+        raise InvalidDpopProof("dpop_proof_malformed", exc.detail) from None
+    signing_input = f"{header_b64}.{claims_b64}".encode("ascii")
     if not _SIGNERS[alg].verify(signing_input, key, signature):
         raise InvalidDpopProof("dpop_bad_signature")
     checked = check_proof_claims(claims, context, now)

@@ -97,19 +97,39 @@ def presented_token_from(
 
 def split_jws(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     """Decode a compact JWS strictly: header, claims, signing input, signature."""
+    header_b64, payload_b64, signature_b64 = jws_segments(token)
+    return (
+        decode_jws_object(header_b64),
+        decode_jws_object(payload_b64),
+        f"{header_b64}.{payload_b64}".encode("ascii"),
+        decode_jws_signature(signature_b64),
+    )
+
+
+def jws_segments(token: str) -> tuple[str, str, str]:
+    """The three base64url segments of a compact JWS, not yet decoded."""
     parts = token.split(".")
     if len(parts) != 3:
         raise InvalidToken("malformed", "not a three-part compact JWS")
-    header_b64, payload_b64, signature_b64 = parts
+    return parts[0], parts[1], parts[2]
+
+
+def decode_jws_object(segment: str) -> dict[str, Any]:
+    """A header or claims segment: canonical base64url of a strict JSON object."""
     try:
-        header = loads_strict(_b64url_decode(header_b64))
-        claims = loads_strict(_b64url_decode(payload_b64))
-        signature = _b64url_decode(signature_b64)
+        value = loads_strict(_b64url_decode(segment))
     except (ValueError, StrictJSONError) as exc:
         raise InvalidToken("malformed", str(exc)) from None
-    if not isinstance(header, dict) or not isinstance(claims, dict):
+    if not isinstance(value, dict):
         raise InvalidToken("malformed", "header or claims is not a JSON object")
-    return header, claims, f"{header_b64}.{payload_b64}".encode("ascii"), signature
+    return value
+
+
+def decode_jws_signature(segment: str) -> bytes:
+    try:
+        return _b64url_decode(segment)
+    except ValueError as exc:
+        raise InvalidToken("malformed", str(exc)) from None
 
 
 def _b64url_decode(segment: str) -> bytes:
