@@ -467,3 +467,20 @@ def test_dpop_nonce_is_a_route_key_that_needs_dpop_on() -> None:
         parse_config_text(
             CONFIG.replace('dpop: "off"}', 'dpop: "off", dpop_nonce: true}'), Path("/x.yaml"), {}
         )
+
+
+def test_a_remembered_header_is_still_checked_against_each_issuers_algorithms() -> None:
+    """A header accepted for one issuer (ES256 pinned) is refused for another that pins RS256
+    only, after and before being accepted again: what is remembered is per algorithm list; and
+    a proof whose header was accepted still needs its own valid signature."""
+    accepted = proof()
+    assert check_proof([accepted], context(), NOW).jti
+    with pytest.raises(InvalidDpopProof) as caught:
+        check_proof([proof()], context(algorithms=("RS256",)), NOW)
+    assert caught.value.reason == "dpop_alg_not_allowed"
+    assert check_proof([proof()], context(), NOW).jti
+    header, claims, _signature = accepted.split(".")
+    forged = f"{header}.{claims}.{OTHER.proof('POST', HTU, TOKEN, iat=NOW).split('.')[2]}"
+    with pytest.raises(InvalidDpopProof) as caught:
+        check_proof([forged], context(), NOW)
+    assert caught.value.reason == "dpop_bad_signature"
