@@ -65,13 +65,17 @@ def redis_address(url: str) -> RedisAddress:
     options: dict[str, str] = {}
     for name, value in query:
         if name not in TLS_OPTIONS or scheme != "rediss":
-            known = ", ".join(TLS_OPTIONS)
+            # Not named: a password with an unencoded "?" would be read as the query.
             raise ValueError(
-                f"has an option {name[:40]!r} the gateway does not read (rediss:// takes {known})"
+                f"has a query option the gateway does not read (rediss:// takes {', '.join(TLS_OPTIONS)})"
             )
         if name in options or not value:
             raise ValueError(f"names {name} more than once or without a value")
         options[name] = value
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise ValueError("has a host name that cannot be encoded (IDNA)") from None
     if ("ssl_certfile" in options) != ("ssl_keyfile" in options):
         raise ValueError("takes ssl_certfile and ssl_keyfile together")
     return RedisAddress(

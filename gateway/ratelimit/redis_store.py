@@ -240,8 +240,12 @@ class RedisStore:
                 # The server restarted or was flushed since the script was loaded: load it, once.
                 await self._load_script()
                 reply = await client.execute(*command)
-            if not isinstance(reply, list) or not all(isinstance(value, int) for value in reply):
-                raise RedisConnectionError("EVALSHA answered no list of integers")
+            if (
+                not isinstance(reply, list)
+                or len(reply) != 4 * len(counters)
+                or not all(isinstance(value, int) for value in reply)
+            ):
+                raise RedisConnectionError("EVALSHA answered no four integers per limit")
             return reply
 
         return verdicts_from_reply(await self._call(evaluate))
@@ -277,7 +281,9 @@ class RedisStore:
         try:
             async with asyncio.timeout(self._backend.timeout_s):
                 result = await operation()
-        except (TimeoutError, RedisReplyError, OSError) as error:
+        except StoreUnavailable:
+            raise
+        except Exception as error:  # every failure is an outage: the fail modes apply
             reason = failure_reason(error)
             if reason == "timeout" and self._client is not None:
                 # A reply is overdue: the connection (or the server) is stuck. The commands behind

@@ -30,14 +30,18 @@ __all__ = [
     "RedisClient",
     "RedisConnectionError",
     "RedisReplyError",
+    "ReplyReader",
     "encode_command",
     "parse_reply",
     "tls_context",
 ]
 
-# A reply larger than this is no answer to the limiter's commands (EVALSHA returns four integers
-# per limit): the connection is dropped rather than the buffer grown.
-MAX_REPLY_BYTES: Final = 1024 * 1024
+# Bounds on a reply: the limiter's largest is EVALSHA's four integers per limit of a request.
+# A reply still incomplete past MAX_REPLY_BYTES (however it is split: one bulk, or many small
+# items) drops the connection rather than grow the buffer; with MAX_REPLY_ITEMS per array they
+# also bound the work of parsing an incomplete reply again as its pieces arrive.
+MAX_REPLY_BYTES: Final = 64 * 1024
+MAX_REPLY_ITEMS: Final = 4096
 MAX_REPLY_DEPTH: Final = 4
 _AUTH_CODES: Final = frozenset({"NOAUTH", "WRONGPASS", "NOPERM"})
 _CRLF: Final = b"\r\n"
@@ -71,10 +75,67 @@ def encode_command(arguments: Command) -> bytes:
     return b"".join(parts)
 
 
-def parse_reply(buffer: bytes | bytearray, at: int = 0, depth: int = 0) -> tuple[Any, int] | None:
+class _Pending:
+    """What ``ReplyReader.read`` returns while a reply is incomplete."""
+
+
+PENDING: Final = _Pending()
+
+
+def parse_reply(buffer: bytes | bytearray, at: int = 0) -> tuple[Any, int] | None:
     """The RESP2 reply starting at ``at`` and where the next one starts, or None while it is
-    incomplete. An error reply is returned as a ``RedisReplyError`` (not raised: it answers one
-    command only); a reply that is no RESP2 raises ``RedisConnectionError``."""
+    incomplete (one reply, read at once: ``ReplyReader`` reads a stream)."""
+    reply, after = ReplyReader().read(buffer, at)
+    return None if reply is PENDING else (reply, after)
+
+
+class ReplyReader:
+    """RESP2 replies out of a stream of reads, incrementally: the finished items of an incomplete
+    reply are kept, so no byte is parsed twice however the reply is split.
+
+    An error reply is returned as a ``RedisReplyError`` (not raised: it answers one command only);
+    bytes that are no RESP2, or a reply past the bounds above, raise ``RedisConnectionError``.
+    """
+
+    __slots__ = ("_arrays", "_reply_bytes")
+
+    def __init__(self) -> None:
+        self._arrays: list[tuple[list[Any], int]] = []  # the arrays being filled, and their lengths
+        self._reply_bytes = 0  # of the reply being read, so far
+
+    def read(self, buffer: bytes | bytearray, at: int) -> tuple[Any, int]:
+        """The next complete reply from ``at`` and where the one after it starts; or ``PENDING``
+        and where the unread rest starts (the caller keeps the bytes from there for the next read)."""
+        arrays = self._arrays
+        while True:
+            element = _element(buffer, at)
+            if element is None:
+                return PENDING, at
+            opens_array, value, after = element
+            self._reply_bytes += after - at
+            if self._reply_bytes > MAX_REPLY_BYTES:
+                raise RedisConnectionError("reply too large")
+            at = after
+            if opens_array:
+                if len(arrays) >= MAX_REPLY_DEPTH:
+                    raise RedisConnectionError("reply nested too deep")
+                arrays.append(([], value))
+                continue
+            while arrays:
+                items, length = arrays[-1]
+                items.append(value)
+                if len(items) < length:
+                    break
+                arrays.pop()
+                value = items
+            else:
+                self._reply_bytes = 0
+                return value, at
+
+
+def _element(buffer: bytes | bytearray, at: int) -> tuple[bool, Any, int] | None:
+    """One element at ``at``: (False, value, end) for a value, (True, length, end) for the start
+    of a non-empty array; None while incomplete."""
     end = buffer.find(_CRLF, at)
     if end < 0:
         if len(buffer) - at > MAX_REPLY_BYTES:
@@ -84,37 +145,30 @@ def parse_reply(buffer: bytes | bytearray, at: int = 0, depth: int = 0) -> tuple
     line = bytes(buffer[at + 1 : end])
     after = end + 2
     if kind == 0x2B:  # + simple string
-        return line.decode("utf-8", "replace"), after
+        return False, line.decode("utf-8", "replace"), after
     if kind == 0x2D:  # - error
         message = line.decode("utf-8", "replace")
         error = RedisReplyError(message)
-        return (RedisAuthError(message) if error.code in _AUTH_CODES else error), after
+        return False, (RedisAuthError(message) if error.code in _AUTH_CODES else error), after
     length = _length(line)
     if kind == 0x3A:  # : integer
-        return length, after
+        return False, length, after
     if kind == 0x24:  # $ bulk string
         if length == -1:
-            return None, after  # nil
+            return False, None, after  # nil
         if length < -1 or length > MAX_REPLY_BYTES:
             raise RedisConnectionError("bulk reply length out of bounds")
         if len(buffer) < after + length + 2:
             return None
         if buffer[after + length : after + length + 2] != _CRLF:
             raise RedisConnectionError("bulk reply not ended by CRLF")
-        return bytes(buffer[after : after + length]), after + length + 2
+        return False, bytes(buffer[after : after + length]), after + length + 2
     if kind == 0x2A:  # * array
-        if length == -1:
-            return None, after
-        if length < -1 or length > MAX_REPLY_BYTES or depth >= MAX_REPLY_DEPTH:
-            raise RedisConnectionError("array reply out of bounds")
-        items = []
-        for _ in range(length):
-            parsed = parse_reply(buffer, after, depth + 1)
-            if parsed is None:
-                return None
-            item, after = parsed
-            items.append(item)
-        return items, after
+        if length < -1 or length > MAX_REPLY_ITEMS:
+            raise RedisConnectionError("array reply length out of bounds")
+        if length <= 0:
+            return False, (None if length == -1 else []), after
+        return True, length, after
     raise RedisConnectionError(f"reply type {kind!r} is no RESP2")
 
 
@@ -140,6 +194,7 @@ class _Connection(asyncio.Protocol):
         self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
+        self._reader = ReplyReader()
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._outgoing: list[bytes] = []
         self.closed = False
@@ -166,19 +221,19 @@ class _Connection(asyncio.Protocol):
         self._transport.write(data)
 
     def data_received(self, data: bytes) -> None:
+        buffer: bytes | bytearray
         if self._buffer:
             self._buffer += data
-            buffer: bytes | bytearray = self._buffer
+            buffer = self._buffer
         else:
             buffer = data
         at = 0
         waiting = self._waiting
         try:
             while at < len(buffer):
-                parsed = parse_reply(buffer, at)
-                if parsed is None:
+                reply, at = self._reader.read(buffer, at)
+                if reply is PENDING:
                     break
-                reply, at = parsed
                 if not waiting:
                     raise RedisConnectionError("a reply to no command")
                 future = waiting.popleft()
@@ -191,13 +246,19 @@ class _Connection(asyncio.Protocol):
         except RedisConnectionError as error:
             self.drop(error)
             return
-        self._buffer = bytearray(buffer[at:]) if at < len(buffer) else bytearray()
+        # What is left is the start of one element (the reader holds the reply's finished items).
+        if buffer is self._buffer:
+            del self._buffer[:at]
+        elif at < len(buffer):
+            self._buffer = bytearray(buffer[at:])
 
     def eof_received(self) -> bool:
         return False  # the server closed: so do we (connection_lost follows)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail_waiting(RedisConnectionError("connection lost"))
+        # A TLS alert (e.g. the server wanted a client certificate: with TLS 1.3 it says so only
+        # after the handshake) is kept, so the outage says tls.
+        self._fail_waiting(exc if isinstance(exc, ssl.SSLError) else RedisConnectionError("connection lost"))
 
     def drop(self, error: Exception | None = None) -> None:
         """Close now, failing every command still waiting for its reply."""
@@ -236,6 +297,7 @@ class RedisClient:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._connection: _Connection | None = None
         self._connecting: SingleFlight[str, _Connection] = SingleFlight()
+        self._closed = False
 
     async def execute(self, *arguments: str | bytes | int) -> Any:
         """The reply to one command; ``RedisReplyError`` for an error reply."""
@@ -257,13 +319,20 @@ class RedisClient:
             self._connection = None
 
     async def aclose(self) -> None:
-        """Close the connection and stop any connect under way."""
-        await self._connecting.aclose()
+        """Close the connection; a connect under way ends first (within ``connect_timeout_s``),
+        so its waiters see a closed connection, never a cancellation that was not theirs. A
+        command after this fails with ``RedisConnectionError``; nothing reconnects."""
+        self._closed = True
+        running = self._connecting.start("connect", self._open) if len(self._connecting) else None
+        if running is not None:
+            await asyncio.wait([running])
         self.drop_connection()
 
     async def _connected(self) -> _Connection:
         connection = self._connection
         if connection is None or connection.closed:
+            if self._closed:
+                raise RedisConnectionError("client closed")
             connection = await self._connecting.run("connect", self._open)
         return connection
 
@@ -271,13 +340,19 @@ class RedisClient:
         address = self._address
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_timeout_s):
-            _, connection = await loop.create_connection(
-                lambda: _Connection(loop),
-                address.host,
-                address.port,
-                ssl=self._tls,
-                server_hostname=address.host if self._tls is not None else None,
-            )
+            try:
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(loop),
+                    address.host,
+                    address.port,
+                    ssl=self._tls,
+                    server_hostname=address.host if self._tls is not None else None,
+                )
+            except UnicodeError:  # a host name IDNA cannot encode (the config refuses most)
+                raise RedisConnectionError("host name cannot be encoded") from None
+            if self._closed:  # closed while connecting
+                connection.drop()
+                raise RedisConnectionError("client closed")
             try:
                 await self._log_in(connection)
             except BaseException:
@@ -297,6 +372,10 @@ class RedisClient:
         outcomes = await asyncio.gather(*replies, return_exceptions=True)
         for index, outcome in enumerate(outcomes):
             if isinstance(outcome, RedisReplyError) and index == 0 and address.password is not None:
-                raise RedisAuthError(outcome.code) from None  # the message may echo the user name
+                # WRONGPASS (Redis 6+), or "ERR invalid password" / "ERR AUTH … called without any
+                # password configured" (older servers, or none set): the login. Anything else, such
+                # as "ERR max number of clients reached" sent before a command is read, is not.
+                if isinstance(outcome, RedisAuthError) or "password" in str(outcome).lower():
+                    raise RedisAuthError(outcome.code) from None  # the message may echo the user name
             if isinstance(outcome, BaseException):
                 raise outcome

@@ -326,14 +326,14 @@ def limit_case(name: str, written: str, key_path: str, message: str, line: int =
             "redis-unknown-option",
             12,
             "rate_limits.backend.redis.url",
-            "has an option 'ssl_cert_reqs' the gateway does not read (rediss:// takes ssl_ca_certs, ",
+            "has a query option the gateway does not read (rediss:// takes ssl_ca_certs, ",
             append="rate_limits:\n  backend: {redis: {url: 'rediss://cache.internal?ssl_cert_reqs=none'}}\n",
         ),
         Bad(
             "redis-tls-option-on-plain",
             12,
             "rate_limits.backend.redis.url",
-            "has an option 'ssl_ca_certs' the gateway does not read",
+            "has a query option the gateway does not read",
             append="rate_limits:\n  backend: {redis: {url: 'redis://cache.internal?ssl_ca_certs=/etc/ca.pem'}}\n",
         ),
         Bad(

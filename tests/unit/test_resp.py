@@ -19,6 +19,7 @@ import pytest
 from gateway.ratelimit.redis_address import RedisAddress, redis_address
 from gateway.ratelimit.resp import (
     MAX_REPLY_BYTES,
+    MAX_REPLY_ITEMS,
     RedisAuthError,
     RedisClient,
     RedisConnectionError,
@@ -76,6 +77,7 @@ def test_an_error_reply_is_a_value_and_auth_errors_are_named() -> None:
         b"$-2\r\n",
         b"*-2\r\n",
         b"$%d\r\n" % (MAX_REPLY_BYTES + 1),
+        b"*%d\r\n" % (MAX_REPLY_ITEMS + 1),
         b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",  # nested past MAX_REPLY_DEPTH
         b"+" + b"x" * (MAX_REPLY_BYTES + 1),  # a line that never ends
     ],
@@ -119,6 +121,7 @@ def test_a_url_is_read_into_an_address_that_never_shows_its_password() -> None:
         "unix:///tmp/redis.sock",
         "redis://h/0#f",
         "redis://h:99999",
+        "redis://" + "x" * 64 + ".example",  # a label IDNA cannot encode
     ],
 )
 def test_urls_the_gateway_would_not_read_as_written_are_refused(url: str) -> None:
@@ -126,6 +129,16 @@ def test_urls_the_gateway_would_not_read_as_written_are_refused(url: str) -> Non
     with pytest.raises(ValueError) as caught:
         redis_address(url)
     assert "h" not in str(caught.value).split()  # the message does not quote the URL
+
+
+@pytest.mark.parametrize("password", ["?Tr0ub4dor=3", "2024?Correct=x", "9?s3cr3t&x=1"])
+def test_a_password_read_as_a_query_is_never_quoted(password: str) -> None:
+    """An unencoded "?" in the password makes the rest of it the query: the refusal names no
+    part of it."""
+    with pytest.raises(ValueError) as caught:
+        redis_address(f"rediss://:{password}@cache.internal:6380/0")
+    secret = password.split("?")[1].split("=")[0]
+    assert secret not in str(caught.value)
 
 
 # --- the client over scripted servers ------------------------------------------------------------
@@ -329,3 +342,106 @@ async def test_nothing_listening_is_a_connection_error() -> None:
     with pytest.raises(OSError):
         await client.execute("PING")
     await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("head", "piece"),
+    [
+        pytest.param(b"*4096\r\n", b"$1000\r\n" + b"x" * 1000 + b"\r\n", id="many-bulks-each-in-bounds"),
+        # 4096 items of 18 bytes: over MAX_REPLY_BYTES before the array is complete.
+        pytest.param(b"*4096\r\n", b"$11\r\nhello world\r\n" * 50, id="many-small-items"),
+        pytest.param(b"$65000\r\n", b"x" * 100, id="one-bulk-trickled"),
+    ],
+)
+@pytest.mark.parametrize("caller", ["waiting", "gone"])
+async def test_an_endless_reply_drops_the_connection_at_the_bound(
+    head: bytes, piece: bytes, caller: str
+) -> None:
+    """A reply that never completes, however it is split (items each within bounds, or a bulk
+    trickled in), is dropped once MAX_REPLY_BYTES are buffered, whether its caller still waits
+    (it gets RedisConnectionError) or has gone (cancelled: no timeout runs any more)."""
+
+    async def endless(server: Scripted, data: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(head)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(10 * MAX_REPLY_BYTES // len(piece)):
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0)
+
+    async with scripted(endless) as server:
+        client = client_of(server)
+        command = asyncio.create_task(client.execute("EVALSHA", "x", 0))
+        if caller == "gone":
+            await asyncio.sleep(0.01)
+            command.cancel()
+        with pytest.raises((RedisConnectionError, asyncio.CancelledError)):
+            await command
+        connection = client._connection
+        assert connection is not None
+        async with asyncio.timeout(5):
+            while not connection.closed:  # noqa: ASYNC110 -- a flag, no event to wait on
+                await asyncio.sleep(0.01)
+        assert len(connection._buffer) <= MAX_REPLY_BYTES + 65536
+        await client.aclose()
+
+
+async def test_an_error_to_auth_that_is_not_about_the_password_is_no_auth_error() -> None:
+    """A full server answers a new connection "-ERR max number of clients reached" before it reads
+    anything: with a password in the URL that is the reply to AUTH, but not a refused login."""
+
+    async def full(server: Scripted, data: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"-ERR max number of clients reached\r\n")
+
+    async with scripted(full) as server:
+        client = client_of(server, password="right")
+        with pytest.raises(RedisReplyError) as caught:
+            await client.execute("PING")
+        await client.aclose()
+    assert type(caught.value) is RedisReplyError
+
+
+async def test_closing_while_connecting_fails_the_waiters_plainly_and_nothing_reconnects() -> None:
+    """aclose while a connect is under way: the callers waiting on it get RedisConnectionError
+    (not a CancelledError that was never theirs); a command after it fails without connecting."""
+    accepted = asyncio.Event()
+
+    async def slow_login(server: Scripted, data: bytes, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await asyncio.sleep(0.2)
+        writer.write(b"+OK\r\n" * data.count(b"*"))
+
+    async with scripted(slow_login) as server:
+        client = client_of(server, password="pw")
+        waiting = [asyncio.create_task(client.execute("PING")) for _ in range(3)]
+        await accepted.wait()
+        await client.aclose()
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(result, RedisConnectionError) for result in results), results
+        with pytest.raises(RedisConnectionError):
+            await client.execute("PING")
+    assert server.connections == 1
+
+
+async def test_a_decision_reply_of_the_wrong_shape_is_an_outage_not_a_crash() -> None:
+    """EVALSHA answered with two integers for one limit (a proxy or server bug): the store raises
+    StoreUnavailable (so the limit's fail mode applies), never an unpacking error."""
+    from gateway.ratelimit.buckets import Counter
+    from gateway.ratelimit.redis_store import RedisStore, StoreUnavailable
+    from gateway.ratelimit.spec import LimitSpec, RedisBackend, TokenBucket
+    from gateway.secret import Secret
+
+    async def short_answers(server: Scripted, data: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"$40\r\n" + b"0" * 40 + b"\r\n" if b"SCRIPT" in data else b"*2\r\n:1\r\n:1\r\n")
+
+    async with scripted(short_answers) as server:
+        errors: list[str] = []
+        store = RedisStore(
+            RedisBackend(url=Secret(f"redis://127.0.0.1:{server.port}")), on_store_error=errors.append
+        )
+        await store.start()
+        limit = LimitSpec("sends", TokenBucket(rate_per_s=1.0, burst=5), key=("subject",))
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.decide([Counter(limit, "sends:alice")], "lease", commit=True)
+        await store.aclose()
+    assert caught.value.reason == "connection" and errors == ["connection"]
