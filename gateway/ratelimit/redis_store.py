@@ -182,6 +182,7 @@ class RedisStore:
         self._unusable = "not_started"  # why there is no client, while there is none
         self._down_since: float | None = None
         self._retry_at = 0.0
+        self._releasing: set[asyncio.Task[None]] = set()  # leases freed after a failed decision
 
     @property
     def up(self) -> bool:
@@ -214,7 +215,9 @@ class RedisStore:
             pass
 
     async def aclose(self) -> None:
-        """Close the connection."""
+        """Give back the leases still being released, then close the connection."""
+        if self._releasing:
+            await asyncio.wait(set(self._releasing), timeout=self._backend.timeout_s * 2)
         if self._client is not None:
             await self._client.aclose()
         self._client = None
@@ -248,10 +251,27 @@ class RedisStore:
                 raise RedisConnectionError("EVALSHA answered no four integers per limit")
             return reply
 
-        return verdicts_from_reply(await self._call(evaluate))
+        try:
+            reply = await self._call(evaluate)
+        except (StoreUnavailable, asyncio.CancelledError):
+            # The script may have run (it was sent before the timeout or the caller's cancel) and
+            # taken concurrency slots nobody will be given to release: free the lease now rather
+            # than leave the slots taken for lease_s. A lease id is this request's only.
+            if commit:
+                self._release_later(counters, lease_id)
+            raise
+        return verdicts_from_reply(reply)
+
+    def _release_later(self, counters: Sequence[Counter], lease_id: str) -> None:
+        if not any(isinstance(counter.limit.algorithm, Concurrency) for counter in counters):
+            return
+        task = asyncio.get_running_loop().create_task(self.release(counters, lease_id))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def release(self, counters: Sequence[Counter], lease_id: str) -> None:
-        """Free the request's concurrency slots (one pipelined write). If the server cannot be
+        """Free the request's concurrency slots (one pipelined write), even while an outage's
+        retry_s runs (a slot not given back stays taken for lease_s). If the server cannot be
         reached the slots expire by themselves after ``lease_s``; nothing is raised."""
         prefix = self._backend.key_prefix
         removals = [
@@ -262,7 +282,7 @@ class RedisStore:
         if not removals:
             return
         try:
-            await self._call(lambda: self._require_client().execute_all(removals))
+            await self._call(lambda: self._require_client().execute_all(removals), fail_fast=False)
         except StoreUnavailable:
             pass
 
@@ -274,9 +294,10 @@ class RedisStore:
             raise StoreUnavailable(self._unusable)
         return self._client
 
-    async def _call(self, operation: Callable[[], Any]) -> Any:
-        """Run one server call within ``timeout_s``; fail fast while an outage's retry_s runs."""
-        if self._down_since is not None and self._monotonic() < self._retry_at:
+    async def _call(self, operation: Callable[[], Any], *, fail_fast: bool = True) -> Any:
+        """Run one server call within ``timeout_s``; fail fast while an outage's retry_s runs
+        (unless not ``fail_fast``)."""
+        if fail_fast and self._down_since is not None and self._monotonic() < self._retry_at:
             raise StoreUnavailable("down")
         try:
             async with asyncio.timeout(self._backend.timeout_s):

@@ -18,7 +18,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.ratelimit.limiter import RateLimiter
-from gateway.ratelimit.spec import FixedWindow, KeyField, LimitSpec, RateLimitsConfig, RedisBackend
+from gateway.ratelimit.spec import (
+    Concurrency,
+    FixedWindow,
+    KeyField,
+    LimitSpec,
+    RateLimitsConfig,
+    RedisBackend,
+)
 from gateway.secret import Secret
 from tests.integration.test_ratelimit_redis import NO_CLIENT_SETINFO
 from tests.support.redis_server import RedisServer, free_port, redis_binary
@@ -192,3 +199,61 @@ async def test_a_server_that_stops_answering_times_out_and_a_new_connection_reco
             # took one of the three (as any client's would); the budget stays exact.
             assert await admitted(limiter, 2) == [True, False]
             assert limiter.store_up
+
+
+PARALLEL = LimitSpec("parallel", Concurrency(max_in_flight=2), key=())
+
+
+async def test_a_decision_cancelled_on_the_wire_gives_its_slot_back(
+    redis_binary: str, tmp_path: Path
+) -> None:
+    """A decision whose caller is cancelled (its client went away) while the EVALSHA waits on a
+    busy server: the server still runs it and takes a slot, which the store then frees, so both
+    slots are there for the next two requests (not one, for lease_s)."""
+    async with running(redis_binary, tmp_path, "--enable-debug-command", "yes") as server:
+        config = RateLimitsConfig(
+            backend=RedisBackend(url=Secret(server.url), timeout_s=2.0), limits=(PARALLEL,)
+        )
+        limiter = RateLimiter(config)
+        await limiter.start()
+        admin = aioredis.Redis.from_url(server.url, **NO_CLIENT_SETINFO)
+        try:
+            sleeping = asyncio.create_task(
+                admin.execute_command("DEBUG", "SLEEP", "0.4")  # type: ignore[no-untyped-call]
+            )
+            await asyncio.sleep(0.1)
+            cancelled = asyncio.create_task(limiter.acquire([PARALLEL], ALICE))
+            await asyncio.sleep(0.1)  # written, waiting for the sleeping server
+            cancelled.cancel()
+            await sleeping
+            await asyncio.sleep(0.2)
+            assert await admin.zcard("mcpgw:parallel") == 0
+            held = [await limiter.acquire([PARALLEL], ALICE) for _ in range(3)]
+            assert [admission.allowed for admission in held] == [True, True, False]
+        finally:
+            await admin.aclose()
+            await limiter.aclose()
+
+
+async def test_a_slot_is_given_back_during_an_outage_window(redis_binary: str, tmp_path: Path) -> None:
+    """A request admitted before an unrelated timeout finishes inside retry_s (decisions fail
+    fast then): its slot is still given back at once, not held for lease_s."""
+    async with running(redis_binary, tmp_path, "--enable-debug-command", "yes") as server:
+        backend = RedisBackend(url=Secret(server.url), timeout_s=0.2, retry_s=30.0)
+        limiter = RateLimiter(RateLimitsConfig(backend=backend, limits=(PARALLEL, QUOTA)))
+        await limiter.start()
+        admin = aioredis.Redis.from_url(server.url, **NO_CLIENT_SETINFO)
+        try:
+            admitted = await limiter.acquire([PARALLEL], ALICE)
+            assert admitted.allowed and await admin.zcard("mcpgw:parallel") == 1
+            sleeping = asyncio.create_task(
+                admin.execute_command("DEBUG", "SLEEP", "0.4")  # type: ignore[no-untyped-call]
+            )
+            await asyncio.sleep(0.1)
+            assert (await limiter.acquire([QUOTA], ALICE)).unavailable  # timed out: down for 30 s
+            await sleeping
+            await admitted.release()
+            assert await admin.zcard("mcpgw:parallel") == 0
+        finally:
+            await admin.aclose()
+            await limiter.aclose()
