@@ -21,7 +21,7 @@ import asyncio
 import hashlib
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import structlog
@@ -114,6 +114,11 @@ return out
 LUA_DECIDE_SHA: Final = hashlib.sha1(LUA_DECIDE.encode(), usedforsecurity=False).hexdigest()
 
 
+# Leases remembered to give back at most (about 100 bytes each); past it the oldest is left to
+# expire after lease_s.
+MAX_UNRETURNED_LEASES: Final = 10_000
+
+
 class StoreUnavailable(Exception):
     """The store could not decide; ``reason`` is a bounded label (a metric value, a log field)."""
 
@@ -154,6 +159,10 @@ def script_arguments(
     return arguments
 
 
+def _concurrency(counters: Sequence[Counter]) -> tuple[Counter, ...]:
+    return tuple(counter for counter in counters if isinstance(counter.limit.algorithm, Concurrency))
+
+
 def verdicts_from_reply(reply: Sequence[int]) -> list[Verdict]:
     """The script's four integers per limit, as verdicts (milliseconds back to seconds)."""
     verdicts = []
@@ -182,7 +191,10 @@ class RedisStore:
         self._unusable = "not_started"  # why there is no client, while there is none
         self._down_since: float | None = None
         self._retry_at = 0.0
-        self._releasing: set[asyncio.Task[None]] = set()  # leases freed after a failed decision
+        # Leases to give back when the server answers again (release in an outage, a decision
+        # sent and then failed), by lease id; and the one task giving them back, if running.
+        self._unreturned: dict[str, tuple[Counter, ...]] = {}
+        self._returning: asyncio.Task[None] | None = None
 
     @property
     def up(self) -> bool:
@@ -216,8 +228,8 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Give back the leases still being released, then close the connection."""
-        if self._releasing:
-            await asyncio.wait(set(self._releasing), timeout=self._backend.timeout_s * 2)
+        if self._returning is not None:
+            await asyncio.wait([self._returning])
         if self._client is not None:
             await self._client.aclose()
         self._client = None
@@ -233,10 +245,16 @@ class RedisStore:
             *script_arguments(counters, lease_id, self._backend.lease_s, commit=commit),
         )
 
+        written = False  # whether the EVALSHA may have reached the server
+
+        def on_written() -> None:
+            nonlocal written
+            written = True
+
         async def evaluate() -> list[int]:
             client = self._require_client()
             try:
-                reply = await client.execute(*command)
+                reply = await client.execute(*command, on_written=on_written)
             except RedisReplyError as error:
                 if error.code != "NOSCRIPT":
                     raise
@@ -254,37 +272,66 @@ class RedisStore:
         try:
             reply = await self._call(evaluate)
         except (StoreUnavailable, asyncio.CancelledError):
-            # The script may have run (it was sent before the timeout or the caller's cancel) and
-            # taken concurrency slots nobody will be given to release: free the lease now rather
-            # than leave the slots taken for lease_s. A lease id is this request's only.
-            if commit:
-                self._release_later(counters, lease_id)
+            # Sent, then timed out or cancelled: the server may have run the script and taken
+            # concurrency slots that no caller holds to give back. Free the lease (a lease id is
+            # this request's only) rather than leave the slots taken for lease_s.
+            if commit and written:
+                self._return_later(counters, lease_id)
             raise
         return verdicts_from_reply(reply)
 
-    def _release_later(self, counters: Sequence[Counter], lease_id: str) -> None:
-        if not any(isinstance(counter.limit.algorithm, Concurrency) for counter in counters):
-            return
-        task = asyncio.get_running_loop().create_task(self.release(counters, lease_id))
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
-
     async def release(self, counters: Sequence[Counter], lease_id: str) -> None:
-        """Free the request's concurrency slots (one pipelined write), even while an outage's
-        retry_s runs (a slot not given back stays taken for lease_s). If the server cannot be
-        reached the slots expire by themselves after ``lease_s``; nothing is raised."""
-        prefix = self._backend.key_prefix
-        removals = [
-            ("ZREM", prefix + counter.key, lease_id)
-            for counter in counters
-            if isinstance(counter.limit.algorithm, Concurrency)
-        ]
-        if not removals:
+        """Free the request's concurrency slots (one pipelined write). Within an outage's retry_s,
+        or if the server cannot be reached, the lease is remembered and freed in the background
+        as soon as the server answers (nothing waits on it; bounded: past that, a slot is freed
+        by its expiry, lease_s). Nothing is raised, and no failure here counts as an outage."""
+        held = _concurrency(counters)
+        if not held:
+            return
+        if self._down_since is not None and self._monotonic() < self._retry_at:
+            self._return_later(held, lease_id)
             return
         try:
-            await self._call(lambda: self._require_client().execute_all(removals), fail_fast=False)
-        except StoreUnavailable:
-            pass
+            await self._give_back({lease_id: held})
+        except Exception:  # the server did not confirm: try again in the background
+            self._return_later(held, lease_id)
+
+    def _return_later(self, counters: Sequence[Counter], lease_id: str) -> None:
+        held = _concurrency(counters)
+        if not held:
+            return
+        if len(self._unreturned) >= MAX_UNRETURNED_LEASES:
+            self._unreturned.pop(next(iter(self._unreturned)))  # the oldest: it expires soonest
+        self._unreturned[lease_id] = held
+        self._return_soon()
+
+    def _return_soon(self) -> None:
+        """Start giving back the remembered leases, unless that is under way already (one at a time)."""
+        if self._returning is not None or not self._unreturned or self._client is None:
+            return
+        leases, self._unreturned = self._unreturned, {}
+
+        async def give_back() -> None:
+            try:
+                await self._give_back(leases)
+            except Exception:  # still unreachable: kept for the next success
+                for lease_id, held in leases.items():
+                    self._unreturned.setdefault(lease_id, held)
+
+        self._returning = asyncio.get_running_loop().create_task(give_back())
+        self._returning.add_done_callback(self._returned)
+
+    def _returned(self, task: asyncio.Task[None]) -> None:
+        self._returning = None
+
+    async def _give_back(self, leases: Mapping[str, Sequence[Counter]]) -> None:
+        """ZREM each lease from its counters, within timeout_s; no outage bookkeeping."""
+        prefix = self._backend.key_prefix
+        removals = [
+            ("ZREM", prefix + counter.key, lease_id) for lease_id, held in leases.items() for counter in held
+        ]
+        async with asyncio.timeout(self._backend.timeout_s):
+            await self._require_client().execute_all(removals)
 
     async def _load_script(self) -> None:
         await self._require_client().execute("SCRIPT", "LOAD", LUA_DECIDE)
@@ -294,10 +341,9 @@ class RedisStore:
             raise StoreUnavailable(self._unusable)
         return self._client
 
-    async def _call(self, operation: Callable[[], Any], *, fail_fast: bool = True) -> Any:
-        """Run one server call within ``timeout_s``; fail fast while an outage's retry_s runs
-        (unless not ``fail_fast``)."""
-        if fail_fast and self._down_since is not None and self._monotonic() < self._retry_at:
+    async def _call(self, operation: Callable[[], Any]) -> Any:
+        """Run one server call within ``timeout_s``; fail fast while an outage's retry_s runs."""
+        if self._down_since is not None and self._monotonic() < self._retry_at:
             raise StoreUnavailable("down")
         try:
             async with asyncio.timeout(self._backend.timeout_s):
@@ -332,6 +378,7 @@ class RedisStore:
             )
 
     def _succeeded(self) -> None:
+        self._return_soon()
         if self._down_since is not None:
             down_s = round(self._monotonic() - self._down_since, 3)
             self._down_since = None

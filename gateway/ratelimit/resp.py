@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
 from ..singleflight import SingleFlight
@@ -299,11 +299,17 @@ class RedisClient:
         self._connecting: SingleFlight[str, _Connection] = SingleFlight()
         self._closed = False
 
-    async def execute(self, *arguments: str | bytes | int) -> Any:
-        """The reply to one command; ``RedisReplyError`` for an error reply."""
+    async def execute(
+        self, *arguments: str | bytes | int, on_written: Callable[[], None] | None = None
+    ) -> Any:
+        """The reply to one command; ``RedisReplyError`` for an error reply. ``on_written`` is
+        called once the command is queued on a connection: from then on the server may run it."""
         async with self._slots:
             connection = await self._connected()
-            return await connection.send(encode_command(arguments))
+            reply = connection.send(encode_command(arguments))
+            if on_written is not None:
+                on_written()
+            return await reply
 
     async def execute_all(self, commands: Sequence[Command]) -> list[Any]:
         """The replies to several commands, sent in one write; the first error reply is raised."""

@@ -445,3 +445,44 @@ async def test_a_decision_reply_of_the_wrong_shape_is_an_outage_not_a_crash() ->
             await store.decide([Counter(limit, "sends:alice")], "lease", commit=True)
         await store.aclose()
     assert caught.value.reason == "connection" and errors == ["connection"]
+
+
+async def test_a_silent_server_costs_finishing_requests_nothing_and_counts_one_outage() -> None:
+    """The server answers the script load and one decision, then goes silent. The next decision
+    times out (one store error); in the retry_s window after it, decisions refused fast send
+    nothing and open no connection, and releasing 5 admitted requests returns at once and counts
+    no store error (their leases wait to be given back)."""
+    from gateway.ratelimit.buckets import Counter
+    from gateway.ratelimit.redis_store import RedisStore, StoreUnavailable
+    from gateway.ratelimit.spec import Concurrency, LimitSpec, RedisBackend
+    from gateway.secret import Secret
+
+    async def then_silent(server: Scripted, data: bytes, writer: asyncio.StreamWriter) -> None:
+        if b"SCRIPT" in data:
+            writer.write(b"$40\r\n" + b"0" * 40 + b"\r\n")
+        elif len(server.reads) <= 2:
+            writer.write(b"*4\r\n:1\r\n:1\r\n:-1\r\n:0\r\n")
+
+    limit = LimitSpec("parallel", Concurrency(max_in_flight=10), key=())
+    counters = [Counter(limit, "parallel")]
+    async with scripted(then_silent) as server:
+        errors: list[str] = []
+        backend = RedisBackend(url=Secret(f"redis://127.0.0.1:{server.port}"), timeout_s=0.1, retry_s=30)
+        store = RedisStore(backend, on_store_error=errors.append)
+        await store.start()
+        assert (await store.decide(counters, "admitted", commit=True))[0].allowed
+        with pytest.raises(StoreUnavailable):
+            await store.decide(counters, "timed-out", commit=True)
+        connections, reads = server.connections, len(server.reads)
+        for n in range(50):
+            with pytest.raises(StoreUnavailable) as caught:
+                await store.decide(counters, f"fast-{n}", commit=True)
+            assert caught.value.reason == "down"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for n in range(5):
+            await store.release(counters, f"admitted-{n}")
+        assert loop.time() - started < 0.05
+        assert errors == ["timeout"]
+        assert (server.connections, len(server.reads)) <= (connections + 1, reads + 1)
+        await store.aclose()
