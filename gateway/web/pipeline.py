@@ -151,22 +151,25 @@ async def handle_mcp(
         check_route_scopes(route, principal, request.method, gateway.metrics)
         admissions = await admit_request(gateway, route, principal, (), request.method, None, request)
 
-    # The client's token stops in gateway/upstream/proxy.py: Upstream.forward builds the upstream
-    # request from a header allowlist (upstream_request_headers) that leaves Authorization out.
-    # Until then it rides in principal.token, for a token exchange only. The route's own
-    # credential takes its place, narrowed to what this operation needs.
-    credential = await served.credential.headers(principal, required)
-    # Then every task id the upstream hands out is sealed to this caller (gateway.mcp.handles).
-    # Pinned tools first: a drifted tool leaves the list before the caller's filter sees it.
-    pins = () if served.pins is None else (pin_view(served.pins, post),)
-    response_filter = chain(*served.answer_watches, *pins, list_filter, TaskIdSealer(handles.seal_task_id))
-    upstream_headers = {**credential, **upstream_session}
-    response_headers = {"X-Request-Id": request[REQUEST_ID], **(cors_headers(origin) if origin else {})}
-    if (nonce := request.get(DPOP_NONCE)) is not None:  # §8: the nonce for the client's next proof
-        response_headers["DPoP-Nonce"] = nonce
-    for admission in admissions:
-        response_headers.update(admission.headers)  # RateLimit-Policy / RateLimit on answers too
+    # From here the request holds its rate-limit slots: every way out gives them back.
     try:
+        # The client's token stops in gateway/upstream/proxy.py: Upstream.forward builds the upstream
+        # request from a header allowlist (upstream_request_headers) that leaves Authorization out.
+        # Until then it rides in principal.token, for a token exchange only. The route's own
+        # credential takes its place, narrowed to what this operation needs.
+        credential = await served.credential.headers(principal, required)
+        # Then every task id the upstream hands out is sealed to this caller (gateway.mcp.handles).
+        # Pinned tools first: a drifted tool leaves the list before the caller's filter sees it.
+        pins = () if served.pins is None else (pin_view(served.pins, post),)
+        response_filter = chain(
+            *served.answer_watches, *pins, list_filter, TaskIdSealer(handles.seal_task_id)
+        )
+        upstream_headers = {**credential, **upstream_session}
+        response_headers = {"X-Request-Id": request[REQUEST_ID], **(cors_headers(origin) if origin else {})}
+        if (nonce := request.get(DPOP_NONCE)) is not None:  # §8: the nonce for the client's next proof
+            response_headers["DPoP-Nonce"] = nonce
+        for admission in admissions:
+            response_headers.update(admission.headers)  # RateLimit-Policy / RateLimit on answers too
         held.stream()  # one of the process's streams, or 503 before the upstream sees anything
         # Traced: a CLIENT span until the answer is relayed, its traceparent sent in place of the
         # client's, and a watch of the answer for errors (gateway.telemetry.spans).

@@ -132,6 +132,37 @@ async def test_authorization_server_refusing_gives_403_with_its_code_in_the_log(
     assert any(e.get("as_error") == "invalid_target" for e in gateway_logs.events()[before:])
 
 
+async def test_a_refused_exchange_gives_back_its_concurrency_slots(
+    issuer: TestIssuer,
+    upstream: Upstream,
+    fake_as: FakeAuthorizationServer,
+    start_gateway_with: GatewayFactory,
+) -> None:
+    """Slots are taken before the exchange: two calls whose exchange the AS refuses give them
+    back, so a third caller with nothing in flight meets the AS's refusal again (403), not 429."""
+    limited = (
+        exchange_config(issuer, upstream, fake_as)
+        .replace(
+            "        routes:\n",
+            "        rate_limits:\n          limits:\n"
+            "            slots: {concurrent: 2, key: [route]}\n        routes:\n",
+        )
+        .replace(
+            "            scopes: [mcp:access]\n",
+            "            scopes: [mcp:access]\n            limits: [slots]\n",
+        )
+    )
+    gateway = await start_gateway_with(limited)
+    fake_as.targets = {"https://somewhere-else"}  # every exchange refused: invalid_target
+    statuses = []
+    for subject in ("alice", "bob", "carol"):
+        token = issuer.mint(audience=RESOURCE, scope="mcp:access demo:read", subject=subject)
+        fake_as.subject_tokens[token] = frozenset({"mcp:access", "demo:read"})
+        statuses.append((await post(gateway.route_url(), token))[0])
+    assert statuses == [403, 403, 403]
+    assert await upstream.requests() == []
+
+
 def introspection_config(issuer_url: str, upstream: Upstream, fake: FakeAuthorizationServer) -> str:
     return f"""
         public_url: http://127.0.0.1:8080
