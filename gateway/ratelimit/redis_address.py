@@ -78,12 +78,19 @@ def redis_address(url: str) -> RedisAddress:
         raise ValueError("has a host name that cannot be encoded (IDNA)") from None
     if ("ssl_certfile" in options) != ("ssl_keyfile" in options):
         raise ValueError("takes ssl_certfile and ssl_keyfile together")
+    if port == 0:
+        raise ValueError("has port 0")
+    try:
+        username = unquote(parts.username, errors="strict") if parts.username else None
+        password = unquote(parts.password, errors="strict") if parts.password is not None else None
+    except UnicodeDecodeError:
+        raise ValueError("has a user or password that is not UTF-8 once percent-decoded") from None
     return RedisAddress(
         host=parts.hostname,
         port=port or DEFAULT_PORT,
         tls=scheme == "rediss",
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
+        username=username,
+        password=password,
         db=int(parts.path[1:]) if len(parts.path) > 1 else 0,
         ca_file=options.get("ssl_ca_certs"),
         cert_file=options.get("ssl_certfile"),

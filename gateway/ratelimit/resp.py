@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
@@ -172,11 +173,14 @@ def _element(buffer: bytes | bytearray, at: int) -> tuple[bool, Any, int] | None
     raise RedisConnectionError(f"reply type {kind!r} is no RESP2")
 
 
+_NUMBER: Final = re.compile(rb"-?[0-9]{1,20}")
+
+
 def _length(line: bytes) -> int:
-    try:
-        return int(line)
-    except ValueError:
-        raise RedisConnectionError("reply number unreadable") from None
+    # Strictly digits: int() would also take "1_000", " 2 " or a 5000-digit number.
+    if _NUMBER.fullmatch(line) is None:
+        raise RedisConnectionError("reply number unreadable")
+    return int(line)
 
 
 def tls_context(address: RedisAddress) -> ssl.SSLContext:

@@ -73,6 +73,9 @@ def test_an_error_reply_is_a_value_and_auth_errors_are_named() -> None:
     [
         b"!5\r\nhello\r\n",  # a RESP3 type
         b":12x\r\n",
+        b":1_000\r\n",
+        b"$ 2 \r\nab\r\n",
+        b":" + b"9" * 21 + b"\r\n",
         b"$3\r\nabcd\r\n",  # the bulk's length is wrong
         b"$-2\r\n",
         b"*-2\r\n",
@@ -121,6 +124,8 @@ def test_a_url_is_read_into_an_address_that_never_shows_its_password() -> None:
         "unix:///tmp/redis.sock",
         "redis://h/0#f",
         "redis://h:99999",
+        "redis://h:0",
+        "redis://:%FF@h",  # a password that is no UTF-8
         "redis://" + "x" * 64 + ".example",  # a label IDNA cannot encode
     ],
 )
