@@ -534,11 +534,16 @@ def dpop_wrk(
 def alternate_cpu(
     gw: Gateway, runs: dict[str, Callable[[], dict[str, Any]]], rounds: int, baseline: str
 ) -> dict[str, Any]:
-    """Each labelled run in turn, ``rounds`` times, with the gateway's CPU per request; the median
-    run of each, and the extra CPU per request of the other label over ``baseline``."""
+    """Each labelled run in turn (the order reversed every other round), ``rounds`` times, with the
+    gateway's CPU per request; the median run of each, and the extra CPU per request of the other
+    label over ``baseline``."""
     results: dict[str, list[dict[str, Any]]] = {label: [] for label in runs}
-    for _ in range(rounds):
-        for label, run in runs.items():
+    labels = list(runs)
+    for round_ in range(rounds):
+        # Every other round in the other order: the run after a heavy one (or later in a drifting
+        # minute) is not always the same label's.
+        for label in labels if round_ % 2 == 0 else labels[::-1]:
+            run = runs[label]
             pids = gw.pids()
             before = cpu_seconds(pids)
             result = run()

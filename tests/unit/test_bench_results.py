@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,29 @@ def test_median_of_rounds() -> None:
         "p50_ms": 3.5,
         "socket_errors": "timeout 1",
     }
+
+
+def test_alternating_runs_swap_their_order_every_other_round() -> None:
+    """alternate_cpu runs plain, limited, then limited, plain, …: neither label always goes first."""
+    import os
+
+    from tests.bench.run import alternate_cpu
+
+    class _ThisProcess:
+        def pids(self) -> list[int]:
+            return [os.getpid()]
+
+    order: list[str] = []
+
+    def run(label: str) -> Any:
+        def measured() -> dict[str, Any]:
+            order.append(label)
+            started = time.process_time()
+            while time.process_time() - started < 0.02:  # some CPU to count, as a wrk run has
+                pass
+            return {"requests": 1, "rps": 1.0}
+
+        return measured
+
+    alternate_cpu(_ThisProcess(), {"plain": run("plain"), "limited": run("limited")}, 4, baseline="plain")  # type: ignore[arg-type]
+    assert order == ["plain", "limited", "limited", "plain", "plain", "limited", "limited", "plain"]
