@@ -314,9 +314,9 @@ class RedisStore:
         async def give_back() -> None:
             try:
                 await self._give_back(leases)
-            except Exception:  # still unreachable: kept for the next success
-                for lease_id, held in leases.items():
-                    self._unreturned.setdefault(lease_id, held)
+            except Exception:  # still unreachable: kept for the next success, within the bound
+                kept = {**leases, **self._unreturned}
+                self._unreturned = dict(list(kept.items())[-MAX_UNRETURNED_LEASES:])
 
         self._returning = asyncio.get_running_loop().create_task(give_back())
         self._returning.add_done_callback(self._returned)
