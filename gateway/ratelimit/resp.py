@@ -385,7 +385,11 @@ class RedisClient:
                 # WRONGPASS (Redis 6+), or "ERR invalid password" / "ERR AUTH … called without any
                 # password configured" (older servers, or none set): the login. Anything else, such
                 # as "ERR max number of clients reached" sent before a command is read, is not.
+                # Either way only the code is kept: the message may echo the user name, or (an
+                # AUTH renamed away: "unknown command 'AUTH', with args beginning with: …") the
+                # password itself.
                 if isinstance(outcome, RedisAuthError) or "password" in str(outcome).lower():
-                    raise RedisAuthError(outcome.code) from None  # the message may echo the user name
+                    raise RedisAuthError(outcome.code) from None
+                raise RedisReplyError(outcome.code) from None
             if isinstance(outcome, BaseException):
                 raise outcome

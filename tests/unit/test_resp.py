@@ -324,19 +324,21 @@ async def test_login_and_database_go_first_on_each_connection() -> None:
         pytest.param(b"-ERR invalid password", RedisAuthError, "ERR", id="older-server"),
         # A full server answers a new connection before it reads anything: with a password in
         # the URL that is the reply to AUTH, but not a refused login.
+        pytest.param(b"-ERR max number of clients reached", RedisReplyError, "ERR", id="full"),
+        # AUTH renamed away: the server's message quotes the arguments, the password among them.
         pytest.param(
-            b"-ERR max number of clients reached",
+            b"-ERR unknown command 'AUTH', with args beginning with: 'pw' ",
             RedisReplyError,
-            "ERR max number of clients reached",
-            id="full",
+            "ERR",
+            id="renamed",
         ),
     ],
 )
 async def test_an_error_to_auth_is_an_auth_error_only_if_it_is_about_the_login(
     answer: bytes, error_type: type[Exception], text: str
 ) -> None:
-    """A refused login is RedisAuthError with the code only (the message may echo the user);
-    nothing is sent after AUTH either way."""
+    """A refused login is RedisAuthError, any other error a RedisReplyError, both with the code
+    only (the server's message may echo the user or the password); nothing is sent after AUTH."""
 
     async def refuse(server: Scripted, data: bytes, writer: asyncio.StreamWriter) -> None:
         writer.write(answer + b"\r\n")
