@@ -22,6 +22,7 @@ in a span as it is in a log line. Pure: no OpenTelemetry, no aiohttp.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any, Final, TypeAlias
@@ -170,6 +171,11 @@ def decision_attributes(decision: Decision, observed: Decision | None = None) ->
 
 def server_address(url: str) -> Attributes:
     """``server.address`` and ``server.port`` of an upstream URL (its scheme's port if none)."""
+    return dict(_server_address(url))
+
+
+@functools.lru_cache(maxsize=256)  # a route's upstream: parsed once, not per request
+def _server_address(url: str) -> Attributes:
     parts = urlsplit(url)
     attributes: Attributes = {}
     if parts.hostname:

@@ -1,20 +1,20 @@
-"""OpenTelemetry traces of MCP requests (``tracing:``), exported over OTLP/HTTP.
+"""Traces of MCP requests (``tracing:``), exported over OTLP/HTTP.
 
 Imported only when a config has ``tracing:`` (``gateway.telemetry.open_tracing``): a gateway
-without it never loads OpenTelemetry.
+without it loads none of this.
 
-- One private ``TracerProvider`` per gateway generation, never the global one (a test process
-  runs many gateways, and a library that traces through the global API must not land in the
-  gateway's traces): a ``service.name`` / ``service.version`` resource, the
-  ``ParentBased(TraceIdRatioBased(sample_ratio))`` sampler (a caller's sampled trace is always
-  followed, the ratio applies to traces that start here), a ``BatchSpanProcessor`` (its
-  ``OTEL_BSP_*`` environment settings apply) and the OTLP/HTTP exporter to
-  ``{endpoint}/v1/traces``, gzip, with the configured headers, revealed only into the exporter.
-  Spans are exported from the processor's thread, never on the event loop; ``aclose`` flushes.
+- One tracer per gateway generation (a test process runs many gateways): spans of its own
+  (``gateway.telemetry.recorder``, sampled as OpenTelemetry's
+  ``ParentBased(TraceIdRatioBased(sample_ratio))``: a caller's sampled trace is always followed,
+  the ratio applies to traces that start here), queued on end and exported in batches from a
+  thread (``gateway.telemetry.span_export``, ``OTEL_BSP_*`` settings) to ``{endpoint}/v1/traces``
+  with the configured headers, revealed only into the request. The resource is OpenTelemetry's
+  (``service.name``, ``service.version``, ``OTEL_RESOURCE_ATTRIBUTES``), the same as the metrics
+  and the audit trail carry. ``aclose`` flushes.
 - Per request (``serve``): a SERVER span that continues the client's W3C ``traceparent`` /
   ``tracestate``, named and described by ``gateway.telemetry.attributes`` once the body is read;
-  the hooks of ``gateway.telemetry.spans`` open its children while it is the current span
-  (``RequestTrace``); the CLIENT span toward the upstream injects its own context into the
+  the hooks of ``gateway.telemetry.spans`` open its children inside the current span
+  (``RequestTrace``); the CLIENT span toward the upstream sends its own context with the
   forwarded request, so the upstream continues the trace as the gateway's child. A streamed
   answer's spans end when the stream does.
 """
@@ -22,22 +22,12 @@ without it never loads OpenTelemetry.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, Final
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
-from opentelemetry import context as otel_context
-from opentelemetry import trace as otel_trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .. import __version__
 from ..config import RouteConfig, TracingConfig
@@ -62,98 +52,83 @@ from .attributes import (
     refusal_attributes,
     server_address,
 )
-from .otlp_http import compression
+from .otlp_wire import ExportHead
+from .recorder import CLIENT, INTERNAL, Span, Tracer, UnsampledSpan, caller_context
+from .span_export import BatchSettings, OtlpTraceSender, SpanExport
 from .spans import NO_SPAN, DecisionScope, SpanKindName, SpanScope, UpstreamScope, activate, deactivate
 
-__all__ = ["INSTRUMENTATION_SCOPE", "RequestTrace", "Tracing", "build_provider"]
+__all__ = ["INSTRUMENTATION_SCOPE", "RequestTrace", "Tracing"]
 
 MAX_ATTRIBUTE_CHARS = 4096
 
 INSTRUMENTATION_SCOPE: Final = "mcp_auth_gateway"
 SESSION_HEADER: Final = "Mcp-Session-Id"
-_PROPAGATOR: Final = TraceContextTextMapPropagator()
-_KINDS: Final = {"internal": SpanKind.INTERNAL, "client": SpanKind.CLIENT}
+_KINDS: Final = {"internal": INTERNAL, "client": CLIENT}
 # Every span the gateway serves or sends goes over HTTP/1.1 on TCP (Streamable HTTP).
 _TRANSPORT: Final[Attributes] = {
     "network.transport": "tcp",
     "network.protocol.name": "http",
     "network.protocol.version": "1.1",
 }
+# The span a child opened now belongs in: the SERVER span, or the child whose block runs.
+_CURRENT: ContextVar[Span | None] = ContextVar("gateway_current_span", default=None)
 
 
-class _HeaderGetter(Getter[CIMultiDictProxy[str]]):
-    """Every value of a request header: two ``traceparent`` headers are read as W3C says (the
-    propagator takes the first), two ``tracestate`` headers are joined."""
+def resource_attributes(config: TracingConfig) -> dict[str, AttributeValue]:
+    """OpenTelemetry's resource for this service (its environment settings applied)."""
+    from opentelemetry.sdk.resources import Resource
 
-    def get(self, carrier: CIMultiDictProxy[str], key: str) -> list[str] | None:
-        values = carrier.getall(key, [])
-        return values or None
-
-    def keys(self, carrier: CIMultiDictProxy[str]) -> list[str]:
-        return list(carrier.keys())
-
-
-_HEADERS: Final = _HeaderGetter()
-
-
-def build_provider(config: TracingConfig, exporter: SpanExporter | None = None) -> TracerProvider:
-    """The gateway's own provider for ``config`` (``exporter``: instead of OTLP/HTTP, for tests)."""
-    if exporter is None:
-        otlp = config.otlp
-        exporter = OTLPSpanExporter(
-            endpoint=f"{otlp.endpoint}/v1/traces",
-            headers={name: value.reveal() for name, value in otlp.headers},
-            timeout=otlp.timeout_s,
-            compression=compression(otlp),
-        )
-    provider = TracerProvider(
-        sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
-        # The last bound on what a span may carry, beside client_text's on each client string
-        # (audited arguments are one JSON attribute).
-        span_limits=SpanLimits(max_span_attribute_length=MAX_ATTRIBUTE_CHARS),
-        resource=Resource.create({"service.name": config.service_name, "service.version": __version__}),
-        shutdown_on_exit=False,  # aclose flushes it, with the app
-    )
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider
+    resource = Resource.create({"service.name": config.service_name, "service.version": __version__})
+    return {
+        key: value
+        for key, value in resource.attributes.items()
+        if isinstance(value, str | bool | int | float)
+    }
 
 
 class Tracing:
     """The tracer of one gateway generation: ``serve`` traces a request; ``aclose`` flushes.
 
-    Built off the event loop (``open_tracing``): the exporter's HTTP session and the processor's
-    thread start here.
+    Built off the event loop (``open_tracing``): the export thread starts here. ``send``: where
+    batches of ended spans go instead of the collector (tests).
     """
 
-    def __init__(self, config: TracingConfig, exporter: SpanExporter | None = None) -> None:
-        self._provider = build_provider(config, exporter)
-        self._tracer = self._provider.get_tracer(INSTRUMENTATION_SCOPE, __version__)
+    def __init__(self, config: TracingConfig, send: Callable[[Sequence[Span]], object] | None = None) -> None:
+        self._sender: OtlpTraceSender | None = None
+        if send is None:
+            head = ExportHead(resource_attributes(config), INSTRUMENTATION_SCOPE, __version__)
+            self._sender = OtlpTraceSender(config.otlp, head)
+            send = self._sender.send
+        self._export = SpanExport(send, BatchSettings.from_environment())
+        self._tracer = Tracer(config.sample_ratio, self._export.add, MAX_ATTRIBUTE_CHARS)
 
     def flush(self) -> None:
         """Export every ended span now (blocking: call it off the loop). The benchmark's blocks
         end with it, so that each block's CPU holds its own export and no other's."""
-        self._provider.force_flush()
+        self._export.flush()
 
     async def aclose(self) -> None:
         """Export what is left and stop (in a thread: the last export is a blocking HTTP call)."""
-        await asyncio.to_thread(self._provider.shutdown)
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        self._export.shutdown()
+        if self._sender is not None:
+            self._sender.close()
 
     async def serve(
         self, request: web.Request, route: RouteConfig, handling: Awaitable[web.StreamResponse]
     ) -> web.StreamResponse:
         """Await ``handling`` (the pipeline for this request) inside the request's SERVER span."""
-        parent = _PROPAGATOR.extract(request.headers, getter=_HEADERS)
-        server = self._tracer.start_span(
-            http_span_name(request.method, route.path),
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes=_server_attributes(request, route),
+        headers = request.headers
+        parent = caller_context(headers.getall("traceparent", []), headers.getall("tracestate", []))
+        server = self._tracer.start_server(
+            http_span_name(request.method, route.path), parent, _server_attributes(request, route)
         )
         trace = RequestTrace(self._tracer, server, route, request)
-        # An unsampled request opens no children (ParentBased would drop every one): it only
-        # passes its trace context on, so it needs no current span either.
-        recording = server.is_recording()
-        attached = otel_context.attach(otel_trace.set_span_in_context(server, parent)) if recording else None
+        # An unsampled request opens no children: it only passes its trace context on, so it
+        # needs no current span either.
+        current = _CURRENT.set(server) if isinstance(server, Span) else None
         activated = activate(trace)
         response: web.StreamResponse | None = None
         status = 500
@@ -174,8 +149,8 @@ class Tracing:
             raise
         finally:
             deactivate(activated)
-            if attached is not None:
-                otel_context.detach(attached)
+            if current is not None:
+                _CURRENT.reset(current)
             trace.end(status, response.headers.get(SESSION_HEADER) if response is not None else None)
 
 
@@ -196,7 +171,9 @@ class RequestTrace:
 
     __slots__ = ("_client", "_opened", "_request", "_route", "_tracer", "messages", "server")
 
-    def __init__(self, tracer: Tracer, server: Span, route: RouteConfig, request: web.Request) -> None:
+    def __init__(
+        self, tracer: Tracer, server: Span | UnsampledSpan, route: RouteConfig, request: web.Request
+    ) -> None:
         self._tracer = tracer
         self.server = server
         self._route = route
@@ -209,31 +186,35 @@ class RequestTrace:
 
     # --- the hooks (gateway.telemetry.spans) --------------------------------------------------
 
+    def _start(self, name: str, kind: int, attributes: Mapping[str, AttributeValue]) -> Span | None:
+        """A child of the current span (the server span's, or the open child's), None unsampled."""
+        server = self.server
+        if not isinstance(server, Span):
+            return None
+        return self._tracer.start_child(_CURRENT.get() or server, name, kind, attributes)
+
     def child(self, name: str, kind: SpanKindName, attributes: Mapping[str, AttributeValue]) -> SpanScope:
-        if not self.server.is_recording():
-            return NO_SPAN
-        return ChildScope(self._tracer.start_span(name, kind=_KINDS[kind], attributes=attributes))
+        span = self._start(name, _KINDS[kind], attributes)
+        return NO_SPAN if span is None else ChildScope(span)
 
     def decision(self, message: McpMessage) -> DecisionScope:
         self._opened = True  # deciding comes after the session opened (pipeline.handle_mcp)
         self.messages.append(message)
-        if not self.server.is_recording():
-            return NO_SPAN
-        span = self._tracer.start_span("decide policy", attributes=message_attributes(message))
-        return DecisionSpan(span)
+        span = self._start("decide policy", INTERNAL, message_attributes(message))
+        return NO_SPAN if span is None else DecisionSpan(span)
 
     def upstream(self, http_method: str) -> UpstreamScope:
         self._opened = True
-        if not self.server.is_recording():
+        client = self._start(self._name(http_method), CLIENT, {})
+        if client is None:
             # The upstream continues the (unsampled) trace from the SERVER span.
-            return Propagation(_injected(self.server))
-        client = self._tracer.start_span(self._name(http_method), kind=SpanKind.CLIENT)
+            return Propagation(self.server.context.headers())
         client.set_attributes({**self._message_attributes(False), **self._common()})
         client.set_attributes(server_address(self._route.upstream))
         self._client = client
         # Only a POST's answer answers its messages (a GET stream carries the server's own).
         watches = (AnswerWatch(self),) if http_method == "POST" else ()
-        return UpstreamSpan(client, _injected(client), watches, self)
+        return UpstreamSpan(client, client.context.headers(), watches, self)
 
     # --- what the request came to ------------------------------------------------------------
 
@@ -243,7 +224,7 @@ class RequestTrace:
         for span in (self.server, self._client):
             if span is not None and span.is_recording():
                 span.set_attributes(attributes)
-                span.set_status(Status(StatusCode.ERROR, description))
+                span.fail(description)
 
     def upstream_done(self) -> None:
         self._client = None
@@ -252,7 +233,7 @@ class RequestTrace:
         """Name the SERVER span after its message (once the body was read), describe it, end it."""
         server = self.server
         if server.is_recording():
-            server.update_name(self._name(self._request.method))
+            server.rename(self._name(self._request.method))
             server.set_attributes(self._message_attributes(self._route.audit_arguments))
             if len(self.messages) > 1:
                 server.set_attribute(OWN + "batch.size", len(self.messages))
@@ -286,13 +267,6 @@ class RequestTrace:
         return {**_TRANSPORT, **attributes}
 
 
-def _injected(span: Span) -> dict[str, str]:
-    """The W3C ``traceparent`` (and ``tracestate``) that names ``span`` as the caller."""
-    headers: dict[str, str] = {}
-    _PROPAGATOR.inject(headers, context=otel_trace.set_span_in_context(span))
-    return headers
-
-
 class Propagation:
     """An unsampled request's upstream call: its trace context goes along, no span is made."""
 
@@ -320,20 +294,20 @@ class Propagation:
 class ChildScope:
     """A child span: current while open, failed by an exception that leaves it."""
 
-    __slots__ = ("_attached", "span")
+    __slots__ = ("_current", "span")
 
     def __init__(self, span: Span) -> None:
         self.span = span
-        self._attached: object = None
+        self._current: object = None
 
     def __enter__(self) -> ChildScope:
-        self._attached = otel_context.attach(otel_trace.set_span_in_context(self.span))
+        self._current = _CURRENT.set(self.span)
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        otel_context.detach(self._attached)  # type: ignore[arg-type]  # the token attach returned
+        _CURRENT.reset(self._current)  # type: ignore[arg-type]  # the token set returned
         if isinstance(exc, GatewayError):
             self.fail(exc.reason)
         elif isinstance(exc, Exception):
@@ -345,7 +319,7 @@ class ChildScope:
 
     def fail(self, error_type: str) -> None:
         self.span.set_attribute(ERROR_TYPE, error_type)
-        self.span.set_status(Status(StatusCode.ERROR))
+        self.span.fail(None)
 
 
 class DecisionSpan(ChildScope):
@@ -359,8 +333,7 @@ class DecisionSpan(ChildScope):
         return self
 
     def decided(self, decision: Decision, observed: Decision | None) -> None:
-        if self.span.is_recording():
-            self.span.set_attributes(decision_attributes(decision, observed))
+        self.span.set_attributes(decision_attributes(decision, observed))
 
 
 class UpstreamSpan(ChildScope):

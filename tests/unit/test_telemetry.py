@@ -224,23 +224,25 @@ def test_a_gateway_without_tracing_never_imports_the_tracing_sdk(tmp_path: Path)
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_the_provider_samples_by_ratio_and_follows_a_sampled_parent() -> None:
-    """ParentBased(TraceIdRatioBased(0)): a root span is not recorded, a sampled remote parent's is."""
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+def test_the_tracer_samples_by_ratio_and_follows_a_sampled_parent() -> None:
+    """ParentBased(TraceIdRatioBased(0)): a root span is not recorded, a sampled remote parent's
+    is, and what is sent carries the gateway's resource (service.name, service.version)."""
+    from gateway.telemetry.recorder import caller_context
+    from gateway.telemetry.tracing import Tracing, resource_attributes
 
-    from gateway.telemetry.tracing import build_provider
-
-    exporter = InMemorySpanExporter()
-    provider = build_provider(
-        TracingConfig(otlp=OtlpConfig(endpoint="http://unused"), sample_ratio=0.0), exporter
+    sent: list[Any] = []
+    tracing = Tracing(
+        TracingConfig(otlp=OtlpConfig(endpoint="http://unused"), sample_ratio=0.0), send=sent.extend
     )
-    tracer = provider.get_tracer("t")
-    tracer.start_span("root").end()
-    remote = SpanContext(trace_id=1, span_id=2, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-    tracer.start_span("child", context=trace.set_span_in_context(NonRecordingSpan(remote))).end()
-    provider.shutdown()
-    assert [span.name for span in exporter.get_finished_spans()] == ["child"]
-    resource = exporter.get_finished_spans()[0].resource.attributes
+    tracer = tracing._tracer
+    assert not tracer.start_server("root", None, {}).is_recording()
+    remote = caller_context([f"00-{'1' * 32}-{'2' * 16}-01"], [])
+    child = tracer.start_server("child", remote, {})
+    assert child.is_recording()
+    child.end()
+    tracing.flush()
+    tracing._close()
+    assert [span.name for span in sent] == ["child"]
+    assert sent[0].parent_id == bytes.fromhex("2" * 16) and sent[0].parent_remote
+    resource = resource_attributes(TracingConfig(otlp=OtlpConfig(endpoint="http://unused")))
     assert resource["service.name"] == "mcp-auth-gateway" and resource["service.version"]
