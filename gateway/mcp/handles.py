@@ -133,6 +133,10 @@ class TaskIdSealer:
         self._seal = seal
 
     def rewrite(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        # A chain runs every rewriter once any one's markers occur (an error answer watched by
+        # tracing, a list being filtered): a message with no task id is not copied.
+        if not any(key in slot for slot in _task_slots(message) for key in TASK_ID_KEYS):
+            return None
         rewritten = copy.deepcopy(message)
         try:
             changed = rewrite_task_ids(rewritten, self._seal)

@@ -169,7 +169,7 @@ class RequestTrace:
     """One request's spans (``gateway.telemetry.spans.ActiveTrace``): the SERVER span, the
     messages its body held, and the CLIENT span toward the upstream while it is open."""
 
-    __slots__ = ("_client", "_opened", "_request", "_route", "_tracer", "messages", "server")
+    __slots__ = ("_client", "_first", "_opened", "_request", "_route", "_tracer", "messages", "server")
 
     def __init__(
         self, tracer: Tracer, server: Span | UnsampledSpan, route: RouteConfig, request: web.Request
@@ -180,6 +180,8 @@ class RequestTrace:
         self._request = request
         self.messages: list[McpMessage] = []
         self._client: Span | None = None
+        # The first message's attributes, made once for the three spans that show them.
+        self._first: Attributes | None = None
         # Whether the client's Mcp-Session-Id opened for it: only then is it the client's session
         # (a header that did not open is anyone's text, and is never recorded).
         self._opened = False
@@ -200,7 +202,12 @@ class RequestTrace:
     def decision(self, message: McpMessage) -> DecisionScope:
         self._opened = True  # deciding comes after the session opened (pipeline.handle_mcp)
         self.messages.append(message)
-        span = self._start("decide policy", INTERNAL, message_attributes(message))
+        if not isinstance(self.server, Span):
+            return NO_SPAN
+        attributes = message_attributes(message)
+        if len(self.messages) == 1:
+            self._first = attributes  # the CLIENT and SERVER spans show them again
+        span = self._start("decide policy", INTERNAL, attributes)
         return NO_SPAN if span is None else DecisionSpan(span)
 
     def upstream(self, http_method: str) -> UpstreamScope:
@@ -249,7 +256,9 @@ class RequestTrace:
     def _message_attributes(self, with_arguments: bool) -> Attributes:
         if len(self.messages) != 1:
             return {}
-        return message_attributes(self.messages[0], with_arguments=with_arguments)
+        if with_arguments or self._first is None:
+            return message_attributes(self.messages[0], with_arguments=with_arguments)
+        return self._first
 
     def _common(self, sealed_session: str | None = None) -> Attributes:
         """The session (as the client knows it: sealed) and the protocol version, if known."""

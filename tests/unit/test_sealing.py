@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from gateway.mcp.handles import NotAHandle, rewrite_body_task_ids, rewrite_task_ids
+from gateway.mcp.handles import NotAHandle, TaskIdSealer, rewrite_body_task_ids, rewrite_task_ids
 from gateway.sealing import PROCESS_KEY_ENV, StateSealer, process_sealer
 
 ALICE = ("/mcp", "https://as.example", "alice")
@@ -166,3 +166,21 @@ def test_bodies_without_task_ids_are_left_byte_for_byte() -> None:
     assert rewrite_body_task_ids(body, str.upper) is body
     escaped = b'{"params": {"task\\u0049d": "t1"}}'
     assert rewrite_body_task_ids(escaped, str.upper) == b'{"params":{"taskId":"T1"}}'
+
+
+def test_the_answer_sealer_copies_only_a_message_that_holds_a_task_id() -> None:
+    """A chain runs every rewriter once any one's markers occur (tracing watches ``isError``):
+    the sealer leaves a message without a task id alone, and seals a copy of one with a task id
+    (the original unchanged); a task id that is not a string becomes an error, not a relay."""
+    sealer = TaskIdSealer(str.upper)
+    result = {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": False}}
+    assert sealer.rewrite(result) is None
+    assert result == {"jsonrpc": "2.0", "id": 1, "result": {"content": [], "isError": False}}
+    tool_data = {"jsonrpc": "2.0", "id": 2, "result": {"structuredContent": {"taskId": "JIRA-1"}}}
+    assert sealer.rewrite(tool_data) is None
+    created = {"jsonrpc": "2.0", "id": 3, "result": {"task": {"taskId": "t1", "status": "working"}}}
+    sealed = sealer.rewrite(created)
+    assert sealed == {"jsonrpc": "2.0", "id": 3, "result": {"task": {"taskId": "T1", "status": "working"}}}
+    assert created["result"]["task"]["taskId"] == "t1"  # type: ignore[index]
+    unbound = sealer.rewrite({"jsonrpc": "2.0", "id": 4, "result": {"taskId": 7}})
+    assert unbound is not None and unbound["id"] == 4 and unbound["error"]["code"] == -32603
