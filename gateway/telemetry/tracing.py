@@ -169,7 +169,18 @@ class RequestTrace:
     """One request's spans (``gateway.telemetry.spans.ActiveTrace``): the SERVER span, the
     messages its body held, and the CLIENT span toward the upstream while it is open."""
 
-    __slots__ = ("_client", "_first", "_opened", "_request", "_route", "_tracer", "messages", "server")
+    __slots__ = (
+        "_client",
+        "_first",
+        "_method",
+        "_opened",
+        "_route",
+        "_session_header",
+        "_tracer",
+        "_version_header",
+        "messages",
+        "server",
+    )
 
     def __init__(
         self, tracer: Tracer, server: Span | UnsampledSpan, route: RouteConfig, request: web.Request
@@ -177,7 +188,13 @@ class RequestTrace:
         self._tracer = tracer
         self.server = server
         self._route = route
-        self._request = request
+        # What the spans read of the request, not the request: timers the loop schedules during
+        # it keep its context, so this object, alive until they fire (aiohttp's keep-alive
+        # timer: seconds), and a request held from here would be kept with its body and answer.
+        self._method = request.method
+        headers = request.headers
+        self._version_header = headers.get("MCP-Protocol-Version")
+        self._session_header = headers.get(SESSION_HEADER)
         self.messages: list[McpMessage] = []
         self._client: Span | None = None
         # The first message's attributes, made once for the three spans that show them.
@@ -240,13 +257,16 @@ class RequestTrace:
         """Name the SERVER span after its message (once the body was read), describe it, end it."""
         server = self.server
         if server.is_recording():
-            server.rename(self._name(self._request.method))
+            server.rename(self._name(self._method))
             server.set_attributes(self._message_attributes(self._route.audit_arguments))
             if len(self.messages) > 1:
                 server.set_attribute(OWN + "batch.size", len(self.messages))
             server.set_attributes(self._common(sealed_session))
             server.set_attribute(HTTP_STATUS_CODE, status)
         server.end()
+        # Its messages (their arguments) are not kept for as long as a timer keeps this trace.
+        self.messages = []
+        self._first = None
 
     def _name(self, http_method: str) -> str:
         if len(self.messages) == 1 and (name := message_span_name(self.messages[0])) is not None:
@@ -262,15 +282,14 @@ class RequestTrace:
 
     def _common(self, sealed_session: str | None = None) -> Attributes:
         """The session (as the client knows it: sealed) and the protocol version, if known."""
-        headers = self._request.headers
         attributes: Attributes = {}
         # A header opened only in the session era: a 2026-07-28 request's is never looked at
         # (gateway.web.handles), so it is any text the client chose, its token included.
-        opened = self._opened and in_session_era(headers.get("MCP-Protocol-Version"))
-        session = sealed_session or (headers.get(SESSION_HEADER) if opened else None)
+        opened = self._opened and in_session_era(self._version_header)
+        session = sealed_session or (self._session_header if opened else None)
         if session:
             attributes[MCP_SESSION_ID] = session
-        version = protocol_version(headers.get("MCP-Protocol-Version"))
+        version = protocol_version(self._version_header)
         if version is not None:
             attributes[MCP_PROTOCOL_VERSION] = version
         return {**_TRANSPORT, **attributes}

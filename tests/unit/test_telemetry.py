@@ -246,3 +246,59 @@ def test_the_tracer_samples_by_ratio_and_follows_a_sampled_parent() -> None:
     assert sent[0].parent_id == bytes.fromhex("2" * 16) and sent[0].parent_remote
     resource = resource_attributes(TracingConfig(otlp=OtlpConfig(endpoint="http://unused")))
     assert resource["service.name"] == "mcp-auth-gateway" and resource["service.version"]
+
+
+class _Payload:
+    """Something a request holds, to see whether it outlives the request (weakly referenced)."""
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+async def test_a_timer_scheduled_during_a_traced_request_keeps_none_of_it(ratio: float) -> None:
+    """The loop keeps the context of a timer scheduled during a request (aiohttp's keep-alive
+    timer: seconds) until it fires; the trace in that context must not keep the request, nor
+    its messages and their arguments, alive after the request ended, sampled or not."""
+    import asyncio
+    import gc
+    import weakref
+
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from gateway.config import RouteConfig
+    from gateway.mcp.methods import Tool
+    from gateway.telemetry.tracing import Tracing
+
+    sent: list[Any] = []
+    tracing = Tracing(
+        TracingConfig(otlp=OtlpConfig(endpoint="http://unused"), sample_ratio=ratio), send=sent.extend
+    )
+    route = RouteConfig(path="/mcp", upstream="http://127.0.0.1:9/mcp", resource="https://gw/mcp")
+    request = make_mocked_request("POST", "/mcp", headers={"MCP-Protocol-Version": "2026-07-28"})
+    payload, argument = _Payload(), _Payload()
+    request[web.RequestKey("payload", _Payload)] = payload
+    message = McpMessage("request", "tools/call", 1, Tool("echo"), {"arguments": {"text": argument}})
+    timers: list[asyncio.TimerHandle] = []
+
+    async def pipeline(message: McpMessage) -> web.StreamResponse:
+        with deciding(message):
+            pass
+        with calling_upstream("POST"):
+            timers.append(asyncio.get_running_loop().call_later(3600, lambda: None))
+        return web.Response(status=200)
+
+    try:
+        response = await tracing.serve(request, route, pipeline(message))
+        assert response.status == 200
+        held, argument_held = weakref.ref(payload), weakref.ref(argument)
+        del request, payload, message, argument
+        gc.collect()
+        assert timers and not timers[0].cancelled()  # its context is still the loop's
+        assert held() is None
+        assert argument_held() is None
+    finally:
+        for timer in timers:
+            timer.cancel()
+        await tracing.aclose()
+    if ratio == 1.0:  # the spans it made were still recorded in full
+        names = sorted(span.name for span in sent)
+        assert names == ["decide policy", "tools/call echo", "tools/call echo"], names  # client, server
