@@ -5,7 +5,7 @@ the tree: about 30 µs per span of the gateway's (measured with upb), on every t
 The wire format is small and stable (opentelemetry-proto ``trace/v1/trace.proto``,
 ``common/v1/common.proto``), so each field is written as its bytes here: a span costs a third
 of that. What the resource and the instrumentation scope say is encoded once
-(``ExportHead``). tests/unit/test_otlp_wire.py decodes the output with the official protobuf
+(``ExportHead``). tests/unit/test_span_recorder.py decodes the output with the official protobuf
 classes, every value type included.
 
 Protobuf wire format: a field is its tag, ``field number << 3 | wire type``, then a varint
@@ -74,7 +74,8 @@ def _any_value(value: AttributeValue) -> bytes:
 
 # Most of a span's attributes recur on every request (the transport, the method, the route,
 # the tool, the outcome), so a pair's encoding is remembered by tag, key, value and value type
-# (True and 1 are equal keys otherwise); a value longer than this is encoded each time.
+# (True and 1 are equal keys otherwise); a value longer than this is encoded each time, and so
+# is a float (0.0 and -0.0 are equal keys, a NaN equals nothing).
 _PAIR_CACHE_SIZE: Final = 4096
 _PAIR_VALUE_CHARS: Final = 128
 _PAIRS: dict[tuple[bytes, str, type, AttributeValue], bytes] = {}
@@ -93,7 +94,9 @@ def _attributes(tag: bytes, attributes: Mapping[str, AttributeValue]) -> bytes:
         encoded = _PAIRS.get(cache_key)
         if encoded is None:
             encoded = _pair(tag, key, value)
-            if not isinstance(value, str | tuple) or len(value) <= _PAIR_VALUE_CHARS:
+            if isinstance(value, bool | int) or (
+                isinstance(value, str | tuple) and len(value) <= _PAIR_VALUE_CHARS
+            ):
                 if len(_PAIRS) >= _PAIR_CACHE_SIZE:
                     _PAIRS.clear()  # a fresh start beats tracking use on the export thread
                 _PAIRS[cache_key] = encoded

@@ -199,7 +199,13 @@ class Span:
                 if len(value) > limit:
                     value = value[:limit]
             elif isinstance(value, tuple):
+                if not all(isinstance(item, str) for item in value):
+                    self.dropped_attributes += 1  # not an attribute value OTLP can carry
+                    continue
                 value = tuple(item[:limit] for item in value)
+            elif not isinstance(value, int | float):  # bool is an int
+                self.dropped_attributes += 1
+                continue
             mine[key] = value
         if len(mine) > MAX_ATTRIBUTES:
             # The newest keys are the last ones (dicts keep their order): those are dropped.
@@ -290,9 +296,11 @@ class Tracer:
 
 
 def caller_context(traceparents: list[str], tracestates: list[str]) -> SpanContext | None:
-    """The caller's span from a request's ``traceparent`` lines (the first is read, as
-    OpenTelemetry's propagator does) and ``tracestate`` lines (joined), None without one."""
-    if not traceparents:
+    """The caller's span from a request's ``traceparent`` line and ``tracestate`` lines
+    (joined), None without one. Two ``traceparent`` lines are none (the W3C test suite's
+    ``test_traceparent_duplicated``): a proxy that reads the last would put the request in
+    another trace than the gateway did."""
+    if len(traceparents) != 1:
         return None
     parsed = parse_traceparent(traceparents[0])
     if parsed is None:

@@ -24,7 +24,7 @@ import gzip
 import http.client
 import os
 import random
-import ssl
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +36,7 @@ import structlog
 
 from .. import __version__
 from ..config.model import OtlpConfig
+from .otlp_connection import collector_route
 from .otlp_wire import ExportHead
 from .recorder import Span
 
@@ -104,6 +105,8 @@ class SpanExport:
     def add(self, span: Span) -> None:
         """A span ended (on any thread): queued, or dropped if the queue is full."""
         queue = self._queue
+        if self._stopping:
+            return  # shut down: nothing would send it
         if len(queue) >= self._settings.max_queue_size:
             self._dropped += 1
             return
@@ -128,11 +131,20 @@ class SpanExport:
             self._exporting.release()
 
     def shutdown(self) -> None:
-        """Stop the thread and send what is left (blocking)."""
+        """Stop the thread and send what is left (blocking, within ``OTEL_BSP_EXPORT_TIMEOUT``
+        more than the batch being sent); what could not be sent is counted in a warning."""
         self._stopping = True
         self._wake.set()
-        self._thread.join()
+        self._thread.join(self._settings.export_timeout_ms / 1000)
         self.flush()
+        if self._queue or self._dropped:
+            log.warning(
+                "trace_spans_dropped",
+                spans=len(self._queue) + self._dropped,
+                max_queue_size=self._settings.max_queue_size,
+                at_shutdown=True,
+            )
+            self._queue.clear()
 
     def _run(self) -> None:
         delay_s = self._settings.schedule_delay_ms / 1000
@@ -161,20 +173,31 @@ class SpanExport:
 class OtlpTraceSender:
     """POSTs batches of spans to ``{endpoint}/v1/traces`` over one kept-alive connection."""
 
-    def __init__(self, otlp: OtlpConfig, head: ExportHead, stopping: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        otlp: OtlpConfig,
+        head: ExportHead,
+        stopping: threading.Event | None = None,
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
         self._head = head
-        self._url = f"{otlp.endpoint}/v1/traces"
-        parts = urlsplit(self._url)
-        self._secure = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port
-        self._path = parts.path + (f"?{parts.query}" if parts.query else "")
+        parts = urlsplit(otlp.endpoint)
+        path = parts.path + "/v1/traces" + (f"?{parts.query}" if parts.query else "")
+        self._route = collector_route(otlp.endpoint, path, environ)
+        # What a warning names: the endpoint without its query (which could hold a key).
+        self._url = f"{parts.scheme}://{parts.netloc}{parts.path}/v1/traces"
         self._timeout_s = otlp.timeout_s
         self._gzip = otlp.compression != "none"
+        # The configured headers (a User-Agent of the operator's replaces the gateway's); the
+        # body's own, Content-Type and Content-Encoding, are the gateway's.
+        configured = {name.lower(): value.reveal() for name, value in otlp.headers}
+        configured.pop("content-type", None)
+        configured.pop("content-encoding", None)
         self._headers = {
-            **{name: value.reveal() for name, value in otlp.headers},
+            **self._route.proxy_headers,  # a plain-HTTP proxy's credentials (a tunnel's go on CONNECT)
             "Content-Type": "application/x-protobuf",
-            "User-Agent": f"mcp-auth-gateway/{__version__}",
+            "User-Agent": configured.pop("user-agent", f"mcp-auth-gateway/{__version__}"),
+            **configured,
         }
         if self._gzip:
             self._headers["Content-Encoding"] = "gzip"
@@ -182,14 +205,14 @@ class OtlpTraceSender:
         self._stopping = stopping or threading.Event()
 
     def send(self, spans: Sequence[Span]) -> bool:
-        """Export ``spans``: True once the collector took them."""
+        """Export ``spans``: True once the collector took them, all within ``timeout_s``."""
         body = self._head.request(spans)
         if self._gzip:
             body = gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0)
         deadline = time.monotonic() + self._timeout_s
         status: int | None = None
         for attempt in range(MAX_ATTEMPTS):
-            status, retry_after = self._post(body, max(deadline - time.monotonic(), 0.001))
+            status, retry_after = self._post(body, deadline)
             if status is not None and 200 <= status < 300:
                 return True
             if status is not None and status not in RETRYABLE_STATUSES:
@@ -202,46 +225,81 @@ class OtlpTraceSender:
         log.warning("trace_export_failed", endpoint=self._url, spans=len(spans), status=status)
         return False
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """No more retries: a backoff in progress ends (shutdown), each batch left gets one try."""
         self._stopping.set()
+
+    def close(self) -> None:
+        self.stop()
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
-    def _post(self, body: bytes, timeout_s: float) -> tuple[int | None, float | None]:
-        """(status, Retry-After seconds) of one POST; (None, None) if the connection failed.
-        A kept-alive connection the collector closed is retried once on a new one."""
+    def _post(self, body: bytes, deadline: float) -> tuple[int | None, float | None]:
+        """(status, Retry-After seconds) of one POST; (None, None) if the connection failed or
+        the deadline passed (a collector answering a byte at a time included). A kept-alive
+        connection the collector had closed is retried once on a new one."""
         for fresh in (self._connection is None, True):
-            connection = self._connect(timeout_s)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None, None
             try:
-                connection.request("POST", self._path, body=body, headers=self._headers)
+                connection = self._connect(remaining)
+            except OSError:  # settings that do not load (logged at start-up)
+                return None, None
+            # Socket timeouts bound each read, not the exchange: at the deadline the socket is
+            # shut down, which ends a read in progress.
+            watchdog = threading.Timer(remaining, _interrupt, (connection,))
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                connection.request("POST", self._route.path, body=body, headers=self._headers)
                 response = connection.getresponse()
-                response.read()
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                self._connection = None
+                response.read(MAX_ANSWER_BYTES)  # the status is what counts: no collector's
+                # answer is held whole, whatever its size
+            except _PEER_CLOSED:
+                self._drop(connection)
                 if fresh:
                     return None, None
                 continue
-            if response.will_close:
-                connection.close()
-                self._connection = None
+            except (OSError, http.client.HTTPException):  # a timeout included: not sent twice
+                self._drop(connection)
+                return None, None
+            finally:
+                watchdog.cancel()
+            if response.will_close or not response.isclosed():  # closing it is cheaper than reading on
+                self._drop(connection)
             return response.status, _retry_after(response.getheader("Retry-After"))
         return None, None  # not reached: the second pass is always fresh
 
+    def _drop(self, connection: http.client.HTTPConnection) -> None:
+        connection.close()
+        if self._connection is connection:
+            self._connection = None
+
     def _connect(self, timeout_s: float) -> http.client.HTTPConnection:
         if self._connection is None:
-            if self._secure:
-                self._connection = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=timeout_s, context=ssl.create_default_context()
-                )
-            else:
-                self._connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout_s)
+            self._connection = self._route.connection(timeout_s)
         else:
             self._connection.timeout = timeout_s
             if self._connection.sock is not None:
                 self._connection.sock.settimeout(timeout_s)
         return self._connection
+
+
+# A kept-alive connection the collector closed while it idled: the request never reached it.
+_PEER_CLOSED: Final = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+# Of a collector's answer, only the status and Retry-After are used.
+MAX_ANSWER_BYTES: Final = 64 * 1024
+
+
+def _interrupt(connection: http.client.HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
 
 def _retry_after(value: str | None) -> float | None:

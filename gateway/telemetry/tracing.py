@@ -112,6 +112,8 @@ class Tracing:
         await asyncio.to_thread(self._close)
 
     def _close(self) -> None:
+        if self._sender is not None:
+            self._sender.stop()  # a retry's backoff in progress ends; what is left gets one try
         self._export.shutdown()
         if self._sender is not None:
             self._sender.close()

@@ -136,11 +136,19 @@ _FILTERED_RESPONSE_LIMIT = 16 * 1024 * 1024
 _BUFFERED_RESPONSE_LIMIT = 1024 * 1024
 
 
+_TRACE_CONTEXT: Final = frozenset({"traceparent", "tracestate"})
+
+
 def upstream_request_headers(incoming: CIMultiDictProxy[str], extra: Mapping[str, str]) -> CIMultiDict[str]:
     """The headers sent upstream: allowlisted incoming ones plus the route's credential."""
     headers: CIMultiDict[str] = CIMultiDict()
+    # A traced gateway sends its own trace context: the client's tracestate (one it discarded,
+    # or one of a traceparent it rejected) must not go along with the gateway's traceparent.
+    replaced = _TRACE_CONTEXT if "traceparent" in extra else frozenset()
     for name, value in incoming.items():
         lowered = name.lower()
+        if lowered in replaced:
+            continue
         if lowered in FORWARDED_REQUEST_HEADERS or lowered.startswith(FORWARDED_REQUEST_PREFIXES):
             headers.add(name, value)
     for name, value in extra.items():

@@ -91,8 +91,9 @@ def test_tracestate_is_passed_on_normalized_or_not_at_all(lines: list[str], pass
 
 
 def test_a_caller_context_is_joined_with_its_tracestate_and_sampling_decision() -> None:
-    """The first traceparent line is read; a sampled caller is sampled whatever the ratio."""
-    caller = caller_context([f"00-{TRACE}-{PARENT}-01", f"00-{'1' * 32}-{PARENT}-01"], ["vendor=x"])
+    """One traceparent line is read (two are none); a sampled caller is sampled whatever the ratio."""
+    assert caller_context([f"00-{TRACE}-{PARENT}-01", f"00-{'1' * 32}-{PARENT}-01"], ["vendor=x"]) is None
+    caller = caller_context([f"00-{TRACE}-{PARENT}-01"], ["vendor=x"])
     assert caller is not None and caller.remote and caller.trace_state == "vendor=x"
     sent: list[Span] = []
     span = Tracer(0.0, sent.append, 64).start_server("s", caller, {})
@@ -241,3 +242,23 @@ async def test_the_sender_retries_a_busy_collector_and_gives_up_on_a_refusal() -
         assert len(receiver.posts) == posts_before + 1
         assert [log["event"] for log in logs] == ["trace_export_failed"] and logs[0]["status"] == 400
         assert "k-secret" not in repr(logs)
+
+
+def test_values_otlp_cannot_carry_are_dropped_and_counted_and_floats_keep_their_sign() -> None:
+    """A value of no OTLP attribute type (a list, None, bytes, a tuple holding a non-string) is
+    dropped and counted on the span, never raised into the request nor losing its batch; -0.0
+    after 0.0 decodes as -0.0 (the encoder remembers no float)."""
+    sent: list[Span] = []
+    tracer = Tracer(1.0, sent.append, 64)
+    odd: dict[str, Any] = {"list": ["a"], "none": None, "bytes": b"x", "mixed": ("a", 1), "kept": "v"}
+    span = tracer.start_server("odd", None, odd)
+    assert isinstance(span, Span)
+    assert span.attributes == {"kept": "v"} and span.dropped_attributes == 4
+    span.end()
+    ended(tracer, {"zero": 0.0})
+    ended(tracer, {"zero": -0.0})
+    request = decoded(sent)
+    spans = request.resource_spans[0].scope_spans[0].spans
+    assert spans[0].dropped_attributes_count == 4
+    zeros = [span.attributes[0].value.double_value for span in spans[1:]]
+    assert [str(value) for value in zeros] == ["0.0", "-0.0"]
