@@ -1248,7 +1248,8 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
     _say(f"{'figure':58} {'value':>10}  {'target':>8}  met")
     for row in rows:
         met = "-" if row["met"] is None else ("yes" if row["met"] else "NO")
-        _say(f"{row['figure']:58} {row['value']:>10}  {row['target']:>8}  {met}")
+        value = "n/a" if row["value"] is None else row["value"]
+        _say(f"{row['figure']:58} {value:>10}  {row['target']:>8}  {met}")
 
 
 if __name__ == "__main__":
