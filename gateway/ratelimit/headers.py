@@ -16,6 +16,7 @@ The values are built by a serializer, never by pasting a name into an f-string.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,7 +47,18 @@ def sf_string(value: str) -> str:
 
 
 def _item(name: str, parameters: Iterable[tuple[str, int]]) -> str:
-    return sf_string(name) + "".join(f";{key}={value}" for key, value in parameters)
+    return _quoted(name) + "".join(f";{key}={value}" for key, value in parameters)
+
+
+# A limit's name and policy are the config's: serialized once, not on every answer.
+@functools.lru_cache(maxsize=1024)
+def _quoted(name: str) -> str:
+    return sf_string(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy_item(limit: LimitSpec) -> str:
+    return _item(limit.name, policy_parameters(limit))
 
 
 def policy_parameters(limit: LimitSpec) -> list[tuple[str, int]]:
@@ -73,6 +85,6 @@ def rate_limit_headers(reports: Iterable[LimitReport]) -> dict[str, str]:
     if not listed:
         return {}
     return {
-        POLICY_HEADER: ", ".join(_item(r.limit.name, policy_parameters(r.limit)) for r in listed),
+        POLICY_HEADER: ", ".join(_policy_item(r.limit) for r in listed),
         STATE_HEADER: ", ".join(_item(r.limit.name, state_parameters(r.verdict)) for r in listed),
     }
