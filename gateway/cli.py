@@ -176,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             json=(args.log_format or config.logging.format) == "json",
             level=args.log_level or config.logging.level,
             include_subject=config.logging.include_subject,
+            batched=True,
         )
         return _serve(config, args)
     from .demo.run import run_demo

@@ -481,6 +481,67 @@ async def test_workers_share_the_port_and_stop_together(
     assert gateway.named("workers_stopped")[0]["status"] == 0
 
 
+async def test_workers_sharing_one_stderr_pipe_write_every_line_whole(
+    issuer: TestIssuer, upstream: Upstream, tmp_path: Path
+) -> None:
+    """--workers 2 with stderr a pipe, as under a container's log driver, read slowly enough
+    that it fills: each worker writes a loop turn's lines together (in writes of at most
+    PIPE_BUF bytes cut between lines, which a pipe keeps whole: tests/unit/test_log_lines.py).
+    Under 48 concurrent tool calls every line read is one JSON event, and every call has its
+    request line and its policy decision, from both workers, none lost at the stop."""
+    port = free_port()
+    config_path = tmp_path / "gateway.yaml"
+    write_config(config_path, single_route_config(issuer, upstream.mcp_url), port, shutdown_grace_s=5)
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--workers", "2"),
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    output = bytearray()
+
+    async def drain() -> None:
+        # A slow reader: the pipe fills, and a longer write would be split between the workers.
+        assert proc.stderr is not None
+        while chunk := await proc.stderr.read(4096):
+            output.extend(chunk)
+            await asyncio.sleep(0.001)
+
+    reader = asyncio.create_task(drain())
+    calls, concurrency = 480, 48
+    try:
+        await eventually(lambda: output.count(b'"event":"listening"') >= 2, "two workers listening")
+        body, headers = modern_call("add", {"a": 1, "b": 2})
+        headers = {**headers, **bearer(issuer)}
+        statuses: list[int] = []
+
+        async def client() -> None:
+            # A connection of its own per client: the kernel spreads them over the workers.
+            async with aiohttp.ClientSession() as http:
+                for _ in range(calls // concurrency):
+                    async with http.post(gateway_url(port), json=body, headers=headers) as response:
+                        await response.read()
+                        statuses.append(response.status)
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        assert statuses == [200] * calls
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        await asyncio.wait_for(reader, 5)
+    events = [json.loads(line) for line in output.decode().splitlines()]  # raises on a torn line
+    requests = [event for event in events if event["event"] == "request" and event.get("route")]
+    decisions = [event for event in events if event["event"] == "policy_decision"]
+    assert len(requests) == len(decisions) == calls
+    assert len({event["pid"] for event in requests}) == 2
+
+
+def gateway_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/mcp"
+
+
 async def test_a_config_whose_gateway_fails_to_start_is_refused_in_process(
     issuer: TestIssuer, upstream: Upstream, tmp_path: Path, gateway_logs: LogSink
 ) -> None:

@@ -69,7 +69,7 @@ def test_values_of_secret_named_keys_are_masked_and_safe_ones_kept() -> None:
 
 
 _FULL_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
-_FULL_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*")
+_FULL_BEARER = re.compile(r"(?i)\b(bearer|basic|dpop)\s+[A-Za-z0-9\-._~+/]+=*")
 
 # Text built from the pieces that matter, so that near-misses are common.
 _pieces = st.sampled_from(
@@ -92,6 +92,15 @@ _pieces = st.sampled_from(
         "=",
         "/",
         "é",
+        # The pre-check for ASCII text is a substring search on the lowered text; text with
+        # anything else keeps the pattern, whose case-insensitive `s` also matches U+017F (long s).
+        "DPoP",
+        "dpop",
+        "ba",
+        "\u017fic",
+        "Bea",
+        "rer",
+        "\u212a",
     ]
 )
 
@@ -102,6 +111,22 @@ def test_the_fast_path_never_skips_what_the_full_patterns_would_mask(text: str) 
     """A quick pre-check lets most strings through untouched; it must never let a match through."""
     expected = _FULL_BEARER.sub(r"\1 " + REDACTED, _FULL_JWT.sub(REDACTED, text))
     assert redacted(field=text)["field"] == expected
+
+
+@settings(max_examples=300)
+@given(st.lists(st.lists(_pieces, max_size=6).map("".join), min_size=1, max_size=5))
+def test_the_fast_path_is_exact_for_an_events_fields_and_a_list_of_strings(texts: list[str]) -> None:
+    """An event's string fields are pre-checked together, a list of strings as one text: a
+    match split across two of them is a false alarm, and a match in any one is masked."""
+
+    def full(text: str) -> str:
+        return _FULL_BEARER.sub(r"\1 " + REDACTED, _FULL_JWT.sub(REDACTED, text))
+
+    fields = {f"field_{number}": text for number, text in enumerate(texts)}
+    assert redacted(**fields, items=texts) == {
+        **{key: full(text) for key, text in fields.items()},
+        "items": [full(text) for text in texts],
+    }
 
 
 # --- the standard library's loggers ------------------------------------------------------------

@@ -207,10 +207,10 @@ def test_serve_rejects_an_unknown_log_level(capsys: pytest.CaptureFixture[str]) 
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
-        ([], {"json": False, "level": "warning", "include_subject": False}),
+        ([], {"json": False, "level": "warning", "include_subject": False, "batched": True}),
         (
             ["--log-format", "json", "--log-level", "DEBUG"],
-            {"json": True, "level": "debug", "include_subject": False},
+            {"json": True, "level": "debug", "include_subject": False, "batched": True},
         ),
     ],
 )

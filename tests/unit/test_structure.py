@@ -35,6 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "gateway.strictjson",
         "gateway.singleflight",
         "gateway.sealing",
+        "gateway.log_lines",
     ),
     ("gateway.logs", "gateway.eventloop"),
     ("gateway.principal", "gateway.ratelimit.spec", "gateway.ratelimit.redis_address"),
