@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import time
@@ -130,7 +131,11 @@ def _log_request(request: web.Request, status: int, outcome: str, duration_s: fl
     if principal is not None:
         fields["subject"] = principal.subject
         fields["client_id"] = principal.client_id
-    log.info("request", **fields)
+    # Rendered in the loop's next turn, after the response: aiohttp writes the response this
+    # handler returns in this same step, so the client does not wait for the line. The callback
+    # runs in a copy of this context (the request's id, the token it masks), which the clearing
+    # that follows does not touch.
+    asyncio.get_running_loop().call_soon(functools.partial(log.info, "request", **fields))
 
 
 @web.middleware

@@ -18,8 +18,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.logs import configure_logging
 from gateway.metrics import METRIC_FAMILIES
-from tests.conftest import GatewayFactory, LogSink, Upstream
+from tests.conftest import _SESSION_LOGS, GatewayFactory, LogSink, Upstream
 from tests.support.fake_as import FakeAuthorizationServer, serving_fake_as
 from tests.support.issuer import TestIssuer
 from tests.support.mcp_client import session_client
@@ -348,3 +349,59 @@ async def test_exchange_and_introspection_results_and_cache_hits(
     assert value(samples, "mcp_gateway_introspection_cache_hits_total", issuer=fake_as.issuer) == 1
     assert value(samples, "mcp_gateway_token_rejections_total", reason="inactive") == 1
     assert json.dumps(sorted(k[0] for k in samples)).count("opaque") == 0
+
+
+class ResponseWatchingLog(LogSink):
+    """The session's log stream, also noting for each request line whether the answer to the
+    watched client socket was already readable when the line was written."""
+
+    def __init__(self, client: socket.socket) -> None:
+        super().__init__()
+        self.client = client
+        self.answer_ready_at_request_line: list[bool] = []
+
+    def write(self, text: str) -> int:
+        if '"event":"request"' in text:
+            try:
+                ready = bool(self.client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                ready = False
+            self.answer_ready_at_request_line.append(ready)
+        _SESSION_LOGS.write(text)
+        return super().write(text)
+
+
+async def test_the_request_line_is_rendered_after_the_answer_is_written(
+    issuer: TestIssuer, upstream: Upstream, start_gateway_with: GatewayFactory
+) -> None:
+    """The client does not wait for the request line: it is rendered in the loop's turn after
+    the one that wrote the answer, so the answer is on the client's socket by then; the line
+    still has the request's id, status and subject."""
+    gateway = await start_gateway_with(metrics_config(issuer, upstream, free_port()))
+    token = issuer.mint(audience=BASE + "/mcp", subject=SUBJECT)
+    body = json.dumps(call("add")).encode()
+    loop = asyncio.get_running_loop()
+    client = socket.socket()
+    client.setblocking(False)
+    stream = ResponseWatchingLog(client)
+    try:
+        configure_logging(json=True, level="debug", stream=stream)
+        await loop.sock_connect(client, ("127.0.0.1", int(gateway.url.rsplit(":", 1)[1])))
+        head = (
+            f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+            f"MCP-Protocol-Version: 2025-11-25\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        await loop.sock_sendall(client, head.encode() + body)
+        answer = await loop.sock_recv(client, 65536)
+        for _ in range(100):  # the line's turn may come after the client's read
+            if stream.answer_ready_at_request_line:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        configure_logging(json=True, level="debug", stream=_SESSION_LOGS)
+        client.close()
+    assert answer.startswith(b"HTTP/1.1 403")
+    assert stream.answer_ready_at_request_line == [True]
+    [line] = [event for event in stream.events() if event["event"] == "request"]
+    assert (line["status"], line["subject"], len(line["request_id"])) == (403, SUBJECT, 16)
