@@ -27,6 +27,7 @@ import structlog
 from ..audit_trail.chain import format_time
 from ..audit_trail.trail import AuditTrail
 from ..config import RouteConfig
+from ..logs import log_now, log_soon
 from ..mcp.messages import McpMessage
 from ..mcp.policy import ARGUMENT_METHODS, Decision
 from ..principal import Identity
@@ -101,19 +102,23 @@ def audit_decision(
         fields["arguments"] = params.get("arguments", {})
     if observed is not None:
         fields["observed"] = decision_fields(observed)
-    log.info("policy_decision", **fields)
+    # Rendered in the loop's next turn, so the call goes upstream without waiting for it; every
+    # value is the event's own (lists and dicts built above, immutable decision parts), except
+    # audited arguments: those are the message's, logged before anything forwards it.
+    emit = log_now if "arguments" in fields else log_soon
+    emit(log, "info", "policy_decision", fields)
     if trail is not None and trail.enabled:
         trail.record("policy_decision", fields)
     if observed is not None and decision.allowed and not observed.allowed:
-        log.warning(
-            "would_deny",
-            subject=principal.subject,
-            client_id=principal.client_id,
-            route=route.path,
-            method=fields["method"],
-            target=fields["target"],
+        would_deny = {
+            "subject": principal.subject,
+            "client_id": principal.client_id,
+            "route": route.path,
+            "method": fields["method"],
+            "target": fields["target"],
             **{key: value for key, value in decision_fields(observed).items() if key != "decision"},
-        )
+        }
+        emit(log, "warning", "would_deny", would_deny)
 
 
 def audit_observed_route_scopes(

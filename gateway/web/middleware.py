@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import secrets
 import time
@@ -15,7 +14,7 @@ from aiohttp import web
 
 from ..config import GatewayConfig, LoggingConfig, RouteConfig
 from ..errors import GatewayError, TokenRejected
-from ..logs import HIDE_SUBJECT, mask_presented_token
+from ..logs import HIDE_SUBJECT, log_soon, mask_presented_token
 from ..metrics import METRICS, NO_ROUTE, mcp_method_label
 from ..principal import Principal
 from ..upstream.proxy import STREAMED_STATUS, UPSTREAM_MS
@@ -131,11 +130,10 @@ def _log_request(request: web.Request, status: int, outcome: str, duration_s: fl
     if principal is not None:
         fields["subject"] = principal.subject
         fields["client_id"] = principal.client_id
-    # Rendered in the loop's next turn, after the response: aiohttp writes the response this
-    # handler returns in this same step, so the client does not wait for the line. The callback
-    # runs in a copy of this context (the request's id, the token it masks), which the clearing
-    # that follows does not touch.
-    asyncio.get_running_loop().call_soon(functools.partial(log.info, "request", **fields))
+    # After the response: aiohttp writes the response this handler returns in this same step,
+    # so the client does not wait for the line (rendered in a copy of this context, which the
+    # clearing that follows does not touch).
+    log_soon(log, "info", "request", fields)
 
 
 @web.middleware

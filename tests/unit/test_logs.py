@@ -3,6 +3,7 @@ standard library's loggers (aiohttp, asyncio, any library) sent through the same
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -11,12 +12,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.logs import REDACTED, configure_logging, redact_secrets
+from gateway.logs import REDACTED, configure_logging, log_soon, mask_presented_token, redact_secrets
 from tests.conftest import _SESSION_LOGS
 
 JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
@@ -327,3 +329,31 @@ def test_a_record_that_cannot_be_written_leaves_one_fixed_line_and_none_of_its_t
     configure_logging(json=True, level="debug", stream=BrokenStream())
     logging.getLogger("aiohttp.client").warning("request with %s failed", f"Bearer {TOKEN}")
     assert capsys.readouterr().err == '{"event": "log_record_lost", "error": "OSError"}\n'
+
+
+async def test_a_line_logged_soon_is_rendered_next_turn_in_the_context_of_the_call(
+    capture_logs: Capture,
+) -> None:
+    """``log_soon`` renders in the loop's next turn, with the request id and masked token of the
+    moment it was called, even once the request has cleared them; lines keep their call order."""
+    stream = capture_logs()
+    log = structlog.get_logger("gateway.request")
+    structlog.contextvars.bind_contextvars(request_id="req-soon")
+    mask_presented_token(TOKEN)
+    log_soon(log, "info", "first", {"note": f"echo {TOKEN}"})
+    log_soon(log, "warning", "second", {})
+    structlog.contextvars.clear_contextvars()
+    mask_presented_token(None)
+    assert events_in(stream) == []
+    await asyncio.sleep(0)
+    first, second = events_in(stream)
+    assert (first["event"], first["request_id"], first["note"]) == ("first", "req-soon", f"echo {REDACTED}")
+    assert (second["event"], second["level"], second["request_id"]) == ("second", "warning", "req-soon")
+
+
+def test_a_line_logged_soon_without_a_running_loop_is_rendered_at_once(capture_logs: Capture) -> None:
+    """No loop runs (start-up, a command): ``log_soon`` is ``log_now``."""
+    stream = capture_logs()
+    log_soon(structlog.get_logger("gateway"), "info", "at_once", {"n": 1})
+    [event] = events_in(stream)
+    assert (event["event"], event["n"]) == ("at_once", 1)
