@@ -110,15 +110,27 @@ def log_soon(logger: Any, level: str, event: str, fields: dict[str, Any]) -> Non
     current context (the request's id, the token it masks); at once when no loop runs.
 
     For the lines of the request path that its answer need not wait for: rendering one is
-    10-20 µs, paid after the step that forwards the call or writes the answer. ``fields`` must
-    be fixed by then (values no later step changes); the order of lines is the order of calls.
+    10-20 µs, paid after the step that forwards the call or writes the answer. The fields'
+    values must be fixed by then (values no later step changes; the dict itself is copied). Lines
+    logged soon keep their order among themselves; a line logged at once in the same turn comes
+    out before them, and a line's timestamp is when it was rendered (within a turn of the call).
     """
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         log_now(logger, level, event, fields)
         return
-    loop.call_soon(functools.partial(getattr(logger, level), event, **fields))
+    loop.call_soon(_render_soon, logger, level, event, dict(fields))
+
+
+def _render_soon(logger: Any, level: str, event: str, fields: dict[str, Any]) -> None:
+    try:
+        log_now(logger, level, event, fields)
+    except Exception as exc:
+        # A line that cannot be rendered (a claim nested past the recursion limit): one line in
+        # its place, never its fields, and nothing for asyncio's handler to print them with.
+        with contextlib.suppress(Exception):
+            logger.error("log_line_lost", lost_event=event, error=type(exc).__name__)
 
 
 def _shaped_like_secret(text: str) -> bool:

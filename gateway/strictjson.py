@@ -60,11 +60,11 @@ _DECODER = json.JSONDecoder(
 )
 
 
-def loads_strict(data: bytes | str) -> Any:
+def loads_strict(data: bytes | bytearray | memoryview | str) -> Any:
     """Parse JSON, refusing duplicate keys, NaN/Infinity, numbers beyond a double, invalid UTF-8, a BOM."""
-    if isinstance(data, bytes):
+    if isinstance(data, bytes | bytearray | memoryview):
         try:
-            text = data.decode("utf-8", errors="strict")
+            text = bytes(data).decode("utf-8", errors="strict")
         except UnicodeDecodeError as exc:
             raise StrictJSONError("invalid UTF-8") from exc
     else:

@@ -148,8 +148,8 @@ async def error_responses(request: web.Request, handler: Handler) -> web.StreamR
             metrics = request.app.get(METRICS)
             if metrics is not None:
                 metrics.token_rejected(exc.reason)
-        if exc.detail:
-            log.info("rejected", reason=exc.reason, detail=exc.detail)
+        if exc.detail:  # in the order of the request's other lines, which are logged soon
+            log_soon(log, "info", "rejected", {"reason": exc.reason, "detail": exc.detail})
         response = render_error(request, exc)
         if exc.closes_connection:  # what is left of the request is never read
             response.force_close()

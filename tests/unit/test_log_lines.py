@@ -7,12 +7,14 @@ import asyncio
 import io
 import itertools
 import json
+import os
 import threading
+from typing import Any
 
 import pytest
 import structlog
 
-from gateway.log_lines import PIPE_BUF, TurnBatchedWriter, pipe_sized_chunks
+from gateway.log_lines import PIPE_BUF, TurnBatchedWriter, pipe_sized_pieces
 from gateway.logs import configure_logging
 from tests.conftest import _SESSION_LOGS
 
@@ -61,10 +63,10 @@ async def test_a_turns_lines_beyond_pipe_buf_are_cut_between_lines() -> None:
         assert len(write.encode()) <= PIPE_BUF or write.count("\n") == 1
 
 
-def test_pipe_sized_chunks_fills_each_piece_as_far_as_the_limit_allows() -> None:
+def test_pipe_sized_pieces_fills_each_piece_as_far_as_the_limit_allows() -> None:
     """Pieces are as full as whole lines allow: no two neighbours would fit in one."""
     lines = [f"{'z' * size}\n" for size in (10, 20, 5, 30, 1, 40, 2)]
-    chunks = pipe_sized_chunks(lines, limit=40)
+    chunks = ["".join(piece) for piece in pipe_sized_pieces(lines, limit=40)]
     assert "".join(chunks) == "".join(lines)
     assert all(len(chunk) <= 40 for chunk in chunks if chunk.count("\n") > 1)
     assert all(len(a) + len(b) > 40 for a, b in itertools.pairwise(chunks))
@@ -135,7 +137,7 @@ async def test_a_stream_that_fails_loses_the_lines_not_the_request(
     await asyncio.sleep(0)
     writer.flush()
     err = capsys.readouterr().err
-    assert '{"event": "log_lines_lost", "error": "OSError"}' in err
+    assert '{"event": "log_lines_lost", "lines": 1, "error": "OSError"}' in err
     assert "secret-free but lost" not in err
 
 
@@ -170,3 +172,131 @@ async def test_configuring_again_writes_what_the_previous_writer_held() -> None:
     finally:
         configure_logging(json=True, level="debug", stream=_SESSION_LOGS)
     assert [json.loads(line)["event"] for line in "".join(stream.writes).splitlines()] == ["held"]
+
+
+def test_sizes_are_counted_in_the_streams_encoding() -> None:
+    """A stream that escapes what its encoding lacks (stderr in ASCII: ``é`` is 4 bytes) still
+    gets pieces of at most PIPE_BUF bytes as written."""
+    lines = ["é" * 300 + "\n" for _ in range(40)]
+    for piece in pipe_sized_pieces(lines, PIPE_BUF, "ascii"):
+        written = "".join(piece).encode("ascii", "backslashreplace")
+        assert len(written) <= PIPE_BUF or len(piece) == 1
+
+
+def test_a_line_the_stream_cannot_encode_loses_only_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    """One line the stream refuses (a lone surrogate on a strict stream) is reported lost; the
+    other lines of its piece are written."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
+
+    async def turn(writer: TurnBatchedWriter) -> None:
+        for line in ("before", "bad \ud800", "after"):
+            writer.info(line)
+
+    asyncio.run(turn(TurnBatchedWriter(stream)))
+    assert raw.getvalue() == b"before\nafter\n"
+    assert '{"event": "log_lines_lost", "lines": 1, "error": "UnicodeEncodeError"}' in capsys.readouterr().err
+
+
+class LoggingStream(RecordingStream):
+    """A stream whose first write logs through the writer it serves, as a finalizer run by a
+    collection inside that write would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writer: TurnBatchedWriter | None = None
+
+    def write(self, text: str) -> int:
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.error("from a finalizer")
+        return super().write(text)
+
+
+def test_a_line_logged_from_within_a_write_neither_waits_on_itself_nor_is_lost() -> None:
+    """Logging from within the writer's own write (re-entered on its thread) does not deadlock:
+    the line is added to what waits and the write under way takes it."""
+    stream = LoggingStream()
+    writer = TurnBatchedWriter(stream)
+    stream.writer = writer
+    done = threading.Event()
+
+    def log_once() -> None:
+        writer.info("first")
+        done.set()
+
+    thread = threading.Thread(target=log_once, daemon=True)
+    thread.start()
+    assert done.wait(5), "the writer waited on its own lock"
+    assert "".join(stream.writes) == "first\nfrom a finalizer\n"
+
+
+class FinalizingLoop(asyncio.SelectorEventLoop):
+    """A loop whose next ``call_soon`` first logs through a writer, as a finalizer run by a
+    collection inside that call would."""
+
+    writer: TurnBatchedWriter | None = None
+
+    def call_soon(self, *args: Any, **kwargs: Any) -> Any:
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.error("from a finalizer")
+        return super().call_soon(*args, **kwargs)
+
+
+def test_a_line_logged_while_scheduling_the_write_is_written_in_order() -> None:
+    """Logging from within the writer's scheduling of its turn-end write: both lines wait for
+    that one write, in the order they were logged."""
+    stream = RecordingStream()
+    writer = TurnBatchedWriter(stream)
+    done = threading.Event()
+
+    async def turn() -> None:
+        loop.writer = writer
+        writer.info("first")
+        await asyncio.sleep(0)
+
+    def run_turn() -> None:
+        try:
+            loop.run_until_complete(turn())
+        finally:
+            done.set()
+
+    loop = FinalizingLoop()
+    thread = threading.Thread(target=run_turn, daemon=True)  # a deadlock fails, not hangs
+    thread.start()
+    assert done.wait(5), "the writer waited on its own lock"
+    loop.close()
+    assert stream.writes == ["first\nfrom a finalizer\n"]
+
+
+class PipeStream(io.TextIOBase):
+    """The write end of a pipe, non-blocking (lines are short): a child's writes reach the
+    parent's read end."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+
+    def write(self, text: str) -> int:
+        return os.write(self.fd, text.encode())
+
+
+async def test_a_forked_child_does_not_write_its_parents_waiting_lines() -> None:
+    """Lines waiting when the process forks are the parent's to write: the child starts with
+    none, so each is written once."""
+    read_end, write_end = os.pipe()
+    try:
+        writer = TurnBatchedWriter(PipeStream(write_end))
+        writer.info("waiting at the fork")
+        pid = os.fork()
+        if pid == 0:  # the child: write what it holds, and leave without pytest's teardown
+            writer.flush()
+            os._exit(0)
+        await asyncio.to_thread(os.waitpid, pid, 0)
+        await asyncio.sleep(0)  # the parent's turn ends
+        os.set_blocking(read_end, False)
+        assert os.read(read_end, 4096) == b"waiting at the fork\n"
+    finally:
+        os.close(read_end)
+        os.close(write_end)

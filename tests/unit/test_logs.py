@@ -357,3 +357,41 @@ def test_a_line_logged_soon_without_a_running_loop_is_rendered_at_once(capture_l
     log_soon(structlog.get_logger("gateway"), "info", "at_once", {"n": 1})
     [event] = events_in(stream)
     assert (event["event"], event["n"]) == ("at_once", 1)
+
+
+async def test_a_line_that_cannot_be_rendered_later_leaves_one_line_without_its_fields(
+    capture_logs: Capture,
+) -> None:
+    """A line logged soon that fails to render (a claim nested past the recursion limit) is
+    replaced by one ``log_line_lost`` naming the event and the error, never its fields, and
+    nothing reaches asyncio's exception handler (whose message would quote them)."""
+    stream = capture_logs()
+    nested: dict[str, Any] = {}
+    deepest = nested
+    for _ in range(5000):
+        deepest["act"] = {}
+        deepest = deepest["act"]
+    loop = asyncio.get_running_loop()
+    handled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: handled.append(context))
+    try:
+        log_soon(
+            structlog.get_logger("gateway.audit"),
+            "info",
+            "policy_decision",
+            {
+                "actor": nested,
+                "target": "opaque-target-0123456789",
+            },
+        )
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    [event] = events_in(stream)
+    assert (event["event"], event["lost_event"], event["level"]) == (
+        "log_line_lost",
+        "policy_decision",
+        "error",
+    )
+    assert event["error"] in {"RecursionError", "TypeError", "ValueError"}
+    assert "opaque-target" not in stream.getvalue() and handled == []

@@ -64,3 +64,13 @@ def test_out_of_range_message_does_not_echo_the_input() -> None:
     with pytest.raises(StrictJSONError) as caught:
         loads_strict('{"secret-ish": 1e400}')
     assert str(caught.value) == "number out of range"
+
+
+def test_any_bytes_like_input_is_utf_8_checked_like_bytes() -> None:
+    """A bytearray or memoryview is read as bytes are: strict UTF-8, never the standard library's
+    guess of UTF-16 or UTF-32 from the first bytes."""
+    assert loads_strict(bytearray(b'{"a": 1}')) == {"a": 1}
+    assert loads_strict(memoryview(b"[1, 2]")) == [1, 2]
+    for utf16 in (bytearray('{"a": 1}'.encode("utf-16-le")), memoryview('{"a": 1}'.encode("utf-16"))):
+        with pytest.raises(StrictJSONError):
+            loads_strict(utf16)
