@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
 from types import TracebackType
@@ -209,6 +210,38 @@ def redact_secrets(
     return event_dict
 
 
+_LEVEL_OF_METHOD = {"warn": "warning", "exception": "error"}  # as structlog's add_log_level
+# The current second, and its ISO 8601 text (UTC): formatted once a second, not per event.
+_second_text: tuple[int, str] = (-1, "")
+
+
+def utc_timestamp(now: float) -> str:
+    """``now`` (epoch seconds) as ISO 8601 in UTC to the microsecond, ``2026-12-06T21:13:47.559427Z``."""
+    global _second_text
+    second = int(now)
+    cached_second, text = _second_text
+    if second != cached_second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_text = (second, text)
+    return f"{text}.{int((now - second) * 1_000_000):06d}Z"
+
+
+def stamp(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: the level, the time, and an ``exc_info`` rendered as ``exception``
+    (structlog's add_log_level, TimeStamper(fmt="iso", utc=True) and format_exc_info in one
+    step: they ran for every event, the time formatting alone 1.3 µs)."""
+    event_dict["level"] = _LEVEL_OF_METHOD.get(method, method)
+    event_dict["timestamp"] = utc_timestamp(time.time())
+    if "exc_info" in event_dict:
+        structlog.processors.format_exc_info(logger, method, event_dict)
+    return event_dict
+
+
+def redact_and_render_json(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
+    """structlog renderer: ``redact_secrets``, then ``render_json``."""
+    return render_json(logger, method, redact_secrets(logger, method, event_dict))
+
+
 def render_json(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
     """structlog renderer: one JSON line, by orjson (a third of the standard encoder's time for
     an event of the request path). What orjson refuses (an integer beyond 64 bits in an audited
@@ -251,16 +284,18 @@ def configure_logging(
     writer: Any = structlog.WriteLogger(output)
     if batched:
         writer = _batched_writer = TurnBatchedWriter(output)
-    renderer: Any = render_json if json else structlog.dev.ConsoleRenderer(colors=output.isatty())
+    # Redaction, then rendering: one step for JSON (the request path's format), two for humans.
+    tail: list[Any] = (
+        [redact_and_render_json]
+        if json
+        else [redact_secrets, structlog.dev.ConsoleRenderer(colors=output.isatty())]
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             drop_subject if include_subject else _drop_subject_always,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            redact_secrets,
-            renderer,
+            stamp,
+            *tail,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         # One logger for the process: the default factory builds a new one (and its lock) per event.

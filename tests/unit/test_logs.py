@@ -4,6 +4,7 @@ standard library's loggers (aiohttp, asyncio, any library) sent through the same
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import json
 import logging
@@ -18,7 +19,14 @@ from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.logs import REDACTED, configure_logging, log_soon, mask_presented_token, redact_secrets
+from gateway.logs import (
+    REDACTED,
+    configure_logging,
+    log_soon,
+    mask_presented_token,
+    redact_secrets,
+    utc_timestamp,
+)
 from tests.conftest import _SESSION_LOGS
 
 JWT = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
@@ -395,3 +403,35 @@ async def test_a_line_that_cannot_be_rendered_later_leaves_one_line_without_its_
     )
     assert event["error"] in {"RecursionError", "TypeError", "ValueError"}
     assert "opaque-target" not in stream.getvalue() and handled == []
+
+
+@settings(max_examples=500)
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))  # to 2100-01-01
+def test_an_events_timestamp_is_its_utc_time_to_the_microsecond(now: float) -> None:
+    """The stamp formats the second once and the microseconds per event: the time's own UTC
+    moment (to the microsecond, truncated where datetime rounds), always six digits of fraction."""
+    text = utc_timestamp(now)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", text)
+    parsed = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC)
+    exact = datetime.datetime.fromtimestamp(now, datetime.UTC)
+    assert abs(parsed - exact) <= datetime.timedelta(microseconds=1)
+
+
+def test_each_event_has_its_level_time_and_rendered_exception(capture_logs: Capture) -> None:
+    """``warn`` is logged as ``warning`` and ``exception`` as ``error`` (structlog's names); an
+    exception becomes the ``exception`` text, and the time is now's."""
+    stream = capture_logs()
+    log = structlog.get_logger("gateway")
+    before = datetime.datetime.now(datetime.UTC)
+    log.warn("old_name")
+    try:
+        raise ZeroDivisionError("boom")
+    except ZeroDivisionError:
+        log.exception("failed")
+    warned, failed = events_in(stream)
+    assert (warned["level"], failed["level"]) == ("warning", "error")
+    assert "ZeroDivisionError: boom" in failed["exception"] and "exc_info" not in failed
+    stamped = datetime.datetime.strptime(warned["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.UTC
+    )
+    assert before - datetime.timedelta(seconds=1) <= stamped <= datetime.datetime.now(datetime.UTC)
