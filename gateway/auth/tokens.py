@@ -286,7 +286,15 @@ def check_claims(claims: Mapping[str, Any], *, issuer: IssuerConfig, resource: s
     """Every claim check on already signature-verified claims; pure, the clock is a parameter.
 
     Says who called; the shell, which holds the token, attaches it (``Identity.presented_with``).
+    The checks are the time window's (``check_time_window``, which alone depends on ``now``)
+    and the rest (``claims_identity``), in that order.
     """
+    check_time_window(claims, issuer=issuer, now=now)
+    return claims_identity(claims, issuer=issuer, resource=resource)
+
+
+def check_time_window(claims: Mapping[str, Any], *, issuer: IssuerConfig, now: float) -> None:
+    """The issuer, then ``exp``, ``nbf`` and ``iat`` against ``now`` with the issuer's leeway."""
     found = claims.get("iss")
     if found != issuer.issuer:  # exact, byte for byte (RFC 9068 §4)
         raise InvalidToken("bad_issuer", issuer_mismatch(found, (issuer.issuer,)))
@@ -301,6 +309,11 @@ def check_claims(claims: Mapping[str, Any], *, issuer: IssuerConfig, resource: s
     if issued_at is not None and issued_at > now + leeway:
         raise InvalidToken("issued_in_future")
 
+
+def claims_identity(claims: Mapping[str, Any], *, issuer: IssuerConfig, resource: str) -> Identity:
+    """The checks that do not depend on the time (audience for ``resource``, subject, client id,
+    scopes), and the identity they give; ``check_time_window`` is to have passed."""
+    expires_at = _numeric_date(claims, "exp", required=True) or 0.0
     aud = claims.get("aud")
     audiences = (aud,) if isinstance(aud, str) else tuple(aud) if isinstance(aud, list) else None
     if not audiences or not all(isinstance(item, str) for item in audiences):
@@ -355,6 +368,13 @@ class _Verified:
     keyset: KeySet
     claims: Mapping[str, Any]
     usable_until: float  # exp + leeway: past this the cache drops it; check_claims refuses it
+    # ``claims_identity`` for each route's resource the token was presented to, with the issuer
+    # config it was checked under: a pure function of those and the (immutable) claims, so only
+    # the time window is checked again on later requests. Bounded (a token has few routes).
+    identities: dict[str, tuple[IssuerConfig, Identity]] = field(default_factory=dict)
+
+
+_IDENTITIES_PER_TOKEN = 16
 
 
 def _verified_until(_key: str, verified: _Verified, _now: float) -> float:
@@ -365,8 +385,9 @@ class JwtAuthenticator:
     """Validates JWT access tokens against the configured issuers.
 
     A verified token's claims are cached by the token's SHA-256 until its ``exp`` (plus leeway),
-    LRU beyond ``cache_size``. A cached entry skips decoding and the signature check only:
-    ``check_claims`` (issuer, time window, audience for *this* route) still runs on every request.
+    LRU beyond ``cache_size``. A cached entry skips decoding and the signature check: the issuer
+    and the time window are checked on every request, and the audience for *this* route and the
+    other claims once per route (``claims_identity`` is pure: the entry keeps its result).
     An entry is used only while its issuer still serves the very key set that verified it, so a
     key removed from the JWKS stops its tokens at the next refetch (``jwks_max_age_s``, or
     earlier on an unknown ``kid``), exactly as without the cache.
@@ -401,7 +422,13 @@ class JwtAuthenticator:
         if verified is None or verified.issuer_keys.keyset is not verified.keyset:
             return None
         issuer = verified.issuer_keys.issuer
-        identity = check_claims(verified.claims, issuer=issuer, resource=resource, now=self._clock())
+        check_time_window(verified.claims, issuer=issuer, now=self._clock())
+        known = verified.identities.get(resource)
+        if known is not None and known[0] is issuer:
+            return known[1].presented_with(token)
+        identity = claims_identity(verified.claims, issuer=issuer, resource=resource)
+        if len(verified.identities) < _IDENTITIES_PER_TOKEN:
+            verified.identities[resource] = (issuer, identity)
         return identity.presented_with(token)
 
     def decode(self, token: PresentedToken) -> DecodedJws:
@@ -447,6 +474,10 @@ class JwtAuthenticator:
         if keyset is not None:
             # Only tokens that passed every check are kept: a refused token is checked afresh.
             self._verified[jws.token.sha256] = _Verified(
-                issuer_keys, keyset, identity.claims, identity.expires_at + issuer.leeway_s
+                issuer_keys,
+                keyset,
+                identity.claims,
+                identity.expires_at + issuer.leeway_s,
+                {resource: (issuer, identity)},
             )
         return identity.presented_with(jws.token)

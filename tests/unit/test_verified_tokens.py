@@ -131,3 +131,29 @@ async def test_the_cache_is_bounded(issuer: TestIssuer, keys: IssuerKeys) -> Non
     # Least recently used goes first; the newest two stay.
     assert authenticator.cached(tokens[0], RESOURCE) is None
     assert all(authenticator.cached(token, RESOURCE) is not None for token in tokens[1:])
+
+
+async def test_a_cached_tokens_identity_is_kept_per_route_and_a_refusal_never_is(
+    issuer: TestIssuer, keys: IssuerKeys
+) -> None:
+    """A token for two routes is served for each from its cache entry, the claim checks that do
+    not depend on the time done once per route (the identity is the same object on each hit);
+    a route outside its audience is refused on every request, never remembered as served."""
+    clock = Clock()
+    authenticator = JwtAuthenticator({ISSUER: keys}, clock=clock)
+    token = PresentedToken(
+        issuer.mint(audience=[RESOURCE, OTHER_RESOURCE], scope="mcp:access tools:echo", lifetime_s=60)
+    )
+    await authenticator.authenticate(token, RESOURCE)
+    for resource in (RESOURCE, OTHER_RESOURCE):
+        first, again = authenticator.cached(token, resource), authenticator.cached(token, resource)
+        assert first is not None and again is not None
+        assert first.scopes == {"mcp:access", "tools:echo"} and again.scopes is first.scopes
+        assert first.audience == (RESOURCE, OTHER_RESOURCE)
+    for _ in range(2):
+        with pytest.raises(InvalidToken) as refused:
+            authenticator.cached(token, "https://gw.example/c/mcp")
+        assert refused.value.reason == "bad_audience"
+    clock.now += 60 + 31  # past exp and the leeway: the kept identities serve nothing
+    assert authenticator.cached(token, RESOURCE) is None
+    assert await refused_reason(authenticator, token, OTHER_RESOURCE) == "expired"
