@@ -367,10 +367,12 @@ class _Verified:
     issuer_keys: IssuerKeys
     keyset: KeySet
     claims: Mapping[str, Any]
-    usable_until: float  # exp + leeway: past this the cache drops it; check_claims refuses it
+    usable_until: float  # exp + leeway: past this the cache drops it; check_time_window refuses it
     # ``claims_identity`` for each route's resource the token was presented to, with the issuer
-    # config it was checked under: a pure function of those and the (immutable) claims, so only
-    # the time window is checked again on later requests. Bounded (a token has few routes).
+    # config it was checked under: a pure function of those and the claims, so only the time
+    # window is checked again on later requests. Bounded (a token has few routes). The claims
+    # view is read-only at its top level only; nothing changes their nested values (minting
+    # deep-copies them), and a change there would not be seen again.
     identities: dict[str, tuple[IssuerConfig, Identity]] = field(default_factory=dict)
 
 
@@ -427,8 +429,8 @@ class JwtAuthenticator:
         if known is not None and known[0] is issuer:
             return known[1].presented_with(token)
         identity = claims_identity(verified.claims, issuer=issuer, resource=resource)
-        if len(verified.identities) < _IDENTITIES_PER_TOKEN:
-            verified.identities[resource] = (issuer, identity)
+        if resource in verified.identities or len(verified.identities) < _IDENTITIES_PER_TOKEN:
+            verified.identities[resource] = (issuer, identity)  # a stale one is replaced
         return identity.presented_with(token)
 
     def decode(self, token: PresentedToken) -> DecodedJws:

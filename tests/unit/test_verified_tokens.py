@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -157,3 +158,31 @@ async def test_a_cached_tokens_identity_is_kept_per_route_and_a_refusal_never_is
     clock.now += 60 + 31  # past exp and the leeway: the kept identities serve nothing
     assert authenticator.cached(token, RESOURCE) is None
     assert await refused_reason(authenticator, token, OTHER_RESOURCE) == "expired"
+
+
+async def test_kept_identities_are_bounded_and_never_serve_another_issuer_config(
+    issuer: TestIssuer, keys: IssuerKeys
+) -> None:
+    """Past its bound of kept routes a token is still checked per route, afresh each time; an
+    identity kept under one issuer config object is not used under another (it is checked
+    again), though a reload builds a new authenticator anyway."""
+    resources = [f"https://gw.example/r{n}/mcp" for n in range(20)]
+    authenticator = JwtAuthenticator({ISSUER: keys})
+    token = PresentedToken(issuer.mint(audience=resources, scope="mcp:access"))
+    await authenticator.authenticate(token, resources[0])
+    for resource in resources:
+        hits = authenticator.cached(token, resource), authenticator.cached(token, resource)
+        assert all(hit is not None and hit.audience == tuple(resources) for hit in hits)
+    kept = authenticator.cached(token, resources[0])
+    late = [authenticator.cached(token, resources[-1]) for _ in range(2)]
+    assert kept is not None and late[0] is not None and late[1] is not None
+    assert late[0].scopes == late[1].scopes and late[0].scopes is not late[1].scopes  # not kept
+
+    original = keys.issuer
+    keys.issuer = dataclasses.replace(original, leeway_s=original.leeway_s + 1)
+    try:
+        rechecked = authenticator.cached(token, resources[0])
+        assert rechecked is not None and rechecked.scopes is not kept.scopes
+        assert authenticator.cached(token, resources[0]).scopes is rechecked.scopes  # type: ignore[union-attr]
+    finally:
+        keys.issuer = original
