@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .buckets import Verdict, bucket_idle_after, whole_seconds
@@ -56,9 +56,20 @@ def _quoted(name: str) -> str:
     return sf_string(name)
 
 
-@functools.lru_cache(maxsize=1024)
+# By the limit's identity: hashing a LimitSpec hashes every field, on every answer. The entry
+# keeps its limit, so an id is never reused while it is cached.
+_POLICY_ITEMS: dict[int, tuple[LimitSpec, str]] = {}
+
+
 def _policy_item(limit: LimitSpec) -> str:
-    return _item(limit.name, policy_parameters(limit))
+    cached = _POLICY_ITEMS.get(id(limit))
+    if cached is not None and cached[0] is limit:
+        return cached[1]
+    if len(_POLICY_ITEMS) >= 1024:  # limits of configs replaced long ago
+        _POLICY_ITEMS.clear()
+    item = _item(limit.name, policy_parameters(limit))
+    _POLICY_ITEMS[id(limit)] = (limit, item)
+    return item
 
 
 def policy_parameters(limit: LimitSpec) -> list[tuple[str, int]]:
@@ -79,12 +90,27 @@ def state_parameters(verdict: Verdict) -> list[tuple[str, int]]:
     return parameters
 
 
+def _state_item(limit: LimitSpec, verdict: Verdict) -> str:
+    """``_item(limit.name, state_parameters(verdict))`` written out: it is built on every answer."""
+    item = f"{_quoted(limit.name)};r={max(0, verdict.remaining)}"
+    if verdict.reset_s is None:
+        return item
+    return f"{item};t={whole_seconds(verdict.reset_s)}"
+
+
 def rate_limit_headers(reports: Iterable[LimitReport]) -> dict[str, str]:
     """Both fields for the limits a request was checked against; empty when there are none."""
-    listed = list(reports)
-    if not listed:
+    return limit_fields([(report.limit, report.verdict) for report in reports])
+
+
+def limit_fields(checked: Sequence[tuple[LimitSpec, Verdict]]) -> dict[str, str]:
+    """``rate_limit_headers`` for (limit, verdict) pairs."""
+    if not checked:
         return {}
+    if len(checked) == 1:  # the usual case: one limit, no joining
+        [(limit, verdict)] = checked
+        return {POLICY_HEADER: _policy_item(limit), STATE_HEADER: _state_item(limit, verdict)}
     return {
-        POLICY_HEADER: ", ".join(_policy_item(r.limit) for r in listed),
-        STATE_HEADER: ", ".join(_item(r.limit.name, state_parameters(r.verdict)) for r in listed),
+        POLICY_HEADER: ", ".join(_policy_item(limit) for limit, _ in checked),
+        STATE_HEADER: ", ".join(_state_item(limit, verdict) for limit, verdict in checked),
     }

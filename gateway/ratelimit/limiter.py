@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .buckets import Counter, Verdict, whole_seconds
-from .headers import LimitReport, rate_limit_headers
+from .headers import limit_fields
 from .memory import MemoryStore
 from .redis_store import RedisStore, StoreUnavailable
 from .spec import Concurrency, KeyField, LimitSpec, RateLimitsConfig, RedisBackend
@@ -53,7 +53,10 @@ def escape_key_part(value: str) -> str:
 
 def counter_key(limit: LimitSpec, keys: Mapping[KeyField, str]) -> str:
     """The counter ``limit`` keeps for a request with these facts (a missing fact is ``""``)."""
-    parts = [limit.name, *(keys.get(key_field, "") for key_field in limit.key)]
+    parts = [limit.name, *[keys.get(key_field, "") for key_field in limit.key]]
+    joined = ":".join(parts)
+    if "\\" not in joined and joined.count(":") == len(parts) - 1:
+        return joined  # no part holds a separator or an escape: escaping would change nothing
     return ":".join(escape_key_part(part) for part in parts)
 
 
@@ -99,6 +102,8 @@ ADMITTED = Admission(allowed=True, refused_by=None, retry_after_s=0, unavailable
 def distinct_limits(limits: Sequence[LimitSpec]) -> list[LimitSpec]:
     """``limits`` without repeats (a route and a rule may name the same limit): a limit named
     twice still counts a request once."""
+    if len(limits) == 1:
+        return list(limits)
     seen: set[str] = set()
     unique = []
     for limit in limits:
@@ -110,16 +115,14 @@ def distinct_limits(limits: Sequence[LimitSpec]) -> list[LimitSpec]:
 
 def judge(counters: Sequence[Counter], verdicts: Sequence[Verdict]) -> Admission:
     """The admission the store's verdicts add up to (without the slots to release)."""
-    reports = [
-        LimitReport(counter.limit, verdict) for counter, verdict in zip(counters, verdicts, strict=True)
-    ]
-    headers = rate_limit_headers(reports)
-    refused = [report for report in reports if not report.verdict.allowed]
+    checked = [(counter.limit, verdict) for counter, verdict in zip(counters, verdicts, strict=True)]
+    headers = limit_fields(checked)
+    refused = [(limit, verdict) for limit, verdict in checked if not verdict.allowed]
     if not refused:
         return Admission(True, None, 0, False, headers)
     # Every refusing limit must have room again before a retry can pass: wait for the latest.
-    retry_after = max(report.verdict.retry_after_s for report in refused)
-    return Admission(False, refused[0].limit, whole_seconds(retry_after), False, headers)
+    retry_after = max(verdict.retry_after_s for _, verdict in refused)
+    return Admission(False, refused[0][0], whole_seconds(retry_after), False, headers)
 
 
 def without_store(limits: Sequence[LimitSpec], retry_s: float) -> Admission:
@@ -173,13 +176,14 @@ class RateLimiter:
         if not unique:
             return ADMITTED
         counters = [Counter(limit, counter_key(limit, keys)) for limit in unique]
-        lease_id = uuid.uuid4().hex
+        held = [counter for counter in counters if isinstance(counter.limit.algorithm, Concurrency)]
+        # Only a concurrency slot is held under the lease id (both stores ignore it otherwise).
+        lease_id = uuid.uuid4().hex if held else ""
         try:
             verdicts = await self._store.decide(counters, lease_id, commit=True)
         except StoreUnavailable:
             return without_store(unique, self._retry_s)
         admission = judge(counters, verdicts)
-        held = [counter for counter in counters if isinstance(counter.limit.algorithm, Concurrency)]
         if not admission.allowed or not held:
             return admission
         return Admission(True, None, 0, False, admission.headers, _Slots(self._store, held, lease_id))

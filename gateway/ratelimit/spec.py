@@ -7,7 +7,8 @@ its shared store (Redis) cannot be reached. Routes and rules name the limits tha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
 from ..secret import Secret
@@ -92,6 +93,11 @@ class RateLimitsConfig:
 
     backend: Backend = MemoryBackend()
     limits: tuple[LimitSpec, ...] = ()
+    # The limits by name, looked up on every limited request (the config checked names are unique).
+    _by_name: Mapping[str, LimitSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {limit.name: limit for limit in self.limits})
 
     def get(self, name: str) -> LimitSpec | None:
-        return next((limit for limit in self.limits if limit.name == name), None)
+        return self._by_name.get(name)

@@ -17,7 +17,7 @@ Two moments:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import structlog
 from aiohttp import web
@@ -39,8 +39,10 @@ def source_address(request: web.Request) -> str:
     return request.remote or ""
 
 
-def limits_named(config: RateLimitsConfig, names: Iterable[str]) -> tuple[LimitSpec, ...]:
+def limits_named(config: RateLimitsConfig, names: Sequence[str]) -> tuple[LimitSpec, ...]:
     """The limits ``names`` refer to, each once, in order (the config checked that they exist)."""
+    if not names:
+        return ()
     found = (config.get(name) for name in dict.fromkeys(names))
     return tuple(limit for limit in found if limit is not None)
 
@@ -51,7 +53,9 @@ def request_limits(
     """The route's limits, then those of every rule that allowed a message of the request."""
     names = list(route.limits)
     for decision in decisions:
-        names += [name for rule in decision.rules if isinstance(rule, Rule) for name in rule.limits]
+        for rule in decision.rules:
+            if isinstance(rule, Rule) and rule.limits:
+                names += rule.limits
     return limits_named(config, names)
 
 

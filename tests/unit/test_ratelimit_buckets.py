@@ -135,3 +135,14 @@ def test_names_are_escaped_as_structured_strings() -> None:
     """A quote or backslash in a name is escaped; a non-ASCII character cannot break the field."""
     assert sf_string('a"b\\c') == '"a\\"b\\\\c"'
     assert sf_string("café") == '"caf?"'
+
+
+def test_one_limit_gives_the_same_fields_as_in_a_list() -> None:
+    """A request counted against one limit (written without joining) gets exactly the item it
+    would have among others."""
+    alone = rate_limit_headers([LimitReport(SENDS, Verdict(False, 0, 5.2, 5.2))])
+    assert alone == {"RateLimit-Policy": '"sends";q=10;w=60', "RateLimit": '"sends";r=0;t=6'}
+    assert rate_limit_headers([LimitReport(PARALLEL, Verdict(True, 3, None, 0.0))]) == {
+        "RateLimit-Policy": '"parallel";q=4',
+        "RateLimit": '"parallel";r=3',
+    }

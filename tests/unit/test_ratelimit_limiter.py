@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.ratelimit.buckets import Counter
 from gateway.ratelimit.limiter import Admission, RateLimiter, counter_key
@@ -223,3 +225,43 @@ async def test_concurrency_counts_leave_memory_when_released() -> None:
     assert len(store) == 1
     await store.release([counter], "")
     assert len(store) == 0
+
+
+_KEY_TEXT = st.text(alphabet=st.sampled_from("ab:\\\u00e9"), max_size=6)
+
+
+@settings(max_examples=500, deadline=None)
+@given(issuer=_KEY_TEXT, subject=_KEY_TEXT)
+def test_counter_key_equals_every_part_escaped(issuer: str, subject: str) -> None:
+    """The key skips escaping only when no part holds a separator or a backslash: it is always
+    the name and every value escaped, then joined."""
+    keys: Mapping[KeyField, str] = {"issuer": issuer, "subject": subject}
+    parts = ["per_subject", issuer, subject]
+    expected = ":".join(part.replace("\\", "\\\\").replace(":", "\\:") for part in parts)
+    assert counter_key(PER_SUBJECT, keys) == expected
+
+
+async def test_a_replaced_limit_of_the_same_name_reports_its_own_policy() -> None:
+    """A reloaded config may keep a limit's name and change its quota: the RateLimit-Policy field
+    follows the limit object the request counted against, not its name."""
+    before = LimitSpec("calls", TokenBucket(rate_per_s=1.0, burst=5), key=())
+    after = LimitSpec("calls", TokenBucket(rate_per_s=1.0, burst=9), key=())
+    first = await limiter_with(before).acquire([before], ALICE)
+    second = await limiter_with(after).acquire([after], ALICE)
+    assert first.headers["RateLimit-Policy"] == '"calls";q=5;w=5'
+    assert second.headers["RateLimit-Policy"] == '"calls";q=9;w=9'
+    assert first.headers["RateLimit"] == '"calls";r=4;t=1'
+
+
+async def test_only_a_concurrency_limit_holds_slots_under_a_lease() -> None:
+    """A request counted against buckets and windows only holds nothing to give back; one with a
+    concurrency limit holds its slot until released."""
+    limiter = limiter_with(PER_SUBJECT, QUOTA, PARALLEL)
+    plain = await limiter.acquire([PER_SUBJECT, QUOTA], ALICE)
+    assert plain.allowed and plain.slots is None
+    first = await limiter.acquire([PARALLEL], ALICE)
+    second = await limiter.acquire([PARALLEL], ALICE)
+    assert first.slots is not None and second.slots is not None
+    assert not (await limiter.acquire([PARALLEL], ALICE)).allowed
+    await first.release()
+    assert (await limiter.acquire([PARALLEL], ALICE)).allowed
