@@ -24,7 +24,7 @@ from typing import Any, Final, Literal, Protocol, TypeAlias
 
 from ..errors import UpstreamError
 from ..strictjson import StrictJSONError, loads_strict
-from .sse import SseEventRewriter
+from .sse import Marker, SseEventRewriter, marker_occurs
 
 __all__ = [
     "AnswerInspector",
@@ -60,14 +60,15 @@ _RAW_IN_JSON_STRINGS_BREAKS: Final = ("\x85", "\u2028", "\u2029")
 class MessageRewriter(Protocol):
     """Sees each JSON-RPC message object the upstream sends (alone, in a batch, in an SSE event).
 
-    ``markers``: byte strings, at least one of which occurs in the raw bytes of any message this
-    rewriter would change (the inspector adds ``\\u``); empty means "every message". ``rewrite``
+    ``markers``: at least one of them occurs in the raw bytes of any message this rewriter would
+    change (a byte string, or a tuple of byte strings that all occur: ``gateway.mcp.sse.Marker``;
+    the inspector adds ``\\u``); empty means "every message". ``rewrite``
     returns the message to send instead (a new object, or its argument changed in place), or None
     when nothing changed: None means the original bytes go out, so a change must be returned.
     """
 
     @property
-    def markers(self) -> tuple[bytes, ...]: ...
+    def markers(self) -> tuple[Marker, ...]: ...
 
     def rewrite(self, message: dict[str, Any]) -> dict[str, Any] | None: ...
 
@@ -80,7 +81,7 @@ class RewriterChain:
     def __init__(self, rewriters: Sequence[MessageRewriter]) -> None:
         self._rewriters = tuple(rewriters)
         everything = any(not rewriter.markers for rewriter in self._rewriters)
-        self.markers: tuple[bytes, ...] = (
+        self.markers: tuple[Marker, ...] = (
             () if everything else tuple(dict.fromkeys(m for r in self._rewriters for m in r.markers))
         )
 
@@ -208,10 +209,10 @@ class AnswerInspector:
     def __init__(self, rewriter: MessageRewriter) -> None:
         self._rewriter = rewriter
         markers = tuple(rewriter.markers)
-        self._markers: tuple[bytes, ...] = (*markers, ESCAPE_MARKER) if markers else ()
+        self._markers: tuple[Marker, ...] = (*markers, ESCAPE_MARKER) if markers else ()
 
     @property
-    def markers(self) -> tuple[bytes, ...]:
+    def markers(self) -> tuple[Marker, ...]:
         """What the byte pre-check looks for; empty: every message is parsed."""
         return self._markers
 
@@ -221,7 +222,7 @@ class AnswerInspector:
         if not markers:
             return True
         for marker in markers:  # a loop of `in` is the cheapest form measured (no regex, no any())
-            if marker in raw:
+            if marker in raw if type(marker) is bytes else marker_occurs(marker, raw):
                 return True
         return False
 

@@ -7,7 +7,8 @@ without waiting for later input.
 
 :class:`SseEventRewriter` works on whole events: it buffers the bytes of the event being received
 and hands them on the moment the blank line that ends the event has arrived. With ``markers``,
-only an event in whose bytes one of them occurs is decoded and offered to the rewrite callback;
+only an event in whose bytes one of them occurs is decoded and offered to the rewrite callback (a
+marker is a byte string, or a tuple of byte strings that occurs when all of them do);
 when the callback declines an event (returns ``None``) its original bytes are emitted, so a
 stream that is not rewritten comes out identical to the stream that went in, whatever the chunk
 boundaries. A chunk that starts and ends at an event boundary and holds no marker at all is
@@ -22,9 +23,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import Final
+from typing import Final, TypeAlias
 
-__all__ = ["SseEventRewriter", "SseEventTooLarge"]
+__all__ = ["Marker", "SseEventRewriter", "SseEventTooLarge", "marker_occurs", "valid_markers"]
+
+# What the byte pre-check looks for: a byte string, or several that must all occur (in any order
+# and anywhere: ``("\"isError\"", "true")`` for a value no data-line split can come between).
+Marker: TypeAlias = bytes | tuple[bytes, ...]
 
 # [parsing]: "end-of-line = ( cr lf / cr / lf )". CR and LF never occur inside a multi-byte UTF-8
 # sequence, so lines are found in the raw bytes, before any decoding, wherever the chunks were cut.
@@ -47,6 +52,19 @@ _DATA: Final = b"data"
 _ID: Final = b"id"
 # Where an id line may start in a chunk: at its beginning, or after a line break.
 _ID_LINE_STARTS: Final = (b"\nid", b"\rid")
+
+
+def marker_occurs(marker: Marker, raw: bytes | bytearray, start: int = 0, end: int | None = None) -> bool:
+    """Whether ``marker`` occurs in ``raw[start:end]``."""
+    stop = len(raw) if end is None else end
+    if type(marker) is bytes:
+        return raw.find(marker, start, stop) >= 0
+    return all(raw.find(part, start, stop) >= 0 for part in marker)
+
+
+def valid_markers(markers: Sequence[Marker]) -> bool:
+    """No marker that would occur in every event: an empty byte string, or a tuple of none."""
+    return all(marker if type(marker) is bytes else marker and all(marker) for marker in markers)
 
 
 class SseEventTooLarge(ValueError):
@@ -89,14 +107,14 @@ class SseEventRewriter:
         self,
         rewrite: Callable[[str], str | None],
         *,
-        markers: Sequence[bytes] | None = None,
+        markers: Sequence[Marker] | None = None,
         ambiguous: str | None = None,
         rewrite_id: Callable[[str], str] | None = None,
         max_event_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         if max_event_bytes < 1:
             raise ValueError("max_event_bytes must be positive")
-        if markers is not None and not all(markers):
+        if markers is not None and not valid_markers(markers):
             raise ValueError("an empty marker would match everything: pass markers=None")
         self._rewrite = rewrite
         self._markers = tuple(markers) if markers is not None else None
@@ -146,7 +164,7 @@ class SseEventRewriter:
         self._closed = True
         rest = bytes(self._buf)
         self._buf = bytearray()
-        if self._markers is not None and any(marker in rest for marker in self._markers):
+        if self._markers is not None and any(marker_occurs(marker, rest) for marker in self._markers):
             return b""
         if self._rewrite_id is not None and _has_id_line(rest):
             return b""  # an unfinished event's id was never sealed: the client must not resume from it
@@ -169,7 +187,7 @@ class SseEventRewriter:
         if not (chunk.endswith(b"\n\n") or chunk.endswith(b"\n\r\n") or chunk.endswith(b"\r\r\n")):
             return False
         for marker in markers:
-            if marker in chunk:
+            if marker in chunk if type(marker) is bytes else marker_occurs(marker, chunk):
                 return False
         return self._rewrite_id is None or not _has_id_line(chunk)
 
@@ -253,7 +271,7 @@ class SseEventRewriter:
     def _replacement(self, buf: bytearray, start: int, blank: int, end: int) -> bytearray | None:
         """What replaces the complete event buf[start:end] (blank line at ``blank``), or None."""
         markers = self._markers
-        if markers is not None and not any(buf.find(marker, start, end) >= 0 for marker in markers):
+        if markers is not None and not any(marker_occurs(marker, buf, start, end) for marker in markers):
             return None
         if self._ambiguous is not None and self._ambiguous_outside_data(buf, start + self._bom_length, blank):
             result = bytearray(buf[start : start + self._bom_length])

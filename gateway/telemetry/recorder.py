@@ -196,17 +196,15 @@ class Span:
         limit = self._max_chars
         for key, value in attributes.items():
             if isinstance(value, str):
-                if len(value) > limit:
-                    value = value[:limit]
-            elif isinstance(value, tuple):
-                if not all(isinstance(item, str) for item in value):
-                    self.dropped_attributes += 1  # not an attribute value OTLP can carry
-                    continue
-                value = tuple(item[:limit] for item in value)
-            elif not isinstance(value, int | float):  # bool is an int
-                self.dropped_attributes += 1
-                continue
-            mine[key] = value
+                mine[key] = value if len(value) <= limit else value[:limit]
+            elif type(value) is int or type(value) is bool:  # most of the rest: no union check
+                mine[key] = value
+            elif isinstance(value, tuple) and all(isinstance(item, str) for item in value):
+                mine[key] = tuple(item[:limit] for item in value)
+            elif isinstance(value, int | float):  # bool is an int
+                mine[key] = value
+            else:
+                self.dropped_attributes += 1  # not an attribute value OTLP can carry
         if len(mine) > MAX_ATTRIBUTES:
             # The newest keys are the last ones (dicts keep their order): those are dropped.
             for key in list(mine)[MAX_ATTRIBUTES:]:

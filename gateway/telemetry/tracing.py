@@ -235,8 +235,9 @@ class RequestTrace:
         if client is None:
             # The upstream continues the (unsampled) trace from the SERVER span.
             return Propagation(self.server.context.headers())
-        client.set_attributes({**self._message_attributes(False), **self._common()})
-        client.set_attributes(server_address(self._route.upstream))
+        client.set_attributes(
+            {**self._message_attributes(False), **self._common(), **server_address(self._route.upstream)}
+        )
         self._client = client
         # Only a POST's answer answers its messages (a GET stream carries the server's own).
         watches = (AnswerWatch(self),) if http_method == "POST" else ()
@@ -260,11 +261,15 @@ class RequestTrace:
         server = self.server
         if server.is_recording():
             server.rename(self._name(self._method))
-            server.set_attributes(self._message_attributes(self._route.audit_arguments))
-            if len(self.messages) > 1:
-                server.set_attribute(OWN + "batch.size", len(self.messages))
-            server.set_attributes(self._common(sealed_session))
-            server.set_attribute(HTTP_STATUS_CODE, status)
+            batch = {OWN + "batch.size": len(self.messages)} if len(self.messages) > 1 else {}
+            server.set_attributes(
+                {
+                    **self._message_attributes(self._route.audit_arguments),
+                    **batch,
+                    **self._common(sealed_session),
+                    HTTP_STATUS_CODE: status,
+                }
+            )
         server.end()
         # Its messages (their arguments) are not kept for as long as a timer keeps this trace.
         self.messages = []
@@ -396,7 +401,9 @@ class AnswerWatch:
 
     __slots__ = ("_trace",)
     # Any message this concerns holds one of these (an escaped spelling is the inspector's `\u`).
-    markers: Final = (b'"error"', b'"isError"')
+    # ``isError`` with both: every tool result the SDK sends holds ``"isError":false``, and parsing
+    # each one was most of what watching cost; ``true`` is a literal, never escaped or split.
+    markers: Final = (b'"error"', (b'"isError"', b"true"))
 
     def __init__(self, trace: RequestTrace) -> None:
         self._trace = trace

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.errors import UpstreamError
 from gateway.mcp.answers import UNREADABLE_MESSAGE, AnswerInspector, answer_kind, chain
+from gateway.telemetry.tracing import AnswerWatch
 
 # --- answer_kind ---------------------------------------------------------------------------------
 
@@ -246,3 +247,53 @@ def test_whitespace_only_event_data_is_left_alone() -> None:
     inspector = AnswerInspector(Tagger("id", "t", (b'"id"',)))
     raw = b'event: "id"\ndata:\n\n'
     assert sse_through(inspector, raw) == raw
+
+
+# --- the tracing watch's markers ----------------------------------------------------------------
+
+
+@dataclass
+class Watcher:
+    """A rewriter with the tracing watch's markers (``AnswerWatch.markers``) that records what
+    it is shown and changes nothing, as the watch does."""
+
+    markers: tuple[Any, ...] = AnswerWatch.markers
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    def rewrite(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        self.seen.append(message)
+        return None
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        (b'{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}', True),
+        (b'{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError" :\n\ttrue}}', True),
+        (b'{"jsonrpc":"2.0","id":1,"result":{"content":[],"\\u0069sError":true}}', True),
+        (b'[{"jsonrpc":"2.0","id":1,"result":{"isError":false}},{"id":2,"result":{"isError":true}}]', True),
+        (b'{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"bad"}}', True),
+        (b'{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":false}}', False),
+        (b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}]}}', False),
+    ],
+)
+def test_the_tracing_watch_sees_every_error_answer_and_skips_a_plain_tool_result(
+    body: bytes, shown: bool
+) -> None:
+    """A tool result can say isError: true only with both `"isError"` and the literal `true` in its
+    bytes (or an escape), so every such answer is parsed for the watch, however it is spaced or
+    spelled; the SDK's `"isError":false` on every other result is relayed without a parse."""
+    watcher = Watcher()
+    assert AnswerInspector(watcher).json_body(body) is None
+    document = json.loads(body)
+    assert watcher.seen == ((document if isinstance(document, list) else [document]) if shown else [])
+
+
+def test_a_plain_tool_result_is_relayed_alike_with_tracing_on_and_off() -> None:
+    """Watching must not change what a client gets: a tool result the strict parser would refuse
+    (a repeated key) but that holds no marker is relayed as it is, traced or not, as it was before
+    tracing parsed every `"isError"`."""
+    body = b'{"jsonrpc":"2.0","id":1,"result":{"content":[],"content":[],"isError":false}}'
+    assert AnswerInspector(Watcher()).json_body(body) is None
+    with pytest.raises(UpstreamError):
+        AnswerInspector(Watcher()).json_body(body.replace(b"false", b"true"))

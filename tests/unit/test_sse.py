@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.mcp.sse import SseEventRewriter, SseEventTooLarge
+from gateway.mcp.sse import Marker, SseEventRewriter, SseEventTooLarge
 from tests.support.sse import parse_sse_events
 
 BOM = "\ufeff"
@@ -231,7 +231,7 @@ def test_any_chunking_passes_the_input_through_unchanged(stream: Stream, data: s
         return None
 
     chunks = split_at(stream.raw, cut_points(data, len(stream.raw)))
-    markers = data.draw(st.sampled_from([None, (b"a",), (b"x", b"\\u")]))
+    markers = data.draw(st.sampled_from([None, (b"a",), (b"x", b"\\u"), (b"x", (b"a", b"b"))]))
     rewriter = SseEventRewriter(record, markers=markers)
     sent = bytearray()
     received = 0
@@ -241,14 +241,20 @@ def test_any_chunking_passes_the_input_through_unchanged(stream: Stream, data: s
         complete = max(b for b in stream.boundaries if b <= received)
         assert bytes(sent) == stream.raw[:complete]
     sent += rewriter.finish()
-    dropped = markers is not None and any(marker in stream.tail for marker in markers)
+    dropped = markers is not None and any(holds(stream.tail.decode(), marker) for marker in markers)
     assert bytes(sent) == (stream.raw[: max(stream.boundaries)] if dropped else stream.raw)
     offered = [
         data_of(lines)
         for lines in stream.events
-        if markers is None or any(marker.decode() in "\n".join(lines) for marker in markers)
+        if markers is None or any(holds("\n".join(lines), marker) for marker in markers)
     ]
     assert calls == [text for text in offered if text is not None]
+
+
+def holds(text: str, marker: Marker) -> bool:
+    """The test's own reading of a marker: a byte string occurs, or every one of a tuple does."""
+    parts = (marker,) if isinstance(marker, bytes) else marker
+    return all(part.decode() in text for part in parts)
 
 
 # --- (2) rewriting replaces the data and nothing else ---------------------------------------------
@@ -701,9 +707,47 @@ def test_chunks_that_do_not_end_an_event_go_through_the_framing(
 
 
 def test_an_empty_marker_is_refused() -> None:
-    """An empty marker would be in every event: markers=None says that."""
-    with pytest.raises(ValueError, match="markers=None"):
-        SseEventRewriter(keep, markers=(b'"tools"', b""))
+    """An empty marker would be in every event: markers=None says that (an empty tuple of parts,
+    or one with an empty part, too)."""
+    for markers in [(b'"tools"', b""), (b'"tools"', ()), ((b'"isError"', b""),)]:
+        with pytest.raises(ValueError, match="markers=None"):
+            SseEventRewriter(keep, markers=markers)
+
+
+IS_ERROR_MARKERS = (b'"error"', (b'"isError"', b"true"))
+
+
+@pytest.mark.parametrize(
+    ("chunks", "offered"),
+    [
+        ([b'data: {"result": {"isError": true}}\n\n'], True),
+        ([b'data: {"result": {"isError": false}}\n\n'], False),  # one part only: passed whole
+        ([b'data: {"result": {"isError"\ndata: :\ndata: true}}\n\n'], True),  # split over data lines
+        ([b'data: {"result": {"isEr', b'ror": tr', b"ue}}\n\n"], True),  # parts cut across chunks
+        ([b'data: {"result": {"isError": false, "text": "true"}}\n\n'], True),  # a false alarm, parsed
+        ([b'data: {"result": {"content": [true]}}\n\n'], False),
+        ([b'data: {"error": {"code": 1}}\n\n'], True),
+    ],
+)
+def test_a_marker_of_several_parts_offers_events_that_hold_them_all(
+    chunks: list[bytes], offered: bool
+) -> None:
+    """Table: a tuple marker occurs when each of its parts occurs anywhere in the event, whatever
+    the chunks and the data lines; an event holding only some of them is relayed unparsed."""
+    calls: list[str] = []
+    outputs, rest = relay(chunks, lambda text: calls.append(text), markers=IS_ERROR_MARKERS)
+    assert len(calls) == int(offered)
+    assert b"".join(outputs) + rest == b"".join(chunks)
+
+
+def test_an_unterminated_tail_holding_every_part_of_a_marker_is_dropped() -> None:
+    """finish() reads tuple markers as the events do: all parts, the tail is dropped; some, kept."""
+    rewriter = SseEventRewriter(keep, markers=IS_ERROR_MARKERS)
+    assert rewriter.feed(b'data: {"isError": true}') == b""
+    assert rewriter.finish() == b""
+    rewriter = SseEventRewriter(keep, markers=IS_ERROR_MARKERS)
+    assert rewriter.feed(b'data: {"isError": false}') == b""
+    assert rewriter.finish() == b'data: {"isError": false}'
 
 
 # --- (10) events an SSE reader splitting at U+2028 and friends would read differently ---------------
