@@ -64,8 +64,11 @@ def mask_presented_token(token: str | None) -> None:
 
 
 def _redact_value(value: Any) -> Any:
-    if type(value) in _PLAIN_TYPES:
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
         return value
+    if kind is list or kind is tuple:  # before the Mapping check, an ABC's (scopes, groups: lists)
+        return _redact_sequence(value)
     if isinstance(value, str):
         presented = PRESENTED_TOKEN.get()
         if presented is not None and presented in value:
@@ -73,14 +76,18 @@ def _redact_value(value: Any) -> Any:
         if not _shaped_like_secret(value):
             return value
         return _BEARER.sub(r"\1 " + REDACTED, _JWT_SHAPED.sub(REDACTED, value))
-    if isinstance(value, Mapping):
+    if kind is dict or isinstance(value, Mapping):
         return {key: _redact_item(str(key), item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        if all(type(item) is str for item in value) and not _suspect("\n".join(value)):
-            # Scope lists, groups: one search for all (the joined text holds every item's match).
-            return list(value)
-        return [_redact_value(item) for item in value]
+        return _redact_sequence(value)
     return value
+
+
+def _redact_sequence(value: list[Any] | tuple[Any, ...]) -> list[Any]:
+    if all(type(item) is str for item in value) and not _suspect("\n".join(value)):
+        # Scope lists, groups: one search for all (the joined text holds every item's match).
+        return list(value)
+    return [_redact_value(item) for item in value]
 
 
 def _redact_item(key: str, value: Any) -> Any:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from ..cel import (
@@ -93,6 +93,11 @@ class Condition:
     narrowed: Mapping[str, frozenset[str]] | None = None
     paths: tuple[tuple[str, ...], ...] = ()  # every field path it reads, for explain and reasons
     argument_fields: frozenset[str] = frozenset()  # `arguments.X` it names (checked against inputSchema)
+    # The variables each call sets (the caller's are kept per token): computed once, not per call.
+    call_roots: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "call_roots", tuple(sorted(self.roots - CALLER_VARIABLES)))
 
     @property
     def reads_arguments(self) -> bool:
@@ -248,7 +253,7 @@ def variable_value(name: str, facts: Facts, subject: Subject, section: str) -> A
 
 def _narrowed(value: Any, fields: frozenset[str] | None) -> Any:
     """A mapping cut to ``fields`` (only what the condition reads is converted), else as is."""
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):  # the exact type first: no ABC check
         return value
     if fields is None:
         return dict(value)
@@ -323,7 +328,7 @@ def evaluate(condition: Condition, facts: Facts | None, subject: Subject) -> Con
         return ConditionOutcome("error", f"arguments is not an object ({kind})")
     narrowed = condition.narrowed or {}
     call: dict[str, Any] = {}
-    for name in condition.roots - CALLER_VARIABLES:
+    for name in condition.call_roots:
         value = variable_value(name, facts, subject, condition.section)
         if value is ABSENT:
             return UNKNOWN_WITHOUT_ARGUMENTS

@@ -47,7 +47,7 @@ def caller_fields(route: RouteConfig, principal: Identity) -> dict[str, Any]:
         "scopes": sorted(principal.scopes),
     }
     actor = principal.claims.get("act")
-    if isinstance(actor, Mapping):
+    if actor is not None and isinstance(actor, Mapping):  # most tokens have none: no ABC check
         fields["actor"] = dict(actor)
     recorded = route.audited_claims
     if recorded:
