@@ -33,6 +33,8 @@ __all__ = [
     "RewriterChain",
     "answer_kind",
     "chain",
+    "guarded_markers",
+    "is_passive",
 ]
 
 AnswerKind: TypeAlias = Literal["json", "sse", "opaque", "bodiless"]
@@ -73,17 +75,33 @@ class MessageRewriter(Protocol):
     def rewrite(self, message: dict[str, Any]) -> dict[str, Any] | None: ...
 
 
+def is_passive(rewriter: MessageRewriter) -> bool:
+    """Whether ``rewriter`` only watches (``passive = True``: it never returns a change). What
+    only watchers are shown is relayed as it came whatever they make of it: an answer they cannot
+    read is not refused, an event not replaced, so that watching (tracing, the schema check)
+    never changes what a client gets."""
+    return getattr(rewriter, "passive", False) is True
+
+
+def guarded_markers(rewriter: MessageRewriter) -> tuple[Marker, ...] | None:
+    """The markers of the rewriters that may change a message: an answer or event holding one
+    (or an escape) is refused or replaced when it cannot be read. None: only watchers; (): a
+    rewriter that may change any message."""
+    if isinstance(rewriter, RewriterChain):
+        return rewriter.guarded
+    return None if is_passive(rewriter) else tuple(rewriter.markers)
+
+
 class RewriterChain:
     """Several rewriters in a row, each seeing the previous one's output: itself a rewriter."""
 
-    __slots__ = ("_rewriters", "markers")
+    __slots__ = ("_rewriters", "guarded", "markers")
 
     def __init__(self, rewriters: Sequence[MessageRewriter]) -> None:
         self._rewriters = tuple(rewriters)
-        everything = any(not rewriter.markers for rewriter in self._rewriters)
-        self.markers: tuple[Marker, ...] = (
-            () if everything else tuple(dict.fromkeys(m for r in self._rewriters for m in r.markers))
-        )
+        self.markers = _merged([rewriter.markers for rewriter in self._rewriters])
+        active = [found for r in self._rewriters if (found := guarded_markers(r)) is not None]
+        self.guarded: tuple[Marker, ...] | None = _merged(active) if active else None
 
     def rewrite(self, message: dict[str, Any]) -> dict[str, Any] | None:
         current, changed = message, False
@@ -92,6 +110,13 @@ class RewriterChain:
             if replaced is not None:
                 current, changed = replaced, True
         return current if changed else None
+
+
+def _merged(marker_sets: Sequence[tuple[Marker, ...]]) -> tuple[Marker, ...]:
+    """Several rewriters' markers as one set; () when one of them has none (every message)."""
+    if any(not markers for markers in marker_sets):
+        return ()
+    return tuple(dict.fromkeys(marker for markers in marker_sets for marker in markers))
 
 
 def chain(*rewriters: MessageRewriter) -> MessageRewriter:
@@ -204,12 +229,14 @@ def _utf8_or_no_charset(parameters: str) -> bool:
 class AnswerInspector:
     """The JSON and SSE framing around one rewriter (or chain) for one answer."""
 
-    __slots__ = ("_markers", "_rewriter")
+    __slots__ = ("_guarded", "_markers", "_rewriter")
 
     def __init__(self, rewriter: MessageRewriter) -> None:
         self._rewriter = rewriter
         markers = tuple(rewriter.markers)
         self._markers: tuple[Marker, ...] = (*markers, ESCAPE_MARKER) if markers else ()
+        guarded = guarded_markers(rewriter)
+        self._guarded: tuple[Marker, ...] | None = (*guarded, ESCAPE_MARKER) if guarded else guarded
 
     @property
     def markers(self) -> tuple[Marker, ...]:
@@ -226,17 +253,28 @@ class AnswerInspector:
                 return True
         return False
 
+    def guards(self, raw: bytes) -> bool:
+        """Whether ``raw`` may hold a message a rewriter that changes messages would change: then
+        it must be readable (else refused, or replaced), not only looked at."""
+        guarded = self._guarded
+        if guarded is None:
+            return False
+        return not guarded or any(marker_occurs(marker, raw) for marker in guarded)
+
     def json_body(self, body: bytes) -> bytes | None:
         """The rewritten ``application/json`` body, or None to relay the original bytes.
 
-        A body that concerns the rewriter but is not strict JSON is refused (502): a lenient
-        client parser might read in it what the gateway could not (duplicate keys, for one).
+        A body that concerns a rewriter that may change it but is not strict JSON is refused
+        (502): a lenient client parser might read in it what the gateway could not (duplicate
+        keys, for one). One only watchers were shown goes out as it came.
         """
         if not self.concerns(body):
             return None
         try:
             document = loads_strict(body)
         except StrictJSONError as exc:
+            if not self.guards(body):
+                return None
             raise UpstreamError("upstream_unreadable_answer", detail=str(exc)) from None
         rewritten = self._rewrite_document(document)
         return None if rewritten is None else _dump(rewritten)
@@ -254,10 +292,10 @@ class AnswerInspector:
         try:
             document = loads_strict(data)
         except StrictJSONError:
-            return UNREADABLE_MESSAGE
+            return UNREADABLE_MESSAGE if self.guards(_raw(data)) else None
         rewritten = self._rewrite_document(document)
         if rewritten is None:
-            if not any(char in data for char in _RAW_IN_JSON_STRINGS_BREAKS):
+            if not any(char in data for char in _RAW_IN_JSON_STRINGS_BREAKS) or not self.guards(_raw(data)):
                 return None
             rewritten = document
         return _dump(rewritten).decode("ascii")
@@ -271,6 +309,7 @@ class AnswerInspector:
         return SseEventRewriter(
             self.event_data,
             markers=self._markers or None,
+            guarded_markers=None if self._guarded == () else (self._guarded or ()),
             ambiguous=UNREADABLE_MESSAGE,
             rewrite_id=rewrite_id,
             **limits,
@@ -289,6 +328,11 @@ class AnswerInspector:
                 merged.append(item if replaced is None else replaced)
             return merged if changed else None
         return None  # a JSON string, number…: no message an SDK reads
+
+
+def _raw(data: str) -> bytes:
+    """An event's data as the bytes the markers are looked for in (a failure path only)."""
+    return data.encode("utf-8", "surrogatepass")
 
 
 def _dump(document: Any) -> bytes:

@@ -154,6 +154,7 @@ class SchemaWatch:
     """
 
     __slots__ = ("_on_mismatch", "_policy", "_reported", "_route", "markers")
+    passive: Final = True  # watches only: what it cannot read goes out as it came
 
     def __init__(self, route: str, policy: RoutePolicy, on_mismatch: Callable[[str, str], None]) -> None:
         self._route = route

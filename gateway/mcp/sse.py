@@ -57,14 +57,21 @@ _ID_LINE_STARTS: Final = (b"\nid", b"\rid")
 def marker_occurs(marker: Marker, raw: bytes | bytearray, start: int = 0, end: int | None = None) -> bool:
     """Whether ``marker`` occurs in ``raw[start:end]``."""
     stop = len(raw) if end is None else end
-    if type(marker) is bytes:
+    if not isinstance(marker, tuple):
         return raw.find(marker, start, stop) >= 0
     return all(raw.find(part, start, stop) >= 0 for part in marker)
 
 
 def valid_markers(markers: Sequence[Marker]) -> bool:
-    """No marker that would occur in every event: an empty byte string, or a tuple of none."""
-    return all(marker if type(marker) is bytes else marker and all(marker) for marker in markers)
+    """No marker that would occur in every event (an empty byte string, a tuple of none or with
+    an empty part), and parts that are byte strings."""
+    return all(_valid_marker(marker) for marker in markers)
+
+
+def _valid_marker(marker: Marker) -> bool:
+    if isinstance(marker, tuple):
+        return bool(marker) and all(isinstance(part, bytes | bytearray) and part for part in marker)
+    return bool(marker)
 
 
 class SseEventTooLarge(ValueError):
@@ -91,6 +98,11 @@ class SseEventRewriter:
     included, that this parser never sees. Inside data lines those characters are the callback's
     concern (it sees them in the data).
 
+    ``guarded_markers``: the markers of what may change events (default: ``markers``). Only an
+    event holding one of them is replaced for ``ambiguous``, and only an unterminated tail
+    holding one is dropped (``finish``); events that hold only the other markers are offered to
+    be looked at and otherwise go out as they came (an empty sequence: every event does).
+
     A rewritten event keeps its other lines (``event``, ``id``, ``retry``, unknown fields, comments)
     byte for byte and in order; its data lines are replaced, at the place of the last one, by one
     ``data: `` line per line of the replacement, each ended like that last data line.
@@ -108,6 +120,7 @@ class SseEventRewriter:
         rewrite: Callable[[str], str | None],
         *,
         markers: Sequence[Marker] | None = None,
+        guarded_markers: Sequence[Marker] | None = None,
         ambiguous: str | None = None,
         rewrite_id: Callable[[str], str] | None = None,
         max_event_bytes: int = 8 * 1024 * 1024,
@@ -116,8 +129,12 @@ class SseEventRewriter:
             raise ValueError("max_event_bytes must be positive")
         if markers is not None and not valid_markers(markers):
             raise ValueError("an empty marker would match everything: pass markers=None")
+        if guarded_markers is not None and not valid_markers(guarded_markers):
+            raise ValueError("an empty guarded marker would match everything: pass None")
         self._rewrite = rewrite
         self._markers = tuple(markers) if markers is not None else None
+        # None: every event is guarded (as every event is offered without markers).
+        self._guarded = self._markers if guarded_markers is None else tuple(guarded_markers)
         self._ambiguous = ambiguous
         self._rewrite_id = rewrite_id
         self._max_event_bytes = max_event_bytes
@@ -164,7 +181,7 @@ class SseEventRewriter:
         self._closed = True
         rest = bytes(self._buf)
         self._buf = bytearray()
-        if self._markers is not None and any(marker_occurs(marker, rest) for marker in self._markers):
+        if self._markers is not None and self._guards(rest, 0, len(rest)):
             return b""
         if self._rewrite_id is not None and _has_id_line(rest):
             return b""  # an unfinished event's id was never sealed: the client must not resume from it
@@ -273,7 +290,11 @@ class SseEventRewriter:
         markers = self._markers
         if markers is not None and not any(marker_occurs(marker, buf, start, end) for marker in markers):
             return None
-        if self._ambiguous is not None and self._ambiguous_outside_data(buf, start + self._bom_length, blank):
+        if (
+            self._ambiguous is not None
+            and self._guards(buf, start, end)
+            and self._ambiguous_outside_data(buf, start + self._bom_length, blank)
+        ):
             result = bytearray(buf[start : start + self._bom_length])
             for part in _TEXT_LINE_BREAK.split(self._ambiguous):
                 result += b"data: " + part.encode("utf-8") + b"\n"
@@ -281,6 +302,10 @@ class SseEventRewriter:
         if not self._has_data:
             return None
         return self._rewritten(buf, start, self._bom_length, blank, end)
+
+    def _guards(self, buf: bytes | bytearray, start: int, end: int) -> bool:
+        guarded = self._guarded
+        return guarded is None or any(marker_occurs(marker, buf, start, end) for marker in guarded)
 
     @staticmethod
     def _ambiguous_outside_data(buf: bytearray, start: int, blank: int) -> bool:

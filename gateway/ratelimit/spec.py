@@ -97,7 +97,11 @@ class RateLimitsConfig:
     _by_name: Mapping[str, LimitSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_name", {limit.name: limit for limit in self.limits})
+        object.__setattr__(self, "limits", tuple(self.limits))
+        by_name: dict[str, LimitSpec] = {}
+        for limit in self.limits:
+            by_name.setdefault(limit.name, limit)  # the first of a name, as a scan would find
+        object.__setattr__(self, "_by_name", by_name)
 
     def get(self, name: str) -> LimitSpec | None:
         return self._by_name.get(name)

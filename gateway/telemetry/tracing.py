@@ -400,6 +400,7 @@ class AnswerWatch:
     never changes one: an error response or an ``isError`` tool result marks the request failed."""
 
     __slots__ = ("_trace",)
+    passive: Final = True  # watches only: what it cannot read goes out as it came
     # Any message this concerns holds one of these (an escaped spelling is the inspector's `\u`).
     # ``isError`` with both: every tool result the SDK sends holds ``"isError":false``, and parsing
     # each one was most of what watching cost; ``true`` is a literal, never escaped or split.

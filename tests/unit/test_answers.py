@@ -9,7 +9,11 @@ from typing import Any
 import pytest
 
 from gateway.errors import UpstreamError
-from gateway.mcp.answers import UNREADABLE_MESSAGE, AnswerInspector, answer_kind, chain
+from gateway.mcp.answers import UNREADABLE_MESSAGE, AnswerInspector, answer_kind, chain, guarded_markers
+from gateway.mcp.handles import TaskIdSealer
+from gateway.mcp.listing import ListFilter
+from gateway.mcp.policy import RoutePolicy
+from gateway.mcp.schema_check import SchemaWatch
 from gateway.telemetry.tracing import AnswerWatch
 
 # --- answer_kind ---------------------------------------------------------------------------------
@@ -259,6 +263,7 @@ class Watcher:
 
     markers: tuple[Any, ...] = AnswerWatch.markers
     seen: list[dict[str, Any]] = field(default_factory=list)
+    passive: bool = AnswerWatch.passive
 
     def rewrite(self, message: dict[str, Any]) -> dict[str, Any] | None:
         self.seen.append(message)
@@ -291,9 +296,82 @@ def test_the_tracing_watch_sees_every_error_answer_and_skips_a_plain_tool_result
 
 def test_a_plain_tool_result_is_relayed_alike_with_tracing_on_and_off() -> None:
     """Watching must not change what a client gets: a tool result the strict parser would refuse
-    (a repeated key) but that holds no marker is relayed as it is, traced or not, as it was before
-    tracing parsed every `"isError"`."""
+    (a repeated key) is relayed as it is whether the watch is shown it or not (it is when `true`
+    occurs anywhere, a boolean in structured content for one)."""
     body = b'{"jsonrpc":"2.0","id":1,"result":{"content":[],"content":[],"isError":false}}'
     assert AnswerInspector(Watcher()).json_body(body) is None
+    shown = body.replace(b'"content":[]}', b'"content":[],"structuredContent":{"ok":true}}')
+    watcher = Watcher()
+    assert AnswerInspector(watcher).json_body(shown) is None and watcher.seen == []
+    assert AnswerInspector(Watcher()).json_body(body.replace(b"false", b"true")) is None
+
+
+@dataclass
+class Looker:
+    """A watcher: records what it is shown, changes nothing, and says so (``passive``)."""
+
+    markers: tuple[Any, ...] = (b'"id"',)
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    passive: bool = True
+
+    def rewrite(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        self.seen.append(message)
+        return None
+
+
+def test_only_watchers_never_make_an_answer_refused() -> None:
+    """A body that only watchers' markers concern and that is not strict JSON goes out as it came;
+    one that also concerns a rewriter that may change it is refused (502), whatever watches it."""
+    unreadable = b'{"id":1,"id":2,"result":{"tools":[]}}'
+    assert AnswerInspector(Looker()).json_body(unreadable) is None
+    assert AnswerInspector(chain(Looker(), Tagger("x", "t", (b'"x"',)))).json_body(unreadable) is None
+    for guarded in (
+        chain(Looker(), Tagger("tools", "t", (b'"tools"',))),
+        chain(Looker(), Tagger("any", "t")),  # one that sees every message
+        Tagger("id", "t", (b'"id"',)),
+    ):
+        with pytest.raises(UpstreamError, match="upstream_unreadable_answer"):
+            AnswerInspector(guarded).json_body(unreadable)
+    # An escape may spell a guarded key: it counts as one of its markers.
     with pytest.raises(UpstreamError):
-        AnswerInspector(Watcher()).json_body(body.replace(b"false", b"true"))
+        AnswerInspector(chain(Looker(), Tagger("x", "t", (b'"x"',)))).json_body(
+            b'{"id":1,"id":2,"\\u0078":1}'
+        )
+
+
+REPLACED = b"data: " + UNREADABLE_MESSAGE.encode() + b"\n\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "guarded"),
+    [
+        # Unreadable data: replaced by the error message.
+        (b'data: {"id":1,"id":2}\n\n', REPLACED),
+        # A line a U+2028-splitting reader would read other fields in: the event replaced whole.
+        (b'event: a\xe2\x80\xa8data: {"y":1}\ndata: {"id":1}\n\n', REPLACED),
+        # Raw U+2028 inside a JSON string: re-encoded with an ASCII escape.
+        ('data: {"id":1,"s":"a\u2028b"}\n\n'.encode(), b'data: {"id":1,"s":"a\\u2028b"}\n\n'),
+        # An unterminated last event: dropped.
+        (b'data: {"id":1}\n\ndata: {"id":2}', b'data: {"id":1}\n\n'),
+    ],
+)
+def test_events_only_watchers_are_shown_go_out_as_they_came(raw: bytes, guarded: bytes) -> None:
+    """SSE: what the relay does so that every reader reads what the gateway read (replace an
+    unreadable or ambiguous event, re-encode raw line separators, drop an unfinished tail) it
+    does to events that concern a rewriter that may change them; an event only watchers are
+    shown goes out byte for byte, the watcher having seen what could be read."""
+    looker = Looker()
+    assert sse_through(AnswerInspector(looker), raw) == raw
+    assert sse_through(AnswerInspector(chain(Looker(), Tagger("absent", "t", (b'"x"',)))), raw) == raw
+    assert sse_through(AnswerInspector(chain(Looker(), Tagger("absent", "t", (b'"id"',)))), raw) == guarded
+
+
+def test_the_gateways_watchers_are_passive_and_its_rewriters_are_not() -> None:
+    """The tracing watch and the schema check only watch; the list filter, the task-id sealer and
+    the pinning view may change what they are shown, so what concerns them must be readable."""
+    assert AnswerWatch.passive is True and SchemaWatch.passive is True
+    assert guarded_markers(Watcher()) is None
+    assert guarded_markers(chain(Watcher(), Tagger("x", "t", (b'"x"',)))) == (b'"x"',)
+    assert guarded_markers(chain(Watcher(), Tagger("x", "t"))) == ()  # one that sees everything
+    for rewriter in (ListFilter(RoutePolicy(), frozenset()), TaskIdSealer(lambda task_id: task_id)):
+        assert guarded_markers(rewriter) == rewriter.markers

@@ -714,6 +714,17 @@ def test_an_empty_marker_is_refused() -> None:
             SseEventRewriter(keep, markers=markers)
 
 
+def test_a_marker_that_is_not_a_tuple_is_one_byte_string() -> None:
+    """A bytearray marker is a substring like a bytes one (not a tuple of single bytes); a tuple
+    holding anything but non-empty byte strings is refused up front, not at the first event."""
+    calls: list[str] = []
+    relay([b'data: {"t": 1}\n\n'], lambda text: calls.append(text), markers=(bytearray(b'"tools"'),))
+    assert calls == []
+    for markers in [((b'"a"', (b"b",)),), ((b'"a"', "b"),)]:
+        with pytest.raises(ValueError, match="markers=None"):
+            SseEventRewriter(keep, markers=markers)  # type: ignore[arg-type]
+
+
 IS_ERROR_MARKERS = (b'"error"', (b'"isError"', b"true"))
 
 
