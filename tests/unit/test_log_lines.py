@@ -237,7 +237,7 @@ class FinalizingLoop(asyncio.SelectorEventLoop):
 
     writer: TurnBatchedWriter | None = None
 
-    def call_soon(self, *args: Any, **kwargs: Any) -> Any:
+    def call_soon(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         if self.writer is not None:
             writer, self.writer = self.writer, None
             writer.error("from a finalizer")
@@ -287,7 +287,7 @@ async def test_a_forked_child_does_not_write_its_parents_waiting_lines() -> None
     none, so each is written once."""
     read_end, write_end = os.pipe()
     try:
-        writer = TurnBatchedWriter(PipeStream(write_end))
+        writer = TurnBatchedWriter(PipeStream(write_end))  # type: ignore[arg-type]
         writer.info("waiting at the fork")
         pid = os.fork()
         if pid == 0:  # the child: write what it holds, and leave without pytest's teardown

@@ -709,7 +709,8 @@ def test_chunks_that_do_not_end_an_event_go_through_the_framing(
 def test_an_empty_marker_is_refused() -> None:
     """An empty marker would be in every event: markers=None says that (an empty tuple of parts,
     or one with an empty part, too)."""
-    for markers in [(b'"tools"', b""), (b'"tools"', ()), ((b'"isError"', b""),)]:
+    refused: list[tuple[Marker, ...]] = [(b'"tools"', b""), (b'"tools"', ()), ((b'"isError"', b""),)]
+    for markers in refused:
         with pytest.raises(ValueError, match="markers=None"):
             SseEventRewriter(keep, markers=markers)
 
