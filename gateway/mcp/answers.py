@@ -306,10 +306,13 @@ class AnswerInspector:
         """An SSE relay that offers this inspector every event that concerns it; ``rewrite_id``
         turns each upstream event id into the one the client resumes from."""
         limits = {} if max_event_bytes is None else {"max_event_bytes": max_event_bytes}
+        # The relay's own terms: None guards every event (what may change any message is in the
+        # chain), () none (only watchers are).
+        guarded = self._guarded
         return SseEventRewriter(
             self.event_data,
             markers=self._markers or None,
-            guarded_markers=None if self._guarded == () else (self._guarded or ()),
+            guarded_markers=() if guarded is None else (guarded or None),
             ambiguous=UNREADABLE_MESSAGE,
             rewrite_id=rewrite_id,
             **limits,

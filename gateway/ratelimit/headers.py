@@ -82,16 +82,9 @@ def policy_parameters(limit: LimitSpec) -> list[tuple[str, int]]:
     return [("q", algorithm.max_in_flight)]
 
 
-def state_parameters(verdict: Verdict) -> list[tuple[str, int]]:
-    """``r`` and, for the algorithms with a clock, ``t`` (whole seconds, rounded up)."""
-    parameters = [("r", max(0, verdict.remaining))]
-    if verdict.reset_s is not None:
-        parameters.append(("t", whole_seconds(verdict.reset_s)))
-    return parameters
-
-
 def _state_item(limit: LimitSpec, verdict: Verdict) -> str:
-    """``_item(limit.name, state_parameters(verdict))`` written out: it is built on every answer."""
+    """The limit's ``RateLimit`` item: ``r`` and, for the algorithms with a clock, ``t`` (whole
+    seconds, rounded up); built on every answer, so written out rather than through ``_item``."""
     item = f"{_quoted(limit.name)};r={max(0, verdict.remaining)}"
     if verdict.reset_s is None:
         return item

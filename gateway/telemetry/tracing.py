@@ -402,8 +402,8 @@ class AnswerWatch:
     __slots__ = ("_trace",)
     passive: Final = True  # watches only: what it cannot read goes out as it came
     # Any message this concerns holds one of these (an escaped spelling is the inspector's `\u`).
-    # ``isError`` with both: every tool result the SDK sends holds ``"isError":false``, and parsing
-    # each one was most of what watching cost; ``true`` is a literal, never escaped or split.
+    # ``isError`` with both: every tool result the SDK sends holds ``"isError":false``, which
+    # made every traced tool call's answer be parsed; ``true`` is a literal, never escaped or split.
     markers: Final = (b'"error"', (b'"isError"', b"true"))
 
     def __init__(self, trace: RequestTrace) -> None:
