@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from gateway.logs import (
     REDACTED,
     configure_logging,
+    log_now,
     log_soon,
     mask_presented_token,
     redact_secrets,
@@ -435,3 +436,40 @@ def test_each_event_has_its_level_time_and_rendered_exception(capture_logs: Capt
         tzinfo=datetime.UTC
     )
     assert before - datetime.timedelta(seconds=1) <= stamped <= datetime.datetime.now(datetime.UTC)
+
+
+def test_a_line_due_now_follows_each_new_configuration_and_its_level(capture_logs: Capture) -> None:
+    """``log_now`` keeps the bound logger it assembled only while the configuration lasts: a
+    reconfigured stream or level, and a test's structlog capture, apply from the next line on,
+    with the logger used before them; below the level, nothing is written."""
+    log = structlog.get_logger("gateway.request")
+    first = capture_logs(level="info")
+    log_now(log, "info", "one", {"n": 1})
+    log_now(log, "debug", "hidden", {})
+    second = capture_logs(level="warning")
+    log_now(log, "info", "dropped", {})
+    log_now(log, "warning", "two", {"n": 2})
+    with structlog.testing.capture_logs() as captured:
+        log_now(log, "error", "three", {"n": 3})
+    log_now(log, "error", "four", {"n": 4})
+    assert [(e["event"], e["level"]) for e in events_in(first)] == [("one", "info")]
+    assert [(e["event"], e.get("n")) for e in events_in(second)] == [("two", 2), ("four", 4)]
+    assert captured == [{"n": 3, "event": "three", "log_level": "error"}]
+
+
+def test_a_line_due_now_is_the_same_line_the_logger_method_writes(capture_logs: Capture) -> None:
+    """The short path to the processors renders exactly what ``logger.info(event, **fields)``
+    renders: the context's request id, the fields, the level, redaction."""
+    log = structlog.get_logger("gateway.request")
+    stream = capture_logs(level="info")
+    structlog.contextvars.bind_contextvars(request_id="r-1")
+    try:
+        fields = {"path": "/mcp", "note": f"Bearer {TOKEN}", "scopes": ["a", "b"], "n": 1}
+        log_now(log, "info", "line", fields)
+        log.info("line", **fields)
+    finally:
+        structlog.contextvars.clear_contextvars()
+    short, usual = events_in(stream)
+    assert short.pop("timestamp") and usual.pop("timestamp")
+    assert short == usual
+    assert short["request_id"] == "r-1" and short["note"] == "Bearer ***"
