@@ -114,7 +114,7 @@ def log_now(logger: Any, level: str, event: str, fields: dict[str, Any]) -> None
     For the request path's lines, structlog's own steps without its per-event assembly: the
     bound logger is assembled once per logger and configuration (``_assembled``), and the event
     goes straight to its processor chain (``_process_event``, which structlog keeps for custom
-    wrappers), with the level filter checked first: 7.8 → 4.7 µs for the request line."""
+    wrappers), with the level filter checked first: 7.8 → 5.6 µs for the request line."""
     bound = _assembled(logger)
     enabled = getattr(bound, "is_enabled_for", None)
     number = _LEVEL_NUMBERS.get(level)
@@ -139,7 +139,8 @@ _LEVEL_NUMBERS = {
 # The bound logger behind each module logger, as assembled under the configuration in force:
 # structlog's lazy proxy (``get_logger``) assembles one for every event, and caching it on first
 # use would keep a later configuration (a test's capture, a reconfigured stream) from reaching
-# it. Kept with the configuration's parts it was assembled under, compared by identity.
+# it. Kept with the configuration's parts it was assembled under, compared by identity one by
+# one (a zip over a tuple of them cost 0.7 µs of the 2.2 saved).
 _ASSEMBLED: dict[int, tuple[Any, Any, Any, Any, Any, Any]] = {}
 
 
