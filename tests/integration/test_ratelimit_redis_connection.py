@@ -72,7 +72,10 @@ async def admitted(limiter: RateLimiter, n: int) -> list[bool]:
     return [(await limiter.acquire([QUOTA], ALICE)).allowed for _ in range(n)]
 
 
-THREE_OF_FOUR = ([True, True, True, False], [])  # the budget of three, and no store error
+THREE_OF_FOUR: tuple[list[bool], list[str]] = (
+    [True, True, True, False],
+    [],
+)  # the budget of three, and no store error
 
 
 async def test_a_password_logs_in_and_a_wrong_one_is_an_auth_outage(
