@@ -21,7 +21,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, TextIO
@@ -189,14 +189,45 @@ def log_soon(logger: Any, level: str, event: str, fields: dict[str, Any]) -> Non
     loop.call_soon(_render_soon, logger, level, event, dict(fields))
 
 
+def log_soon_built(
+    logger: Any, level: str, event: str, build: Callable[..., dict[str, Any]], *args: Any
+) -> None:
+    """``log_soon`` of the fields ``build(*args)`` returns, built in the loop's next turn too.
+
+    For an event whose fields take building (the policy decision's: the caller, the rules, the
+    scopes), where nothing the request does before the answer needs them: a call's decision is
+    then built while the upstream works on the call, not before it is sent. ``args`` must be
+    values no later step changes. In order with the lines logged soon; at once without a loop.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _render_built(logger, level, event, build, args)
+        return
+    loop.call_soon(_render_built, logger, level, event, build, args)
+
+
 def _render_soon(logger: Any, level: str, event: str, fields: dict[str, Any]) -> None:
     try:
         log_now(logger, level, event, fields)
     except Exception as exc:
-        # A line that cannot be rendered (a claim nested past the recursion limit): one line in
-        # its place, never its fields, and nothing for asyncio's handler to print them with.
-        with contextlib.suppress(Exception):
-            logger.error("log_line_lost", lost_event=event, error=type(exc).__name__)
+        _lost(logger, event, exc)
+
+
+def _render_built(
+    logger: Any, level: str, event: str, build: Callable[..., dict[str, Any]], args: tuple[Any, ...]
+) -> None:
+    try:
+        log_now(logger, level, event, build(*args))
+    except Exception as exc:
+        _lost(logger, event, exc)
+
+
+def _lost(logger: Any, event: str, exc: Exception) -> None:
+    # A line that cannot be built or rendered (a claim nested past the recursion limit): one line
+    # in its place, never its fields, and nothing for asyncio's handler to print them with.
+    with contextlib.suppress(Exception):
+        logger.error("log_line_lost", lost_event=event, error=type(exc).__name__)
 
 
 def _shaped_like_secret(text: str) -> bool:

@@ -27,7 +27,7 @@ import structlog
 from ..audit_trail.chain import format_time
 from ..audit_trail.trail import AuditTrail
 from ..config import RouteConfig
-from ..logs import log_now, log_soon
+from ..logs import log_now, log_soon, log_soon_built
 from ..mcp.messages import McpMessage
 from ..mcp.policy import ARGUMENT_METHODS, Decision
 from ..principal import Identity
@@ -85,11 +85,48 @@ def audit_decision(
 ) -> None:
     """Log ``policy_decision`` (and ``would_deny`` when the observed rules would have refused),
     and chain it into ``trail`` (which raises ``AuditUnavailable`` if it must refuse)."""
+    # The observed rules' decision, when enforcing them would have refused what was allowed.
+    refused = observed if observed is not None and decision.allowed and not observed.allowed else None
+    recorded = trail is not None and trail.enabled
+    if not recorded and not logs_arguments(route, message):
+        # Nothing needs the events before the call goes upstream (no trail to chain them into
+        # first, no arguments to log before anything forwards them): built and rendered in the
+        # loop's next turn, while the upstream works. Every input is immutable or, like the
+        # token's claims and the message's params, never changed by a later step.
+        event = (route, principal, message)
+        log_soon_built(log, "info", "policy_decision", decision_event, *event, decision, observed)
+        if refused is not None:
+            log_soon_built(log, "warning", "would_deny", would_deny_event, *event, refused)
+        return
+    fields = decision_event(route, principal, message, decision, observed)
+    # Audited arguments are the message's own: logged before anything forwards it. Else rendered
+    # in the loop's next turn (the fields are the event's own: lists and dicts built here).
+    emit = log_now if "arguments" in fields else log_soon
+    emit(log, "info", "policy_decision", fields)
+    if trail is not None and recorded:
+        trail.record("policy_decision", fields)
+    if refused is not None:
+        emit(log, "warning", "would_deny", would_deny_event(route, principal, message, refused))
+
+
+def logs_arguments(route: RouteConfig, message: McpMessage) -> bool:
+    """Whether the message's decision event carries its arguments (``audit_arguments: true``)."""
+    return route.audit_arguments and message.method in ARGUMENT_METHODS and message.params is not None
+
+
+def decision_event(
+    route: RouteConfig,
+    principal: Identity,
+    message: McpMessage,
+    decision: Decision,
+    observed: Decision | None,
+) -> dict[str, Any]:
+    """The ``policy_decision`` event's fields (and the trail's record of it)."""
     target = message.target
     fields: dict[str, Any] = {
         **caller_fields(route, principal),
         "route": route.path,
-        "method": message.method if message.kind != "response" else RESPONSE_LABEL,
+        "method": _method_label(message),
         "target": target.identifier if target is not None else None,
         **decision_fields(decision),
     }
@@ -98,27 +135,30 @@ def audit_decision(
     if message.watched:
         fields["watched"] = [resource.identifier for resource in message.watched]
     params = message.params
-    if route.audit_arguments and message.method in ARGUMENT_METHODS and params is not None:
+    if logs_arguments(route, message) and params is not None:
         fields["arguments"] = params.get("arguments", {})
     if observed is not None:
         fields["observed"] = decision_fields(observed)
-    # Rendered in the loop's next turn, so the call goes upstream without waiting for it; every
-    # value is the event's own (lists and dicts built above, immutable decision parts), except
-    # audited arguments: those are the message's, logged before anything forwards it.
-    emit = log_now if "arguments" in fields else log_soon
-    emit(log, "info", "policy_decision", fields)
-    if trail is not None and trail.enabled:
-        trail.record("policy_decision", fields)
-    if observed is not None and decision.allowed and not observed.allowed:
-        would_deny = {
-            "subject": principal.subject,
-            "client_id": principal.client_id,
-            "route": route.path,
-            "method": fields["method"],
-            "target": fields["target"],
-            **{key: value for key, value in decision_fields(observed).items() if key != "decision"},
-        }
-        emit(log, "warning", "would_deny", would_deny)
+    return fields
+
+
+def would_deny_event(
+    route: RouteConfig, principal: Identity, message: McpMessage, observed: Decision
+) -> dict[str, Any]:
+    """The ``would_deny`` event's fields: what enforcing the observed rules would have refused."""
+    target = message.target
+    return {
+        "subject": principal.subject,
+        "client_id": principal.client_id,
+        "route": route.path,
+        "method": _method_label(message),
+        "target": target.identifier if target is not None else None,
+        **{key: value for key, value in decision_fields(observed).items() if key != "decision"},
+    }
+
+
+def _method_label(message: McpMessage) -> str | None:
+    return message.method if message.kind != "response" else RESPONSE_LABEL
 
 
 def audit_observed_route_scopes(

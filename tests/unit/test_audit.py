@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -91,3 +92,34 @@ def test_tool_arguments_are_audited_when_the_route_asks() -> None:
         "no tools rule matches",
         {"text": "hi"},
     )
+
+
+QUIET_ROUTE = parse_config_text(
+    CONFIG.replace("    audit_arguments: true\n", ""), Path("/tmp/audit.yaml"), {}
+).routes[0]
+CALL = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "t", "arguments": {"a": 1}}}
+
+
+async def test_with_nothing_to_record_first_the_event_is_built_in_the_next_turn() -> None:
+    """No trail, no arguments: the event is built while the call goes upstream (the loop's next
+    turn), with the same fields it would have had at once."""
+    (parsed,) = parse_post(json.dumps(CALL).encode(), lambda _name: []).messages
+    decision = decide(QUIET_ROUTE.policy, operation_of(parsed), CALLER.scopes)
+    with capture_logs() as at_once:
+        audit_decision(QUIET_ROUTE, CALLER, parsed, decision)
+        assert at_once == []
+        await asyncio.sleep(0)
+    [event] = at_once
+    assert (event["event"], event["target"], event["decision"]) == ("policy_decision", "t", "deny")
+    assert "arguments" not in event
+
+
+async def test_audited_arguments_are_logged_before_the_call_returns() -> None:
+    """``audit_arguments: true``: the event, with the call's arguments, is logged at once, before
+    anything can forward the message."""
+    (parsed,) = parse_post(json.dumps(CALL).encode(), lambda _name: []).messages
+    decision = decide(ROUTE.policy, operation_of(parsed), CALLER.scopes)
+    with capture_logs() as events:
+        audit_decision(ROUTE, CALLER, parsed, decision)
+        [event] = events
+    assert (event["event"], event["arguments"]) == ("policy_decision", {"a": 1})

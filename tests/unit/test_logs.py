@@ -24,6 +24,7 @@ from gateway.logs import (
     configure_logging,
     log_now,
     log_soon,
+    log_soon_built,
     mask_presented_token,
     redact_secrets,
     utc_timestamp,
@@ -404,6 +405,61 @@ async def test_a_line_that_cannot_be_rendered_later_leaves_one_line_without_its_
     )
     assert event["error"] in {"RecursionError", "TypeError", "ValueError"}
     assert "opaque-target" not in stream.getvalue() and handled == []
+
+
+async def test_a_line_built_soon_is_built_and_rendered_next_turn_in_order(capture_logs: Capture) -> None:
+    """``log_soon_built``: the fields are built in the loop's next turn (not before the call
+    returns), in the context of the call, in order with the lines logged soon around it."""
+    stream = capture_logs()
+    log = structlog.get_logger("gateway.audit")
+    built: list[int] = []
+
+    def build(n: int) -> dict[str, Any]:
+        built.append(n)
+        return {"n": n, "note": f"echo {TOKEN}"}
+
+    structlog.contextvars.bind_contextvars(request_id="req-built")
+    mask_presented_token(TOKEN)
+    log_soon(log, "info", "before", {})
+    log_soon_built(log, "info", "built", build, 7)
+    log_soon(log, "info", "after", {})
+    structlog.contextvars.clear_contextvars()
+    mask_presented_token(None)
+    assert built == [] and events_in(stream) == []
+    await asyncio.sleep(0)
+    before, middle, after = events_in(stream)
+    assert [before["event"], middle["event"], after["event"]] == ["before", "built", "after"]
+    assert (middle["n"], middle["note"], middle["request_id"]) == (7, f"echo {REDACTED}", "req-built")
+    assert built == [7]
+
+
+async def test_a_line_whose_fields_cannot_be_built_leaves_one_line_lost(capture_logs: Capture) -> None:
+    """A builder that raises: one ``log_line_lost`` naming the event, nothing for asyncio's handler."""
+    stream = capture_logs()
+    loop = asyncio.get_running_loop()
+    handled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: handled.append(context))
+
+    def broken() -> dict[str, Any]:
+        raise KeyError("secret-ish-0123456789")
+
+    try:
+        log_soon_built(structlog.get_logger("gateway.audit"), "info", "policy_decision", broken)
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    [event] = events_in(stream)
+    lost = ("log_line_lost", "policy_decision", "KeyError")
+    assert (event["event"], event["lost_event"], event["error"]) == lost
+    assert "secret-ish" not in stream.getvalue() and handled == []
+
+
+def test_a_line_built_soon_without_a_running_loop_is_rendered_at_once(capture_logs: Capture) -> None:
+    """No loop runs: built and rendered at once."""
+    stream = capture_logs()
+    log_soon_built(structlog.get_logger("gateway"), "info", "at_once", lambda: {"n": 2})
+    [event] = events_in(stream)
+    assert (event["event"], event["n"]) == ("at_once", 2)
 
 
 @settings(max_examples=500)
