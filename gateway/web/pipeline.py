@@ -30,7 +30,7 @@ the MCP pipeline, in the order the spec needs:
                       ids sealed to the caller;
 8. ``send_answer``    a buffered answer written at once, before the request's own bookkeeping
                       (rate-limit slots, the request line, metrics) that the client need not
-                      wait for.
+                      wait for, if its write cannot wait on the client.
 
 Everything a step refuses is raised as a ``GatewayError``; ``error_responses`` renders it.
 With ``tracing:`` the whole pipeline runs in the request's SERVER span and the steps open its
@@ -188,7 +188,7 @@ async def handle_mcp(
                 seal_event_id=handles.seal_event_id,
                 body_sent=held.release_body,  # a long answer does not keep its request's body counted
             )
-            return await send_answer(request, answer)
+        return await send_answer(request, answer)
     finally:
         await release_all(admissions)  # a concurrency slot is held until the answer ends
 
@@ -450,22 +450,49 @@ async def release_all(admissions: tuple[Admission, ...] | list[Admission]) -> No
 
 async def send_answer(request: web.Request, answer: web.StreamResponse) -> web.StreamResponse:
     """``answer`` written now if it is still to be sent (a buffered one; a stream went out as it
-    came), so the client does not wait for what follows it in this task: the rate-limit slots
-    given back, the request line, the metrics, each layer's own finishing. At a fixed rate that
-    was 25 µs of every answer's latency (docs/performance.md, seventh pass).
+    came) and writing it cannot wait for the client, so the client does not wait for what follows
+    it in this task: the rate-limit slots given back, the request line, the metrics, each layer's
+    own finishing. At a fixed rate that was 25 µs of every answer's latency (docs/performance.md,
+    seventh pass).
+
+    An answer that might wait (too large for the connection's write buffer, or a client that has
+    not read what it was sent before) is left to aiohttp, which writes it after the handler
+    returns, as every answer was written before: a client that stops reading must not keep its
+    rate-limit slots and the process's stream while the gateway waits on it.
 
     aiohttp, to which the answer is then returned, finds it sent. A client that left meanwhile
     is aiohttp's case too: the answer is marked sent with its status, like a stream's, and the
     next write aiohttp tries finds the connection gone and closes it."""
-    if answer.prepared:
+    if answer.prepared or not _written_without_waiting(request, answer):
         return answer
     try:
         await answer.prepare(request)
         request[STREAMED_STATUS] = answer.status
         await answer.write_eof()
-    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one
+    except ConnectionError:  # aiohttp's ClientConnectionResetError, a broken pipe, a lost connection
         pass
     return answer
+
+
+# What aiohttp writes of an answer beyond its headers' names and values: the status line, Date,
+# Server, Content-Length and Content-Type, the separators.
+_HEAD_BEYOND_FIELDS = 512
+
+
+def _written_without_waiting(request: web.Request, answer: web.StreamResponse) -> bool:
+    """True if ``answer`` can be written whole without its write waiting for the client to read:
+    with what of this connection still waits in its write buffer, it stays within the buffer's
+    high-water mark (past it, the transport pauses the writer until the client has read)."""
+    transport = request.transport
+    if transport is None:
+        return False
+    body = answer.body if isinstance(answer, web.Response) else None
+    if body is not None and not isinstance(body, bytes | bytearray):
+        return False  # a payload object: its size is not known before it is written
+    # Four bytes per character: the most UTF-8 takes for one.
+    head = 4 * sum(len(name) + len(value) for name, value in answer.headers.items()) + _HEAD_BEYOND_FIELDS
+    waiting = transport.get_write_buffer_size()
+    return waiting + head + (len(body) if body else 0) <= transport.get_write_buffer_limits()[1]
 
 
 def check_route_scopes(

@@ -8,7 +8,9 @@ another caller, or another tool, has its own budget.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -164,3 +166,80 @@ async def test_concurrent_calls_past_the_limit_are_refused_and_slots_come_back(
     assert (third[0], third[1]["error"]["code"]) == (429, -32029)
     assert (other[0], finished, after[0]) == (200, [200, 200], 200)
     assert (await upstream_calls(upstream)).count("add") == 2  # Bob's and Alice's last
+
+
+@pytest.mark.parametrize(
+    ("held", "config"),
+    [
+        ("the route's one concurrent slot", {"limit": "{concurrent: 1, key: [route]}", "top": ""}),
+        (
+            "the process's one stream",
+            {"limit": "{rate: 1000/s, burst: 1000, key: [route]}", "top": "limits: {max_streams: 1}"},
+        ),
+    ],
+)
+async def test_a_client_that_does_not_read_its_answer_holds_nothing_while_it_waits(
+    issuer: TestIssuer,
+    upstream: Upstream,
+    start_gateway_with: GatewayFactory,
+    held: str,
+    config: dict[str, str],
+) -> None:
+    """Alice asks for a 3.9 MB answer and reads none of it (a 4 KiB receive buffer): while the
+    gateway waits to write it, ``held`` is not hers, so Bob's call gets 200, not 429 or 503;
+    the upstream has both calls."""
+    gateway = await start_gateway_with(f"""
+        public_url: http://127.0.0.1:8080
+        issuers: [{{issuer: {issuer.issuer}, algorithms: [RS256], jwks: {{discover: true}}}}]
+        {config["top"]}
+        rate_limits:
+          limits:
+            one: {config["limit"]}
+        routes:
+          - path: /mcp
+            upstream: {upstream.mcp_url}
+            scopes: [mcp:access]
+            max_body_bytes: 16777216
+            limits: [one]
+            tools: {{"*": []}}
+        """)
+    text = "a" * (1900 * 1024)  # echoed twice by the SDK (content and structured content)
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": text}, "_meta": MODERN_META},
+        }
+    ).encode()
+    host, port = gateway.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        "Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2026-07-28\r\n"
+        f"Mcp-Method: tools/call\r\nMcp-Name: echo\r\n{_header_lines(bearer(issuer))}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    alice = socket.socket()
+    alice.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    try:
+        alice.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(alice, (host, int(port)))
+        await asyncio.get_running_loop().sock_sendall(alice, head.encode() + body)
+
+        async def answer_under_way() -> bool:
+            try:
+                return bool(alice.recv(1, socket.MSG_PEEK))
+            except BlockingIOError:
+                return False
+
+        await eventually(answer_under_way, "the first bytes of Alice's answer", within=30)
+        status, answer, _ = await call(gateway, bearer(issuer, "bob"))
+        assert status == 200, (held, status, answer)
+        assert answer["result"]["content"][0]["text"] == "hi"
+        assert await upstream_calls(upstream) == ["echo", "echo"]
+    finally:
+        alice.close()
+
+
+def _header_lines(headers: Mapping[str, str]) -> str:
+    return "".join(f"{name}: {value}\r\n" for name, value in headers.items())

@@ -9,16 +9,17 @@ the answer costs no error.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import socket
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from gateway.upstream.proxy import STREAMED_STATUS
-from gateway.web.pipeline import send_answer
+from gateway.web.pipeline import _written_without_waiting, send_answer
 
 Held = tuple[TestClient[web.Request, web.Application], asyncio.Event, list[str]]
 
@@ -94,3 +95,68 @@ async def test_a_client_that_left_costs_no_error(caplog: pytest.LogCaptureFixtur
         assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     finally:
         await server.close()
+
+
+async def test_an_answer_past_the_write_buffer_is_left_to_aiohttp() -> None:
+    """An answer larger than the connection's write buffer holds would make its write wait for
+    the client to read: ``send_answer`` leaves it unsent (the handler's bookkeeping is not held
+    up by a slow reader), and aiohttp sends all of it once the handler returns."""
+    size = 1024 * 1024  # past the 64 KiB high-water mark of asyncio's and uvloop's transports
+    prepared_after_send: list[bool] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        answer = await send_answer(request, web.Response(body=b"x" * size))
+        prepared_after_send.append(answer.prepared)
+        return answer
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with TestClient(TestServer(app)) as client, client.get("/") as response:
+        assert (response.status, len(await response.read())) == (200, size)
+    assert prepared_after_send == [False]
+
+
+class _Buffered:
+    """A transport's write-buffer figures, as asyncio's and uvloop's report them."""
+
+    def __init__(self, waiting: int, high: int = 64 * 1024) -> None:
+        self.waiting, self.high = waiting, high
+
+    def get_write_buffer_size(self) -> int:
+        return self.waiting
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.high // 4, self.high
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, _name: str, default: object = None) -> object:
+        return default
+
+
+@pytest.mark.parametrize(
+    ("waiting", "body", "written"),
+    [
+        (0, 100, True),
+        (0, 60 * 1024, True),  # with its headers, within 64 KiB
+        (0, 64 * 1024, False),  # its headers take it past
+        (40 * 1024, 100, True),  # behind what an earlier answer left waiting, still within
+        (40 * 1024, 30 * 1024, False),
+        (64 * 1024, 0, False),  # a client that reads nothing: not even an empty answer waits there
+    ],
+)
+def test_what_still_waits_for_the_client_counts_against_the_buffer(
+    waiting: int, body: int, written: bool
+) -> None:
+    """The answer is written at once only if, with what of the connection still waits in the
+    write buffer, its headers and body stay within the high-water mark."""
+    request = make_mocked_request("POST", "/mcp", transport=_Buffered(waiting))
+    answer = web.Response(body=b"z" * body, headers={"X-Request-Id": "r" * 32})
+    assert _written_without_waiting(request, answer) is written
+
+
+def test_an_answer_of_unknown_size_is_left_to_aiohttp() -> None:
+    """A payload object's size is not known before it is written: never written early."""
+    request = make_mocked_request("POST", "/mcp", transport=_Buffered(0))
+    assert _written_without_waiting(request, web.Response(body=io.BytesIO(b"a"))) is False
