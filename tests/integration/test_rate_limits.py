@@ -185,7 +185,7 @@ async def test_a_client_that_does_not_read_its_answer_holds_nothing_while_it_wai
     held: str,
     config: dict[str, str],
 ) -> None:
-    """Alice asks for a 3.9 MB answer and reads none of it (a 4 KiB receive buffer): while the
+    """Alice asks for an 8 MB answer and reads none of it (a 4 KiB receive buffer): while the
     gateway waits to write it, ``held`` is not hers, so Bob's call gets 200, not 429 or 503;
     the upstream has both calls."""
     gateway = await start_gateway_with(f"""
@@ -203,7 +203,10 @@ async def test_a_client_that_does_not_read_its_answer_holds_nothing_while_it_wai
             limits: [one]
             tools: {{"*": []}}
         """)
-    text = "a" * (1900 * 1024)  # echoed twice by the SDK (content and structured content)
+    # Echoed twice by the SDK (content and structured content): an 8 MB answer, more than the
+    # kernel holds for a reader that takes nothing (tcp_wmem's maximum here is 4 MB), within
+    # the SDK's 4 MiB request limit.
+    text = "a" * 4_000_000
     body = json.dumps(
         {
             "jsonrpc": "2.0",
