@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.web import listener
 from tests.conftest import Gateway, GatewayFactory, LogSink, Upstream
 from tests.integration.test_authentication import MCP_HEADERS
 from tests.integration.test_lifecycle import eventually
@@ -182,12 +183,24 @@ async def test_a_client_that_does_not_read_its_answer_holds_nothing_while_it_wai
     issuer: TestIssuer,
     upstream: Upstream,
     start_gateway_with: GatewayFactory,
+    monkeypatch: pytest.MonkeyPatch,
     held: str,
     config: dict[str, str],
 ) -> None:
     """Alice asks for an 8 MB answer and reads none of it (a 4 KiB receive buffer): while the
     gateway waits to write it, ``held`` is not hers, so Bob's call gets 200, not 429 or 503;
     the upstream has both calls."""
+    # The gateway's sockets get a fixed 64 KiB send buffer (accepted sockets inherit it from the
+    # listening one), so that the kernel cannot take the whole answer whatever its tcp_wmem.
+    bound = listener.listening_sockets
+
+    def small_send_buffers(*args: Any, **kwargs: Any) -> list[socket.socket]:
+        sockets = bound(*args, **kwargs)
+        for sock in sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        return sockets
+
+    monkeypatch.setattr(listener, "listening_sockets", small_send_buffers)
     gateway = await start_gateway_with(f"""
         public_url: http://127.0.0.1:8080
         issuers: [{{issuer: {issuer.issuer}, algorithms: [RS256], jwks: {{discover: true}}}}]
@@ -203,9 +216,8 @@ async def test_a_client_that_does_not_read_its_answer_holds_nothing_while_it_wai
             limits: [one]
             tools: {{"*": []}}
         """)
-    # Echoed twice by the SDK (content and structured content): an 8 MB answer, more than the
-    # kernel holds for a reader that takes nothing (tcp_wmem's maximum here is 4 MB), within
-    # the SDK's 4 MiB request limit.
+    # Echoed twice by the SDK (content and structured content): an 8 MB answer, within the
+    # SDK's 4 MiB request limit.
     text = "a" * 4_000_000
     body = json.dumps(
         {
