@@ -463,7 +463,7 @@ async def send_answer(request: web.Request, answer: web.StreamResponse) -> web.S
     aiohttp, to which the answer is then returned, finds it sent. A client that left meanwhile
     is aiohttp's case too: the answer is marked sent with its status, like a stream's, and the
     next write aiohttp tries finds the connection gone and closes it."""
-    if answer.prepared or not _written_without_waiting(request, answer):
+    if answer.prepared or not written_without_waiting(request, answer):
         return answer
     try:
         await answer.prepare(request)
@@ -479,7 +479,7 @@ async def send_answer(request: web.Request, answer: web.StreamResponse) -> web.S
 _HEAD_BEYOND_FIELDS = 512
 
 
-def _written_without_waiting(request: web.Request, answer: web.StreamResponse) -> bool:
+def written_without_waiting(request: web.Request, answer: web.StreamResponse) -> bool:
     """True if ``answer`` can be written whole without its write waiting for the client to read:
     with what of this connection still waits in its write buffer, it stays within the buffer's
     high-water mark (past it, the transport pauses the writer until the client has read)."""

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from gateway.upstream.proxy import STREAMED_STATUS
-from gateway.web.pipeline import _written_without_waiting, send_answer
+from gateway.web.pipeline import send_answer, written_without_waiting
 
 Held = tuple[TestClient[web.Request, web.Application], asyncio.Event, list[str]]
 
@@ -153,10 +153,10 @@ def test_what_still_waits_for_the_client_counts_against_the_buffer(
     write buffer, its headers and body stay within the high-water mark."""
     request = make_mocked_request("POST", "/mcp", transport=_Buffered(waiting))
     answer = web.Response(body=b"z" * body, headers={"X-Request-Id": "r" * 32})
-    assert _written_without_waiting(request, answer) is written
+    assert written_without_waiting(request, answer) is written
 
 
 def test_an_answer_of_unknown_size_is_left_to_aiohttp() -> None:
     """A payload object's size is not known before it is written: never written early."""
     request = make_mocked_request("POST", "/mcp", transport=_Buffered(0))
-    assert _written_without_waiting(request, web.Response(body=io.BytesIO(b"a"))) is False
+    assert written_without_waiting(request, web.Response(body=io.BytesIO(b"a"))) is False
