@@ -248,6 +248,8 @@ async def test_a_client_that_does_not_read_its_answer_holds_nothing_while_it_wai
                 return False
 
         await eventually(answer_under_way, "the first bytes of Alice's answer", within=30)
+        # Her answer is the 8 MB echo, not a refusal that would leave nothing to wait for.
+        assert alice.recv(12, socket.MSG_PEEK) == b"HTTP/1.1 200"
         status, answer, _ = await call(gateway, bearer(issuer, "bob"))
         assert status == 200, (held, status, answer)
         assert answer["result"]["content"][0]["text"] == "hi"
