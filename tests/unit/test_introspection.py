@@ -60,7 +60,9 @@ def issuer_for(fake: FakeAuthorizationServer, **overrides: Any) -> IssuerConfig:
         endpoint=fake.introspection_endpoint,
         client_id=fake.client_id,
         client_secret=Secret(fake.client_secret),
-        timeout_s=0.5,
+        # Room for a loaded CI machine: a call that must succeed timed out at 0.5 s there. The
+        # failure cases, which a timeout cannot turn into a pass, keep a short one.
+        timeout_s=5.0,
     )
     return IssuerConfig(
         issuer=fake.issuer,
@@ -340,7 +342,7 @@ async def test_as_failures_are_503(
 ) -> None:
     """Down, 5xx, timeout, gateway not authorized, malformed or oversized answer: 503, nothing cached."""
     fake.introspection[TOKEN] = active(fake)
-    introspector = Introspector(issuer_for(fake), session, Clock())
+    introspector = Introspector(issuer_for(fake, timeout_s=0.5), session, Clock())  # _answer_slowly: 1 s
     await breakage(fake)
     with pytest.raises(IntrospectionUnavailable) as caught:
         await introspector.authenticate(PRESENTED, ROUTE_A)
